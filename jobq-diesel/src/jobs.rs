@@ -1,0 +1,149 @@
+//! Looking up and cancelling single jobs, and start-up diagnostics.
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, SmallInt, Text, Timestamptz};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+/// A job row as stored, with the error history as JSON text.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct JobRow {
+    /// Row id.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// Task name.
+    #[diesel(sql_type = Text)]
+    pub task: String,
+    /// Queue name.
+    #[diesel(sql_type = Text)]
+    pub queue: String,
+    /// pending, running, completed, failed or cancelled.
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    /// Higher runs first.
+    #[diesel(sql_type = SmallInt)]
+    pub priority: i16,
+    /// Attempts started so far.
+    #[diesel(sql_type = Integer)]
+    pub attempt: i32,
+    /// Attempts allowed in all.
+    #[diesel(sql_type = Integer)]
+    pub max_attempts: i32,
+    /// When the job is (or was) due.
+    #[diesel(sql_type = Timestamptz)]
+    pub run_at: DateTime<Utc>,
+    /// When it was enqueued.
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    /// When the latest attempt started.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal state.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The dedupe key it was enqueued with.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub dedupe_key: Option<String>,
+    /// The payload as JSON text.
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+    /// `[{"attempt": n, "at": "...", "message": "..."}, ...]`
+    #[diesel(sql_type = Text)]
+    pub errors: String,
+}
+
+/// The job with this id, if it exists (pruned jobs don't).
+pub async fn find_job(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<Option<JobRow>> {
+    diesel::sql_query(
+        "SELECT id, task, queue, state::text AS state, priority, attempt, max_attempts, run_at, \
+             created_at, started_at, finished_at, dedupe_key, payload::text AS payload, \
+             errors::text AS errors \
+         FROM jobq.jobs WHERE id = $1",
+    )
+    .bind::<BigInt, _>(id)
+    .get_result(conn)
+    .await
+    .map(Some)
+    .or_else(|e| match e {
+        diesel::result::Error::NotFound => Ok(None),
+        e => Err(e),
+    })
+}
+
+/// What [`cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelResult {
+    /// The job was pending and is now cancelled.
+    Cancelled,
+    /// The job is running; its worker was asked to stop it and will record
+    /// it as cancelled.
+    Requested,
+    /// The job had already finished (or never existed): nothing changed.
+    NotCancellable,
+}
+
+#[derive(QueryableByName)]
+struct StateRow {
+    #[diesel(sql_type = Text)]
+    state: String,
+}
+
+/// Cancels a pending job at once, or flags a running one and notifies its
+/// worker. Runs on the caller's connection, so it is transactional too.
+pub async fn cancel(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<CancelResult> {
+    let row: Option<StateRow> = diesel::sql_query(
+        "WITH changed AS ( \
+             UPDATE jobq.jobs SET \
+                 state = CASE WHEN state = 'pending' THEN 'cancelled'::jobq.job_state ELSE state END, \
+                 finished_at = CASE WHEN state = 'pending' THEN now() ELSE finished_at END, \
+                 cancel_requested = true \
+             WHERE id = $1 AND state IN ('pending', 'running') \
+             RETURNING id, state::text AS state \
+         ) \
+         SELECT state, (SELECT count(pg_notify('jobq_cancel', id::text)) \
+                        FROM changed WHERE state = 'running') AS notified \
+         FROM changed",
+    )
+    .bind::<BigInt, _>(id)
+    .get_result(conn)
+    .await
+    .map(Some)
+    .or_else(|e| match e {
+        diesel::result::Error::NotFound => Ok(None),
+        e => Err(e),
+    })?;
+    Ok(match row.map(|r| r.state) {
+        Some(s) if s == "cancelled" => CancelResult::Cancelled,
+        Some(_) => CancelResult::Requested,
+        None => CancelResult::NotCancellable,
+    })
+}
+
+/// Pending jobs of tasks absent from `known`, counted per task.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct UnknownTask {
+    /// The task name no registered task has.
+    #[diesel(sql_type = Text)]
+    pub task: String,
+    /// Pending jobs of it.
+    #[diesel(sql_type = BigInt)]
+    pub pending: i64,
+}
+
+/// Pending jobs in `queues` whose task is not in `known`: a start-up
+/// diagnostic for typos and for jobs of tasks removed from the code.
+pub async fn pending_unknown_tasks(
+    conn: &mut AsyncPgConnection,
+    queues: &[String],
+    known: &[String],
+) -> diesel::QueryResult<Vec<UnknownTask>> {
+    diesel::sql_query(
+        "SELECT task, count(*) AS pending FROM jobq.jobs \
+         WHERE state = 'pending' AND queue = ANY($1) AND NOT (task = ANY($2)) \
+         GROUP BY task ORDER BY task",
+    )
+    .bind::<Array<Text>, _>(queues)
+    .bind::<Array<Text>, _>(known)
+    .load(conn)
+    .await
+}

@@ -1,0 +1,33 @@
+//! PostgreSQL storage of jobq on diesel and diesel-async.
+//!
+//! Every SQL statement jobq runs lives in this crate: enqueue, claim,
+//! outcomes, heartbeats, rescue, pruning, cancel and status lookups, the
+//! schema migrations and the LISTEN connection. It knows nothing of task
+//! functions, payload types or the dispatcher: payloads are JSON text here.
+//!
+//! Each function is one statement (one short transaction) unless its docs
+//! say otherwise, so none holds locks while a handler runs.
+
+mod claim;
+mod enqueue;
+mod jobs;
+mod listener;
+mod maintenance;
+mod migrations;
+mod outcome;
+mod pool;
+pub mod schema;
+mod workers;
+
+pub use claim::{claim, ClaimRequest, ClaimedJob};
+pub use enqueue::{insert_job, insert_jobs, NewJob, NewJobs};
+pub use jobs::{cancel, find_job, pending_unknown_tasks, CancelResult, JobRow, UnknownTask};
+pub use listener::{Listener, ListenerError, Notification};
+pub use maintenance::{prune, rescue, Retention, RescuedJob};
+pub use migrations::{migrate, MigrateError, LATEST_VERSION};
+pub use outcome::{write_outcomes, Outcome, OutcomeKind, WrittenOutcome};
+pub use pool::{build_pool, Pool, PoolError, PooledConnection};
+pub use workers::{deregister_worker, heartbeat, register_worker, HeartbeatReply, WorkerInfo};
+
+/// The connection type every function here takes.
+pub use diesel_async::AsyncPgConnection;

@@ -1,0 +1,117 @@
+//! The LISTEN connection that wakes workers.
+//!
+//! It is a dedicated connection, never a pooled one: a connection collects
+//! notifications from the moment it LISTENs, and a pooled connection handed
+//! to someone else would swallow them.
+
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
+use futures_util::StreamExt;
+
+use crate::Pool;
+
+/// A wake-up delivered by PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// Jobs became pending on `queue` (committed inserts, retries, rescues,
+    /// releases).
+    Jobs {
+        /// The queue.
+        queue: String,
+        /// Epoch milliseconds of the earliest of them when it lies in the
+        /// future; `None` when some are due now.
+        due_at_ms: Option<i64>,
+    },
+    /// Someone asked to cancel this running job.
+    Cancel {
+        /// The job.
+        job_id: i64,
+    },
+}
+
+/// A connection LISTENing on jobq's channels.
+pub struct Listener {
+    conn: AsyncPgConnection,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener").finish_non_exhaustive()
+    }
+}
+
+/// Why the listener could not connect or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// Connecting failed.
+    #[error("opening the LISTEN connection failed")]
+    Connect(#[source] diesel_async::pooled_connection::PoolError),
+    /// A statement or the connection failed.
+    #[error("the LISTEN connection failed")]
+    Connection(#[source] diesel::result::Error),
+}
+
+impl Listener {
+    /// Opens a connection outside the pool's accounting and LISTENs.
+    pub async fn connect(pool: &Pool) -> Result<Listener, ListenerError> {
+        let mut conn = pool.dedicated_connection().await.map_err(ListenerError::Connect)?;
+        conn.batch_execute("LISTEN jobq_jobs; LISTEN jobq_cancel;")
+            .await
+            .map_err(ListenerError::Connection)?;
+        Ok(Listener { conn })
+    }
+
+    /// The next notification. `Err` or `None` mean the connection is gone:
+    /// reconnect, and assume notifications were missed meanwhile. Unknown
+    /// payloads are skipped. Cancel-safe.
+    pub async fn next(&mut self) -> Option<Result<Notification, ListenerError>> {
+        let mut stream = std::pin::pin!(self.conn.notifications_stream());
+        loop {
+            match stream.next().await? {
+                Err(e) => return Some(Err(ListenerError::Connection(e))),
+                Ok(n) => {
+                    if let Some(parsed) = parse(&n.channel, &n.payload) {
+                        return Some(Ok(parsed));
+                    }
+                    tracing::debug!(channel = %n.channel, payload = %n.payload, "ignoring unexpected notification");
+                }
+            }
+        }
+    }
+}
+
+fn parse(channel: &str, payload: &str) -> Option<Notification> {
+    match channel {
+        "jobq_jobs" => {
+            let (due, queue) = payload.split_once(' ')?;
+            let due: i64 = due.parse().ok()?;
+            Some(Notification::Jobs {
+                queue: queue.to_owned(),
+                due_at_ms: (due != 0).then_some(due),
+            })
+        }
+        "jobq_cancel" => Some(Notification::Cancel {
+            job_id: payload.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_payloads() {
+        assert_eq!(
+            parse("jobq_jobs", "0 default"),
+            Some(Notification::Jobs { queue: "default".into(), due_at_ms: None })
+        );
+        assert_eq!(
+            parse("jobq_jobs", "1700000000000 with space"),
+            Some(Notification::Jobs { queue: "with space".into(), due_at_ms: Some(1_700_000_000_000) })
+        );
+        assert_eq!(parse("jobq_cancel", "42"), Some(Notification::Cancel { job_id: 42 }));
+        assert_eq!(parse("jobq_jobs", "garbage"), None);
+        assert_eq!(parse("other", "0 x"), None);
+    }
+}

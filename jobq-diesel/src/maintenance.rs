@@ -1,0 +1,130 @@
+//! Maintenance: rescuing jobs of dead workers and pruning finished jobs.
+//!
+//! Every worker runs these on a timer; a transaction-scoped advisory lock
+//! taken inside each statement lets one worker at a time do the work while
+//! the others' calls return at once.
+
+use std::time::Duration;
+
+use diesel::sql_types::{BigInt, Integer, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+const RESCUE_LOCK: i64 = 0x6a6f_6271_7265_7363; // "jobqresc"
+const PRUNE_LOCK: i64 = 0x6a6f_6271_7072_756e; // "jobqprun"
+
+/// A running job taken back from a worker that stopped heartbeating.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct RescuedJob {
+    /// Job id.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// The attempt that was lost.
+    #[diesel(sql_type = Integer)]
+    pub attempt: i32,
+    /// The job's task.
+    #[diesel(sql_type = Text)]
+    pub task: String,
+    /// Its state now: pending, or failed when it had no attempts left.
+    #[diesel(sql_type = Text)]
+    pub state: String,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Removes workers whose heartbeat is older than `lease` and takes back
+/// the running jobs of workers that are gone: pending again (due now), or
+/// failed when out of attempts, cancelled when cancellation was asked for;
+/// each with the reason in its error history. Returns nothing when another
+/// worker is doing the same right now.
+pub async fn rescue(conn: &mut AsyncPgConnection, lease: Duration) -> diesel::QueryResult<Vec<RescuedJob>> {
+    diesel::sql_query(
+        "WITH lock AS (SELECT pg_try_advisory_xact_lock($1) AS held), \
+         dead AS ( \
+             DELETE FROM jobq.workers w \
+             WHERE (SELECT held FROM lock) \
+               AND w.heartbeat_at < now() - $2 * interval '1 millisecond' \
+             RETURNING w.id \
+         ), lost AS ( \
+             SELECT j.id, \
+                 CASE WHEN j.cancel_requested THEN 'cancelled' \
+                      WHEN j.attempt >= j.max_attempts THEN 'failed' \
+                      ELSE 'pending' END AS new_state \
+             FROM jobq.jobs j \
+             WHERE (SELECT held FROM lock) AND j.state = 'running' \
+               AND (j.worker_id IN (SELECT id FROM dead) \
+                    OR NOT EXISTS (SELECT 1 FROM jobq.workers w WHERE w.id = j.worker_id)) \
+             FOR UPDATE OF j SKIP LOCKED \
+         ), rescued AS ( \
+             UPDATE jobq.jobs j SET \
+                 state = lost.new_state::jobq.job_state, \
+                 run_at = now(), \
+                 finished_at = CASE WHEN lost.new_state = 'pending' THEN NULL ELSE now() END, \
+                 errors = j.errors || jsonb_build_array(jsonb_build_object( \
+                     'attempt', j.attempt, 'at', now(), 'message', \
+                     'rescued: worker ' || coalesce(j.worker_id::text, 'unknown') \
+                     || ' stopped heartbeating for longer than the lease of ' \
+                     || $2 || ' ms while running this attempt')), \
+                 worker_id = NULL \
+             FROM lost \
+             WHERE j.id = lost.id AND j.state = 'running' \
+             RETURNING j.id, j.attempt, j.task, j.queue, j.state::text AS state \
+         ), woken AS ( \
+             SELECT count(pg_notify('jobq_jobs', '0 ' || queue)) AS n \
+             FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'pending') q \
+         ) \
+         SELECT r.id, r.attempt, r.task, r.state FROM rescued r \
+         LEFT JOIN (SELECT n FROM woken) w ON true",
+    )
+    .bind::<BigInt, _>(RESCUE_LOCK)
+    .bind::<BigInt, _>(millis(lease))
+    .load(conn)
+    .await
+}
+
+/// How long finished jobs stay visible before pruning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// For completed jobs.
+    pub completed: Duration,
+    /// For failed and cancelled jobs, which people come to inspect.
+    pub failed: Duration,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Deletes up to `limit` finished jobs of each kind older than their
+/// retention, in one short statement; returns how many went. Call again
+/// while it returns a full batch.
+pub async fn prune(conn: &mut AsyncPgConnection, retention: Retention, limit: i64) -> diesel::QueryResult<i64> {
+    let row: Count = diesel::sql_query(
+        "WITH lock AS (SELECT pg_try_advisory_xact_lock($1) AS held), \
+         gone AS ( \
+             DELETE FROM jobq.jobs WHERE id = ANY(ARRAY( \
+                 (SELECT id FROM jobq.jobs \
+                  WHERE (SELECT held FROM lock) AND state = 'completed' \
+                    AND finished_at < now() - $2 * interval '1 millisecond' \
+                  LIMIT $4) \
+                 UNION ALL \
+                 (SELECT id FROM jobq.jobs \
+                  WHERE (SELECT held FROM lock) AND state IN ('failed', 'cancelled') \
+                    AND finished_at < now() - $3 * interval '1 millisecond' \
+                  LIMIT $4))) \
+             RETURNING 1 \
+         ) \
+         SELECT count(*) AS n FROM gone",
+    )
+    .bind::<BigInt, _>(PRUNE_LOCK)
+    .bind::<BigInt, _>(millis(retention.completed))
+    .bind::<BigInt, _>(millis(retention.failed))
+    .bind::<BigInt, _>(limit)
+    .get_result(conn)
+    .await?;
+    Ok(row.n)
+}

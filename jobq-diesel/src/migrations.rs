@@ -1,0 +1,137 @@
+//! Installs and upgrades jobq's schema.
+//!
+//! The migrations are the diesel migrations under the repository's
+//! `migrations/` folder, embedded in the binary. They are applied by this
+//! small runner rather than by `diesel_migrations`' harness because jobq
+//! needs three things the harness does not give on an async connection:
+//! the history table inside jobq's own schema (so it never mixes with the
+//! application's `__diesel_schema_migrations`), a lock that makes
+//! concurrent worker start-ups safe, and a refusal to run against a schema
+//! written by a newer jobq.
+
+use diesel::sql_types::{BigInt, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+/// A migration: its version (the folder's timestamp as a number) and SQL.
+struct Migration {
+    version: i64,
+    name: &'static str,
+    up: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 2026_11_25_000001,
+    name: "create_jobq",
+    up: include_str!("../../migrations/2026-11-25-000001_create_jobq/up.sql"),
+}];
+
+/// The newest schema version this build knows.
+pub const LATEST_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+/// Key of the transaction-scoped advisory lock that serialises migrations.
+const MIGRATION_LOCK: i64 = 0x6a6f_6271_6d69_6772; // "jobqmigr"
+
+/// Why [`migrate`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The database holds a schema written by a newer jobq.
+    #[error(
+        "the jobq schema in this database is at version {found}, newer than the \
+         {supported} this binary knows; upgrade jobq in this binary (or point it at \
+         another database) instead of running an old worker against a new schema"
+    )]
+    SchemaTooNew {
+        /// Version found in `jobq.schema_migrations`.
+        found: i64,
+        /// [`LATEST_VERSION`].
+        supported: i64,
+    },
+    /// A statement failed.
+    #[error("applying jobq migration {version} ({name}) failed")]
+    Apply {
+        /// The migration's version.
+        version: i64,
+        /// The migration's name.
+        name: &'static str,
+        /// The database's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// Reading or locking the history failed.
+    #[error("reading jobq's migration history failed")]
+    History(#[source] diesel::result::Error),
+}
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
+/// Brings the `jobq` schema up to [`LATEST_VERSION`], in one transaction.
+///
+/// Idempotent, and safe when several workers start at once: they queue on
+/// an advisory lock and the later ones find nothing left to do. Returns the
+/// versions it applied.
+pub async fn migrate(conn: &mut AsyncPgConnection) -> Result<Vec<i64>, MigrateError> {
+    conn.transaction::<_, MigrateError, _>(async |conn| {
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<BigInt, _>(MIGRATION_LOCK)
+            .execute(conn)
+            .await
+            .map_err(MigrateError::History)?;
+        conn.batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS jobq;
+             CREATE TABLE IF NOT EXISTS jobq.schema_migrations (
+                 version bigint PRIMARY KEY,
+                 name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );",
+        )
+        .await
+        .map_err(MigrateError::History)?;
+        let applied: Vec<i64> = diesel::sql_query("SELECT version FROM jobq.schema_migrations")
+            .load::<Version>(conn)
+            .await
+            .map_err(MigrateError::History)?
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+        if let Some(&found) = applied.iter().max() {
+            if found > LATEST_VERSION {
+                return Err(MigrateError::SchemaTooNew {
+                    found,
+                    supported: LATEST_VERSION,
+                });
+            }
+        }
+        let mut done = Vec::new();
+        for migration in MIGRATIONS {
+            if applied.contains(&migration.version) {
+                continue;
+            }
+            let apply_err = |source| MigrateError::Apply {
+                version: migration.version,
+                name: migration.name,
+                source,
+            };
+            conn.batch_execute(migration.up).await.map_err(apply_err)?;
+            diesel::sql_query("INSERT INTO jobq.schema_migrations (version, name) VALUES ($1, $2)")
+                .bind::<BigInt, _>(migration.version)
+                .bind::<Text, _>(migration.name)
+                .execute(conn)
+                .await
+                .map_err(apply_err)?;
+            done.push(migration.version);
+        }
+        Ok(done)
+    })
+    .await
+}
+
+impl From<diesel::result::Error> for MigrateError {
+    fn from(source: diesel::result::Error) -> Self {
+        MigrateError::History(source)
+    }
+}

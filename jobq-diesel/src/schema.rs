@@ -1,0 +1,51 @@
+//! The `diesel::table!` definitions of jobq's tables, for applications that
+//! want to query jobs with diesel's DSL (dashboards, reports).
+//!
+//! jobq itself writes through the statements in this crate, which keep the
+//! attempt fence and the notifications right; write through those, not
+//! through these tables.
+
+/// SQL types of jobq's schema.
+pub mod sql_types {
+    /// The `jobq.job_state` enum.
+    #[derive(diesel::sql_types::SqlType, diesel::query_builder::QueryId)]
+    #[diesel(postgres_type(name = "job_state", schema = "jobq"))]
+    pub struct JobState;
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::sql_types::JobState;
+
+    /// Every job, whatever its state.
+    jobq.jobs (id) {
+        id -> Int8,
+        task -> Text,
+        queue -> Text,
+        payload -> Jsonb,
+        state -> JobState,
+        priority -> Int2,
+        attempt -> Int4,
+        max_attempts -> Int4,
+        run_at -> Timestamptz,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        worker_id -> Nullable<Int8>,
+        cancel_requested -> Bool,
+        dedupe_key -> Nullable<Text>,
+        errors -> Jsonb,
+    }
+}
+
+diesel::table! {
+    /// Live worker processes and their heartbeats.
+    jobq.workers (id) {
+        id -> Int8,
+        hostname -> Text,
+        pid -> Int4,
+        queues -> Array<Text>,
+        started_at -> Timestamptz,
+        heartbeat_at -> Timestamptz,
+    }
+}

@@ -1,0 +1,91 @@
+//! Worker rows: registration, heartbeats (the lease of every job a worker
+//! holds) and deregistration.
+
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+/// Identity of a worker process, stored in its row.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    /// Host name, for operators.
+    pub hostname: String,
+    /// Process id, for operators.
+    pub pid: i32,
+    /// Queues served.
+    pub queues: Vec<String>,
+}
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// Creates the worker's row and returns its id.
+pub async fn register_worker(conn: &mut AsyncPgConnection, info: &WorkerInfo) -> diesel::QueryResult<i64> {
+    let row: Id = diesel::sql_query(
+        "INSERT INTO jobq.workers (hostname, pid, queues) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind::<Text, _>(&info.hostname)
+    .bind::<Integer, _>(info.pid)
+    .bind::<Array<Text>, _>(&info.queues)
+    .get_result(conn)
+    .await?;
+    Ok(row.id)
+}
+
+/// What a heartbeat learns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    /// False when the row had been removed by a rescue (the worker was
+    /// presumed dead); the heartbeat re-created it, but the jobs it held
+    /// were rescued and their outcomes will be fenced out.
+    pub was_alive: bool,
+    /// Jobs this worker runs whose cancellation was requested: the
+    /// fallback for a missed cancel notification.
+    pub cancel_requested: Vec<i64>,
+}
+
+#[derive(QueryableByName)]
+struct HeartbeatRow {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    existed: Option<i64>,
+    #[diesel(sql_type = Array<BigInt>)]
+    cancel_requested: Vec<i64>,
+}
+
+/// Refreshes the worker's lease in one statement, whatever the number of
+/// jobs it holds, re-creating its row if a rescue had removed it.
+pub async fn heartbeat(conn: &mut AsyncPgConnection, worker_id: i64, info: &WorkerInfo) -> diesel::QueryResult<HeartbeatReply> {
+    let row: HeartbeatRow = diesel::sql_query(
+        "WITH before AS (SELECT id FROM jobq.workers WHERE id = $1), \
+         beat AS ( \
+             INSERT INTO jobq.workers (id, hostname, pid, queues) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now() \
+             RETURNING id) \
+         SELECT (SELECT id FROM before) AS existed, \
+             ARRAY(SELECT j.id FROM jobq.jobs j, beat \
+                   WHERE j.worker_id = beat.id AND j.state = 'running' AND j.cancel_requested) \
+             AS cancel_requested",
+    )
+    .bind::<BigInt, _>(worker_id)
+    .bind::<Text, _>(&info.hostname)
+    .bind::<Integer, _>(info.pid)
+    .bind::<Array<Text>, _>(&info.queues)
+    .get_result(conn)
+    .await?;
+    Ok(HeartbeatReply {
+        was_alive: row.existed.is_some(),
+        cancel_requested: row.cancel_requested,
+    })
+}
+
+/// Removes the worker's row at a clean shutdown, once it holds no jobs.
+pub async fn deregister_worker(conn: &mut AsyncPgConnection, worker_id: i64) -> diesel::QueryResult<()> {
+    diesel::sql_query("DELETE FROM jobq.workers WHERE id = $1")
+        .bind::<BigInt, _>(worker_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,514 @@
+//! The arguments of `#[jobq::task(...)]`, parsed and checked.
+//!
+//! Every argument is looked at even after one fails, so that a single build
+//! reports every mistake in the attribute at once.
+
+use proc_macro2::TokenTree;
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
+use syn::parse::Parser;
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{token, Expr, Lit, LitInt, LitStr, Path, Token, UnOp};
+
+use crate::duration::{self, ACCEPTED_FORMS};
+use crate::errors::Errors;
+
+/// The argument names, in the order the docs list them.
+const ARGUMENTS: [&str; 7] = [
+    "name",
+    "queue",
+    "concurrency",
+    "retry",
+    "max_attempts",
+    "timeout",
+    "priority",
+];
+
+/// A checked value and where it was written, so that the generated code that
+/// uses it can point back at it.
+#[derive(Debug, Clone)]
+pub struct Arg<T> {
+    pub value: T,
+    pub span: Span,
+}
+
+/// The attribute's arguments; `None` where the argument was not given (or was
+/// refused), leaving the default to the runtime.
+#[derive(Debug, Default)]
+pub struct TaskArgs {
+    pub name: Option<Arg<String>>,
+    pub queue: Option<Arg<String>>,
+    pub concurrency: Option<Arg<u32>>,
+    /// Milliseconds.
+    pub retry: Option<Arg<u64>>,
+    pub max_attempts: Option<Arg<u32>>,
+    /// Milliseconds.
+    pub timeout: Option<Arg<u64>>,
+    pub priority: Option<Arg<i16>>,
+}
+
+/// One `key = value` of the attribute, or a key written in another form.
+struct RawArg {
+    path: Path,
+    /// `None` for `key` or `key(...)`; the tokens are kept for the error.
+    value: Result<Expr, TokenStream>,
+}
+
+impl Parse for RawArg {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let path = input.call(Path::parse_mod_style)?;
+        if input.peek(Token![=]) {
+            input.parse::<Token![=]>()?;
+            // Parsed as an expression rather than through `syn::Meta`, which
+            // folds `-4` into a single literal whose span covers only the
+            // `-`; here a negative number stays two tokens and errors
+            // underline all of it.
+            let value = input.parse()?;
+            return Ok(Self {
+                path,
+                value: Ok(value),
+            });
+        }
+        let mut rest = path.to_token_stream();
+        if input.peek(token::Paren) || input.peek(token::Bracket) || input.peek(token::Brace) {
+            rest.extend([input.parse::<TokenTree>()?]);
+        }
+        Ok(Self {
+            path,
+            value: Err(rest),
+        })
+    }
+}
+
+/// Parses the attribute's tokens. The arguments that are valid are returned
+/// even when others are not, so that the expansion can still produce the task
+/// type and the errors are not buried under "cannot find type" follow-ups.
+pub fn parse(tokens: TokenStream) -> (TaskArgs, Option<syn::Error>) {
+    let mut args = TaskArgs::default();
+    let raw = match Punctuated::<RawArg, Token![,]>::parse_terminated.parse2(tokens) {
+        Ok(raw) => raw,
+        Err(error) => return (args, Some(error)),
+    };
+    let mut errors = Errors::default();
+    let mut seen: Vec<String> = Vec::new();
+    for RawArg { path, value } in raw {
+        let Some(key) = path.get_ident().map(ToString::to_string) else {
+            errors.push(unknown(&path));
+            continue;
+        };
+        if !ARGUMENTS.contains(&key.as_str()) {
+            errors.push(unknown(&path));
+            continue;
+        }
+        let value = match value {
+            Ok(value) => value,
+            Err(written) => {
+                errors.push(syn::Error::new_spanned(
+                    written,
+                    format!("expected `{key} = ...`, e.g. {}", example(&key)),
+                ));
+                continue;
+            }
+        };
+        if seen.contains(&key) {
+            errors.push(syn::Error::new_spanned(
+                &path,
+                format!("duplicate argument `{key}`"),
+            ));
+            continue;
+        }
+        seen.push(key.clone());
+        if let Err(error) = apply(&mut args, &key, &value) {
+            errors.push(error);
+        }
+    }
+    (args, errors.finish())
+}
+
+fn apply(args: &mut TaskArgs, key: &str, value: &Expr) -> syn::Result<()> {
+    match key {
+        "name" => args.name = Some(non_empty_string(value, key)?),
+        "queue" => args.queue = Some(non_empty_string(value, key)?),
+        "concurrency" => args.concurrency = Some(positive_u32(value, key)?),
+        "max_attempts" => args.max_attempts = Some(positive_u32(value, key)?),
+        "retry" => args.retry = Some(duration(value, key)?),
+        "timeout" => {
+            let timeout = duration(value, key)?;
+            // A zero time limit would fail every attempt before it starts.
+            if timeout.value == 0 {
+                return Err(syn::Error::new_spanned(
+                    value,
+                    "`timeout` must be greater than zero; leave it out for no time limit",
+                ));
+            }
+            args.timeout = Some(timeout);
+        }
+        "priority" => {
+            let (number, span) = integer(value, key, "i16")?;
+            let priority = i16::try_from(number).map_err(|_| {
+                syn::Error::new_spanned(
+                    value,
+                    format!(
+                        "`priority` must fit in an i16 ({} to {})",
+                        i16::MIN,
+                        i16::MAX
+                    ),
+                )
+            })?;
+            args.priority = Some(Arg {
+                value: priority,
+                span,
+            });
+        }
+        _ => unreachable!("`{key}` is checked against ARGUMENTS first"),
+    }
+    Ok(())
+}
+
+fn unknown(path: &syn::Path) -> syn::Error {
+    let name = path
+        .segments
+        .iter()
+        .map(|segment| segment.ident.to_string())
+        .collect::<Vec<_>>()
+        .join("::");
+    let valid = ARGUMENTS
+        .iter()
+        .map(|arg| format!("`{arg}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    syn::Error::new_spanned(
+        path,
+        format!("unknown argument `{name}`; the valid arguments are {valid}"),
+    )
+}
+
+/// How each argument is written, for the messages.
+fn example(key: &str) -> &'static str {
+    match key {
+        "name" => "`name = \"reports.nightly\"`",
+        "queue" => "`queue = \"reports\"`",
+        "concurrency" => "`concurrency = 4`",
+        "retry" => "`retry = \"30s\"`",
+        "max_attempts" => "`max_attempts = 5`",
+        "timeout" => "`timeout = \"5m\"`",
+        "priority" => "`priority = -5`",
+        _ => "",
+    }
+}
+
+/// Sees through the invisible groups that `macro_rules!` wraps around an
+/// `$value:expr`, so the attribute also works when generated by a macro.
+fn strip_groups(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Group(group) => strip_groups(&group.expr),
+        other => other,
+    }
+}
+
+fn non_empty_string(expr: &Expr, key: &str) -> syn::Result<Arg<String>> {
+    let lit: &LitStr = match strip_groups(expr) {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => lit,
+        _ => {
+            return Err(syn::Error::new_spanned(
+                expr,
+                format!(
+                    "expected a string literal for `{key}`, e.g. {}",
+                    example(key)
+                ),
+            ))
+        }
+    };
+    let value = lit.value();
+    if value.is_empty() {
+        return Err(syn::Error::new_spanned(
+            lit,
+            format!("`{key}` must not be empty"),
+        ));
+    }
+    Ok(Arg {
+        value,
+        span: lit.span(),
+    })
+}
+
+fn positive_u32(expr: &Expr, key: &str) -> syn::Result<Arg<u32>> {
+    let (number, span) = integer(expr, key, "u32")?;
+    if number < 1 {
+        return Err(syn::Error::new_spanned(
+            expr,
+            format!("`{key}` must be at least 1"),
+        ));
+    }
+    let value = u32::try_from(number).map_err(|_| {
+        syn::Error::new_spanned(
+            expr,
+            format!("`{key}` must fit in a u32 (at most {})", u32::MAX),
+        )
+    })?;
+    Ok(Arg { value, span })
+}
+
+/// An integer literal, possibly negated. Negative numbers are parsed for
+/// every integer argument so that `concurrency = -1` gets "must be at least
+/// 1" rather than a confusing "expected an integer".
+fn integer(expr: &Expr, key: &str, ty: &str) -> syn::Result<(i128, Span)> {
+    let wrong_kind = || {
+        syn::Error::new_spanned(
+            expr,
+            format!(
+                "expected an integer literal for `{key}`, e.g. {}",
+                example(key)
+            ),
+        )
+    };
+    let (negative, lit): (bool, &LitInt) = match strip_groups(expr) {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Int(lit), ..
+        }) => (false, lit),
+        Expr::Unary(unary) if matches!(unary.op, UnOp::Neg(_)) => match strip_groups(&unary.expr) {
+            Expr::Lit(syn::ExprLit {
+                lit: Lit::Int(lit), ..
+            }) => (true, lit),
+            _ => return Err(wrong_kind()),
+        },
+        _ => return Err(wrong_kind()),
+    };
+    let suffix = lit.suffix();
+    if !suffix.is_empty() && suffix != ty {
+        return Err(syn::Error::new_spanned(
+            lit,
+            format!("`{key}` is a {ty}; remove the `{suffix}` suffix"),
+        ));
+    }
+    // Anything beyond i128 is out of range for every argument; saturating
+    // keeps the range checks of the callers the single source of messages.
+    let magnitude: i128 = lit.base10_parse().unwrap_or(i128::MAX);
+    let number = if negative { -magnitude } else { magnitude };
+    Ok((number, expr.span()))
+}
+
+fn duration(expr: &Expr, key: &str) -> syn::Result<Arg<u64>> {
+    let lit: &LitStr = match strip_groups(expr) {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => lit,
+        _ => {
+            return Err(syn::Error::new_spanned(
+                expr,
+                format!(
+                    "expected a duration string for `{key}`, e.g. {}",
+                    example(key)
+                ),
+            ))
+        }
+    };
+    let text = lit.value();
+    let millis = duration::parse_millis(&text).map_err(|error| {
+        syn::Error::new_spanned(
+            lit,
+            format!("invalid duration {text:?} ({error}): expected {ACCEPTED_FORMS}"),
+        )
+    })?;
+    Ok(Arg {
+        value: millis,
+        span: lit.span(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    fn ok(tokens: TokenStream) -> TaskArgs {
+        let (args, error) = parse(tokens);
+        if let Some(error) = error {
+            panic!("unexpected error: {error}");
+        }
+        args
+    }
+
+    fn messages(tokens: TokenStream) -> Vec<String> {
+        let (_, error) = parse(tokens);
+        error
+            .expect("expected an error")
+            .into_iter()
+            .map(|error| error.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn no_arguments() {
+        let args = ok(quote!());
+        assert!(args.name.is_none() && args.queue.is_none() && args.concurrency.is_none());
+        assert!(args.retry.is_none() && args.max_attempts.is_none());
+        assert!(args.timeout.is_none() && args.priority.is_none());
+    }
+
+    #[test]
+    fn every_argument() {
+        let args = ok(quote!(
+            name = "reports.nightly",
+            queue = "reports",
+            concurrency = 4,
+            retry = "30s",
+            max_attempts = 3,
+            timeout = "5m",
+            priority = -5,
+        ));
+        assert_eq!(args.name.unwrap().value, "reports.nightly");
+        assert_eq!(args.queue.unwrap().value, "reports");
+        assert_eq!(args.concurrency.unwrap().value, 4);
+        assert_eq!(args.retry.unwrap().value, 30_000);
+        assert_eq!(args.max_attempts.unwrap().value, 3);
+        assert_eq!(args.timeout.unwrap().value, 300_000);
+        assert_eq!(args.priority.unwrap().value, -5);
+    }
+
+    #[test]
+    fn range_limits_are_inclusive() {
+        let args = ok(quote!(concurrency = 4294967295u32, priority = -32768));
+        assert_eq!(args.concurrency.unwrap().value, u32::MAX);
+        assert_eq!(args.priority.unwrap().value, i16::MIN);
+        let args = ok(quote!(max_attempts = 1, priority = 32767i16, retry = "0ms"));
+        assert_eq!(args.max_attempts.unwrap().value, 1);
+        assert_eq!(args.priority.unwrap().value, i16::MAX);
+        assert_eq!(args.retry.unwrap().value, 0);
+    }
+
+    #[test]
+    fn unknown_argument_lists_the_valid_ones() {
+        assert_eq!(
+            messages(quote!(concurency = 4)),
+            [
+                "unknown argument `concurency`; the valid arguments are `name`, `queue`, \
+              `concurrency`, `retry`, `max_attempts`, `timeout`, `priority`"
+            ]
+        );
+        assert!(messages(quote!(jobq::queue = "x"))[0].contains("unknown argument `jobq::queue`"));
+    }
+
+    #[test]
+    fn duplicate_argument() {
+        assert_eq!(
+            messages(quote!(retry = "1s", retry = "2s")),
+            ["duplicate argument `retry`"]
+        );
+    }
+
+    #[test]
+    fn flag_or_list_form() {
+        assert_eq!(
+            messages(quote!(concurrency)),
+            ["expected `concurrency = ...`, e.g. `concurrency = 4`"]
+        );
+        assert_eq!(
+            messages(quote!(queue("x"))),
+            ["expected `queue = ...`, e.g. `queue = \"reports\"`"]
+        );
+    }
+
+    #[test]
+    fn wrong_literal_kind() {
+        assert_eq!(
+            messages(quote!(concurrency = "4")),
+            ["expected an integer literal for `concurrency`, e.g. `concurrency = 4`"]
+        );
+        assert_eq!(
+            messages(quote!(name = send_welcome)),
+            ["expected a string literal for `name`, e.g. `name = \"reports.nightly\"`"]
+        );
+        assert_eq!(
+            messages(quote!(retry = 30)),
+            ["expected a duration string for `retry`, e.g. `retry = \"30s\"`"]
+        );
+        assert_eq!(
+            messages(quote!(timeout = 30s)),
+            ["expected a duration string for `timeout`, e.g. `timeout = \"5m\"`"]
+        );
+        assert_eq!(
+            messages(quote!(priority = -"1")),
+            ["expected an integer literal for `priority`, e.g. `priority = -5`"]
+        );
+        assert_eq!(
+            messages(quote!(max_attempts = 3u8)),
+            ["`max_attempts` is a u32; remove the `u8` suffix"]
+        );
+    }
+
+    #[test]
+    fn out_of_range() {
+        assert_eq!(
+            messages(quote!(concurrency = 0)),
+            ["`concurrency` must be at least 1"]
+        );
+        assert_eq!(
+            messages(quote!(max_attempts = -3)),
+            ["`max_attempts` must be at least 1"]
+        );
+        assert_eq!(
+            messages(quote!(concurrency = 4294967296)),
+            ["`concurrency` must fit in a u32 (at most 4294967295)"]
+        );
+        assert_eq!(
+            messages(quote!(
+                concurrency = 999999999999999999999999999999999999999999
+            )),
+            ["`concurrency` must fit in a u32 (at most 4294967295)"]
+        );
+        for priority in [quote!(32768), quote!(-32769)] {
+            assert_eq!(
+                messages(quote!(priority = #priority)),
+                ["`priority` must fit in an i16 (-32768 to 32767)"]
+            );
+        }
+        assert_eq!(
+            messages(quote!(timeout = "0s")),
+            ["`timeout` must be greater than zero; leave it out for no time limit"]
+        );
+    }
+
+    #[test]
+    fn empty_strings() {
+        assert_eq!(messages(quote!(name = "")), ["`name` must not be empty"]);
+        assert_eq!(messages(quote!(queue = "")), ["`queue` must not be empty"]);
+    }
+
+    #[test]
+    fn malformed_duration_says_what_is_accepted() {
+        assert_eq!(
+            messages(quote!(retry = "30 s")),
+            [
+                "invalid duration \"30 s\" (unknown unit ` s`): expected an unsigned integer \
+              followed by `ms`, `s`, `m` or `h`, e.g. \"250ms\", \"30s\", \"5m\", \"1h\""
+            ]
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_and_valid_arguments_are_kept() {
+        let (args, error) = parse(quote!(
+            concurrency = 0,
+            queue = "reports",
+            bogus = 1,
+            retry = "soon",
+            queue = "other",
+        ));
+        let messages: Vec<String> = error.unwrap().into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 4, "{messages:?}");
+        assert_eq!(args.queue.unwrap().value, "reports");
+        assert!(args.concurrency.is_none());
+    }
+
+    #[test]
+    fn syntax_error() {
+        let (_, error) = parse(quote!(concurrency = ));
+        assert!(error.is_some());
+    }
+}

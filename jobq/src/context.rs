@@ -1,0 +1,79 @@
+//! [`Context`], what a task function may take besides its payload.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::JobId;
+
+/// Facts about the running attempt, and the signal to stop it.
+///
+/// Take it as the first argument of a task function:
+///
+/// ```
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Report { day: u32 }
+/// #[jobq::task(name = "reports.nightly", queue = "reports")]
+/// async fn nightly(ctx: jobq::Context, job: Report) -> Result<(), jobq::TaskError> {
+///     tokio::select! {
+///         _ = ctx.cancelled() => Err(jobq::TaskError::msg("stopped")),
+///         _ = async { /* the real work */ } => Ok(()),
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Context {
+    job_id: JobId,
+    attempt: u32,
+    task: &'static str,
+    queue: String,
+    cancel: CancellationToken,
+}
+
+impl Context {
+    pub(crate) fn new(
+        job_id: JobId,
+        attempt: u32,
+        task: &'static str,
+        queue: String,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            job_id,
+            attempt,
+            task,
+            queue,
+            cancel,
+        }
+    }
+
+    /// The job's id.
+    pub fn job_id(&self) -> JobId {
+        self.job_id
+    }
+
+    /// This attempt's number, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The task's name.
+    pub fn task(&self) -> &'static str {
+        self.task
+    }
+
+    /// The queue the job was enqueued on.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Resolves when the worker asks this attempt to stop: the job was
+    /// cancelled with [`crate::cancel`], or the worker is shutting down.
+    /// Work that stops early should return an error; the worker then
+    /// records the job as cancelled or hands it back to the queue.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// Whether [`Context::cancelled`] has resolved.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}

@@ -1,0 +1,167 @@
+//! Enqueueing typed jobs on the caller's connection.
+
+use std::time::Duration;
+
+use diesel_async::AsyncPgConnection;
+use jobq_diesel::{NewJob, NewJobs};
+
+use crate::{Error, JobId, Task};
+
+/// Per-job overrides of a task's defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = jobq::EnqueueOptions::new()
+///     .priority(9)
+///     .delay(Duration::from_secs(60))
+///     .queue("other")
+///     .max_attempts(2)
+///     .dedupe_key("user-42");
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnqueueOptions {
+    priority: Option<i16>,
+    delay: Option<Duration>,
+    queue: Option<String>,
+    max_attempts: Option<u32>,
+    dedupe_key: Option<String>,
+}
+
+impl EnqueueOptions {
+    /// No overrides: the task's defaults apply.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Priority of the job; higher runs first.
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Run no earlier than this long after the enqueue (measured by the
+    /// database's clock).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Put the job on this queue instead of the task's.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Attempts in all, the first one included.
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = Some(max_attempts);
+        self
+    }
+
+    /// While a job of the same task with this key is pending or running,
+    /// enqueueing again inserts nothing and returns that job's id.
+    pub fn dedupe_key(mut self, key: impl Into<String>) -> Self {
+        self.dedupe_key = Some(key.into());
+        self
+    }
+}
+
+/// The options of one enqueue call, checked and resolved against the task.
+struct Resolved<'a> {
+    queue: &'a str,
+    priority: i16,
+    max_attempts: i32,
+    delay_ms: i64,
+    dedupe_key: Option<&'a str>,
+}
+
+const MAX_NAME_LEN: usize = 200;
+
+fn resolve<'a, T: Task>(options: &'a EnqueueOptions) -> Result<Resolved<'a>, Error> {
+    let queue = options.queue.as_deref().unwrap_or(T::OPTIONS.queue_name());
+    if queue.is_empty() {
+        return Err(Error::invalid("queue", "the queue name is empty"));
+    }
+    if queue.chars().count() > MAX_NAME_LEN {
+        return Err(Error::invalid("queue", format!("the queue name is longer than {MAX_NAME_LEN} characters")));
+    }
+    let max_attempts = options.max_attempts.unwrap_or(T::OPTIONS.attempt_limit());
+    if max_attempts == 0 {
+        return Err(Error::invalid("max_attempts", "must be at least 1"));
+    }
+    let max_attempts = i32::try_from(max_attempts)
+        .map_err(|_| Error::invalid("max_attempts", format!("{max_attempts} is larger than {}", i32::MAX)))?;
+    let delay_ms = match options.delay {
+        None => 0,
+        Some(d) => i64::try_from(d.as_millis())
+            .map_err(|_| Error::invalid("delay", format!("{d:?} is too long")))?,
+    };
+    if let Some(key) = &options.dedupe_key {
+        if key.is_empty() {
+            return Err(Error::invalid("dedupe_key", "the key is empty"));
+        }
+    }
+    Ok(Resolved {
+        queue,
+        priority: options.priority.unwrap_or(T::OPTIONS.default_priority()),
+        max_attempts,
+        delay_ms,
+        dedupe_key: options.dedupe_key.as_deref(),
+    })
+}
+
+fn to_json<T: Task>(payload: &T::Payload) -> Result<String, Error> {
+    serde_json::to_string(payload).map_err(|source| Error::Serialize { task: T::NAME, source })
+}
+
+/// Enqueues one job of task `T` with its default options.
+///
+/// The insert runs on `conn`: inside a transaction it commits or rolls back
+/// with it, and workers are woken only at commit.
+pub async fn enqueue<T: Task>(conn: &mut AsyncPgConnection, payload: &T::Payload) -> Result<JobId, Error> {
+    enqueue_with::<T>(conn, payload, EnqueueOptions::new()).await
+}
+
+/// Enqueues one job of task `T` with per-job options.
+pub async fn enqueue_with<T: Task>(
+    conn: &mut AsyncPgConnection,
+    payload: &T::Payload,
+    options: EnqueueOptions,
+) -> Result<JobId, Error> {
+    let resolved = resolve::<T>(&options)?;
+    let json = to_json::<T>(payload)?;
+    let job = NewJob {
+        task: T::NAME,
+        queue: resolved.queue,
+        payload: &json,
+        priority: resolved.priority,
+        max_attempts: resolved.max_attempts,
+        delay_ms: resolved.delay_ms,
+        dedupe_key: resolved.dedupe_key,
+    };
+    let id = jobq_diesel::insert_job(conn, &job)
+        .await
+        .map_err(Error::db(format!("enqueueing a job of task {}", T::NAME)))?;
+    Ok(JobId::from(id))
+}
+
+/// Enqueues one job of task `T` per payload, in one statement; returns the
+/// ids in the order of `payloads`.
+pub async fn enqueue_many<T: Task>(conn: &mut AsyncPgConnection, payloads: &[T::Payload]) -> Result<Vec<JobId>, Error> {
+    let options = EnqueueOptions::new();
+    let resolved = resolve::<T>(&options)?;
+    let json = payloads.iter().map(to_json::<T>).collect::<Result<Vec<_>, _>>()?;
+    let jobs = NewJobs {
+        task: T::NAME,
+        queue: resolved.queue,
+        payloads: &json,
+        priority: resolved.priority,
+        max_attempts: resolved.max_attempts,
+        delay_ms: resolved.delay_ms,
+    };
+    let ids = jobq_diesel::insert_jobs(conn, &jobs)
+        .await
+        .map_err(Error::db(format!("enqueueing {} jobs of task {}", payloads.len(), T::NAME)))?;
+    Ok(ids.into_iter().map(JobId::from).collect())
+}

@@ -1,0 +1,113 @@
+//! [`Error`], what jobq's API returns.
+
+use jobq_diesel::{MigrateError, PoolError};
+
+/// Everything that can go wrong in jobq's API, with the context to act on it.
+///
+/// Messages never contain the password of a database URL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A database statement failed.
+    #[error("{context}")]
+    Database {
+        /// What jobq was doing.
+        context: String,
+        /// The database's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// No connection could be had from the pool (the database is down or
+    /// unreachable, or the pool is exhausted).
+    #[error("{context}: no database connection")]
+    Pool {
+        /// What jobq was doing.
+        context: String,
+        /// The pool's error.
+        #[source]
+        source: PoolError,
+    },
+    /// The database URL is missing or malformed.
+    #[error("invalid database URL {url}: {reason}")]
+    InvalidUrl {
+        /// The URL with its password masked.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Connecting failed at start-up.
+    #[error("cannot connect to the database at {url}")]
+    Connect {
+        /// The URL with its password masked.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: PoolError,
+    },
+    /// Installing or upgrading the schema failed.
+    #[error("jobq schema migration failed")]
+    Migrate(#[from] MigrateError),
+    /// Two tasks in this binary have the same name.
+    #[error("two tasks are named {name:?}: one at {first}, one at {second}; task names must be unique")]
+    DuplicateTask {
+        /// The name.
+        name: String,
+        /// One definition site.
+        first: String,
+        /// The other definition site.
+        second: String,
+    },
+    /// A payload could not be turned into JSON.
+    #[error("task {task}: the payload does not serialize to JSON")]
+    Serialize {
+        /// The task.
+        task: &'static str,
+        /// serde's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Enqueue options or worker settings are out of range.
+    #[error("invalid {what}: {reason}")]
+    InvalidOptions {
+        /// Which option.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The worker was configured with nothing to do.
+    #[error("no task to run: {0}")]
+    NoTasks(String),
+    /// The worker's own task ended abnormally (a bug in jobq).
+    #[error("the worker stopped abnormally: {0}")]
+    WorkerPanicked(String),
+}
+
+impl Error {
+    pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(diesel::result::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Database { context, source }
+    }
+
+    pub(crate) fn pool(context: impl Into<String>) -> impl FnOnce(PoolError) -> Error {
+        let context = context.into();
+        move |source| Error::Pool { context, source }
+    }
+
+    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidOptions {
+            what,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Lets jobq's error serve as the error type of the application's own
+/// `conn.transaction(..)` around enqueue calls.
+impl From<diesel::result::Error> for Error {
+    fn from(source: diesel::result::Error) -> Self {
+        Error::Database {
+            context: "database statement failed".into(),
+            source,
+        }
+    }
+}

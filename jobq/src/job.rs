@@ -1,0 +1,143 @@
+//! Looking at and cancelling jobs.
+
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncPgConnection;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, JobId};
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for its `run_at` and a free worker slot.
+    Pending,
+    /// Claimed by a worker; an attempt is under way.
+    Running,
+    /// Finished successfully.
+    Completed,
+    /// Out of attempts, or failed permanently.
+    Failed,
+    /// Cancelled before or while running.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job will never run again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => JobState::Pending,
+            "running" => JobState::Running,
+            "completed" => JobState::Completed,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// One entry of a job's error history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorRecord {
+    /// The attempt that failed.
+    pub attempt: u32,
+    /// When the failure was recorded.
+    pub at: DateTime<Utc>,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A snapshot of a job row.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct JobInfo {
+    /// The job's id.
+    pub id: JobId,
+    /// Its state.
+    pub state: JobState,
+    /// Its task's name.
+    pub task: String,
+    /// Its queue.
+    pub queue: String,
+    /// Higher runs first.
+    pub priority: i16,
+    /// Attempts started so far.
+    pub attempt: u32,
+    /// Attempts allowed in all.
+    pub max_attempts: u32,
+    /// When it is (or was last) due.
+    pub run_at: DateTime<Utc>,
+    /// When it was enqueued.
+    pub created_at: DateTime<Utc>,
+    /// When its latest attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The dedupe key it was enqueued with.
+    pub dedupe_key: Option<String>,
+    /// The payload as stored.
+    pub payload: serde_json::Value,
+    /// Every failed attempt, oldest first.
+    pub errors: Vec<ErrorRecord>,
+}
+
+/// The job with this id, or `None` if there is none (pruned, or never
+/// enqueued).
+///
+/// ```no_run
+/// # async fn f(conn: &mut diesel_async::AsyncPgConnection, id: jobq::JobId) -> Result<(), jobq::Error> {
+/// if let Some(info) = jobq::job(conn, id).await? {
+///     println!("{} is {:?} after {} attempts", info.id, info.state, info.attempt);
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn job(conn: &mut AsyncPgConnection, id: JobId) -> Result<Option<JobInfo>, Error> {
+    let context = || format!("reading job {id}");
+    let Some(row) = jobq_diesel::find_job(conn, id.get())
+        .await
+        .map_err(Error::db(context()))?
+    else {
+        return Ok(None);
+    };
+    let corrupt = |what: String| Error::InvalidOptions {
+        what: "job row",
+        reason: format!("job {id}: {what}"),
+    };
+    let state = JobState::parse(&row.state).ok_or_else(|| corrupt(format!("unknown state {:?}", row.state)))?;
+    let errors: Vec<ErrorRecord> = serde_json::from_str(&row.errors)
+        .map_err(|e| corrupt(format!("unreadable error history: {e}")))?;
+    let payload = serde_json::from_str(&row.payload).map_err(|e| corrupt(format!("unreadable payload: {e}")))?;
+    Ok(Some(JobInfo {
+        id,
+        state,
+        task: row.task,
+        queue: row.queue,
+        priority: row.priority,
+        attempt: u32::try_from(row.attempt).unwrap_or(0),
+        max_attempts: u32::try_from(row.max_attempts).unwrap_or(0),
+        run_at: row.run_at,
+        created_at: row.created_at,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+        dedupe_key: row.dedupe_key,
+        payload,
+        errors,
+    }))
+}
+
+/// Cancels a job: a pending job becomes cancelled at once; a running one is
+/// asked to stop through [`crate::Context::cancelled`] and ends cancelled.
+/// Returns whether the job was pending or running (false when it had
+/// already finished or does not exist).
+///
+/// Runs on `conn`, so inside a transaction it takes effect at commit.
+pub async fn cancel(conn: &mut AsyncPgConnection, id: JobId) -> Result<bool, Error> {
+    let result = jobq_diesel::cancel(conn, id.get())
+        .await
+        .map_err(Error::db(format!("cancelling job {id}")))?;
+    Ok(!matches!(result, jobq_diesel::CancelResult::NotCancellable))
+}

@@ -1,0 +1,60 @@
+//! Typed background jobs on PostgreSQL.
+//!
+//! Annotate an async fn with [`task`], enqueue its typed payload inside your
+//! own diesel-async transaction, and run [`run`] in a worker binary:
+//!
+//! ```no_run
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Welcome {
+//!     user_id: i64,
+//! }
+//!
+//! #[jobq::task(concurrency = 4, retry = "30s")]
+//! async fn send_welcome(job: Welcome) -> Result<(), jobq::TaskError> {
+//!     println!("welcome, user {}", job.user_id);
+//!     Ok(())
+//! }
+//!
+//! # async fn handler(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), jobq::Error> {
+//! // In a request handler, on the app's connection (or inside its transaction):
+//! let id = send_welcome::enqueue(conn, &Welcome { user_id: 7 }).await?;
+//! # Ok(()) }
+//!
+//! // In the worker binary:
+//! #[tokio::main]
+//! async fn main() -> Result<(), jobq::Error> {
+//!     jobq::run().await
+//! }
+//! ```
+//!
+//! A job's life, the guarantees and the defaults are described in the
+//! repository's README.
+
+mod context;
+mod enqueue;
+mod error;
+mod job;
+mod job_id;
+mod migrate;
+mod registry;
+mod retry;
+mod task;
+mod task_error;
+mod worker;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use context::Context;
+pub use enqueue::{enqueue, enqueue_many, enqueue_with, EnqueueOptions};
+pub use error::Error;
+pub use job::{cancel, job, ErrorRecord, JobInfo, JobState};
+pub use job_id::JobId;
+pub use jobq_macros::task;
+pub use migrate::migrate;
+pub use task::{Task, TaskOptions};
+pub use task_error::TaskError;
+pub use worker::{run, Pool, ShutdownHandle, Worker, WorkerBuilder};

@@ -1,0 +1,98 @@
+//! The set of tasks linked into this binary, collected through `inventory`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::{Context, Error, Task, TaskError, TaskOptions};
+
+/// The future of one attempt, as the dispatcher runs it.
+pub type TaskFuture = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send + 'static>>;
+
+/// Turns a claimed job's JSON payload into the attempt's future. Decoding
+/// happens before the future exists so that a payload that no longer fits
+/// the type fails permanently with serde's message.
+pub type Handler = fn(Context, &str) -> Result<TaskFuture, serde_json::Error>;
+
+/// What `#[jobq::task]` submits to the registry for each task.
+#[derive(Debug)]
+pub struct TaskDescriptor {
+    pub(crate) name: &'static str,
+    pub(crate) options: TaskOptions,
+    pub(crate) handler: Handler,
+    pub(crate) file: &'static str,
+    pub(crate) line: u32,
+    pub(crate) column: u32,
+}
+
+impl TaskDescriptor {
+    /// Describes task `T`, defined at `file:line:column`.
+    pub const fn new<T: Task>(handler: Handler, file: &'static str, line: u32, column: u32) -> Self {
+        Self {
+            name: T::NAME,
+            options: T::OPTIONS,
+            handler,
+            file,
+            line,
+            column,
+        }
+    }
+
+    /// Where the task is defined, as `file:line:column`.
+    pub(crate) fn site(&self) -> String {
+        format!("{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+inventory::collect!(TaskDescriptor);
+
+/// Decodes a payload and starts the task function on it; called by the
+/// handler that `#[jobq::task]` generates.
+pub fn prepare<P, F, Fut>(payload: &str, call: F) -> Result<TaskFuture, serde_json::Error>
+where
+    P: serde::de::DeserializeOwned,
+    F: FnOnce(P) -> Fut,
+    Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
+{
+    let job: P = serde_json::from_str(payload)?;
+    Ok(Box::pin(call(job)))
+}
+
+/// The tasks a worker can run, by name.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    tasks: HashMap<&'static str, &'static TaskDescriptor>,
+}
+
+impl Registry {
+    /// Every task linked into the binary; refuses duplicate names, naming
+    /// both definition sites.
+    pub(crate) fn from_inventory() -> Result<Self, Error> {
+        Self::from_descriptors(inventory::iter::<TaskDescriptor>.into_iter())
+    }
+
+    pub(crate) fn from_descriptors(
+        descriptors: impl IntoIterator<Item = &'static TaskDescriptor>,
+    ) -> Result<Self, Error> {
+        let mut tasks: HashMap<&'static str, &'static TaskDescriptor> = HashMap::new();
+        for descriptor in descriptors {
+            if let Some(previous) = tasks.insert(descriptor.name, descriptor) {
+                // inventory's order is unspecified; sort the sites so the
+                // message is the same on every run.
+                let mut sites = [previous.site(), descriptor.site()];
+                sites.sort();
+                let [first, second] = sites;
+                return Err(Error::DuplicateTask {
+                    name: descriptor.name.to_owned(),
+                    first,
+                    second,
+                });
+            }
+        }
+        Ok(Self { tasks })
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'static TaskDescriptor> + '_ {
+        self.tasks.values().copied()
+    }
+}

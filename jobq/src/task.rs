@@ -1,0 +1,156 @@
+//! The [`Task`] trait that `#[jobq::task]` implements, and the per-task options.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A registered task: its payload type, its unique name and its options.
+///
+/// You do not implement this by hand: `#[jobq::task]` implements it on the
+/// type it generates next to your function. Generic code can use it to enqueue
+/// any task, see [`crate::enqueue`].
+pub trait Task: 'static {
+    /// The job's payload, stored as `jsonb`.
+    type Payload: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// The name stored in each job row; unique within a worker binary.
+    const NAME: &'static str;
+
+    /// The options given in the attribute; unset fields take the defaults
+    /// documented on [`TaskOptions`].
+    const OPTIONS: TaskOptions;
+}
+
+/// Options of a task, as written in `#[jobq::task(...)]`.
+///
+/// Every field is optional; [`TaskOptions::new`] leaves them unset and the
+/// accessors return the defaults below.
+///
+/// | option | default |
+/// | --- | --- |
+/// | `queue` | `"default"` |
+/// | `concurrency` | 10 per worker process |
+/// | `retry` (backoff base) | 1 s |
+/// | `max_attempts` | 20 |
+/// | `timeout` | none |
+/// | `priority` | 0 |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskOptions {
+    queue: Option<&'static str>,
+    concurrency: Option<u32>,
+    retry: Option<Duration>,
+    max_attempts: Option<u32>,
+    timeout: Option<Duration>,
+    priority: Option<i16>,
+}
+
+impl TaskOptions {
+    /// Queue used when neither the attribute nor the enqueue call names one.
+    pub const DEFAULT_QUEUE: &'static str = "default";
+    /// Attempts of one task that one worker process runs at once.
+    pub const DEFAULT_CONCURRENCY: u32 = 10;
+    /// Base delay of the exponential backoff between attempts.
+    pub const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+    /// Attempts in all, the first one included.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 20;
+
+    /// Options with every field unset.
+    pub const fn new() -> Self {
+        Self {
+            queue: None,
+            concurrency: None,
+            retry: None,
+            max_attempts: None,
+            timeout: None,
+            priority: None,
+        }
+    }
+
+    /// Sets the default queue of the task's jobs.
+    pub const fn queue(mut self, queue: &'static str) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Sets how many attempts of this task one worker process runs at once.
+    pub const fn concurrency(mut self, concurrency: u32) -> Self {
+        self.concurrency = Some(concurrency);
+        self
+    }
+
+    /// Sets the base delay of the exponential backoff between attempts.
+    pub const fn retry(mut self, base: Duration) -> Self {
+        self.retry = Some(base);
+        self
+    }
+
+    /// Sets the number of attempts, the first one included.
+    pub const fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = Some(max_attempts);
+        self
+    }
+
+    /// Sets the time limit of one attempt.
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the default priority of the task's jobs (higher runs first).
+    pub const fn priority(mut self, priority: i16) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// The queue, or [`Self::DEFAULT_QUEUE`].
+    pub const fn queue_name(&self) -> &'static str {
+        match self.queue {
+            Some(q) => q,
+            None => Self::DEFAULT_QUEUE,
+        }
+    }
+
+    /// The concurrency limit, or [`Self::DEFAULT_CONCURRENCY`].
+    pub const fn concurrency_limit(&self) -> u32 {
+        match self.concurrency {
+            Some(c) => c,
+            None => Self::DEFAULT_CONCURRENCY,
+        }
+    }
+
+    /// The backoff base, or [`Self::DEFAULT_RETRY`].
+    pub const fn retry_base(&self) -> Duration {
+        match self.retry {
+            Some(d) => d,
+            None => Self::DEFAULT_RETRY,
+        }
+    }
+
+    /// The attempt limit, or [`Self::DEFAULT_MAX_ATTEMPTS`].
+    pub const fn attempt_limit(&self) -> u32 {
+        match self.max_attempts {
+            Some(n) => n,
+            None => Self::DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// The per-attempt time limit, if any.
+    pub const fn time_limit(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The default priority, or 0.
+    pub const fn default_priority(&self) -> i16 {
+        match self.priority {
+            Some(p) => p,
+            None => 0,
+        }
+    }
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,194 @@
+//! [`WorkerBuilder`]: configuring and starting a worker.
+
+use std::time::Duration;
+
+use jobq_diesel::{build_pool, Pool};
+
+use super::config::{env_duration, env_list, Config};
+use super::url;
+use super::Worker;
+use crate::registry::Registry;
+use crate::Error;
+
+/// Configures a [`Worker`]. Unset settings come from the environment, then
+/// from the defaults:
+///
+/// | setting | environment | default |
+/// | --- | --- | --- |
+/// | [`database_url`](Self::database_url) | `DATABASE_URL` | required unless [`pool`](Self::pool) is given |
+/// | [`queues`](Self::queues) | `JOBQ_QUEUES` (comma-separated) | every registered task's queue |
+/// | [`poll_interval`](Self::poll_interval) | `JOBQ_POLL_INTERVAL` | 1 s |
+/// | [`shutdown_timeout`](Self::shutdown_timeout) | `JOBQ_SHUTDOWN_TIMEOUT` | 30 s |
+/// | [`lease`](Self::lease) | `JOBQ_LEASE` | 30 s |
+/// | [`heartbeat_interval`](Self::heartbeat_interval) | | 5 s |
+/// | [`maintenance_interval`](Self::maintenance_interval) | | 5 s |
+/// | [`retention`](Self::retention) | | 24 h completed, 7 days failed/cancelled |
+/// | [`listen`](Self::listen) | | on |
+/// | pool size (own pool) | | 8 |
+///
+/// ```no_run
+/// # async fn f() -> Result<(), jobq::Error> {
+/// use std::time::Duration;
+/// let worker = jobq::Worker::builder()
+///     .database_url("postgres://app@localhost/app")
+///     .queues(&["default", "reports"])
+///     .shutdown_timeout(Duration::from_secs(60))
+///     .build()
+///     .await?;
+/// worker.run().await
+/// # }
+/// ```
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until .build().await"]
+pub struct WorkerBuilder {
+    url: Option<String>,
+    pool: Option<Pool>,
+    queues: Option<Vec<String>>,
+    poll_interval: Option<Duration>,
+    shutdown_timeout: Option<Duration>,
+    lease: Option<Duration>,
+    heartbeat_interval: Option<Duration>,
+    maintenance_interval: Option<Duration>,
+    retention: Option<jobq_diesel::Retention>,
+    listen: Option<bool>,
+    pool_size: Option<u32>,
+}
+
+impl WorkerBuilder {
+    /// The database to work on (default: `DATABASE_URL`).
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// Share the application's bb8 pool instead of opening one. The
+    /// LISTEN connection is still a dedicated connection made by the pool's
+    /// manager, outside the pool.
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Serve only these queues (default: every registered task's queue).
+    pub fn queues(mut self, queues: &[&str]) -> Self {
+        self.queues = Some(queues.iter().map(|q| (*q).to_owned()).collect());
+        self
+    }
+
+    /// How often to look for due jobs when no notification arrives: the
+    /// longest a missed notification can delay a job.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = Some(interval);
+        self
+    }
+
+    /// How long running jobs may take to finish at shutdown before they are
+    /// stopped and handed back to the queue.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a worker may go without heartbeating before its jobs are
+    /// rescued by other workers.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// How often this worker refreshes its lease (at most half the lease).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// How often this worker tries to rescue and prune (one worker at a
+    /// time does it).
+    pub fn maintenance_interval(mut self, interval: Duration) -> Self {
+        self.maintenance_interval = Some(interval);
+        self
+    }
+
+    /// How long finished jobs stay in the table: `completed` for completed
+    /// jobs, `failed` for failed and cancelled ones.
+    pub fn retention(mut self, completed: Duration, failed: Duration) -> Self {
+        self.retention = Some(jobq_diesel::Retention { completed, failed });
+        self
+    }
+
+    /// Whether to LISTEN for wake-ups (default on). Off, the worker relies
+    /// on polling alone, e.g. behind a transaction-pooling PgBouncer.
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.listen = Some(listen);
+        self
+    }
+
+    /// Connections of the pool the worker opens itself (ignored with
+    /// [`pool`](Self::pool)).
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = Some(size);
+        self
+    }
+
+    /// Checks the settings and the task registry, connects, and installs or
+    /// upgrades the schema.
+    ///
+    /// Fails on duplicate task names (naming both definition sites), a
+    /// missing or malformed URL, an unreachable database or a schema newer
+    /// than this binary. Error messages never contain the password.
+    pub async fn build(self) -> Result<Worker, Error> {
+        let registry = Registry::from_inventory()?;
+        let defaults = Config::default();
+        let config = Config {
+            poll_interval: or_env(self.poll_interval, "JOBQ_POLL_INTERVAL", defaults.poll_interval)?,
+            shutdown_timeout: or_env(self.shutdown_timeout, "JOBQ_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout)?,
+            lease: or_env(self.lease, "JOBQ_LEASE", defaults.lease)?,
+            heartbeat_interval: self.heartbeat_interval.unwrap_or(defaults.heartbeat_interval),
+            maintenance_interval: self.maintenance_interval.unwrap_or(defaults.maintenance_interval),
+            retention: self.retention.unwrap_or(defaults.retention),
+            listen: self.listen.unwrap_or(defaults.listen),
+            pool_size: self.pool_size.unwrap_or(defaults.pool_size),
+            outcome_batch: defaults.outcome_batch,
+        };
+        config.validate()?;
+        let (pool, shown_url) = match self.pool {
+            Some(pool) => (pool, "the given pool".to_owned()),
+            None => {
+                let url = match self.url {
+                    Some(url) => url,
+                    None => std::env::var("DATABASE_URL").map_err(|_| Error::InvalidUrl {
+                        url: String::new(),
+                        reason: "DATABASE_URL is not set; set it or call WorkerBuilder::database_url".into(),
+                    })?,
+                };
+                url::check(&url)?;
+                (build_pool(&url, config.pool_size), url::redact(&url))
+            }
+        };
+        // A dedicated connection reports the driver's own error at once,
+        // where a pool checkout would wait out its timeout first.
+        let mut conn = pool.dedicated_connection().await.map_err(|source| Error::Connect {
+            url: shown_url.clone(),
+            source: bb8::RunError::User(source),
+        })?;
+        crate::migrate(&mut conn).await?;
+        drop(conn);
+        let queues = self
+            .queues
+            .or_else(|| env_list("JOBQ_QUEUES"))
+            .unwrap_or_else(|| {
+                let mut queues: Vec<String> = registry.iter().map(|d| d.options.queue_name().to_owned()).collect();
+                queues.sort();
+                queues.dedup();
+                queues
+            });
+        Worker::new(pool, config, registry, queues)
+    }
+}
+
+fn or_env(explicit: Option<Duration>, var: &'static str, default: Duration) -> Result<Duration, Error> {
+    match explicit {
+        Some(d) => Ok(d),
+        None => Ok(env_duration(var)?.unwrap_or(default)),
+    }
+}

@@ -1,0 +1,107 @@
+//! Writing outcomes in batches: whatever has accumulated while the previous
+//! write was in flight goes in the next statement, so the write rate adapts
+//! to the load without a timer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobq_diesel::Outcome;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+
+use super::state::Shared;
+
+/// Longest pause between two tries of a failing write.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Runs until the channel closes, or `stop` fires, and everything received
+/// is written; or until `give_up` fires while writes keep failing (the jobs
+/// then stay running under this worker and are rescued after its lease).
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut rx: UnboundedReceiver<Outcome>,
+    stop: CancellationToken,
+    give_up: CancellationToken,
+) {
+    let mut batch: Vec<Outcome> = Vec::with_capacity(shared.config.outcome_batch);
+    let mut last_round = false;
+    loop {
+        if batch.is_empty() && !last_round {
+            tokio::select! {
+                biased;
+                received = rx.recv() => match received {
+                    Some(outcome) => batch.push(outcome),
+                    None => return,
+                },
+                _ = stop.cancelled() => last_round = true,
+            }
+        }
+        while batch.len() < shared.config.outcome_batch {
+            match rx.try_recv() {
+                Ok(outcome) => batch.push(outcome),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        if !write(&shared, &batch, &give_up).await {
+            tracing::error!(
+                outcomes = batch.len(),
+                "gave up writing outcomes; the jobs will be rescued after the lease"
+            );
+            return;
+        }
+        batch.clear();
+        if last_round && rx.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Writes one batch, retrying with backoff; false when `give_up` fired.
+async fn write(shared: &Shared, batch: &[Outcome], give_up: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match try_write(shared, batch).await {
+            Ok(()) => return true,
+            Err(message) => {
+                tracing::warn!(error = %message, outcomes = batch.len(), retry_in = ?delay, "writing outcomes failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = give_up.cancelled() => return false,
+        }
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+async fn try_write(shared: &Shared, batch: &[Outcome]) -> Result<(), String> {
+    let mut conn = shared
+        .pool
+        .get()
+        .await
+        .map_err(|e| format!("no connection: {e}"))?;
+    let written = jobq_diesel::write_outcomes(&mut conn, batch)
+        .await
+        .map_err(|e| e.to_string())?;
+    if written.len() != batch.len() {
+        for outcome in batch {
+            if !written.iter().any(|w| w.id == outcome.id && w.attempt == outcome.attempt) {
+                // Invariant 2: the attempt was rescued (and maybe claimed
+                // again) while it ran; its late outcome changes nothing.
+                tracing::warn!(
+                    job.id = outcome.id,
+                    job.attempt = outcome.attempt,
+                    outcome = ?outcome.kind,
+                    "outcome discarded: the job is no longer running this attempt (rescued)"
+                );
+            }
+        }
+    }
+    for w in &written {
+        tracing::trace!(job.id = w.id, job.attempt = w.attempt, state = %w.state, "outcome written");
+    }
+    Ok(())
+}

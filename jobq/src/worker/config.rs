@@ -1,0 +1,95 @@
+//! Worker settings, their defaults and the environment variables that set
+//! them.
+
+use std::time::Duration;
+
+use jobq_diesel::Retention;
+
+use crate::Error;
+
+/// Every tunable of a worker, with the defaults documented on
+/// [`crate::WorkerBuilder`].
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) poll_interval: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) maintenance_interval: Duration,
+    pub(crate) retention: Retention,
+    pub(crate) listen: bool,
+    pub(crate) pool_size: u32,
+    pub(crate) outcome_batch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(30),
+            lease: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            maintenance_interval: Duration::from_secs(5),
+            retention: Retention {
+                completed: Duration::from_secs(24 * 60 * 60),
+                failed: Duration::from_secs(7 * 24 * 60 * 60),
+            },
+            listen: true,
+            pool_size: 8,
+            outcome_batch: 1000,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let positive = |what: &'static str, d: Duration| {
+            if d.is_zero() {
+                Err(Error::invalid(what, "must be longer than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("poll_interval", self.poll_interval)?;
+        positive("lease", self.lease)?;
+        positive("heartbeat_interval", self.heartbeat_interval)?;
+        positive("maintenance_interval", self.maintenance_interval)?;
+        if self.heartbeat_interval * 2 > self.lease {
+            return Err(Error::invalid(
+                "lease",
+                format!(
+                    "the lease ({:?}) must be at least twice the heartbeat interval ({:?}), \
+                     or one late heartbeat would get live jobs rescued",
+                    self.lease, self.heartbeat_interval
+                ),
+            ));
+        }
+        if self.pool_size < 2 {
+            return Err(Error::invalid("pool_size", "a worker needs at least 2 connections"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a duration like `250ms`, `30s` or `5m` from an environment
+/// variable; `None` when it is unset.
+pub(crate) fn env_duration(name: &'static str) -> Result<Option<Duration>, Error> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(raw) => humantime::parse_duration(raw.trim())
+            .map(Some)
+            .map_err(|e| Error::invalid(name, format!("{raw:?} is not a duration like 250ms, 30s or 5m: {e}"))),
+    }
+}
+
+/// Reads a comma-separated list from an environment variable.
+pub(crate) fn env_list(name: &'static str) -> Option<Vec<String>> {
+    let raw = std::env::var(name).ok()?;
+    let items: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (!items.is_empty()).then_some(items)
+}

@@ -1,0 +1,151 @@
+//! Running one attempt: decode the payload, call the task function under
+//! its time limit with panics caught, and turn the result into an outcome.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use jobq_diesel::{ClaimedJob, Outcome, OutcomeKind};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::Instrument;
+
+use super::state::{lock, InFlight, Shared};
+use crate::retry::backoff;
+use crate::{Context, JobId};
+
+/// Starts the attempt of a claimed job on the runtime. The slot of its task
+/// was taken by the fetcher; it is freed when the handler returns.
+pub(crate) fn spawn(shared: &Arc<Shared>, job: ClaimedJob, task_index: usize, outcomes: &UnboundedSender<Outcome>) {
+    let span = tracing::info_span!(
+        "job",
+        job.id = job.id,
+        job.task = %job.task,
+        job.queue = %job.queue,
+        job.attempt = job.attempt,
+    );
+    let cancel = shared.stopping.child_token();
+    if job.cancel_requested {
+        cancel.cancel();
+    }
+    // Register before spawning so that a cancel notification or a shutdown
+    // arriving right now finds the attempt.
+    lock(&shared.in_flight).insert(
+        job.id,
+        InFlight {
+            attempt: job.attempt,
+            cancel: cancel.clone(),
+            abort: None,
+        },
+    );
+    let id = job.id;
+    let attempt = job.attempt;
+    let task = Arc::clone(shared);
+    let tx = outcomes.clone();
+    let handle = tokio::spawn(
+        async move {
+            let kind_and_message = run_attempt(&task, job, task_index, cancel).await;
+            finish(&task, id, attempt, task_index, kind_and_message, &tx);
+        }
+        .instrument(span),
+    );
+    if let Some(entry) = lock(&shared.in_flight).get_mut(&id) {
+        entry.abort = Some(handle.abort_handle());
+    }
+}
+
+async fn run_attempt(
+    shared: &Shared,
+    job: ClaimedJob,
+    task_index: usize,
+    cancel: tokio_util::sync::CancellationToken,
+) -> (OutcomeKind, Option<String>) {
+    let descriptor = shared.tasks[task_index].descriptor;
+    let attempt = u32::try_from(job.attempt).unwrap_or(1);
+    let ctx = Context::new(JobId::from(job.id), attempt, descriptor.name, job.queue, cancel.clone());
+    let future = match (descriptor.handler)(ctx, &job.payload) {
+        Ok(future) => future,
+        Err(e) => {
+            let message = format!(
+                "task {}: the payload does not deserialize into the task's payload type: {e}",
+                descriptor.name
+            );
+            tracing::error!(error = %message, "failing the job permanently");
+            return (OutcomeKind::Failed, Some(message));
+        }
+    };
+    tracing::debug!("attempt started");
+    let limit = descriptor.options.time_limit();
+    let guarded = async move {
+        match limit {
+            Some(limit) => tokio::time::timeout(limit, future).await.map_err(|_| limit),
+            None => Ok(future.await),
+        }
+    };
+    let retry = |message: String| {
+        let delay = backoff(descriptor.options.retry_base(), attempt);
+        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        (OutcomeKind::Retry { delay_ms }, Some(message))
+    };
+    let result = AssertUnwindSafe(guarded).catch_unwind().await;
+    let outcome = match result {
+        Ok(Ok(Ok(()))) => (OutcomeKind::Completed, None),
+        Ok(Ok(Err(e))) if e.is_permanent() => (OutcomeKind::Failed, Some(e.to_string())),
+        Ok(Ok(Err(e))) => retry(e.to_string()),
+        Ok(Err(limit)) => retry(format!("attempt timed out after {limit:?}")),
+        Err(panic) => retry(format!("attempt panicked: {}", panic_message(&*panic))),
+    };
+    // A handler that stopped because the worker is shutting down gets its
+    // job back in the queue untouched instead of a failed attempt.
+    if outcome.0 != OutcomeKind::Completed && shared.stopping.is_cancelled() && outcome.0 != OutcomeKind::Failed {
+        return (
+            OutcomeKind::Released,
+            Some(format!("worker shutting down: {}", outcome.1.unwrap_or_default())),
+        );
+    }
+    match &outcome {
+        (OutcomeKind::Completed, _) => tracing::debug!("attempt completed"),
+        (kind, Some(message)) => tracing::warn!(error = %message, outcome = ?kind, "attempt failed"),
+        (kind, None) => tracing::warn!(outcome = ?kind, "attempt failed"),
+    }
+    outcome
+}
+
+/// Hands the outcome to the completer, unless shutdown already took the
+/// attempt back (then it owns the outcome).
+fn finish(
+    shared: &Shared,
+    id: i64,
+    attempt: i32,
+    task_index: usize,
+    (kind, message): (OutcomeKind, Option<String>),
+    outcomes: &UnboundedSender<Outcome>,
+) {
+    let (owned, now_idle) = {
+        let mut in_flight = lock(&shared.in_flight);
+        (in_flight.remove(&id).is_some(), in_flight.is_empty())
+    };
+    if now_idle {
+        shared.idle.notify_one();
+    }
+    if !owned {
+        return;
+    }
+    shared.release_slot(task_index);
+    let outcome = Outcome { id, attempt, kind, message };
+    if outcomes.send(outcome).is_err() {
+        // Only after the completer stopped; the job stays running and is
+        // rescued once this worker's heartbeats stop.
+        tracing::error!("outcome dropped: the completer has stopped");
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}

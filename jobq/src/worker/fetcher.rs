@@ -1,0 +1,140 @@
+//! The fetcher: claims due jobs into free slots and starts them.
+//!
+//! It sleeps until the first of: a notification, a freed slot of a task
+//! that may have work waiting, the next known `run_at`, the fallback poll,
+//! or shutdown. Every wake is handled the same way: claim until a batch
+//! comes back short. A lost notification therefore costs at most one poll
+//! interval, never a job.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jobq_diesel::{ClaimRequest, ClaimedJob, Outcome};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::executor;
+use super::listen::error_chain;
+use super::state::{lock, Shared};
+
+pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Outcome>) {
+    let mut failures = 0u32;
+    loop {
+        if shared.stopping.is_cancelled() {
+            return;
+        }
+        match claim_round(&shared, &outcomes).await {
+            Ok(more) => {
+                failures = 0;
+                if more {
+                    continue;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "claiming jobs failed; retrying");
+            }
+        }
+        let deadline = next_wake(&shared, failures);
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = shared.stopping.cancelled() => return,
+        }
+    }
+}
+
+/// When to look again without being woken: the poll interval, the next
+/// known `run_at`, or a backoff after failed claims.
+fn next_wake(shared: &Shared, failures: u32) -> Instant {
+    let now = Instant::now();
+    let poll = if failures == 0 {
+        shared.config.poll_interval
+    } else {
+        // Back off while the database is unreachable, but never past the
+        // poll interval, which is the promise made for missed wake-ups.
+        Duration::from_millis(50u64 << failures.min(6)).min(shared.config.poll_interval)
+    };
+    let mut at = now + poll;
+    let mut next_due = lock(&shared.next_due);
+    if let Some(due) = *next_due {
+        if due <= now {
+            // Being handled by this wake; forget it.
+            *next_due = None;
+        } else if due < at {
+            at = due;
+        }
+    }
+    at
+}
+
+/// One claim for every task with free slots; true when some task filled
+/// all its free slots (more work may be waiting right now).
+async fn claim_round(shared: &Arc<Shared>, outcomes: &UnboundedSender<Outcome>) -> Result<bool, String> {
+    let (tasks, slots, indices) = {
+        let s = lock(&shared.slots);
+        let mut tasks = Vec::new();
+        let mut slots = Vec::new();
+        let mut indices = Vec::new();
+        for (i, task) in shared.tasks.iter().enumerate() {
+            let free = task.limit.saturating_sub(s.running[i]);
+            if free > 0 {
+                tasks.push(shared.task_names[i].clone());
+                slots.push(i32::try_from(free).unwrap_or(i32::MAX));
+                indices.push(i);
+            }
+        }
+        (tasks, slots, indices)
+    };
+    if tasks.is_empty() {
+        return Ok(false);
+    }
+    let claimed: Vec<ClaimedJob> = {
+        let mut conn = shared.pool.get().await.map_err(|e| error_chain(&e))?;
+        let request = ClaimRequest {
+            worker_id: shared.worker_id,
+            queues: &shared.queues,
+            tasks: &tasks,
+            slots: &slots,
+        };
+        jobq_diesel::claim(&mut conn, &request).await.map_err(|e| e.to_string())?
+    };
+    let mut per_task = vec![0u32; shared.tasks.len()];
+    {
+        let mut s = lock(&shared.slots);
+        for job in &claimed {
+            if let Some(i) = shared.task_index(&job.task) {
+                per_task[i] += 1;
+                s.running[i] += 1;
+            }
+        }
+        for (k, &i) in indices.iter().enumerate() {
+            s.saturated[i] = i64::from(per_task[i]) >= i64::from(slots[k]);
+        }
+    }
+    let mut more = false;
+    for (k, &i) in indices.iter().enumerate() {
+        if i64::from(per_task[i]) >= i64::from(slots[k]) {
+            more = true;
+        }
+    }
+    for job in claimed {
+        match shared.task_index(&job.task) {
+            Some(i) => executor::spawn(shared, job, i, outcomes),
+            None => unreachable_task(&job),
+        }
+    }
+    // `more` only matters if a slot is still free; otherwise the freed-slot
+    // wake-up takes over.
+    Ok(more && has_free_slot(shared))
+}
+
+fn has_free_slot(shared: &Shared) -> bool {
+    let s = lock(&shared.slots);
+    shared.tasks.iter().enumerate().any(|(i, t)| s.running[i] < t.limit)
+}
+
+fn unreachable_task(job: &ClaimedJob) {
+    // The claim only asks for tasks this worker serves; log rather than
+    // panic if the database ever returns something else.
+    tracing::error!(job.id = job.id, job.task = %job.task, "claimed a job of a task this worker does not serve");
+}

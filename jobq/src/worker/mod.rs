@@ -1,0 +1,177 @@
+//! The worker: claims jobs of the registered tasks and runs them.
+//!
+//! Inside, a handful of tokio tasks share one [`state::Shared`]: the
+//! fetcher claims into free slots and spawns one tokio task per attempt,
+//! the completer writes outcomes in batches, the listener turns
+//! notifications into wake-ups, and the heartbeat and maintenance loops keep
+//! leases and rescue the jobs of dead workers.
+
+mod builder;
+mod completer;
+mod config;
+mod executor;
+mod fetcher;
+mod heartbeat;
+mod listen;
+mod maintenance;
+mod shutdown;
+mod state;
+mod url;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use builder::WorkerBuilder;
+pub use jobq_diesel::Pool;
+use jobq_diesel::WorkerInfo;
+pub use shutdown::ShutdownHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::config::Config;
+use self::state::{ServedTask, Shared};
+use crate::registry::Registry;
+use crate::Error;
+
+/// A configured worker, ready to run. Build one with [`Worker::builder`].
+#[derive(Debug)]
+pub struct Worker {
+    pool: Pool,
+    config: Config,
+    registry: Registry,
+    queues: Vec<String>,
+}
+
+impl Worker {
+    /// Starts configuring a worker.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+
+    fn new(pool: Pool, config: Config, registry: Registry, queues: Vec<String>) -> Result<Self, Error> {
+        if queues.is_empty() {
+            return Err(Error::NoTasks(
+                "no queue to serve: register a task with #[jobq::task] or pass .queues(..)".into(),
+            ));
+        }
+        if registry.iter().next().is_none() {
+            return Err(Error::NoTasks(
+                "no task is registered in this binary; annotate an async fn with #[jobq::task]".into(),
+            ));
+        }
+        Ok(Self {
+            pool,
+            config,
+            registry,
+            queues,
+        })
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run(self) -> Result<(), Error> {
+        self.run_until(shutdown::signal()).await
+    }
+
+    /// Runs until `signal` resolves, then shuts down gracefully: stops
+    /// claiming, lets running jobs finish within the shutdown timeout, hands
+    /// the rest back to the queue and writes every outcome.
+    pub async fn run_until<F>(self, signal: F) -> Result<(), Error>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let info = WorkerInfo {
+            hostname: hostname(),
+            pid: i32::try_from(std::process::id()).unwrap_or(0),
+            queues: self.queues.clone(),
+        };
+        let worker_id = {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(Error::pool("registering the worker"))?;
+            jobq_diesel::register_worker(&mut conn, &info)
+                .await
+                .map_err(Error::db("registering the worker"))?
+        };
+        let mut tasks: Vec<ServedTask> = self
+            .registry
+            .iter()
+            .map(|descriptor| ServedTask {
+                descriptor,
+                limit: descriptor.options.concurrency_limit(),
+            })
+            .collect();
+        tasks.sort_by_key(|t| t.descriptor.name);
+        let shared = Shared::new_arc(self.pool, self.config, worker_id, self.queues, tasks);
+        report_unknown_tasks(&shared).await;
+        tracing::info!(
+            worker.id = worker_id,
+            queues = ?shared.queues,
+            tasks = ?shared.task_names,
+            "jobq worker started"
+        );
+        let running = shutdown::Running::start(Arc::clone(&shared), info);
+        signal.await;
+        tracing::info!(worker.id = worker_id, "shutting down");
+        running.stop().await;
+        Ok(())
+    }
+
+    /// Runs in a background tokio task; the handle stops it.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), jobq::Error> {
+    /// let handle = jobq::Worker::builder().build().await?.spawn();
+    /// // ... serve requests ...
+    /// handle.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn spawn(self) -> ShutdownHandle {
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let join = tokio::spawn(async move { self.run_until(signal.cancelled_owned()).await });
+        ShutdownHandle::new(stop, join)
+    }
+}
+
+/// Builds a worker from the environment (`DATABASE_URL`, `JOBQ_*`) and runs
+/// every registered task until SIGINT or SIGTERM.
+///
+/// ```no_run
+/// #[tokio::main]
+/// async fn main() -> Result<(), jobq::Error> {
+///     jobq::run().await
+/// }
+/// ```
+pub async fn run() -> Result<(), Error> {
+    Worker::builder().build().await?.run().await
+}
+
+async fn report_unknown_tasks(shared: &Shared) {
+    let result = match shared.pool.get().await {
+        Ok(mut conn) => jobq_diesel::pending_unknown_tasks(&mut conn, &shared.queues, &shared.task_names)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(unknown) if !unknown.is_empty() => {
+            let list: Vec<String> = unknown.iter().map(|u| format!("{} ({} pending)", u.task, u.pending)).collect();
+            tracing::warn!(
+                tasks = %list.join(", "),
+                "pending jobs of tasks this worker does not know; it will not run them"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "could not list pending jobs of unknown tasks"),
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -1,0 +1,127 @@
+//! What the worker's loops share: the pool, the tasks served, and the
+//! attempts in flight.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use jobq_diesel::Pool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::config::Config;
+use crate::registry::TaskDescriptor;
+
+/// A task this worker serves, with its slot accounting.
+#[derive(Debug)]
+pub(crate) struct ServedTask {
+    pub(crate) descriptor: &'static TaskDescriptor,
+    pub(crate) limit: u32,
+}
+
+/// An attempt in flight. Whoever removes it from [`Shared::in_flight`]
+/// owns the right to write its outcome: the executor when the handler
+/// returns, or shutdown when it gives the job back.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub(crate) attempt: i32,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) abort: Option<tokio::task::AbortHandle>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Slots {
+    /// Attempts running per task, indexed like [`Shared::tasks`].
+    pub(crate) running: Vec<u32>,
+    /// Tasks whose last claim filled every free slot: more work may wait,
+    /// so a freed slot is worth a claim.
+    pub(crate) saturated: Vec<bool>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) pool: Pool,
+    pub(crate) config: Config,
+    pub(crate) worker_id: i64,
+    pub(crate) queues: Vec<String>,
+    pub(crate) tasks: Vec<ServedTask>,
+    pub(crate) task_names: Vec<String>,
+    pub(crate) in_flight: Mutex<HashMap<i64, InFlight>>,
+    pub(crate) slots: Mutex<Slots>,
+    /// Wakes the fetcher: notifications, freed slots of saturated tasks,
+    /// reconnects.
+    pub(crate) wake: Notify,
+    /// The earliest known future `run_at`, from notifications.
+    pub(crate) next_due: Mutex<Option<Instant>>,
+    /// Fires when shutdown begins; every job's token is a child of it.
+    pub(crate) stopping: CancellationToken,
+    /// Signalled when the last attempt in flight finishes.
+    pub(crate) idle: Notify,
+}
+
+/// Locks a mutex, recovering from poisoning: the data here stays
+/// consistent across a panic in another holder (counters and maps updated
+/// in single steps), and a worker must keep running.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn task_index(&self, name: &str) -> Option<usize> {
+        self.tasks.iter().position(|t| t.descriptor.name == name)
+    }
+
+    /// Frees a slot of `task_index` and wakes the fetcher when that task
+    /// may have work waiting.
+    pub(crate) fn release_slot(&self, task_index: usize) {
+        let wake = {
+            let mut slots = lock(&self.slots);
+            slots.running[task_index] = slots.running[task_index].saturating_sub(1);
+            slots.saturated[task_index]
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Records a future due time learnt from a notification.
+    pub(crate) fn schedule_wake(&self, at: Instant) {
+        let mut next = lock(&self.next_due);
+        if next.is_none_or(|n| at < n) {
+            *next = Some(at);
+            drop(next);
+            self.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn serves_queue(&self, queue: &str) -> bool {
+        self.queues.iter().any(|q| q == queue)
+    }
+
+    pub(crate) fn new_arc(
+        pool: Pool,
+        config: Config,
+        worker_id: i64,
+        queues: Vec<String>,
+        tasks: Vec<ServedTask>,
+    ) -> Arc<Self> {
+        let n = tasks.len();
+        Arc::new(Self {
+            pool,
+            config,
+            worker_id,
+            queues,
+            task_names: tasks.iter().map(|t| t.descriptor.name.to_owned()).collect(),
+            tasks,
+            in_flight: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Slots {
+                running: vec![0; n],
+                saturated: vec![false; n],
+            }),
+            wake: Notify::new(),
+            next_due: Mutex::new(None),
+            stopping: CancellationToken::new(),
+            idle: Notify::new(),
+        })
+    }
+}

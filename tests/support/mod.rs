@@ -1,0 +1,110 @@
+//! Shared set-up of the integration tests: a database of the test's own,
+//! a pool on it, fast worker settings, and polling with deadlines.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::AsyncPgConnection;
+use jobq::{JobId, JobInfo, JobState};
+use jobq_testkit::TestDatabase;
+
+/// Generous deadline for anything that should happen "soon": CI machines
+/// are slow, and a test that waits longer only costs time when it fails.
+pub const SOON: Duration = Duration::from_secs(20);
+
+pub struct Env {
+    pub db: TestDatabase,
+    pub pool: jobq::Pool,
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A fresh database with jobq's schema, and a pool on it.
+pub async fn env() -> Env {
+    init_tracing();
+    let db = TestDatabase::create().await.expect("test database");
+    let pool = bb8::Pool::builder()
+        .max_size(16)
+        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(db.url()));
+    let mut conn = pool.get().await.expect("connection");
+    jobq::migrate(&mut conn).await.expect("migrate");
+    drop(conn);
+    Env { db, pool }
+}
+
+impl Env {
+    pub async fn conn(&self) -> bb8::PooledConnection<'_, AsyncDieselConnectionManager<AsyncPgConnection>> {
+        self.pool.get().await.expect("connection")
+    }
+
+    /// A worker builder on this database with settings that keep tests
+    /// fast: short poll, lease and intervals.
+    pub fn worker(&self) -> jobq::WorkerBuilder {
+        jobq::Worker::builder()
+            .pool(self.pool.clone())
+            .poll_interval(Duration::from_millis(200))
+            .lease(Duration::from_secs(2))
+            .heartbeat_interval(Duration::from_millis(200))
+            .maintenance_interval(Duration::from_millis(200))
+            .shutdown_timeout(Duration::from_secs(5))
+    }
+
+    pub async fn job(&self, id: JobId) -> JobInfo {
+        let mut conn = self.conn().await;
+        jobq::job(&mut conn, id).await.expect("job lookup").expect("job exists")
+    }
+
+    /// Polls the job until `done` holds or the deadline passes.
+    pub async fn wait_job(&self, id: JobId, what: &str, done: impl Fn(&JobInfo) -> bool) -> JobInfo {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let info = self.job(id).await;
+            if done(&info) {
+                return info;
+            }
+            assert!(Instant::now() < deadline, "job {id} never became {what}: {info:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, id: JobId, state: JobState) -> JobInfo {
+        self.wait_job(id, &format!("{state:?}"), |j| j.state == state).await
+    }
+
+    /// Runs a scalar SQL query (test-side inspection only).
+    pub async fn count(&self, sql: &str) -> i64 {
+        use diesel::sql_types::BigInt;
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut conn = self.conn().await;
+        let row: N = diesel::sql_query(sql).get_result(&mut conn).await.expect(sql);
+        row.n
+    }
+}
+
+/// Polls `check` until it returns true or the deadline passes.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + SOON;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
