@@ -67,11 +67,19 @@ async fn options_override_the_task_defaults() {
         .delay(Duration::from_secs(3600))
         .queue("other")
         .max_attempts(2);
-    let id = send_email::enqueue_with(&mut conn, &email("c@example.com"), options).await.unwrap();
+    let id = send_email::enqueue_with(&mut conn, &email("c@example.com"), options)
+        .await
+        .unwrap();
     let info = env.job(id).await;
-    assert_eq!((info.priority, info.queue.as_str(), info.max_attempts), (9, "other", 2));
+    assert_eq!(
+        (info.priority, info.queue.as_str(), info.max_attempts),
+        (9, "other", 2)
+    );
     let ahead = info.run_at - info.created_at;
-    assert!(ahead >= chrono::Duration::seconds(3599), "run_at only {ahead} ahead");
+    assert!(
+        ahead >= chrono::Duration::seconds(3599),
+        "run_at only {ahead} ahead"
+    );
 }
 
 #[tokio::test]
@@ -84,7 +92,9 @@ async fn invalid_options_are_refused_with_the_option_named() {
         (EnqueueOptions::new().dedupe_key(""), "dedupe_key"),
     ];
     for (options, what) in cases {
-        let err = send_email::enqueue_with(&mut conn, &email("d@example.com"), options).await.unwrap_err();
+        let err = send_email::enqueue_with(&mut conn, &email("d@example.com"), options)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains(what), "{err} should name {what}");
     }
     assert_eq!(env.count("SELECT count(*) AS n FROM jobq.jobs").await, 0);
@@ -95,18 +105,28 @@ async fn dedupe_key_returns_the_live_job_instead_of_a_new_one() {
     let env = support::env().await;
     let mut conn = env.conn().await;
     let keyed = || EnqueueOptions::new().dedupe_key("user-42");
-    let first = send_email::enqueue_with(&mut conn, &email("e@example.com"), keyed()).await.unwrap();
-    let again = send_email::enqueue_with(&mut conn, &email("other@example.com"), keyed()).await.unwrap();
+    let first = send_email::enqueue_with(&mut conn, &email("e@example.com"), keyed())
+        .await
+        .unwrap();
+    let again = send_email::enqueue_with(&mut conn, &email("other@example.com"), keyed())
+        .await
+        .unwrap();
     assert_eq!(first, again);
     assert_eq!(env.count("SELECT count(*) AS n FROM jobq.jobs").await, 1);
     // Another key, or no key, makes a new job.
-    let other = send_email::enqueue_with(&mut conn, &email("e@example.com"), EnqueueOptions::new().dedupe_key("user-43"))
-        .await
-        .unwrap();
+    let other = send_email::enqueue_with(
+        &mut conn,
+        &email("e@example.com"),
+        EnqueueOptions::new().dedupe_key("user-43"),
+    )
+    .await
+    .unwrap();
     assert_ne!(other, first);
     // Once the keyed job is finished, the key is free again.
     assert!(jobq::cancel(&mut conn, first).await.unwrap());
-    let fresh = send_email::enqueue_with(&mut conn, &email("e@example.com"), keyed()).await.unwrap();
+    let fresh = send_email::enqueue_with(&mut conn, &email("e@example.com"), keyed())
+        .await
+        .unwrap();
     assert_ne!(fresh, first);
 }
 
@@ -114,13 +134,20 @@ async fn dedupe_key_returns_the_live_job_instead_of_a_new_one() {
 async fn enqueue_many_inserts_every_payload_in_order() {
     let env = support::env().await;
     let mut conn = env.conn().await;
-    let payloads: Vec<Email> = (0..500).map(|i| email(&format!("{i}@example.com"))).collect();
-    let ids = send_email::enqueue_many(&mut conn, &payloads).await.unwrap();
+    let payloads: Vec<Email> = (0..500)
+        .map(|i| email(&format!("{i}@example.com")))
+        .collect();
+    let ids = send_email::enqueue_many(&mut conn, &payloads)
+        .await
+        .unwrap();
     assert_eq!(ids.len(), 500);
     for (i, id) in ids.iter().enumerate().step_by(97) {
         assert_eq!(env.job(*id).await.payload["to"], format!("{i}@example.com"));
     }
-    assert!(send_email::enqueue_many(&mut conn, &[]).await.unwrap().is_empty());
+    assert!(send_email::enqueue_many(&mut conn, &[])
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -140,21 +167,28 @@ async fn enqueue_many_rolls_back_with_the_transaction() {
 async fn cancel_makes_a_pending_job_cancelled() {
     let env = support::env().await;
     let mut conn = env.conn().await;
-    let id = send_email::enqueue(&mut conn, &email("f@example.com")).await.unwrap();
+    let id = send_email::enqueue(&mut conn, &email("f@example.com"))
+        .await
+        .unwrap();
     assert!(jobq::cancel(&mut conn, id).await.unwrap());
     let info = env.job(id).await;
     assert_eq!(info.state, JobState::Cancelled);
     assert!(info.finished_at.is_some());
     // Cancelling again, or an unknown id, changes nothing.
     assert!(!jobq::cancel(&mut conn, id).await.unwrap());
-    assert!(!jobq::cancel(&mut conn, jobq::JobId::from(999_999)).await.unwrap());
+    assert!(!jobq::cancel(&mut conn, jobq::JobId::from(999_999))
+        .await
+        .unwrap());
 }
 
 #[tokio::test]
 async fn job_lookup_of_an_unknown_id_is_none() {
     let env = support::env().await;
     let mut conn = env.conn().await;
-    assert!(jobq::job(&mut conn, jobq::JobId::from(123)).await.unwrap().is_none());
+    assert!(jobq::job(&mut conn, jobq::JobId::from(123))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -170,5 +204,9 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     for run in runs {
         run.await.unwrap().unwrap();
     }
-    assert_eq!(env.count("SELECT count(*) AS n FROM jobq.schema_migrations").await, 1);
+    assert_eq!(
+        env.count("SELECT count(*) AS n FROM jobq.schema_migrations")
+            .await,
+        1
+    );
 }

@@ -27,13 +27,19 @@ async fn committed_job_runs_to_completion() {
     let env = support::env().await;
     let handle = env.worker().build().await.unwrap().spawn();
     let mut conn = env.conn().await;
-    let id = record_note::enqueue(&mut conn, &Note { text: "hi".into() }).await.unwrap();
+    let id = record_note::enqueue(&mut conn, &Note { text: "hi".into() })
+        .await
+        .unwrap();
     let info = env.wait_state(id, JobState::Completed).await;
     assert_eq!(info.attempt, 1);
     assert!(info.started_at.is_some() && info.finished_at.is_some());
     assert!(info.errors.is_empty());
     handle.shutdown().await.unwrap();
-    assert_eq!(env.count("SELECT count(*) AS n FROM jobq.workers").await, 0, "worker row left behind");
+    assert_eq!(
+        env.count("SELECT count(*) AS n FROM jobq.workers").await,
+        0,
+        "worker row left behind"
+    );
 }
 
 /// True once a session of this database is LISTENing (its last statement
@@ -52,14 +58,30 @@ async fn listener_ready(env: &support::Env) -> bool {
 async fn notification_wakes_the_worker_long_before_the_poll() {
     let env = support::env().await;
     let poll = Duration::from_secs(60);
-    let handle = env.worker().poll_interval(poll).build().await.unwrap().spawn();
+    let handle = env
+        .worker()
+        .poll_interval(poll)
+        .build()
+        .await
+        .unwrap()
+        .spawn();
     support::wait_until("the listener", || listener_ready(&env)).await;
     let mut conn = env.conn().await;
     let enqueued = Instant::now();
-    let id = record_note::enqueue(&mut conn, &Note { text: "wake".into() }).await.unwrap();
+    let id = record_note::enqueue(
+        &mut conn,
+        &Note {
+            text: "wake".into(),
+        },
+    )
+    .await
+    .unwrap();
     env.wait_state(id, JobState::Completed).await;
     let took = enqueued.elapsed();
-    assert!(took < poll / 4, "took {took:?}: the notification did not wake the worker");
+    assert!(
+        took < poll / 4,
+        "took {took:?}: the notification did not wake the worker"
+    );
     handle.shutdown().await.unwrap();
 }
 
@@ -76,7 +98,14 @@ async fn the_poll_finds_jobs_whose_notification_was_missed() {
         .unwrap()
         .spawn();
     let mut conn = env.conn().await;
-    let id = record_note::enqueue(&mut conn, &Note { text: "poll".into() }).await.unwrap();
+    let id = record_note::enqueue(
+        &mut conn,
+        &Note {
+            text: "poll".into(),
+        },
+    )
+    .await
+    .unwrap();
     env.wait_state(id, JobState::Completed).await;
     handle.shutdown().await.unwrap();
 }
@@ -95,10 +124,15 @@ async fn higher_priority_runs_first_then_oldest() {
     let mut conn = env.conn().await;
     for (text, priority) in [("low-1", 0), ("high", 10), ("low-2", 0), ("mid", 5)] {
         let options = EnqueueOptions::new().priority(priority);
-        ordered::enqueue_with(&mut conn, &Note { text: text.into() }, options).await.unwrap();
+        ordered::enqueue_with(&mut conn, &Note { text: text.into() }, options)
+            .await
+            .unwrap();
     }
     let handle = env.worker().build().await.unwrap().spawn();
-    support::wait_until("all four jobs", || async { ORDER.lock().unwrap().len() == 4 }).await;
+    support::wait_until("all four jobs", || async {
+        ORDER.lock().unwrap().len() == 4
+    })
+    .await;
     assert_eq!(*ORDER.lock().unwrap(), ["high", "mid", "low-1", "low-2"]);
     handle.shutdown().await.unwrap();
 }
@@ -109,9 +143,15 @@ async fn delayed_jobs_do_not_run_early() {
     let handle = env.worker().build().await.unwrap().spawn();
     let mut conn = env.conn().await;
     let delay = Duration::from_millis(1500);
-    let id = record_note::enqueue_with(&mut conn, &Note { text: "later".into() }, EnqueueOptions::new().delay(delay))
-        .await
-        .unwrap();
+    let id = record_note::enqueue_with(
+        &mut conn,
+        &Note {
+            text: "later".into(),
+        },
+        EnqueueOptions::new().delay(delay),
+    )
+    .await
+    .unwrap();
     let info = env.wait_state(id, JobState::Completed).await;
     let waited = info.started_at.unwrap() - info.created_at;
     assert!(
@@ -139,14 +179,22 @@ async fn limited(job: Note) -> Result<(), jobq::TaskError> {
 async fn concurrency_limit_holds() {
     let env = support::env().await;
     let mut conn = env.conn().await;
-    let payloads: Vec<Note> = (0..30).map(|i| Note { text: i.to_string() }).collect();
+    let payloads: Vec<Note> = (0..30)
+        .map(|i| Note {
+            text: i.to_string(),
+        })
+        .collect();
     let ids = limited::enqueue_many(&mut conn, &payloads).await.unwrap();
     let handle = env.worker().build().await.unwrap().spawn();
     for id in ids {
         env.wait_state(id, JobState::Completed).await;
     }
     handle.shutdown().await.unwrap();
-    assert_eq!(MAX_RUNNING.load(Ordering::SeqCst), 3, "the limit was not reached or was exceeded");
+    assert_eq!(
+        MAX_RUNNING.load(Ordering::SeqCst),
+        3,
+        "the limit was not reached or was exceeded"
+    );
 }
 
 static SEEN: Mutex<Option<HashMap<i64, u32>>> = Mutex::new(None);
@@ -154,7 +202,12 @@ static SEEN: Mutex<Option<HashMap<i64, u32>>> = Mutex::new(None);
 #[jobq::task(concurrency = 8)]
 async fn counted(ctx: jobq::Context, job: Note) -> Result<(), jobq::TaskError> {
     let _ = job;
-    *SEEN.lock().unwrap().get_or_insert_with(HashMap::new).entry(ctx.job_id().get()).or_default() += 1;
+    *SEEN
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .entry(ctx.job_id().get())
+        .or_default() += 1;
     Ok(())
 }
 
@@ -162,14 +215,20 @@ async fn counted(ctx: jobq::Context, job: Note) -> Result<(), jobq::TaskError> {
 async fn three_workers_run_a_thousand_jobs_exactly_once() {
     let env = support::env().await;
     let mut conn = env.conn().await;
-    let payloads: Vec<Note> = (0..1000).map(|i| Note { text: i.to_string() }).collect();
+    let payloads: Vec<Note> = (0..1000)
+        .map(|i| Note {
+            text: i.to_string(),
+        })
+        .collect();
     let ids = counted::enqueue_many(&mut conn, &payloads).await.unwrap();
     let mut handles = Vec::new();
     for _ in 0..3 {
         handles.push(env.worker().build().await.unwrap().spawn());
     }
     support::wait_until("every job completed", || async {
-        env.count("SELECT count(*) AS n FROM jobq.jobs WHERE state = 'completed'").await == 1000
+        env.count("SELECT count(*) AS n FROM jobq.jobs WHERE state = 'completed'")
+            .await
+            == 1000
     })
     .await;
     for handle in handles {
@@ -178,7 +237,12 @@ async fn three_workers_run_a_thousand_jobs_exactly_once() {
     let seen = SEEN.lock().unwrap().take().unwrap_or_default();
     assert_eq!(seen.len(), 1000);
     for id in ids {
-        assert_eq!(seen.get(&id.get()), Some(&1), "job {id} ran {:?} times", seen.get(&id.get()));
+        assert_eq!(
+            seen.get(&id.get()),
+            Some(&1),
+            "job {id} ran {:?} times",
+            seen.get(&id.get())
+        );
     }
 }
 
@@ -193,11 +257,23 @@ async fn bad_payload_fails_permanently_and_the_worker_goes_on() {
         )
         .await;
     let mut conn = env.conn().await;
-    let good = record_note::enqueue(&mut conn, &Note { text: "fine".into() }).await.unwrap();
-    let info = env.wait_state(jobq::JobId::from(bad), JobState::Failed).await;
+    let good = record_note::enqueue(
+        &mut conn,
+        &Note {
+            text: "fine".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let info = env
+        .wait_state(jobq::JobId::from(bad), JobState::Failed)
+        .await;
     assert_eq!(info.attempt, 1, "a bad payload must not be retried");
     let message = &info.errors[0].message;
-    assert!(message.contains("record_note") && message.contains("missing field `text`"), "{message}");
+    assert!(
+        message.contains("record_note") && message.contains("missing field `text`"),
+        "{message}"
+    );
     env.wait_state(good, JobState::Completed).await;
     handle.shutdown().await.unwrap();
 }
@@ -206,12 +282,21 @@ async fn bad_payload_fails_permanently_and_the_worker_goes_on() {
 async fn jobs_of_unknown_tasks_are_never_claimed() {
     let env = support::env().await;
     let unknown = env
-        .count("INSERT INTO jobq.jobs (task, payload) VALUES ('no_such_task', '{}') RETURNING id AS n")
+        .count(
+            "INSERT INTO jobq.jobs (task, payload) VALUES ('no_such_task', '{}') RETURNING id AS n",
+        )
         .await;
     let handle = env.worker().build().await.unwrap().spawn();
     let mut conn = env.conn().await;
     // A known job enqueued after it runs, so the worker has looked.
-    let known = record_note::enqueue(&mut conn, &Note { text: "known".into() }).await.unwrap();
+    let known = record_note::enqueue(
+        &mut conn,
+        &Note {
+            text: "known".into(),
+        },
+    )
+    .await
+    .unwrap();
     env.wait_state(known, JobState::Completed).await;
     let info = env.job(jobq::JobId::from(unknown)).await;
     assert_eq!((info.state, info.attempt), (JobState::Pending, 0));

@@ -48,16 +48,10 @@ pub struct ClaimedJob {
     pub cancel_requested: bool,
 }
 
-/// Claims due jobs: per task, the highest priority first, then the earliest
-/// `run_at`, then the lowest id, skipping rows other workers hold locked.
-/// Each claimed job becomes `running` under `worker_id` with its attempt
-/// incremented.
-pub async fn claim(conn: &mut AsyncPgConnection, request: &ClaimRequest<'_>) -> diesel::QueryResult<Vec<ClaimedJob>> {
-    if request.tasks.is_empty() {
-        return Ok(Vec::new());
-    }
-    diesel::sql_query(
-        "WITH picked AS ( \
+/// The claim statement; `$1` queues, `$2` tasks, `$3` free slots per task,
+/// `$4` the worker. Public so that tests can `EXPLAIN` the real thing.
+#[doc(hidden)]
+pub const CLAIM_SQL: &str = "WITH picked AS ( \
              SELECT j.id \
              FROM unnest($2::text[], $3::int[]) AS w(task, slots) \
              CROSS JOIN LATERAL ( \
@@ -73,12 +67,24 @@ pub async fn claim(conn: &mut AsyncPgConnection, request: &ClaimRequest<'_>) -> 
              worker_id = $4 \
          WHERE id = ANY(ARRAY(SELECT id FROM picked)) \
          RETURNING id, task, queue, payload::text AS payload, attempt, max_attempts, priority, \
-             cancel_requested",
-    )
-    .bind::<Array<Text>, _>(request.queues)
-    .bind::<Array<Text>, _>(request.tasks)
-    .bind::<Array<Integer>, _>(request.slots)
-    .bind::<BigInt, _>(request.worker_id)
-    .load(conn)
-    .await
+             cancel_requested";
+
+/// Claims due jobs: per task, the highest priority first, then the earliest
+/// `run_at`, then the lowest id, skipping rows other workers hold locked.
+/// Each claimed job becomes `running` under `worker_id` with its attempt
+/// incremented.
+pub async fn claim(
+    conn: &mut AsyncPgConnection,
+    request: &ClaimRequest<'_>,
+) -> diesel::QueryResult<Vec<ClaimedJob>> {
+    if request.tasks.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(CLAIM_SQL)
+        .bind::<Array<Text>, _>(request.queues)
+        .bind::<Array<Text>, _>(request.tasks)
+        .bind::<Array<Integer>, _>(request.slots)
+        .bind::<BigInt, _>(request.worker_id)
+        .load(conn)
+        .await
 }

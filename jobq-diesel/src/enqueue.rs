@@ -52,7 +52,10 @@ struct Id {
 
 /// Inserts one job and returns its id (or, with a dedupe key, the id of the
 /// live job that already holds the key).
-pub async fn insert_job(conn: &mut AsyncPgConnection, job: &NewJob<'_>) -> diesel::QueryResult<i64> {
+pub async fn insert_job(
+    conn: &mut AsyncPgConnection,
+    job: &NewJob<'_>,
+) -> diesel::QueryResult<i64> {
     let Some(key) = job.dedupe_key else {
         let row: Id = diesel::sql_query(
             "INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at) \
@@ -116,7 +119,10 @@ const DEDUPE_ROUNDS: usize = 5;
 
 /// Inserts one job per payload in a single statement; returns the ids in
 /// the order of `payloads`.
-pub async fn insert_jobs(conn: &mut AsyncPgConnection, jobs: &NewJobs<'_>) -> diesel::QueryResult<Vec<i64>> {
+pub async fn insert_jobs(
+    conn: &mut AsyncPgConnection,
+    jobs: &NewJobs<'_>,
+) -> diesel::QueryResult<Vec<i64>> {
     if jobs.payloads.is_empty() {
         return Ok(Vec::new());
     }

@@ -53,7 +53,10 @@ pub struct JobRow {
 }
 
 /// The job with this id, if it exists (pruned jobs don't).
-pub async fn find_job(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<Option<JobRow>> {
+pub async fn find_job(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+) -> diesel::QueryResult<Option<JobRow>> {
     diesel::sql_query(
         "SELECT id, task, queue, state::text AS state, priority, attempt, max_attempts, run_at, \
              created_at, started_at, finished_at, dedupe_key, payload::text AS payload, \

@@ -53,7 +53,10 @@ pub enum ListenerError {
 impl Listener {
     /// Opens a connection outside the pool's accounting and LISTENs.
     pub async fn connect(pool: &Pool) -> Result<Listener, ListenerError> {
-        let mut conn = pool.dedicated_connection().await.map_err(ListenerError::Connect)?;
+        let mut conn = pool
+            .dedicated_connection()
+            .await
+            .map_err(ListenerError::Connect)?;
         conn.batch_execute("LISTEN jobq_jobs; LISTEN jobq_cancel;")
             .await
             .map_err(ListenerError::Connection)?;
@@ -104,13 +107,22 @@ mod tests {
     fn parses_payloads() {
         assert_eq!(
             parse("jobq_jobs", "0 default"),
-            Some(Notification::Jobs { queue: "default".into(), due_at_ms: None })
+            Some(Notification::Jobs {
+                queue: "default".into(),
+                due_at_ms: None
+            })
         );
         assert_eq!(
             parse("jobq_jobs", "1700000000000 with space"),
-            Some(Notification::Jobs { queue: "with space".into(), due_at_ms: Some(1_700_000_000_000) })
+            Some(Notification::Jobs {
+                queue: "with space".into(),
+                due_at_ms: Some(1_700_000_000_000)
+            })
         );
-        assert_eq!(parse("jobq_cancel", "42"), Some(Notification::Cancel { job_id: 42 }));
+        assert_eq!(
+            parse("jobq_cancel", "42"),
+            Some(Notification::Cancel { job_id: 42 })
+        );
         assert_eq!(parse("jobq_jobs", "garbage"), None);
         assert_eq!(parse("other", "0 x"), None);
     }

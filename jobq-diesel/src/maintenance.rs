@@ -39,7 +39,10 @@ fn millis(d: Duration) -> i64 {
 /// failed when out of attempts, cancelled when cancellation was asked for;
 /// each with the reason in its error history. Returns nothing when another
 /// worker is doing the same right now.
-pub async fn rescue(conn: &mut AsyncPgConnection, lease: Duration) -> diesel::QueryResult<Vec<RescuedJob>> {
+pub async fn rescue(
+    conn: &mut AsyncPgConnection,
+    lease: Duration,
+) -> diesel::QueryResult<Vec<RescuedJob>> {
     diesel::sql_query(
         "WITH lock AS (SELECT pg_try_advisory_xact_lock($1) AS held), \
          dead AS ( \
@@ -102,7 +105,11 @@ struct Count {
 /// Deletes up to `limit` finished jobs of each kind older than their
 /// retention, in one short statement; returns how many went. Call again
 /// while it returns a full batch.
-pub async fn prune(conn: &mut AsyncPgConnection, retention: Retention, limit: i64) -> diesel::QueryResult<i64> {
+pub async fn prune(
+    conn: &mut AsyncPgConnection,
+    retention: Retention,
+    limit: i64,
+) -> diesel::QueryResult<i64> {
     let row: Count = diesel::sql_query(
         "WITH lock AS (SELECT pg_try_advisory_xact_lock($1) AS held), \
          gone AS ( \

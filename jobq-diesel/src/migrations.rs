@@ -21,7 +21,7 @@ struct Migration {
 }
 
 const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2026_11_25_000001,
+    version: 20261125000001,
     name: "create_jobq",
     up: include_str!("../../migrations/2026-11-25-000001_create_jobq/up.sql"),
 }];

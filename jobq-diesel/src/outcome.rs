@@ -71,7 +71,10 @@ pub struct WrittenOutcome {
 /// A job whose cancellation was requested ends `cancelled` whatever its
 /// handler returned. Jobs that
 /// become pending again wake the workers of their queue.
-pub async fn write_outcomes(conn: &mut AsyncPgConnection, outcomes: &[Outcome]) -> diesel::QueryResult<Vec<WrittenOutcome>> {
+pub async fn write_outcomes(
+    conn: &mut AsyncPgConnection,
+    outcomes: &[Outcome],
+) -> diesel::QueryResult<Vec<WrittenOutcome>> {
     if outcomes.is_empty() {
         return Ok(Vec::new());
     }

@@ -23,7 +23,10 @@ struct Id {
 }
 
 /// Creates the worker's row and returns its id.
-pub async fn register_worker(conn: &mut AsyncPgConnection, info: &WorkerInfo) -> diesel::QueryResult<i64> {
+pub async fn register_worker(
+    conn: &mut AsyncPgConnection,
+    info: &WorkerInfo,
+) -> diesel::QueryResult<i64> {
     let row: Id = diesel::sql_query(
         "INSERT INTO jobq.workers (hostname, pid, queues) VALUES ($1, $2, $3) RETURNING id",
     )
@@ -57,7 +60,11 @@ struct HeartbeatRow {
 
 /// Refreshes the worker's lease in one statement, whatever the number of
 /// jobs it holds, re-creating its row if a rescue had removed it.
-pub async fn heartbeat(conn: &mut AsyncPgConnection, worker_id: i64, info: &WorkerInfo) -> diesel::QueryResult<HeartbeatReply> {
+pub async fn heartbeat(
+    conn: &mut AsyncPgConnection,
+    worker_id: i64,
+    info: &WorkerInfo,
+) -> diesel::QueryResult<HeartbeatReply> {
     let row: HeartbeatRow = diesel::sql_query(
         "WITH before AS (SELECT id FROM jobq.workers WHERE id = $1), \
          beat AS ( \
@@ -82,7 +89,10 @@ pub async fn heartbeat(conn: &mut AsyncPgConnection, worker_id: i64, info: &Work
 }
 
 /// Removes the worker's row at a clean shutdown, once it holds no jobs.
-pub async fn deregister_worker(conn: &mut AsyncPgConnection, worker_id: i64) -> diesel::QueryResult<()> {
+pub async fn deregister_worker(
+    conn: &mut AsyncPgConnection,
+    worker_id: i64,
+) -> diesel::QueryResult<()> {
     diesel::sql_query("DELETE FROM jobq.workers WHERE id = $1")
         .bind::<BigInt, _>(worker_id)
         .execute(conn)

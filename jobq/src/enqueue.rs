@@ -84,14 +84,21 @@ fn resolve<'a, T: Task>(options: &'a EnqueueOptions) -> Result<Resolved<'a>, Err
         return Err(Error::invalid("queue", "the queue name is empty"));
     }
     if queue.chars().count() > MAX_NAME_LEN {
-        return Err(Error::invalid("queue", format!("the queue name is longer than {MAX_NAME_LEN} characters")));
+        return Err(Error::invalid(
+            "queue",
+            format!("the queue name is longer than {MAX_NAME_LEN} characters"),
+        ));
     }
     let max_attempts = options.max_attempts.unwrap_or(T::OPTIONS.attempt_limit());
     if max_attempts == 0 {
         return Err(Error::invalid("max_attempts", "must be at least 1"));
     }
-    let max_attempts = i32::try_from(max_attempts)
-        .map_err(|_| Error::invalid("max_attempts", format!("{max_attempts} is larger than {}", i32::MAX)))?;
+    let max_attempts = i32::try_from(max_attempts).map_err(|_| {
+        Error::invalid(
+            "max_attempts",
+            format!("{max_attempts} is larger than {}", i32::MAX),
+        )
+    })?;
     let delay_ms = match options.delay {
         None => 0,
         Some(d) => i64::try_from(d.as_millis())
@@ -112,14 +119,20 @@ fn resolve<'a, T: Task>(options: &'a EnqueueOptions) -> Result<Resolved<'a>, Err
 }
 
 fn to_json<T: Task>(payload: &T::Payload) -> Result<String, Error> {
-    serde_json::to_string(payload).map_err(|source| Error::Serialize { task: T::NAME, source })
+    serde_json::to_string(payload).map_err(|source| Error::Serialize {
+        task: T::NAME,
+        source,
+    })
 }
 
 /// Enqueues one job of task `T` with its default options.
 ///
 /// The insert runs on `conn`: inside a transaction it commits or rolls back
 /// with it, and workers are woken only at commit.
-pub async fn enqueue<T: Task>(conn: &mut AsyncPgConnection, payload: &T::Payload) -> Result<JobId, Error> {
+pub async fn enqueue<T: Task>(
+    conn: &mut AsyncPgConnection,
+    payload: &T::Payload,
+) -> Result<JobId, Error> {
     enqueue_with::<T>(conn, payload, EnqueueOptions::new()).await
 }
 
@@ -148,10 +161,16 @@ pub async fn enqueue_with<T: Task>(
 
 /// Enqueues one job of task `T` per payload, in one statement; returns the
 /// ids in the order of `payloads`.
-pub async fn enqueue_many<T: Task>(conn: &mut AsyncPgConnection, payloads: &[T::Payload]) -> Result<Vec<JobId>, Error> {
+pub async fn enqueue_many<T: Task>(
+    conn: &mut AsyncPgConnection,
+    payloads: &[T::Payload],
+) -> Result<Vec<JobId>, Error> {
     let options = EnqueueOptions::new();
     let resolved = resolve::<T>(&options)?;
-    let json = payloads.iter().map(to_json::<T>).collect::<Result<Vec<_>, _>>()?;
+    let json = payloads
+        .iter()
+        .map(to_json::<T>)
+        .collect::<Result<Vec<_>, _>>()?;
     let jobs = NewJobs {
         task: T::NAME,
         queue: resolved.queue,
@@ -162,6 +181,10 @@ pub async fn enqueue_many<T: Task>(conn: &mut AsyncPgConnection, payloads: &[T::
     };
     let ids = jobq_diesel::insert_jobs(conn, &jobs)
         .await
-        .map_err(Error::db(format!("enqueueing {} jobs of task {}", payloads.len(), T::NAME)))?;
+        .map_err(Error::db(format!(
+            "enqueueing {} jobs of task {}",
+            payloads.len(),
+            T::NAME
+        )))?;
     Ok(ids.into_iter().map(JobId::from).collect())
 }

@@ -48,7 +48,9 @@ pub enum Error {
     #[error("jobq schema migration failed")]
     Migrate(#[from] MigrateError),
     /// Two tasks in this binary have the same name.
-    #[error("two tasks are named {name:?}: one at {first}, one at {second}; task names must be unique")]
+    #[error(
+        "two tasks are named {name:?}: one at {first}, one at {second}; task names must be unique"
+    )]
     DuplicateTask {
         /// The name.
         name: String,

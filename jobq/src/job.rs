@@ -25,7 +25,10 @@ pub enum JobState {
 impl JobState {
     /// Whether the job will never run again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
     }
 
     fn parse(s: &str) -> Option<Self> {
@@ -107,10 +110,12 @@ pub async fn job(conn: &mut AsyncPgConnection, id: JobId) -> Result<Option<JobIn
         what: "job row",
         reason: format!("job {id}: {what}"),
     };
-    let state = JobState::parse(&row.state).ok_or_else(|| corrupt(format!("unknown state {:?}", row.state)))?;
+    let state = JobState::parse(&row.state)
+        .ok_or_else(|| corrupt(format!("unknown state {:?}", row.state)))?;
     let errors: Vec<ErrorRecord> = serde_json::from_str(&row.errors)
         .map_err(|e| corrupt(format!("unreadable error history: {e}")))?;
-    let payload = serde_json::from_str(&row.payload).map_err(|e| corrupt(format!("unreadable payload: {e}")))?;
+    let payload = serde_json::from_str(&row.payload)
+        .map_err(|e| corrupt(format!("unreadable payload: {e}")))?;
     Ok(Some(JobInfo {
         id,
         state,

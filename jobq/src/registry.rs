@@ -27,7 +27,12 @@ pub struct TaskDescriptor {
 
 impl TaskDescriptor {
     /// Describes task `T`, defined at `file:line:column`.
-    pub const fn new<T: Task>(handler: Handler, file: &'static str, line: u32, column: u32) -> Self {
+    pub const fn new<T: Task>(
+        handler: Handler,
+        file: &'static str,
+        line: u32,
+        column: u32,
+    ) -> Self {
         Self {
             name: T::NAME,
             options: T::OPTIONS,
@@ -68,7 +73,7 @@ impl Registry {
     /// Every task linked into the binary; refuses duplicate names, naming
     /// both definition sites.
     pub(crate) fn from_inventory() -> Result<Self, Error> {
-        Self::from_descriptors(inventory::iter::<TaskDescriptor>.into_iter())
+        Self::from_descriptors(inventory::iter::<TaskDescriptor>)
     }
 
     pub(crate) fn from_descriptors(

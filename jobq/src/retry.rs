@@ -28,7 +28,10 @@ mod tests {
             for _ in 0..100 {
                 let d = backoff(base, attempt);
                 assert!(d >= nominal, "attempt {attempt}: {d:?} < {nominal:?}");
-                assert!(d <= nominal.mul_f64(1.25), "attempt {attempt}: {d:?} too long");
+                assert!(
+                    d <= nominal.mul_f64(1.25),
+                    "attempt {attempt}: {d:?} too long"
+                );
             }
         }
     }

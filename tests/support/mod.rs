@@ -35,7 +35,9 @@ pub async fn env() -> Env {
     let db = TestDatabase::create().await.expect("test database");
     let pool = bb8::Pool::builder()
         .max_size(16)
-        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(db.url()));
+        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
+            db.url(),
+        ));
     let mut conn = pool.get().await.expect("connection");
     jobq::migrate(&mut conn).await.expect("migrate");
     drop(conn);
@@ -43,7 +45,9 @@ pub async fn env() -> Env {
 }
 
 impl Env {
-    pub async fn conn(&self) -> bb8::PooledConnection<'_, AsyncDieselConnectionManager<AsyncPgConnection>> {
+    pub async fn conn(
+        &self,
+    ) -> bb8::PooledConnection<'_, AsyncDieselConnectionManager<AsyncPgConnection>> {
         self.pool.get().await.expect("connection")
     }
 
@@ -61,24 +65,36 @@ impl Env {
 
     pub async fn job(&self, id: JobId) -> JobInfo {
         let mut conn = self.conn().await;
-        jobq::job(&mut conn, id).await.expect("job lookup").expect("job exists")
+        jobq::job(&mut conn, id)
+            .await
+            .expect("job lookup")
+            .expect("job exists")
     }
 
     /// Polls the job until `done` holds or the deadline passes.
-    pub async fn wait_job(&self, id: JobId, what: &str, done: impl Fn(&JobInfo) -> bool) -> JobInfo {
+    pub async fn wait_job(
+        &self,
+        id: JobId,
+        what: &str,
+        done: impl Fn(&JobInfo) -> bool,
+    ) -> JobInfo {
         let deadline = Instant::now() + SOON;
         loop {
             let info = self.job(id).await;
             if done(&info) {
                 return info;
             }
-            assert!(Instant::now() < deadline, "job {id} never became {what}: {info:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never became {what}: {info:#?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub async fn wait_state(&self, id: JobId, state: JobState) -> JobInfo {
-        self.wait_job(id, &format!("{state:?}"), |j| j.state == state).await
+        self.wait_job(id, &format!("{state:?}"), |j| j.state == state)
+            .await
     }
 
     /// Runs a scalar SQL query (test-side inspection only).
@@ -91,7 +107,10 @@ impl Env {
             n: i64,
         }
         let mut conn = self.conn().await;
-        let row: N = diesel::sql_query(sql).get_result(&mut conn).await.expect(sql);
+        let row: N = diesel::sql_query(sql)
+            .get_result(&mut conn)
+            .await
+            .expect(sql);
         row.n
     }
 }

@@ -140,11 +140,23 @@ impl WorkerBuilder {
         let registry = Registry::from_inventory()?;
         let defaults = Config::default();
         let config = Config {
-            poll_interval: or_env(self.poll_interval, "JOBQ_POLL_INTERVAL", defaults.poll_interval)?,
-            shutdown_timeout: or_env(self.shutdown_timeout, "JOBQ_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout)?,
+            poll_interval: or_env(
+                self.poll_interval,
+                "JOBQ_POLL_INTERVAL",
+                defaults.poll_interval,
+            )?,
+            shutdown_timeout: or_env(
+                self.shutdown_timeout,
+                "JOBQ_SHUTDOWN_TIMEOUT",
+                defaults.shutdown_timeout,
+            )?,
             lease: or_env(self.lease, "JOBQ_LEASE", defaults.lease)?,
-            heartbeat_interval: self.heartbeat_interval.unwrap_or(defaults.heartbeat_interval),
-            maintenance_interval: self.maintenance_interval.unwrap_or(defaults.maintenance_interval),
+            heartbeat_interval: self
+                .heartbeat_interval
+                .unwrap_or(defaults.heartbeat_interval),
+            maintenance_interval: self
+                .maintenance_interval
+                .unwrap_or(defaults.maintenance_interval),
             retention: self.retention.unwrap_or(defaults.retention),
             listen: self.listen.unwrap_or(defaults.listen),
             pool_size: self.pool_size.unwrap_or(defaults.pool_size),
@@ -158,7 +170,9 @@ impl WorkerBuilder {
                     Some(url) => url,
                     None => std::env::var("DATABASE_URL").map_err(|_| Error::InvalidUrl {
                         url: String::new(),
-                        reason: "DATABASE_URL is not set; set it or call WorkerBuilder::database_url".into(),
+                        reason:
+                            "DATABASE_URL is not set; set it or call WorkerBuilder::database_url"
+                                .into(),
                     })?,
                 };
                 url::check(&url)?;
@@ -167,17 +181,23 @@ impl WorkerBuilder {
         };
         // A dedicated connection reports the driver's own error at once,
         // where a pool checkout would wait out its timeout first.
-        let mut conn = pool.dedicated_connection().await.map_err(|source| Error::Connect {
-            url: shown_url.clone(),
-            source: bb8::RunError::User(source),
-        })?;
+        let mut conn = pool
+            .dedicated_connection()
+            .await
+            .map_err(|source| Error::Connect {
+                url: shown_url.clone(),
+                source: bb8::RunError::User(source),
+            })?;
         crate::migrate(&mut conn).await?;
         drop(conn);
         let queues = self
             .queues
             .or_else(|| env_list("JOBQ_QUEUES"))
             .unwrap_or_else(|| {
-                let mut queues: Vec<String> = registry.iter().map(|d| d.options.queue_name().to_owned()).collect();
+                let mut queues: Vec<String> = registry
+                    .iter()
+                    .map(|d| d.options.queue_name().to_owned())
+                    .collect();
                 queues.sort();
                 queues.dedup();
                 queues
@@ -186,7 +206,11 @@ impl WorkerBuilder {
     }
 }
 
-fn or_env(explicit: Option<Duration>, var: &'static str, default: Duration) -> Result<Duration, Error> {
+fn or_env(
+    explicit: Option<Duration>,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, Error> {
     match explicit {
         Some(d) => Ok(d),
         None => Ok(env_duration(var)?.unwrap_or(default)),

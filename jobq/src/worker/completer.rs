@@ -3,9 +3,9 @@
 //! to the load without a timer.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use jobq_diesel::Outcome;
+use jobq_diesel::{Outcome, OutcomeKind};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
@@ -88,7 +88,10 @@ async fn try_write(shared: &Shared, batch: &[Outcome]) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     if written.len() != batch.len() {
         for outcome in batch {
-            if !written.iter().any(|w| w.id == outcome.id && w.attempt == outcome.attempt) {
+            if !written
+                .iter()
+                .any(|w| w.id == outcome.id && w.attempt == outcome.attempt)
+            {
                 // Invariant 2: the attempt was rescued (and maybe claimed
                 // again) while it ran; its late outcome changes nothing.
                 tracing::warn!(
@@ -102,6 +105,19 @@ async fn try_write(shared: &Shared, batch: &[Outcome]) -> Result<(), String> {
     }
     for w in &written {
         tracing::trace!(job.id = w.id, job.attempt = w.attempt, state = %w.state, "outcome written");
+    }
+    // Retries are due at a time this worker knows; wake for them without
+    // depending on the notification reaching our own listener.
+    let retry_in = batch
+        .iter()
+        .filter_map(|o| match o.kind {
+            OutcomeKind::Retry { delay_ms } => Some(delay_ms),
+            _ => None,
+        })
+        .min();
+    if let Some(delay_ms) = retry_in {
+        let delay = Duration::from_millis(u64::try_from(delay_ms).unwrap_or(0));
+        shared.schedule_wake(Instant::now() + delay);
     }
     Ok(())
 }

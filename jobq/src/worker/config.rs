@@ -65,7 +65,10 @@ impl Config {
             ));
         }
         if self.pool_size < 2 {
-            return Err(Error::invalid("pool_size", "a worker needs at least 2 connections"));
+            return Err(Error::invalid(
+                "pool_size",
+                "a worker needs at least 2 connections",
+            ));
         }
         Ok(())
     }
@@ -78,7 +81,12 @@ pub(crate) fn env_duration(name: &'static str) -> Result<Option<Duration>, Error
         Err(_) => Ok(None),
         Ok(raw) => humantime::parse_duration(raw.trim())
             .map(Some)
-            .map_err(|e| Error::invalid(name, format!("{raw:?} is not a duration like 250ms, 30s or 5m: {e}"))),
+            .map_err(|e| {
+                Error::invalid(
+                    name,
+                    format!("{raw:?} is not a duration like 250ms, 30s or 5m: {e}"),
+                )
+            }),
     }
 }
 

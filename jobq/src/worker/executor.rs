@@ -16,7 +16,12 @@ use crate::{Context, JobId};
 
 /// Starts the attempt of a claimed job on the runtime. The slot of its task
 /// was taken by the fetcher; it is freed when the handler returns.
-pub(crate) fn spawn(shared: &Arc<Shared>, job: ClaimedJob, task_index: usize, outcomes: &UnboundedSender<Outcome>) {
+pub(crate) fn spawn(
+    shared: &Arc<Shared>,
+    job: ClaimedJob,
+    task_index: usize,
+    outcomes: &UnboundedSender<Outcome>,
+) {
     let span = tracing::info_span!(
         "job",
         job.id = job.id,
@@ -62,7 +67,13 @@ async fn run_attempt(
 ) -> (OutcomeKind, Option<String>) {
     let descriptor = shared.tasks[task_index].descriptor;
     let attempt = u32::try_from(job.attempt).unwrap_or(1);
-    let ctx = Context::new(JobId::from(job.id), attempt, descriptor.name, job.queue, cancel.clone());
+    let ctx = Context::new(
+        JobId::from(job.id),
+        attempt,
+        descriptor.name,
+        job.queue,
+        cancel.clone(),
+    );
     let future = match (descriptor.handler)(ctx, &job.payload) {
         Ok(future) => future,
         Err(e) => {
@@ -97,15 +108,23 @@ async fn run_attempt(
     };
     // A handler that stopped because the worker is shutting down gets its
     // job back in the queue untouched instead of a failed attempt.
-    if outcome.0 != OutcomeKind::Completed && shared.stopping.is_cancelled() && outcome.0 != OutcomeKind::Failed {
+    if outcome.0 != OutcomeKind::Completed
+        && shared.stopping.is_cancelled()
+        && outcome.0 != OutcomeKind::Failed
+    {
         return (
             OutcomeKind::Released,
-            Some(format!("worker shutting down: {}", outcome.1.unwrap_or_default())),
+            Some(format!(
+                "worker shutting down: {}",
+                outcome.1.unwrap_or_default()
+            )),
         );
     }
     match &outcome {
         (OutcomeKind::Completed, _) => tracing::debug!("attempt completed"),
-        (kind, Some(message)) => tracing::warn!(error = %message, outcome = ?kind, "attempt failed"),
+        (kind, Some(message)) => {
+            tracing::warn!(error = %message, outcome = ?kind, "attempt failed")
+        }
         (kind, None) => tracing::warn!(outcome = ?kind, "attempt failed"),
     }
     outcome
@@ -132,7 +151,12 @@ fn finish(
         return;
     }
     shared.release_slot(task_index);
-    let outcome = Outcome { id, attempt, kind, message };
+    let outcome = Outcome {
+        id,
+        attempt,
+        kind,
+        message,
+    };
     if outcomes.send(outcome).is_err() {
         // Only after the completer stopped; the job stays running and is
         // rescued once this worker's heartbeats stop.

@@ -69,7 +69,10 @@ fn next_wake(shared: &Shared, failures: u32) -> Instant {
 
 /// One claim for every task with free slots; true when some task filled
 /// all its free slots (more work may be waiting right now).
-async fn claim_round(shared: &Arc<Shared>, outcomes: &UnboundedSender<Outcome>) -> Result<bool, String> {
+async fn claim_round(
+    shared: &Arc<Shared>,
+    outcomes: &UnboundedSender<Outcome>,
+) -> Result<bool, String> {
     let (tasks, slots, indices) = {
         let s = lock(&shared.slots);
         let mut tasks = Vec::new();
@@ -96,7 +99,9 @@ async fn claim_round(shared: &Arc<Shared>, outcomes: &UnboundedSender<Outcome>) 
             tasks: &tasks,
             slots: &slots,
         };
-        jobq_diesel::claim(&mut conn, &request).await.map_err(|e| e.to_string())?
+        jobq_diesel::claim(&mut conn, &request)
+            .await
+            .map_err(|e| e.to_string())?
     };
     let mut per_task = vec![0u32; shared.tasks.len()];
     {
@@ -130,7 +135,11 @@ async fn claim_round(shared: &Arc<Shared>, outcomes: &UnboundedSender<Outcome>) 
 
 fn has_free_slot(shared: &Shared) -> bool {
     let s = lock(&shared.slots);
-    shared.tasks.iter().enumerate().any(|(i, t)| s.running[i] < t.limit)
+    shared
+        .tasks
+        .iter()
+        .enumerate()
+        .any(|(i, t)| s.running[i] < t.limit)
 }
 
 fn unreachable_task(job: &ClaimedJob) {

@@ -39,7 +39,9 @@ pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo) {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed; the lease runs out if this goes on"),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed; the lease runs out if this goes on")
+            }
         }
     }
 }

@@ -70,7 +70,10 @@ fn handle(shared: &Shared, notification: Notification) {
 /// The local instant of a database timestamp; `None` when it is already
 /// past (then the job is due now).
 fn instant_of_epoch_ms(ms: i64) -> Option<Instant> {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_millis();
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_millis();
     let ahead = u64::try_from(i128::from(ms) - i128::try_from(now_ms).ok()?).ok()?;
     Some(Instant::now() + Duration::from_millis(ahead))
 }

@@ -47,7 +47,12 @@ impl Worker {
         WorkerBuilder::default()
     }
 
-    fn new(pool: Pool, config: Config, registry: Registry, queues: Vec<String>) -> Result<Self, Error> {
+    fn new(
+        pool: Pool,
+        config: Config,
+        registry: Registry,
+        queues: Vec<String>,
+    ) -> Result<Self, Error> {
         if queues.is_empty() {
             return Err(Error::NoTasks(
                 "no queue to serve: register a task with #[jobq::task] or pass .queues(..)".into(),
@@ -55,7 +60,8 @@ impl Worker {
         }
         if registry.iter().next().is_none() {
             return Err(Error::NoTasks(
-                "no task is registered in this binary; annotate an async fn with #[jobq::task]".into(),
+                "no task is registered in this binary; annotate an async fn with #[jobq::task]"
+                    .into(),
             ));
         }
         Ok(Self {
@@ -149,14 +155,19 @@ pub async fn run() -> Result<(), Error> {
 
 async fn report_unknown_tasks(shared: &Shared) {
     let result = match shared.pool.get().await {
-        Ok(mut conn) => jobq_diesel::pending_unknown_tasks(&mut conn, &shared.queues, &shared.task_names)
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(mut conn) => {
+            jobq_diesel::pending_unknown_tasks(&mut conn, &shared.queues, &shared.task_names)
+                .await
+                .map_err(|e| e.to_string())
+        }
         Err(e) => Err(e.to_string()),
     };
     match result {
         Ok(unknown) if !unknown.is_empty() => {
-            let list: Vec<String> = unknown.iter().map(|u| format!("{} ({} pending)", u.task, u.pending)).collect();
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|u| format!("{} ({} pending)", u.task, u.pending))
+                .collect();
             tracing::warn!(
                 tasks = %list.join(", "),
                 "pending jobs of tasks this worker does not know; it will not run them"

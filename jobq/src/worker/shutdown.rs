@@ -88,7 +88,11 @@ impl Running {
             if let Some(abort) = abort {
                 abort.abort();
             }
-            tracing::warn!(job.id = id, job.attempt = attempt, "handing back a job unfinished at the shutdown timeout");
+            tracing::warn!(
+                job.id = id,
+                job.attempt = attempt,
+                "handing back a job unfinished at the shutdown timeout"
+            );
             let released = Outcome {
                 id,
                 attempt,
@@ -123,7 +127,9 @@ impl Running {
                     tracing::warn!(error = %e, "could not remove the worker row; it expires with the lease");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not remove the worker row; it expires with the lease"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove the worker row; it expires with the lease")
+            }
         }
         tracing::info!(worker.id = shared.worker_id, "worker stopped");
     }

@@ -35,7 +35,9 @@ pub(crate) fn check(url: &str) -> Result<(), Error> {
         reason: reason.to_owned(),
     };
     if url.trim().is_empty() {
-        return Err(invalid("it is empty; set DATABASE_URL or call WorkerBuilder::database_url"));
+        return Err(invalid(
+            "it is empty; set DATABASE_URL or call WorkerBuilder::database_url",
+        ));
     }
     if let Some((scheme, rest)) = url.split_once("://") {
         if scheme != "postgres" && scheme != "postgresql" {
@@ -51,7 +53,9 @@ pub(crate) fn check(url: &str) -> Result<(), Error> {
     if url.contains('=') {
         return Ok(());
     }
-    Err(invalid("expected postgres://user:password@host:port/database or host=... dbname=..."))
+    Err(invalid(
+        "expected postgres://user:password@host:port/database or host=... dbname=...",
+    ))
 }
 
 #[cfg(test)]
@@ -60,10 +64,16 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("postgres://u:p%40ss@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("host=h password=secret dbname=d"), "host=h password=*** dbname=d");
+        assert_eq!(
+            redact("host=h password=secret dbname=d"),
+            "host=h password=*** dbname=d"
+        );
     }
 
     #[test]

@@ -1,0 +1,221 @@
+//! The statements against a real database: the attempt fence, the claim's
+//! plan on a table full of finished jobs, and rescue.
+
+use std::time::Duration;
+
+use diesel::sql_types::{Array, BigInt, Integer, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use jobq_diesel::{ClaimRequest, NewJob, Outcome, OutcomeKind, WorkerInfo};
+use jobq_testkit::TestDatabase;
+
+async fn setup() -> (TestDatabase, AsyncPgConnection) {
+    let db = TestDatabase::create().await.unwrap();
+    let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
+    jobq_diesel::migrate(&mut conn).await.unwrap();
+    (db, conn)
+}
+
+fn info() -> WorkerInfo {
+    WorkerInfo {
+        hostname: "test".into(),
+        pid: 1,
+        queues: vec!["default".into()],
+    }
+}
+
+fn job(task: &str) -> NewJob<'_> {
+    NewJob {
+        task,
+        queue: "default",
+        payload: "{}",
+        priority: 0,
+        max_attempts: 5,
+        delay_ms: 0,
+        dedupe_key: None,
+    }
+}
+
+async fn claim_one(
+    conn: &mut AsyncPgConnection,
+    worker_id: i64,
+    task: &str,
+) -> Vec<jobq_diesel::ClaimedJob> {
+    let queues = ["default".to_owned()];
+    let tasks = [task.to_owned()];
+    let request = ClaimRequest {
+        worker_id,
+        queues: &queues,
+        tasks: &tasks,
+        slots: &[1],
+    };
+    jobq_diesel::claim(conn, &request).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_late_outcome_of_a_rescued_attempt_changes_nothing() {
+    let (_db, mut conn) = setup().await;
+    let id = jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    let first = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    assert_eq!(claim_one(&mut conn, first, "t").await[0].attempt, 1);
+
+    // The first worker dies: its row goes, and rescue takes the job back.
+    jobq_diesel::deregister_worker(&mut conn, first)
+        .await
+        .unwrap();
+    let rescued = jobq_diesel::rescue(&mut conn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        rescued
+            .iter()
+            .map(|r| (r.id, r.state.as_str()))
+            .collect::<Vec<_>>(),
+        [(id, "pending")]
+    );
+
+    let second = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    assert_eq!(claim_one(&mut conn, second, "t").await[0].attempt, 2);
+
+    // The first attempt's outcome arrives late: fenced out.
+    let late = Outcome {
+        id,
+        attempt: 1,
+        kind: OutcomeKind::Completed,
+        message: None,
+    };
+    assert!(jobq_diesel::write_outcomes(&mut conn, &[late])
+        .await
+        .unwrap()
+        .is_empty());
+    let row = jobq_diesel::find_job(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!((row.state.as_str(), row.attempt), ("running", 2));
+
+    // The live attempt's outcome lands.
+    let live = Outcome {
+        id,
+        attempt: 2,
+        kind: OutcomeKind::Completed,
+        message: None,
+    };
+    let written = jobq_diesel::write_outcomes(&mut conn, &[live])
+        .await
+        .unwrap();
+    assert_eq!(written[0].state, "completed");
+}
+
+#[derive(QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[tokio::test]
+async fn the_claim_is_an_index_scan_on_a_table_of_finished_jobs() {
+    let (_db, mut conn) = setup().await;
+    conn.batch_execute(
+        "INSERT INTO jobq.jobs (task, payload, state, finished_at) \
+         SELECT 't', '{}', 'completed', now() FROM generate_series(1, 200000); \
+         INSERT INTO jobq.jobs (task, payload) SELECT 't', '{}' FROM generate_series(1, 100); \
+         ANALYZE jobq.jobs;",
+    )
+    .await
+    .unwrap();
+    // The claim statement itself (EXPLAIN without ANALYZE runs nothing).
+    let queues = ["default".to_owned()];
+    let tasks = ["t".to_owned()];
+    let plan: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN {}", jobq_diesel::CLAIM_SQL))
+        .bind::<Array<Text>, _>(&queues[..])
+        .bind::<Array<Text>, _>(&tasks[..])
+        .bind::<Array<Integer>, _>(&[10][..])
+        .bind::<BigInt, _>(1i64)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Index Scan using jobs_claim_idx")),
+        "not an index scan on jobs_claim_idx:\n{}",
+        plan.join("\n")
+    );
+    assert!(
+        !plan.iter().any(|l| l.contains("Seq Scan")),
+        "{}",
+        plan.join("\n")
+    );
+
+    // And the real statement claims only pending jobs.
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let claimed = jobq_diesel::claim(
+        &mut conn,
+        &ClaimRequest {
+            worker_id: worker,
+            queues: &queues,
+            tasks: &tasks,
+            slots: &[1000],
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 100);
+    let Count { n } =
+        diesel::sql_query("SELECT count(*) AS n FROM jobq.jobs WHERE state = 'running'")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(n, 100);
+}
+
+#[tokio::test]
+async fn rescue_fails_jobs_out_of_attempts_and_leaves_live_workers_alone() {
+    let (_db, mut conn) = setup().await;
+    let mut last_try = job("t");
+    last_try.max_attempts = 1;
+    let doomed = jobq_diesel::insert_job(&mut conn, &last_try).await.unwrap();
+    let kept = jobq_diesel::insert_job(&mut conn, &job("u")).await.unwrap();
+    let dead = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let alive = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    claim_one(&mut conn, dead, "t").await;
+    claim_one(&mut conn, alive, "u").await;
+    conn.batch_execute(&format!(
+        "UPDATE jobq.workers SET heartbeat_at = now() - interval '1 hour' WHERE id = {dead}"
+    ))
+    .await
+    .unwrap();
+    let rescued = jobq_diesel::rescue(&mut conn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(
+        (rescued[0].id, rescued[0].state.as_str()),
+        (doomed, "failed")
+    );
+    let row = jobq_diesel::find_job(&mut conn, kept)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.state, "running");
+    let errors: String = jobq_diesel::find_job(&mut conn, doomed)
+        .await
+        .unwrap()
+        .unwrap()
+        .errors;
+    assert!(errors.contains("stopped heartbeating"), "{errors}");
+}
