@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, SmallInt, Text, Timestamptz};
-use diesel::QueryableByName;
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 /// A job row as stored, with the error history as JSON text.
@@ -66,11 +66,7 @@ pub async fn find_job(
     .bind::<BigInt, _>(id)
     .get_result(conn)
     .await
-    .map(Some)
-    .or_else(|e| match e {
-        diesel::result::Error::NotFound => Ok(None),
-        e => Err(e),
-    })
+    .optional()
 }
 
 /// What [`cancel`] did.
@@ -110,11 +106,7 @@ pub async fn cancel(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResul
     .bind::<BigInt, _>(id)
     .get_result(conn)
     .await
-    .map(Some)
-    .or_else(|e| match e {
-        diesel::result::Error::NotFound => Ok(None),
-        e => Err(e),
-    })?;
+    .optional()?;
     Ok(match row.map(|r| r.state) {
         Some(s) if s == "cancelled" => CancelResult::Cancelled,
         Some(_) => CancelResult::Requested,

@@ -22,7 +22,7 @@ mod workers;
 pub use claim::{claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
 pub use enqueue::{insert_job, insert_jobs, NewJob, NewJobs};
 pub use jobs::{cancel, find_job, pending_unknown_tasks, CancelResult, JobRow, UnknownTask};
-pub use listener::{Listener, ListenerError, Notification};
+pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention};
 pub use migrations::{migrate, MigrateError, LATEST_VERSION};
 pub use outcome::{write_outcomes, Outcome, OutcomeKind, WrittenOutcome};

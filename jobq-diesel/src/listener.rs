@@ -26,6 +26,27 @@ pub enum Notification {
         /// The job.
         job_id: i64,
     },
+    /// A probe sent by [`send_probe`], to check that notifications reach
+    /// this connection at all.
+    Probe {
+        /// The probe's token.
+        token: String,
+    },
+}
+
+/// The channel of [`send_probe`].
+const PROBE_CHANNEL: &str = "jobq_probe";
+
+/// Sends a probe notification carrying `token` (on a connection other than
+/// the listener's, so that it proves delivery between sessions).
+pub async fn send_probe(conn: &mut AsyncPgConnection, token: &str) -> diesel::QueryResult<()> {
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<diesel::sql_types::Text, _>(PROBE_CHANNEL)
+        .bind::<diesel::sql_types::Text, _>(token)
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 /// A connection LISTENing on jobq's channels.
@@ -53,14 +74,39 @@ pub enum ListenerError {
 impl Listener {
     /// Opens a connection outside the pool's accounting and LISTENs.
     pub async fn connect(pool: &Pool) -> Result<Listener, ListenerError> {
-        let mut conn = pool
+        let conn = pool
             .dedicated_connection()
             .await
             .map_err(ListenerError::Connect)?;
-        conn.batch_execute("LISTEN jobq_jobs; LISTEN jobq_cancel;")
+        Self::listen_on(conn).await
+    }
+
+    /// Opens a connection to `url` (e.g. straight to PostgreSQL while the
+    /// pool goes through PgBouncer) and LISTENs.
+    pub async fn connect_url(url: &str) -> Result<Listener, ListenerError> {
+        use diesel_async::AsyncConnection;
+        let conn = AsyncPgConnection::establish(url).await.map_err(|e| {
+            ListenerError::Connect(diesel_async::pooled_connection::PoolError::ConnectionError(
+                e,
+            ))
+        })?;
+        Self::listen_on(conn).await
+    }
+
+    async fn listen_on(mut conn: AsyncPgConnection) -> Result<Listener, ListenerError> {
+        conn.batch_execute("LISTEN jobq_jobs; LISTEN jobq_cancel; LISTEN jobq_probe;")
             .await
             .map_err(ListenerError::Connection)?;
         Ok(Listener { conn })
+    }
+
+    /// Stops listening (best effort before dropping a connection whose
+    /// LISTEN may have landed on a shared server connection).
+    pub async fn unlisten(mut self) -> Result<(), ListenerError> {
+        self.conn
+            .batch_execute("UNLISTEN *")
+            .await
+            .map_err(ListenerError::Connection)
     }
 
     /// The next notification. `Err` or `None` mean the connection is gone:
@@ -94,6 +140,9 @@ fn parse(channel: &str, payload: &str) -> Option<Notification> {
         }
         "jobq_cancel" => Some(Notification::Cancel {
             job_id: payload.parse().ok()?,
+        }),
+        PROBE_CHANNEL => Some(Notification::Probe {
+            token: payload.to_owned(),
         }),
         _ => None,
     }

@@ -64,6 +64,18 @@ pub enum MigrateError {
 }
 
 #[derive(QueryableByName)]
+struct HistoryExists {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    present: bool,
+}
+
+#[derive(QueryableByName)]
+struct CurrentVersion {
+    #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
+    version: Option<i64>,
+}
+
+#[derive(QueryableByName)]
 struct Version {
     #[diesel(sql_type = BigInt)]
     version: i64,
@@ -75,6 +87,32 @@ struct Version {
 /// an advisory lock and the later ones find nothing left to do. Returns the
 /// versions it applied.
 pub async fn migrate(conn: &mut AsyncPgConnection) -> Result<Vec<i64>, MigrateError> {
+    // Read-only first: a schema that is already current needs no DDL, so a
+    // least-privileged worker role (no CREATE on the database or schema)
+    // can start, and a newer schema is refused without taking any lock.
+    let exists: HistoryExists =
+        diesel::sql_query("SELECT to_regclass('jobq.schema_migrations') IS NOT NULL AS present")
+            .get_result(conn)
+            .await
+            .map_err(MigrateError::History)?;
+    let current = if exists.present {
+        diesel::sql_query("SELECT max(version) AS version FROM jobq.schema_migrations")
+            .get_result::<CurrentVersion>(conn)
+            .await
+            .map_err(MigrateError::History)?
+    } else {
+        CurrentVersion { version: None }
+    };
+    match current.version {
+        Some(found) if found > LATEST_VERSION => {
+            return Err(MigrateError::SchemaTooNew {
+                found,
+                supported: LATEST_VERSION,
+            })
+        }
+        Some(found) if found == LATEST_VERSION => return Ok(Vec::new()),
+        _ => {}
+    }
     conn.transaction::<_, MigrateError, _>(async |conn| {
         diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
             .bind::<BigInt, _>(MIGRATION_LOCK)

@@ -26,9 +26,15 @@ pub struct EnqueueOptions {
     queue: Option<String>,
     max_attempts: Option<u32>,
     dedupe_key: Option<String>,
+    max_payload_size: Option<usize>,
 }
 
 impl EnqueueOptions {
+    /// The default limit on a payload's JSON text, in bytes: 1 MiB.
+    /// Job rows are read by every claim and kept until pruned; large data
+    /// belongs in the application's tables, with its key in the payload.
+    pub const DEFAULT_MAX_PAYLOAD_SIZE: usize = 1024 * 1024;
+
     /// No overrides: the task's defaults apply.
     pub fn new() -> Self {
         Self::default()
@@ -41,7 +47,8 @@ impl EnqueueOptions {
     }
 
     /// Run no earlier than this long after the enqueue (measured by the
-    /// database's clock).
+    /// database's clock). A negative delay cannot be expressed
+    /// ([`Duration`] is unsigned): to run a job now, leave the delay unset.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
         self
@@ -65,6 +72,15 @@ impl EnqueueOptions {
         self.dedupe_key = Some(key.into());
         self
     }
+
+    /// Refuse payloads whose JSON text is larger than this many bytes
+    /// (default [`Self::DEFAULT_MAX_PAYLOAD_SIZE`]). The check happens
+    /// before anything is sent to the database, and the error names the
+    /// task, the size and the limit.
+    pub fn max_payload_size(mut self, bytes: usize) -> Self {
+        self.max_payload_size = Some(bytes);
+        self
+    }
 }
 
 /// The options of one enqueue call, checked and resolved against the task.
@@ -74,6 +90,7 @@ struct Resolved<'a> {
     max_attempts: i32,
     delay_ms: i64,
     dedupe_key: Option<&'a str>,
+    max_payload_size: usize,
 }
 
 const MAX_NAME_LEN: usize = 200;
@@ -115,14 +132,40 @@ fn resolve<'a, T: Task>(options: &'a EnqueueOptions) -> Result<Resolved<'a>, Err
         max_attempts,
         delay_ms,
         dedupe_key: options.dedupe_key.as_deref(),
+        max_payload_size: options
+            .max_payload_size
+            .unwrap_or(EnqueueOptions::DEFAULT_MAX_PAYLOAD_SIZE),
     })
 }
 
-fn to_json<T: Task>(payload: &T::Payload) -> Result<String, Error> {
-    serde_json::to_string(payload).map_err(|source| Error::Serialize {
+/// The payload as JSON text, refused with the task named when JSON or
+/// `jsonb` cannot hold it faithfully or it is over the size limit.
+/// `which` says which payload of an `enqueue_many` call it is.
+fn to_json<T: Task>(
+    payload: &T::Payload,
+    max_size: usize,
+    which: Option<usize>,
+) -> Result<String, Error> {
+    let invalid = |reason: String| Error::InvalidPayload {
+        task: T::NAME,
+        reason: match which {
+            Some(i) => format!("payload #{i} of the batch: {reason}"),
+            None => reason,
+        },
+    };
+    crate::payload_check::check(payload).map_err(|p| invalid(p.0))?;
+    let json = serde_json::to_string(payload).map_err(|source| Error::Serialize {
         task: T::NAME,
         source,
-    })
+    })?;
+    if json.len() > max_size {
+        return Err(invalid(format!(
+            "its JSON text is {} bytes, over the limit of {max_size} bytes \
+             (EnqueueOptions::max_payload_size)",
+            json.len()
+        )));
+    }
+    Ok(json)
 }
 
 /// Enqueues one job of task `T` with its default options.
@@ -143,7 +186,7 @@ pub async fn enqueue_with<T: Task>(
     options: EnqueueOptions,
 ) -> Result<JobId, Error> {
     let resolved = resolve::<T>(&options)?;
-    let json = to_json::<T>(payload)?;
+    let json = to_json::<T>(payload, resolved.max_payload_size, None)?;
     let job = NewJob {
         task: T::NAME,
         queue: resolved.queue,
@@ -161,15 +204,34 @@ pub async fn enqueue_with<T: Task>(
 
 /// Enqueues one job of task `T` per payload, in one statement; returns the
 /// ids in the order of `payloads`.
+///
+/// The payloads travel as one array parameter, so the count is not bound
+/// by PostgreSQL's limit of 65,535 parameters per statement.
 pub async fn enqueue_many<T: Task>(
     conn: &mut AsyncPgConnection,
     payloads: &[T::Payload],
 ) -> Result<Vec<JobId>, Error> {
-    let options = EnqueueOptions::new();
+    enqueue_many_with::<T>(conn, payloads, EnqueueOptions::new()).await
+}
+
+/// Enqueues one job of task `T` per payload with the same options, in one
+/// statement. A dedupe key is refused: it could hold for one job only.
+pub async fn enqueue_many_with<T: Task>(
+    conn: &mut AsyncPgConnection,
+    payloads: &[T::Payload],
+    options: EnqueueOptions,
+) -> Result<Vec<JobId>, Error> {
+    if options.dedupe_key.is_some() {
+        return Err(Error::invalid(
+            "dedupe_key",
+            "enqueue_many_with inserts many jobs; a dedupe key holds for one job, use enqueue_with",
+        ));
+    }
     let resolved = resolve::<T>(&options)?;
     let json = payloads
         .iter()
-        .map(to_json::<T>)
+        .enumerate()
+        .map(|(i, p)| to_json::<T>(p, resolved.max_payload_size, Some(i)))
         .collect::<Result<Vec<_>, _>>()?;
     let jobs = NewJobs {
         task: T::NAME,

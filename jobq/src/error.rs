@@ -35,11 +35,17 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// Connecting failed at start-up.
-    #[error("cannot connect to the database at {url}")]
+    /// Connecting failed at start-up: the database stayed unreachable for
+    /// the whole connect timeout, or refused the connection for a reason
+    /// that waiting does not fix (authentication, unknown database).
+    #[error("cannot connect to the database at {url} (gave up after {attempts} attempt(s) over {waited:?})")]
     Connect {
         /// The URL with its password masked.
         url: String,
+        /// Connection attempts made.
+        attempts: u32,
+        /// Time spent trying.
+        waited: std::time::Duration,
         /// The driver's error.
         #[source]
         source: PoolError,
@@ -67,6 +73,16 @@ pub enum Error {
         /// serde's error.
         #[source]
         source: serde_json::Error,
+    },
+    /// A payload cannot be stored faithfully: a non-finite float (which
+    /// serde_json would silently turn into `null`), the character U+0000
+    /// (which `jsonb` rejects), or a size over the limit.
+    #[error("task {task}: invalid payload: {reason}")]
+    InvalidPayload {
+        /// The task.
+        task: &'static str,
+        /// What is wrong, and where in the payload.
+        reason: String,
     },
     /// Enqueue options or worker settings are out of range.
     #[error("invalid {what}: {reason}")]

@@ -38,6 +38,7 @@ mod error;
 mod job;
 mod job_id;
 mod migrate;
+mod payload_check;
 mod registry;
 mod retry;
 mod task;
@@ -49,7 +50,7 @@ mod worker;
 pub mod __private;
 
 pub use context::Context;
-pub use enqueue::{enqueue, enqueue_many, enqueue_with, EnqueueOptions};
+pub use enqueue::{enqueue, enqueue_many, enqueue_many_with, enqueue_with, EnqueueOptions};
 pub use error::Error;
 pub use job::{cancel, job, ErrorRecord, JobInfo, JobState};
 pub use job_id::JobId;

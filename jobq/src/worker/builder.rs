@@ -1,10 +1,11 @@
 //! [`WorkerBuilder`]: configuring and starting a worker.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jobq_diesel::{build_pool, Pool};
 
 use super::config::{env_duration, env_list, Config};
+use super::listen::error_chain;
 use super::url;
 use super::Worker;
 use crate::registry::Registry;
@@ -24,7 +25,25 @@ use crate::Error;
 /// | [`maintenance_interval`](Self::maintenance_interval) | | 5 s |
 /// | [`retention`](Self::retention) | | 24 h completed, 7 days failed/cancelled |
 /// | [`listen`](Self::listen) | | on |
+/// | [`listen_url`](Self::listen_url) | `JOBQ_LISTEN_URL` | the pool's database |
+/// | [`connect_timeout`](Self::connect_timeout) | `JOBQ_CONNECT_TIMEOUT` | 30 s |
 /// | pool size (own pool) | | 8 |
+///
+/// **Database down at start-up.** [`build`](Self::build) keeps trying to
+/// connect, with backoff from 100 ms up to 5 s, for the connect timeout,
+/// logging each failure as a warning and the success as info; then it
+/// fails with [`Error::Connect`]. Errors that waiting cannot fix (failed
+/// authentication, unknown database or role, no `pg_hba.conf` entry) fail
+/// at once. `connect_timeout(Duration::ZERO)` fails fast on the first
+/// error. Once running, a worker rides out outages by itself: it retries
+/// claims, outcome writes and heartbeats, and reconnects its listener.
+///
+/// **PgBouncer.** Behind a transaction-pooling PgBouncer, LISTEN cannot
+/// work (notifications go to whichever server connection ran the LISTEN).
+/// The worker checks, once, that a notification it sends comes back on its
+/// listener; if it does not, it logs one warning and runs on polling alone.
+/// Give the listener a direct URL with [`listen_url`](Self::listen_url) to
+/// keep prompt wake-ups.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), jobq::Error> {
@@ -52,6 +71,8 @@ pub struct WorkerBuilder {
     retention: Option<jobq_diesel::Retention>,
     listen: Option<bool>,
     pool_size: Option<u32>,
+    connect_timeout: Option<Duration>,
+    listen_url: Option<String>,
 }
 
 impl WorkerBuilder {
@@ -123,6 +144,23 @@ impl WorkerBuilder {
         self
     }
 
+    /// How long [`build`](Self::build) keeps retrying while the database is
+    /// unreachable (default 30 s, `JOBQ_CONNECT_TIMEOUT`); zero fails on
+    /// the first error.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// A separate database URL for the LISTEN connection only (default:
+    /// the pool's, `JOBQ_LISTEN_URL`). Use it when the pool goes through
+    /// a transaction-pooling PgBouncer: point this one at PostgreSQL
+    /// directly (or at a session-pooling PgBouncer).
+    pub fn listen_url(mut self, url: impl Into<String>) -> Self {
+        self.listen_url = Some(url.into());
+        self
+    }
+
     /// Connections of the pool the worker opens itself (ignored with
     /// [`pool`](Self::pool)).
     pub fn pool_size(mut self, size: u32) -> Self {
@@ -161,6 +199,21 @@ impl WorkerBuilder {
             listen: self.listen.unwrap_or(defaults.listen),
             pool_size: self.pool_size.unwrap_or(defaults.pool_size),
             outcome_batch: defaults.outcome_batch,
+            connect_timeout: or_env(
+                self.connect_timeout,
+                "JOBQ_CONNECT_TIMEOUT",
+                defaults.connect_timeout,
+            )?,
+            listen_url: match self
+                .listen_url
+                .or_else(|| std::env::var("JOBQ_LISTEN_URL").ok())
+            {
+                Some(u) if !u.trim().is_empty() => {
+                    url::check(&u)?;
+                    Some(super::config::ListenUrl(u))
+                }
+                _ => None,
+            },
         };
         config.validate()?;
         let (pool, shown_url) = match self.pool {
@@ -179,15 +232,7 @@ impl WorkerBuilder {
                 (build_pool(&url, config.pool_size), url::redact(&url))
             }
         };
-        // A dedicated connection reports the driver's own error at once,
-        // where a pool checkout would wait out its timeout first.
-        let mut conn = pool
-            .dedicated_connection()
-            .await
-            .map_err(|source| Error::Connect {
-                url: shown_url.clone(),
-                source: bb8::RunError::User(source),
-            })?;
+        let mut conn = connect(&pool, &shown_url, config.connect_timeout).await?;
         crate::migrate(&mut conn).await?;
         drop(conn);
         let queues = self
@@ -204,6 +249,75 @@ impl WorkerBuilder {
             });
         Worker::new(pool, config, registry, queues)
     }
+}
+
+/// A dedicated connection, retried with backoff while the database is
+/// unreachable, up to `timeout`. A dedicated connection reports the
+/// driver's own error at once, where a pool checkout would wait out its
+/// timeout first.
+async fn connect(
+    pool: &Pool,
+    shown_url: &str,
+    timeout: Duration,
+) -> Result<jobq_diesel::AsyncPgConnection, Error> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let source = match pool.dedicated_connection().await {
+            Ok(conn) => {
+                if attempts > 1 {
+                    tracing::info!(
+                        url = %shown_url,
+                        attempts,
+                        waited = ?started.elapsed(),
+                        "the database is reachable; starting"
+                    );
+                }
+                return Ok(conn);
+            }
+            Err(source) => source,
+        };
+        let message = error_chain(&source);
+        let waited = started.elapsed();
+        if is_permanent(&message) || waited >= timeout {
+            return Err(Error::Connect {
+                url: shown_url.to_owned(),
+                attempts,
+                waited,
+                source: bb8::RunError::User(source),
+            });
+        }
+        let pause = delay.min(timeout - waited);
+        tracing::warn!(
+            url = %shown_url,
+            error = %message,
+            retry_in = ?pause,
+            giving_up_in = ?(timeout - waited),
+            "the database is unreachable; retrying"
+        );
+        tokio::time::sleep(pause).await;
+        delay = (delay * 2).min(MAX_CONNECT_DELAY);
+    }
+}
+
+const MAX_CONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// Connection errors that retrying does not fix.
+fn is_permanent(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "authentication failed",
+        "password authentication",
+        "no pg_hba.conf entry",
+        "does not exist",
+        "invalid connection string",
+        "invalid configuration",
+        "unknown host",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
 }
 
 fn or_env(

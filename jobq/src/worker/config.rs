@@ -20,6 +20,19 @@ pub(crate) struct Config {
     pub(crate) listen: bool,
     pub(crate) pool_size: u32,
     pub(crate) outcome_batch: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) listen_url: Option<ListenUrl>,
+}
+
+/// A database URL for the LISTEN connection; its `Debug` hides the
+/// password.
+#[derive(Clone)]
+pub(crate) struct ListenUrl(pub(crate) String);
+
+impl std::fmt::Debug for ListenUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&super::url::redact(&self.0))
+    }
 }
 
 impl Default for Config {
@@ -37,6 +50,8 @@ impl Default for Config {
             listen: true,
             pool_size: 8,
             outcome_batch: 1000,
+            connect_timeout: Duration::from_secs(30),
+            listen_url: None,
         }
     }
 }

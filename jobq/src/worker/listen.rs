@@ -10,11 +10,22 @@ use super::state::{lock, Shared};
 
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
+/// How long a probe notification may take to come back before the worker
+/// concludes that notifications do not reach its listener.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut delay = Duration::from_millis(100);
     let mut connected_before = false;
+    // Whether a probe has shown that notifications reach the listener;
+    // checked once per worker (the route to the database does not change).
+    let mut verified = false;
     loop {
-        let mut listener = match Listener::connect(&shared.pool).await {
+        let connected = match &shared.config.listen_url {
+            Some(url) => Listener::connect_url(&url.0).await,
+            None => Listener::connect(&shared.pool).await,
+        };
+        let mut listener = match connected {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "LISTEN connection failed; polling meanwhile");
@@ -23,6 +34,30 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 continue;
             }
         };
+        if !verified {
+            match probe(&shared, &mut listener).await {
+                Probe::Delivered => verified = true,
+                Probe::Silent => {
+                    tracing::warn!(
+                        poll_interval = ?shared.config.poll_interval,
+                        "LISTEN does not work on this connection: a notification sent by this \
+                         worker never came back (a PgBouncer in transaction-pooling mode?); \
+                         running on polling alone. Give the listener a direct connection with \
+                         WorkerBuilder::listen_url / JOBQ_LISTEN_URL, or set .listen(false)"
+                    );
+                    if let Err(e) = listener.unlisten().await {
+                        tracing::debug!(error = %error_chain(&e), "UNLISTEN failed");
+                    }
+                    return;
+                }
+                Probe::Failed(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "checking the LISTEN connection failed; reconnecting");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                    continue;
+                }
+            }
+        }
         if connected_before {
             tracing::info!("LISTEN connection re-established");
         }
@@ -47,6 +82,42 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
+enum Probe {
+    Delivered,
+    /// Sent, but it never arrived.
+    Silent,
+    /// The connection failed; try again.
+    Failed(String),
+}
+
+/// Sends a notification from a pooled connection and waits for it on the
+/// listener, handling whatever else arrives meanwhile.
+async fn probe(shared: &Shared, listener: &mut Listener) -> Probe {
+    let token = format!("{}-{:016x}", shared.worker_id, fastrand::u64(..));
+    let sent = match shared.pool.get().await {
+        Ok(mut conn) => jobq_diesel::send_probe(&mut conn, &token)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(error_chain(&e)),
+    };
+    if let Err(e) = sent {
+        return Probe::Failed(e);
+    }
+    let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+    loop {
+        let next = tokio::time::timeout_at(deadline, listener.next()).await;
+        match next {
+            Err(_) => return Probe::Silent,
+            Ok(Some(Ok(Notification::Probe { token: got }))) if got == token => {
+                return Probe::Delivered
+            }
+            Ok(Some(Ok(other))) => handle(shared, other),
+            Ok(Some(Err(e))) => return Probe::Failed(error_chain(&e)),
+            Ok(None) => return Probe::Failed("the LISTEN connection closed".into()),
+        }
+    }
+}
+
 fn handle(shared: &Shared, notification: Notification) {
     match notification {
         Notification::Jobs { queue, due_at_ms } => {
@@ -64,6 +135,8 @@ fn handle(shared: &Shared, notification: Notification) {
                 job.cancel.cancel();
             }
         }
+        // Another worker's probe.
+        Notification::Probe { .. } => {}
     }
 }
 

@@ -1,0 +1,40 @@
+-- Least-privilege roles for jobq. See docs/roles.md.
+--
+-- jobq_owner   owns the `jobq` schema and runs the migrations (deploy step).
+-- jobq_worker  runs jobs: claims, writes outcomes, heartbeats, rescues, prunes.
+-- jobq_app     the application: enqueues jobs and reads their status.
+--
+-- Replace the role names and passwords to suit; the database here is the
+-- one you are connected to.
+
+-- step 1: as a superuser or a role with CREATEROLE, once per cluster/database
+CREATE ROLE jobq_owner LOGIN;   -- PASSWORD '...'
+CREATE ROLE jobq_worker LOGIN;  -- PASSWORD '...'
+CREATE ROLE jobq_app LOGIN;     -- PASSWORD '...'
+DO $grant$ BEGIN
+    EXECUTE format('GRANT CREATE ON DATABASE %I TO jobq_owner', current_database());
+END $grant$;
+
+-- Now run the migrations as jobq_owner: `jobq::migrate(&mut conn)` on a
+-- connection of jobq_owner, or start one worker as jobq_owner once.
+
+-- step 2: as jobq_owner, after the migrations
+GRANT USAGE ON SCHEMA jobq TO jobq_worker, jobq_app;
+
+-- The worker checks the schema version at start-up (read only when it is
+-- current).
+GRANT SELECT ON jobq.schema_migrations TO jobq_worker;
+
+-- Workers claim, settle, rescue and prune jobs; their handlers may enqueue
+-- follow-up jobs.
+GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.jobs TO jobq_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.workers TO jobq_worker;
+
+-- The application enqueues and reads status. It cannot claim, change or
+-- delete jobs. To let it cancel jobs as well, add:
+--   GRANT UPDATE (state, finished_at, cancel_requested) ON jobq.jobs TO jobq_app;
+GRANT SELECT, INSERT ON jobq.jobs TO jobq_app;
+
+-- Tables added by later jobq migrations get the same grants.
+ALTER DEFAULT PRIVILEGES FOR ROLE jobq_owner IN SCHEMA jobq
+    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO jobq_worker;

@@ -1,0 +1,146 @@
+//! The benchmark's databases: a fresh one per scenario, the server's
+//! settings, and a few statistics queries.
+
+use diesel::sql_types::{BigInt, Double, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use jobq_testkit::TestDatabase;
+
+/// Creates a fresh database with jobq's schema installed.
+pub async fn fresh() -> anyhow::Result<TestDatabase> {
+    let db = TestDatabase::create().await?;
+    let mut conn = connect(db.url()).await?;
+    jobq::migrate(&mut conn).await?;
+    Ok(db)
+}
+
+/// Opens a connection.
+pub async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
+    Ok(AsyncPgConnection::establish(url).await?)
+}
+
+#[derive(QueryableByName)]
+struct Settings {
+    #[diesel(sql_type = Text)]
+    version: String,
+    #[diesel(sql_type = Text)]
+    fsync: String,
+    #[diesel(sql_type = Text)]
+    synchronous_commit: String,
+    #[diesel(sql_type = Text)]
+    full_page_writes: String,
+    #[diesel(sql_type = Text)]
+    shared_buffers: String,
+    #[diesel(sql_type = Text)]
+    port: String,
+}
+
+/// Prints which server the run uses and its durability settings
+/// (`SHOW fsync, synchronous_commit`, ...).
+pub async fn print_server() -> anyhow::Result<()> {
+    let source = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => format!("DATABASE_URL ({})", redact(&url)),
+        _ => "private throwaway server from jobq-testkit (tuned for speed, NOT durable)".into(),
+    };
+    let db = TestDatabase::create().await?;
+    let mut conn = connect(db.url()).await?;
+    let s: Settings = diesel::sql_query(
+        "SELECT version() AS version, current_setting('fsync') AS fsync, \
+             current_setting('synchronous_commit') AS synchronous_commit, \
+             current_setting('full_page_writes') AS full_page_writes, \
+             current_setting('shared_buffers') AS shared_buffers, \
+             current_setting('port') AS port",
+    )
+    .get_result(&mut conn)
+    .await?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("server:  {source}");
+    println!("         {}", s.version);
+    println!(
+        "         port={} fsync={} synchronous_commit={} full_page_writes={} shared_buffers={}",
+        s.port, s.fsync, s.synchronous_commit, s.full_page_writes, s.shared_buffers
+    );
+    println!(
+        "machine: {cores} cores; build: {}",
+        if cfg!(debug_assertions) {
+            "DEBUG (use --release for real numbers)"
+        } else {
+            "release"
+        }
+    );
+    println!();
+    Ok(())
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Size and dead tuples of the jobs table.
+#[derive(Debug, Clone, Copy, QueryableByName)]
+pub struct TableStats {
+    /// `pg_total_relation_size('jobq.jobs')`: heap, indexes and TOAST.
+    #[diesel(sql_type = BigInt)]
+    pub total_bytes: i64,
+    /// Live rows by the statistics collector.
+    #[diesel(sql_type = BigInt)]
+    pub live: i64,
+    /// `pg_stat_user_tables.n_dead_tup`.
+    #[diesel(sql_type = BigInt)]
+    pub dead: i64,
+    /// Autovacuum runs so far.
+    #[diesel(sql_type = BigInt)]
+    pub autovacuums: i64,
+}
+
+/// Current statistics of `jobq.jobs` (the statistics collector lags by up
+/// to a second or so).
+pub async fn table_stats(conn: &mut AsyncPgConnection) -> anyhow::Result<TableStats> {
+    Ok(diesel::sql_query(
+        "SELECT pg_total_relation_size('jobq.jobs') AS total_bytes, \
+             n_live_tup AS live, n_dead_tup AS dead, autovacuum_count AS autovacuums \
+         FROM pg_stat_user_tables WHERE schemaname = 'jobq' AND relname = 'jobs'",
+    )
+    .get_result(conn)
+    .await?)
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Runs a query returning one `bigint` column named `n`.
+pub async fn count(conn: &mut AsyncPgConnection, sql: &str) -> anyhow::Result<i64> {
+    let row: Count = diesel::sql_query(sql).get_result(conn).await?;
+    Ok(row.n)
+}
+
+#[derive(QueryableByName)]
+struct Seconds {
+    #[diesel(sql_type = Double)]
+    s: f64,
+}
+
+/// Runs a query returning one `double precision` column named `s`.
+pub async fn seconds(conn: &mut AsyncPgConnection, sql: &str) -> anyhow::Result<f64> {
+    let row: Seconds = diesel::sql_query(sql).get_result(conn).await?;
+    Ok(row.s)
+}
+
+/// Runs statements without results.
+pub async fn exec(conn: &mut AsyncPgConnection, sql: &str) -> anyhow::Result<()> {
+    conn.batch_execute(sql).await?;
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! The "minimal SQL loop": the least work any PostgreSQL job queue must do
+//! per job, through the same driver (diesel-async) as jobq. Claim a batch
+//! of 1,000 with `FOR UPDATE SKIP LOCKED` (committed), then write the
+//! outcomes by id array, fenced on the attempt; repeat until nothing is
+//! left. No payload decoding, no runtime, no bookkeeping: the scenarios
+//! report it as `limit_jobs_per_sec`, and jobq's throughput divided by it
+//! is the share of the physical limit that jobq reaches.
+
+use std::time::{Duration, Instant};
+
+use diesel::sql_types::{Array, BigInt, Integer, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::db;
+
+/// Task name of the limit loop's jobs; no worker serves it.
+pub const LIMIT_TASK: &str = "bench.limit";
+
+/// Claim batch of the loop.
+pub const BATCH: i64 = 1000;
+
+/// Inserts `n` pending jobs of `task` in one server-side statement, with
+/// payloads like the no-op task's.
+pub async fn insert_jobs(conn: &mut AsyncPgConnection, task: &str, n: u64) -> anyhow::Result<()> {
+    diesel::sql_query(
+        "INSERT INTO jobq.jobs (task, payload) \
+         SELECT $1, jsonb_build_object('n', g) FROM generate_series(1, $2) AS g",
+    )
+    .bind::<Text, _>(task)
+    .bind::<BigInt, _>(i64::try_from(n)?)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Claimed {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Integer)]
+    attempt: i32,
+}
+
+/// Claims and completes every pending job of `task` with `loops`
+/// connections in parallel; returns how many jobs and how long it took.
+pub async fn run_loops(url: &str, task: &str, loops: usize) -> anyhow::Result<(usize, Duration)> {
+    let mut conns = Vec::with_capacity(loops);
+    for _ in 0..loops {
+        conns.push(db::connect(url).await?);
+    }
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for mut conn in conns {
+        let task = task.to_owned();
+        handles.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            loop {
+                let claimed = claim_batch(&mut conn, &task).await?;
+                if claimed.is_empty() {
+                    return anyhow::Ok(done);
+                }
+                done += complete(&mut conn, &claimed).await?;
+            }
+        }));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h.await??;
+    }
+    Ok((total, started.elapsed()))
+}
+
+async fn claim_batch(conn: &mut AsyncPgConnection, task: &str) -> anyhow::Result<Vec<Claimed>> {
+    Ok(diesel::sql_query(
+        "WITH picked AS ( \
+             SELECT id FROM jobq.jobs \
+             WHERE state = 'pending' AND task = $1 AND run_at <= now() \
+             ORDER BY priority DESC, run_at, id \
+             LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         UPDATE jobq.jobs SET state = 'running', attempt = attempt + 1, started_at = now() \
+         WHERE id = ANY(ARRAY(SELECT id FROM picked)) \
+         RETURNING id, attempt",
+    )
+    .bind::<Text, _>(task)
+    .bind::<BigInt, _>(BATCH)
+    .load(conn)
+    .await?)
+}
+
+async fn complete(conn: &mut AsyncPgConnection, claimed: &[Claimed]) -> anyhow::Result<usize> {
+    let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+    let attempts: Vec<i32> = claimed.iter().map(|c| c.attempt).collect();
+    Ok(diesel::sql_query(
+        "UPDATE jobq.jobs j SET state = 'completed', finished_at = now() \
+         FROM unnest($1::bigint[], $2::int[]) AS o(id, attempt) \
+         WHERE j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'",
+    )
+    .bind::<Array<BigInt>, _>(&ids)
+    .bind::<Array<Integer>, _>(&attempts)
+    .execute(conn)
+    .await?)
+}
+
+/// The whole measurement: `jobs` fresh jobs of [`LIMIT_TASK`], drained by
+/// `loops` parallel loops after a `VACUUM ANALYZE` (so the scenario's dead
+/// tuples do not slow the limit down); returns jobs/s.
+pub async fn measure(url: &str, jobs: u64, loops: usize) -> anyhow::Result<f64> {
+    let mut conn = db::connect(url).await?;
+    insert_jobs(&mut conn, LIMIT_TASK, jobs).await?;
+    db::exec(&mut conn, "VACUUM ANALYZE jobq.jobs").await?;
+    let (done, elapsed) = run_loops(url, LIMIT_TASK, loops).await?;
+    Ok(crate::report::rate(done, elapsed))
+}

@@ -1,0 +1,73 @@
+//! `jobq-bench`: throughput and latency benchmarks of jobq.
+//!
+//! ```text
+//! cargo run --release -p jobq-bench -- <scenario> [options]
+//! ```
+//!
+//! Scenarios: `enqueue`, `drain`, `latency`, `sustained`, `backlog`, or
+//! `all`. Each runs on a fresh database created with `jobq-testkit`:
+//! on `DATABASE_URL`'s server when it is set, else on a private throwaway
+//! server (tuned for speed: `fsync=off`, so its numbers are not the durable
+//! ones). The server and its durability settings are printed first.
+//!
+//! Every result is printed as a row of a human table and as one JSON line
+//! (prefixed by nothing, starting with `{`), so that scripts can
+//! `grep '^{'` the output.
+//!
+//! `worker` is a hidden subcommand: the `drain` and `sustained` scenarios
+//! re-execute this binary as `jobq-bench worker --url ..` to get real
+//! worker processes whose peak RSS can be measured.
+
+mod cli;
+mod db;
+mod limit;
+mod report;
+mod scenario;
+mod tasks;
+mod worker;
+
+use cli::Options;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("{}", cli::USAGE);
+        std::process::exit(2);
+    };
+    if command == "worker" {
+        return worker::child_main(cli::WorkerOptions::parse(rest)?).await;
+    }
+    if command == "-h" || command == "--help" || command == "help" {
+        println!("{}", cli::USAGE);
+        return Ok(());
+    }
+    let options = Options::parse(rest)?;
+    let scenarios: Vec<&str> = match command.as_str() {
+        "all" => vec!["enqueue", "drain", "latency", "sustained", "backlog"],
+        one => vec![one],
+    };
+    db::print_server().await?;
+    let mut results = Vec::new();
+    for name in scenarios {
+        let mut rows = match name {
+            "enqueue" => scenario::enqueue::run(&options).await?,
+            "drain" => scenario::drain::run(&options).await?,
+            "latency" => scenario::latency::run(&options).await?,
+            "sustained" => scenario::sustained::run(&options).await?,
+            "backlog" => scenario::backlog::run(&options).await?,
+            other => anyhow::bail!("unknown scenario {other:?}\n\n{}", cli::USAGE),
+        };
+        results.append(&mut rows);
+    }
+    report::print_table(&results);
+    Ok(())
+}

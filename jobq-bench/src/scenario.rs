@@ -1,0 +1,8 @@
+//! One module per scenario; each creates its own fresh database and
+//! returns its results (already printed as JSON lines).
+
+pub mod backlog;
+pub mod drain;
+pub mod enqueue;
+pub mod latency;
+pub mod sustained;

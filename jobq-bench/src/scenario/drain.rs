@@ -1,0 +1,102 @@
+//! `drain`: `--jobs` no-op jobs enqueued up front, then 1 (and 2) worker
+//! processes with default settings run them all.
+//!
+//! Throughput is measured by the database's own clock, from the first
+//! claim (`min(started_at)`, set by the claim statement right before the
+//! first handler starts) to the last outcome written (`max(finished_at)`):
+//! both timestamps come from one server, so process start-up and shutdown
+//! are excluded and no cross-process clock is needed. The limit is the
+//! minimal SQL loop with as many connections as there are workers, on a
+//! fresh set of jobs in the same database afterwards.
+
+use std::time::Instant;
+
+use crate::cli::Options;
+use crate::db;
+use crate::limit;
+use crate::report::BenchResult;
+use crate::tasks::{noop, Noop};
+use crate::worker::{max_rss_mib, total_cpu_s, Workers};
+
+/// Runs the scenario.
+pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
+    println!("== drain");
+    let mut results = Vec::new();
+    for &workers in &options.workers {
+        results.push(run_one(options, workers).await?);
+    }
+    Ok(results)
+}
+
+/// Enqueues `jobs` no-op jobs through the typed API, in batches of 1,000.
+pub async fn enqueue_noops(url: &str, jobs: usize) -> anyhow::Result<()> {
+    let mut conn = db::connect(url).await?;
+    let mut n = 0u64;
+    while (n as usize) < jobs {
+        let size = 1000.min(jobs - n as usize);
+        let payloads: Vec<Noop> = (0..size)
+            .map(|_| {
+                n += 1;
+                Noop { n }
+            })
+            .collect();
+        noop::enqueue_many(&mut conn, &payloads).await?;
+    }
+    db::exec(&mut conn, "VACUUM ANALYZE jobq.jobs").await
+}
+
+async fn run_one(options: &Options, workers: usize) -> anyhow::Result<BenchResult> {
+    let database = db::fresh().await?;
+    let url = database.url().to_owned();
+    enqueue_noops(&url, options.jobs).await?;
+    let wall = Instant::now();
+    let reports = Workers::start(&url, workers, true)?.stop().await?;
+    let wall = wall.elapsed();
+    let mut conn = db::connect(&url).await?;
+    let completed = db::count(
+        &mut conn,
+        "SELECT count(*) AS n FROM jobq.jobs WHERE task = 'bench.noop' AND state = 'completed'",
+    )
+    .await?;
+    anyhow::ensure!(
+        completed == options.jobs as i64,
+        "drain: {completed} of {} jobs completed",
+        options.jobs
+    );
+    let span = db::seconds(
+        &mut conn,
+        "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 AS s \
+         FROM jobq.jobs WHERE task = 'bench.noop'",
+    )
+    .await?;
+    let jobs_per_sec = options.jobs as f64 / span.max(1e-9);
+    // Every statement has its own now(): distinct timestamps count the
+    // claim and outcome statements, i.e. the average batch sizes.
+    let claims = db::count(
+        &mut conn,
+        "SELECT count(DISTINCT started_at) AS n FROM jobq.jobs WHERE task = 'bench.noop'",
+    )
+    .await?;
+    let outcome_writes = db::count(
+        &mut conn,
+        "SELECT count(DISTINCT finished_at) AS n FROM jobq.jobs WHERE task = 'bench.noop'",
+    )
+    .await?;
+    let limit = limit::measure(&url, options.jobs as u64, workers).await?;
+    Ok(BenchResult {
+        jobs_per_sec: Some(jobs_per_sec),
+        limit_jobs_per_sec: Some(limit),
+        rss_mib: max_rss_mib(&reports),
+        ..BenchResult::new(
+            "drain",
+            format!("{} no-op jobs, {workers} worker process(es)", options.jobs),
+        )
+    }
+    .extra("ratio_to_limit", jobs_per_sec / limit)
+    .extra("wall_s_incl_startup", wall.as_secs_f64())
+    .extra("worker_cpu_s", total_cpu_s(&reports))
+    .extra("drain_s", span)
+    .extra("claim_statements", claims)
+    .extra("outcome_statements", outcome_writes)
+    .emit())
+}

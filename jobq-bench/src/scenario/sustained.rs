@@ -1,0 +1,178 @@
+//! `sustained`: producers enqueue at a fixed rate for `--seconds` while two
+//! worker processes (default settings, default retention) drain.
+//!
+//! Two producer connections each call `enqueue_many` every 10 ms with
+//! their share of `--rate`. Throughput is the steady state: jobs finished
+//! after the first fifth of the run (warm-up) until the producers stop, by
+//! the database clock. Latency is `started_at - created_at` of the jobs
+//! created in that window, both set by the server (`created_at` is the
+//! enqueue transaction's start, `started_at` the claim's), so the workers
+//! being separate processes needs no shared clock. The jobs table's size
+//! and dead tuples are sampled every few seconds, and reported at the end
+//! (after the queue drained, before any prune: the default retention of
+//! completed jobs is 24 h, longer than any run, so every finished row is
+//! still there; dead tuples are what vacuum must keep bounded).
+
+use std::time::{Duration, Instant};
+
+use diesel::sql_types::Double;
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+
+use crate::cli::Options;
+use crate::db;
+use crate::limit;
+use crate::report::BenchResult;
+use crate::tasks::{noop, Noop};
+use crate::worker::{max_rss_mib, Workers};
+
+const PRODUCERS: u64 = 2;
+const WORKERS: usize = 2;
+const TICK: Duration = Duration::from_millis(10);
+
+#[derive(QueryableByName)]
+struct Window {
+    #[diesel(sql_type = Double)]
+    jobs: f64,
+    #[diesel(sql_type = Double)]
+    p50: f64,
+    #[diesel(sql_type = Double)]
+    p95: f64,
+    #[diesel(sql_type = Double)]
+    p99: f64,
+}
+
+/// Runs the scenario.
+pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
+    println!("== sustained");
+    let database = db::fresh().await?;
+    let url = database.url().to_owned();
+    let workers = Workers::start(&url, WORKERS, false)?;
+    let mut conn = db::connect(&url).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t0 = db::seconds(&mut conn, "SELECT extract(epoch FROM now())::float8 AS s").await?;
+
+    let run_for = Duration::from_secs(options.seconds);
+    let per_tick = options.rate as f64 / PRODUCERS as f64 * TICK.as_secs_f64();
+    let mut producers = Vec::new();
+    for p in 0..PRODUCERS {
+        let mut conn = db::connect(&url).await?;
+        producers.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let mut ticker = tokio::time::interval(TICK);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let (mut n, mut sent) = (p << 40, 0u64);
+            while started.elapsed() < run_for {
+                ticker.tick().await;
+                // What the schedule owes by now: a slow commit is caught
+                // up by the next call, so the offered rate holds.
+                let due = (started.elapsed().as_secs_f64() / TICK.as_secs_f64() * per_tick) as u64;
+                let size = due.saturating_sub(sent) as usize;
+                if size == 0 {
+                    continue;
+                }
+                let payloads: Vec<Noop> = (0..size)
+                    .map(|_| {
+                        n += 1;
+                        Noop { n }
+                    })
+                    .collect();
+                noop::enqueue_many(&mut conn, &payloads).await?;
+                sent += size as u64;
+            }
+            anyhow::Ok(sent)
+        }));
+    }
+
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut peak_rss_kib = 0u64;
+    while started.elapsed() < run_for {
+        tokio::time::sleep(Duration::from_secs(5).min(run_for)).await;
+        let stats = db::table_stats(&mut conn).await?;
+        peak_rss_kib = peak_rss_kib.max(workers.current_vmhwm_kib().into_iter().max().unwrap_or(0));
+        let pending = db::count(
+            &mut conn,
+            "SELECT count(*) AS n FROM jobq.jobs WHERE state IN ('pending', 'running')",
+        )
+        .await?;
+        println!(
+            "  t={:>4.0}s  table={:>7.1} MiB  live={:>8}  dead={:>7}  autovacuums={}  backlog={}",
+            started.elapsed().as_secs_f64(),
+            stats.total_bytes as f64 / 1048576.0,
+            stats.live,
+            stats.dead,
+            stats.autovacuums,
+            pending
+        );
+        samples.push(stats);
+    }
+    let mut sent = 0;
+    for p in producers {
+        sent += p.await??;
+    }
+    let t_end = t0 + started.elapsed().as_secs_f64();
+    // Let the workers finish what is queued.
+    let drain_deadline = Instant::now() + Duration::from_secs(60);
+    while db::count(
+        &mut conn,
+        "SELECT count(*) AS n FROM jobq.jobs WHERE state IN ('pending', 'running')",
+    )
+    .await?
+        > 0
+        && Instant::now() < drain_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reports = workers.stop().await?;
+
+    let warm = (t_end - t0) / 5.0;
+    let window: Window = diesel::sql_query(format!(
+        "SELECT count(*)::float8 AS jobs, \
+             coalesce(percentile_disc(0.50) WITHIN GROUP (ORDER BY l), 0) AS p50, \
+             coalesce(percentile_disc(0.95) WITHIN GROUP (ORDER BY l), 0) AS p95, \
+             coalesce(percentile_disc(0.99) WITHIN GROUP (ORDER BY l), 0) AS p99 \
+         FROM (SELECT extract(epoch FROM started_at - created_at)::float8 * 1000 AS l \
+               FROM jobq.jobs WHERE task = 'bench.noop' AND state = 'completed' \
+                 AND created_at >= to_timestamp({from}) AND created_at < to_timestamp({to})) s",
+        from = t0 + warm,
+        to = t_end,
+    ))
+    .get_result(&mut conn)
+    .await?;
+    let steady = window.jobs / (t_end - t0 - warm).max(1e-9);
+    // Statistics lag a little; give the collector a moment.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let end = db::table_stats(&mut conn).await?;
+    let max_dead = samples
+        .iter()
+        .map(|s| s.dead)
+        .max()
+        .unwrap_or(0)
+        .max(end.dead);
+    let limit = limit::measure(&url, options.jobs as u64, WORKERS).await?;
+    let rss = max_rss_mib(&reports).map(|r| r.max(peak_rss_kib as f64 / 1024.0));
+    Ok(vec![BenchResult {
+        jobs_per_sec: Some(steady),
+        p50_ms: Some(window.p50),
+        p95_ms: Some(window.p95),
+        p99_ms: Some(window.p99),
+        limit_jobs_per_sec: Some(limit),
+        rss_mib: rss,
+        ..BenchResult::new(
+            "sustained",
+            format!(
+                "{} jobs/s offered for {} s, {WORKERS} workers",
+                options.rate, options.seconds
+            ),
+        )
+    }
+    .extra("enqueued", sent)
+    .extra("latency_clock", "db: started_at - created_at")
+    .extra("table_mib_end", end.total_bytes as f64 / 1048576.0)
+    .extra("live_rows_end", end.live)
+    .extra("dead_tuples_end", end.dead)
+    .extra("dead_tuples_max", max_dead)
+    .extra("autovacuums", end.autovacuums)
+    .emit()])
+}

@@ -1,0 +1,52 @@
+//! The bench's task definitions.
+//!
+//! The no-op task runs with `concurrency = 1000`. Concurrency is a task
+//! attribute, i.e. the user's own code; for a task that does no I/O the
+//! sensible choice is as many in flight as one claim statement should
+//! take, because the claim asks for exactly the free slots: with the
+//! library's default of 10, every claim round trip (and commit) would fetch
+//! at most 10 jobs and the benchmark would measure round trips, not jobq.
+//! 1000 also matches the batch of the minimal SQL loop and the completer's
+//! outcome batch, so both sides move jobs in the same unit.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// Payload of the no-op task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Noop {
+    /// Sequence number, so payloads differ like real ones.
+    pub n: u64,
+}
+
+/// Does nothing.
+#[jobq::task(name = "bench.noop", concurrency = 1000)]
+pub async fn noop(job: Noop) -> Result<(), jobq::TaskError> {
+    let _ = job.n;
+    Ok(())
+}
+
+/// Payload of the latency probe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Probe {
+    /// Index of the sample.
+    pub n: usize,
+}
+
+/// Handler start times of probes, recorded by [`probe`] in the process
+/// that also enqueues them (the `latency` scenario runs its worker
+/// in-process, so both sides read the same monotonic clock).
+pub static PROBE_STARTS: Mutex<Vec<(usize, Instant)>> = Mutex::new(Vec::new());
+
+/// Records when its handler started.
+#[jobq::task(name = "bench.probe", concurrency = 10)]
+pub async fn probe(job: Probe) -> Result<(), jobq::TaskError> {
+    let now = Instant::now();
+    PROBE_STARTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((job.n, now));
+    Ok(())
+}

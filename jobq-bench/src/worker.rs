@@ -1,0 +1,167 @@
+//! Worker processes: the hidden `worker` subcommand (the child side) and
+//! starting, stopping and reading children (the parent side).
+//!
+//! A child runs `jobq::Worker` with default settings on the given
+//! database, stops when nothing is pending or running (`--until-empty`) or
+//! when its stdin closes, and prints one JSON line with its peak RSS
+//! (`VmHWM` of `/proc/self/status`, read just before it exits) on stdout.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::WorkerOptions;
+use crate::db;
+
+/// What a worker process reports when it exits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// Its pid.
+    pub pid: u32,
+    /// Peak resident set size, KiB.
+    pub vmhwm_kib: u64,
+    /// CPU time used (user + system), seconds.
+    pub cpu_s: f64,
+}
+
+/// CPU time (user + system) this process used so far, in seconds, from
+/// `/proc/self/stat` (clock ticks of 1/100 s, as on every Linux).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak RSS of process `pid` in KiB, from `/proc/<pid>/status`.
+pub fn vmhwm_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The `worker` subcommand.
+pub async fn child_main(options: WorkerOptions) -> anyhow::Result<()> {
+    let worker = jobq::Worker::builder()
+        .database_url(&options.url)
+        .build()
+        .await?
+        .spawn();
+    if options.until_empty {
+        let mut conn = db::connect(&options.url).await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let busy = db::count(
+                &mut conn,
+                "SELECT count(*) AS n FROM (SELECT 1 FROM jobq.jobs \
+                 WHERE state IN ('pending', 'running') LIMIT 1) s",
+            )
+            .await?;
+            if busy == 0 {
+                break;
+            }
+        }
+    } else {
+        // Stop when the parent closes our stdin (or dies).
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+    }
+    worker.shutdown().await?;
+    let report = WorkerReport {
+        pid: std::process::id(),
+        vmhwm_kib: vmhwm_kib("self").unwrap_or(0),
+        cpu_s: cpu_seconds(),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Worker processes started by a scenario.
+pub struct Workers {
+    children: Vec<Child>,
+}
+
+impl Workers {
+    /// Starts `n` worker processes on `url` by re-executing this binary.
+    pub fn start(url: &str, n: usize, until_empty: bool) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding this binary to start workers")?;
+        let mut children = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["worker", "--url", url]);
+            if until_empty {
+                cmd.arg("--until-empty");
+            }
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            children.push(cmd.spawn().context("starting a worker process")?);
+        }
+        Ok(Self { children })
+    }
+
+    /// Peak RSS so far of every worker still running, KiB.
+    pub fn current_vmhwm_kib(&self) -> Vec<u64> {
+        self.children
+            .iter()
+            .filter_map(|c| vmhwm_kib(&c.id().to_string()))
+            .collect()
+    }
+
+    /// Asks every worker to stop (closes stdin), waits for all of them and
+    /// collects their reports.
+    pub async fn stop(self) -> anyhow::Result<Vec<WorkerReport>> {
+        tokio::task::spawn_blocking(move || {
+            let mut reports = Vec::new();
+            for mut child in self.children {
+                drop(child.stdin.take());
+                let stdout = child.stdout.take().context("worker stdout")?;
+                let mut report = None;
+                for line in BufReader::new(stdout).lines() {
+                    let line = line?;
+                    if let Ok(r) = serde_json::from_str::<WorkerReport>(&line) {
+                        report = Some(r);
+                    }
+                }
+                let status = child.wait()?;
+                anyhow::ensure!(status.success(), "a worker process failed: {status}");
+                reports.push(report.context("a worker process printed no report")?);
+            }
+            Ok(reports)
+        })
+        .await?
+    }
+}
+
+/// CPU seconds of all the reports together.
+pub fn total_cpu_s(reports: &[WorkerReport]) -> f64 {
+    reports.iter().map(|r| r.cpu_s).sum()
+}
+
+/// The largest peak RSS of the reports, in MiB.
+pub fn max_rss_mib(reports: &[WorkerReport]) -> Option<f64> {
+    reports
+        .iter()
+        .map(|r| r.vmhwm_kib as f64 / 1024.0)
+        .reduce(f64::max)
+}

@@ -1,0 +1,553 @@
+//! Faults around the worker: the database down at start-up, gone in the
+//! middle of a run, and a transaction-pooling PgBouncer in between.
+//! Each test owns a private PostgreSQL server it may stop.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::AsyncPgConnection;
+use jobq::{JobState, TaskError};
+use jobq_testkit::PrivateServer;
+use serde::{Deserialize, Serialize};
+
+// ------------------------------------------------------------- log capture
+
+static LOGS: Mutex<String> = Mutex::new(String::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures jobq's logs of every test in this binary (they share one
+/// subscriber); tests look for lines naming their own server's port.
+fn capture_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,jobq=info"))
+        .with_ansi(false)
+        .with_writer(|| Capture)
+        .try_init();
+}
+
+fn log_lines(containing: &[&str]) -> Vec<String> {
+    LOGS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .lines()
+        .filter(|l| containing.iter().all(|c| l.contains(c)))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn pool_on(url: &str) -> jobq::Pool {
+    bb8::Pool::builder()
+        .max_size(4)
+        .connection_timeout(Duration::from_secs(5))
+        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn fast(builder: jobq::WorkerBuilder) -> jobq::WorkerBuilder {
+    builder
+        .poll_interval(Duration::from_millis(200))
+        .lease(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(200))
+        .maintenance_interval(Duration::from_millis(200))
+        .shutdown_timeout(Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Work {
+    n: u32,
+    sleep_ms: u64,
+}
+
+/// Successful handler runs per job id, across the tests of this binary.
+static SUCCEEDED: Mutex<Option<HashMap<i64, u32>>> = Mutex::new(None);
+
+#[jobq::task(concurrency = 4, retry = "100ms", max_attempts = 50)]
+async fn outage_work(ctx: jobq::Context, job: Work) -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
+    *SUCCEEDED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .entry(ctx.job_id().get())
+        .or_default() += 1;
+    Ok(())
+}
+
+async fn job_state(pool: &jobq::Pool, id: jobq::JobId) -> Option<jobq::JobInfo> {
+    let mut conn = pool.get().await.ok()?;
+    jobq::job(&mut conn, id).await.ok().flatten()
+}
+
+// ------------------------------------------------- database down at start
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_the_database_is_down_waits_then_serves() {
+    capture_logs();
+    let server = PrivateServer::start().await.expect("server");
+    let url = server.url().to_owned();
+    let port = format!(":{}/", server.port());
+    server.stop().await.expect("stop");
+
+    let builder = fast(jobq::Worker::builder())
+        .database_url(&url)
+        .connect_timeout(Duration::from_secs(60));
+    let building = tokio::spawn(async move { builder.build().await });
+    // It says so while it waits...
+    wait_until("a retry warning in the logs", support::SOON, || async {
+        !log_lines(&["the database is unreachable; retrying", &port]).is_empty()
+    })
+    .await;
+    assert!(!building.is_finished(), "build gave up at once");
+    server.start_again().await.expect("start again");
+    // ...and when it gets through.
+    let worker = tokio::time::timeout(support::SOON, building)
+        .await
+        .expect("build finished once the database was up")
+        .expect("build task")
+        .expect("build succeeded");
+    assert_eq!(
+        log_lines(&["the database is reachable; starting", &port]).len(),
+        1
+    );
+    let handle = worker.spawn();
+    let pool = pool_on(&url);
+    let id = {
+        let mut conn = pool.get().await.expect("connection");
+        outage_work::enqueue(&mut conn, &Work { n: 0, sleep_ms: 0 })
+            .await
+            .expect("enqueue")
+    };
+    wait_until("the job to complete", support::SOON, || async {
+        job_state(&pool, id)
+            .await
+            .is_some_and(|j| j.state == JobState::Completed)
+    })
+    .await;
+    handle.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_fails_fast_when_told_to_and_after_the_connect_timeout_otherwise() {
+    capture_logs();
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("postgres://jobq:hunter2-secret@127.0.0.1:{port}/nowhere");
+
+    let started = Instant::now();
+    let err = jobq::Worker::builder()
+        .database_url(&url)
+        .connect_timeout(Duration::ZERO)
+        .build()
+        .await
+        .expect_err("nothing listens there");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let msg = err.to_string();
+    assert!(
+        matches!(err, jobq::Error::Connect { attempts: 1, .. }),
+        "{err:?}"
+    );
+    assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+    assert!(!format!("{msg} {err:?}").contains("hunter2"), "{err:?}");
+
+    let started = Instant::now();
+    let err = jobq::Worker::builder()
+        .database_url(&url)
+        .connect_timeout(Duration::from_millis(800))
+        .build()
+        .await
+        .expect_err("nothing listens there");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    match err {
+        jobq::Error::Connect { attempts, .. } => assert!(attempts >= 3, "{attempts}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+// ------------------------------------------------ database gone mid-run
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_second_outage_mid_run_loses_nothing() {
+    capture_logs();
+    const JOBS: u32 = 400;
+    let server = PrivateServer::start().await.expect("server");
+    let url = server.url().to_owned();
+    let pool = pool_on(&url);
+    {
+        let mut conn = pool.get().await.expect("connection");
+        jobq::migrate(&mut conn).await.expect("migrate");
+    }
+    let handle = fast(jobq::Worker::builder())
+        .database_url(&url)
+        .build()
+        .await
+        .expect("worker")
+        .spawn();
+    let payloads: Vec<Work> = (0..JOBS)
+        .map(|n| Work {
+            n,
+            sleep_ms: fastrand::u64(0..=30),
+        })
+        .collect();
+    let ids = {
+        let mut conn = pool.get().await.expect("connection");
+        outage_work::enqueue_many(&mut conn, &payloads)
+            .await
+            .expect("enqueue")
+    };
+    wait_until("some jobs done", support::SOON, || async {
+        finished_count(&pool, &ids).await >= 20
+    })
+    .await;
+
+    server.stop().await.expect("stop");
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(10) {
+        assert!(
+            !handle.is_finished(),
+            "the worker stopped during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.start_again().await.expect("start again");
+
+    wait_until("every job finished", Duration::from_secs(60), || async {
+        finished_count(&pool, &ids).await == ids.len()
+    })
+    .await;
+    assert!(!handle.is_finished(), "the worker stopped");
+    handle
+        .shutdown()
+        .await
+        .expect("clean shutdown after the outage");
+
+    let succeeded = SUCCEEDED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default();
+    let mut conn = pool.get().await.expect("connection");
+    for &id in &ids {
+        let info = jobq::job(&mut conn, id)
+            .await
+            .expect("lookup")
+            .expect("job");
+        assert_eq!(info.state, JobState::Completed, "{info:#?}");
+        // Nothing is reported completed that did not succeed.
+        assert!(
+            succeeded.get(&id.get()).copied().unwrap_or(0) >= 1,
+            "job {id} is completed but its handler never succeeded"
+        );
+    }
+}
+
+async fn finished_count(pool: &jobq::Pool, ids: &[jobq::JobId]) -> usize {
+    let Ok(mut conn) = pool.get().await else {
+        return 0;
+    };
+    let mut n = 0;
+    for &id in ids {
+        if let Ok(Some(j)) = jobq::job(&mut conn, id).await {
+            if j.state.is_terminal() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+// ------------------------------------------------------------- PgBouncer
+
+fn pgbouncer_binary() -> std::path::PathBuf {
+    for candidate in [
+        "/usr/sbin/pgbouncer",
+        "/usr/bin/pgbouncer",
+        "/usr/local/bin/pgbouncer",
+    ] {
+        if std::path::Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("pgbouncer");
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "pgbouncer is not installed: this test needs it (Debian/Ubuntu: apt-get install pgbouncer; \
+         .ci/run installs it)"
+    );
+}
+
+/// `pgbouncer --version` as (major, minor).
+fn pgbouncer_version(bin: &std::path::Path) -> (u32, u32) {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .expect("pgbouncer --version");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let version = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("unexpected pgbouncer --version output: {text}"));
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+struct Bouncer {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_pgbouncer(server: &PrivateServer) -> Bouncer {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = pgbouncer_binary();
+    let (major, minor) = pgbouncer_version(&bin);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = std::env::temp_dir().join(format!(
+        "jobq-pgbouncer-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).expect("pgbouncer dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // diesel-async runs every statement as a named prepared statement
+    // (Parse, then Bind/Execute in a later round trip). PgBouncer 1.21+
+    // tracks them across server connections with max_prepared_statements;
+    // older ones cannot, so there one server connection per pool keeps
+    // the statement and its execution on the same server.
+    let prepared = if (major, minor) >= (1, 21) {
+        "max_prepared_statements = 200\ndefault_pool_size = 4\n"
+    } else {
+        "default_pool_size = 1\n"
+    };
+    let config = format!(
+        "[databases]\n* = host=127.0.0.1 port={} user=postgres\n\n[pgbouncer]\n\
+         listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+         auth_type = any\npool_mode = transaction\nmax_client_conn = 200\n\
+         ignore_startup_parameters = extra_float_digits,options\n{prepared}\
+         logfile = {}\n",
+        server.port(),
+        dir.join("pgbouncer.log").display()
+    );
+    let ini = dir.join("pgbouncer.ini");
+    std::fs::write(&ini, config).expect("pgbouncer.ini");
+    let mut command = std::process::Command::new(&bin);
+    // PgBouncer refuses to run as root.
+    if nix_is_root() {
+        command.args(["-u", "postgres"]);
+    }
+    let child = command
+        .arg(&ini)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting pgbouncer");
+    Bouncer { child, dir, port }
+}
+
+fn nix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[jobq::task(queue = "bouncer")]
+async fn through_bouncer(job: Work) -> Result<(), TaskError> {
+    let _ = job;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_warning() {
+    capture_logs();
+    let server = PrivateServer::start().await.expect("server");
+    let bouncer = start_pgbouncer(&server);
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", bouncer.port);
+    let pool = pool_on(&url);
+    wait_until("pgbouncer to accept connections", support::SOON, || async {
+        pool.get().await.is_ok()
+    })
+    .await;
+    {
+        let mut conn = pool.get().await.expect("connection");
+        jobq::migrate(&mut conn)
+            .await
+            .expect("migrate through pgbouncer");
+    }
+    let handle = fast(jobq::Worker::builder())
+        .database_url(&url)
+        .queues(&["bouncer"])
+        .poll_interval(Duration::from_millis(300))
+        .build()
+        .await
+        .expect("worker through pgbouncer")
+        .spawn();
+    let payloads: Vec<Work> = (0..50).map(|n| Work { n, sleep_ms: 0 }).collect();
+    let ids = {
+        let mut conn = pool.get().await.expect("connection");
+        through_bouncer::enqueue_many(&mut conn, &payloads)
+            .await
+            .expect("enqueue through pgbouncer")
+    };
+    let one = {
+        let mut conn = pool.get().await.expect("connection");
+        through_bouncer::enqueue(&mut conn, &Work { n: 99, sleep_ms: 0 })
+            .await
+            .expect("enqueue through pgbouncer")
+    };
+    wait_until(
+        "every job completed through pgbouncer",
+        support::SOON,
+        || async {
+            let mut conn = match pool.get().await {
+                Ok(c) => c,
+                Err(_) => return false,
+            };
+            for &id in ids.iter().chain([&one]) {
+                match jobq::job(&mut conn, id).await {
+                    Ok(Some(j)) if j.state == JobState::Completed => {}
+                    _ => return false,
+                }
+            }
+            true
+        },
+    )
+    .await;
+    // The warning comes once the probe's wait is over.
+    wait_until("the LISTEN warning", Duration::from_secs(15), || async {
+        !log_lines(&["LISTEN does not work on this connection"]).is_empty()
+    })
+    .await;
+    handle.shutdown().await.expect("clean shutdown");
+    let warnings = log_lines(&["LISTEN does not work on this connection"]);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("listen_url"), "{}", warnings[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_pgbouncer_a_direct_listen_url_keeps_notifications() {
+    capture_logs();
+    let server = PrivateServer::start().await.expect("server");
+    let bouncer = start_pgbouncer(&server);
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", bouncer.port);
+    let pool = pool_on(&url);
+    wait_until("pgbouncer to accept connections", support::SOON, || async {
+        pool.get().await.is_ok()
+    })
+    .await;
+    {
+        let mut conn = pool.get().await.expect("connection");
+        jobq::migrate(&mut conn).await.expect("migrate");
+    }
+    let direct = pool_on(server.url());
+    let handle = fast(jobq::Worker::builder())
+        .database_url(&url)
+        .listen_url(server.url())
+        .queues(&["bouncer"])
+        // Only a notification can make the job run quickly.
+        .poll_interval(Duration::from_secs(60))
+        .build()
+        .await
+        .expect("worker")
+        .spawn();
+    wait_until("the direct LISTEN", support::SOON, || async {
+        support_count(
+            &direct,
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE 'LISTEN jobq_jobs%'",
+        )
+        .await
+            > 0
+    })
+    .await;
+    let enqueued = Instant::now();
+    let id = {
+        let mut conn = pool.get().await.expect("connection");
+        through_bouncer::enqueue(&mut conn, &Work { n: 1, sleep_ms: 0 })
+            .await
+            .expect("enqueue")
+    };
+    wait_until("the job to complete", support::SOON, || async {
+        job_state(&pool, id)
+            .await
+            .is_some_and(|j| j.state == JobState::Completed)
+    })
+    .await;
+    assert!(
+        enqueued.elapsed() < Duration::from_secs(10),
+        "the job waited for the poll: {:?}",
+        enqueued.elapsed()
+    );
+    handle.shutdown().await.expect("clean shutdown");
+}
+
+async fn support_count(pool: &jobq::Pool, sql: &str) -> i64 {
+    use diesel::sql_types::BigInt;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = pool.get().await.expect("connection");
+    diesel::sql_query(sql)
+        .get_result::<N>(&mut conn)
+        .await
+        .expect(sql)
+        .n
+}

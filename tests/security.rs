@@ -1,0 +1,262 @@
+//! Security: least-privilege roles (docs/roles.sql, tested as written)
+//! and no SQL built from user strings.
+
+mod support;
+
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use jobq::{EnqueueOptions, JobState};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Doc {
+    text: String,
+}
+
+#[jobq::task(queue = "roles")]
+async fn role_job(job: Doc) -> Result<(), jobq::TaskError> {
+    let _ = job;
+    Ok(())
+}
+
+/// `url` with its user replaced (the test servers use trust auth).
+fn as_user(url: &str, user: &str) -> String {
+    let rest = url.strip_prefix("postgres://").expect("a postgres:// URL");
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    format!("postgres://{user}@{host}")
+}
+
+async fn connect(url: &str) -> AsyncPgConnection {
+    AsyncPgConnection::establish(url).await.expect("connect")
+}
+
+fn denied(result: Result<(), String>, what: &str) {
+    let err = result.expect_err(what);
+    assert!(
+        err.contains("permission denied") || err.contains("must be owner"),
+        "{what}: unexpected error {err}"
+    );
+}
+
+async fn exec(conn: &mut AsyncPgConnection, sql: &str) -> Result<(), String> {
+    conn.batch_execute(sql).await.map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_sql_gives_app_and_worker_only_what_they_need() {
+    support::init_tracing();
+    let db = jobq_testkit::TestDatabase::create()
+        .await
+        .expect("database");
+    // Roles are cluster-wide: unique names per run.
+    let tag = format!("r{:08x}", fastrand::u32(..));
+    let (owner, worker, app) = (
+        format!("{tag}_owner"),
+        format!("{tag}_worker"),
+        format!("{tag}_app"),
+    );
+    let sql = include_str!("../docs/roles.sql")
+        .replace("jobq_owner", &owner)
+        .replace("jobq_worker", &worker)
+        .replace("jobq_app", &app);
+    let (step1, rest) = sql.split_once("-- step 2").expect("roles.sql has a step 2");
+    let step2 = format!("-- step 2{rest}");
+
+    let mut admin = connect(db.url()).await;
+    admin.batch_execute(step1).await.expect("roles.sql step 1");
+    let mut as_owner = connect(&as_user(db.url(), &owner)).await;
+    jobq::migrate(&mut as_owner)
+        .await
+        .expect("migrate as owner");
+    as_owner
+        .batch_execute(&step2)
+        .await
+        .expect("roles.sql step 2");
+
+    // The application enqueues and reads status...
+    let mut as_app = connect(&as_user(db.url(), &app)).await;
+    let id = role_job::enqueue(&mut as_app, &Doc { text: "hi".into() })
+        .await
+        .expect("app enqueues");
+    let again = jobq::enqueue_with::<role_job>(
+        &mut as_app,
+        &Doc {
+            text: "keyed".into(),
+        },
+        EnqueueOptions::new().dedupe_key("k"),
+    )
+    .await
+    .expect("app enqueues with a dedupe key");
+    let same = jobq::enqueue_with::<role_job>(
+        &mut as_app,
+        &Doc {
+            text: "keyed".into(),
+        },
+        EnqueueOptions::new().dedupe_key("k"),
+    )
+    .await
+    .expect("app dedupes");
+    assert_eq!(again, same);
+    let info = jobq::job(&mut as_app, id)
+        .await
+        .expect("app reads status")
+        .expect("job");
+    assert_eq!(info.state, JobState::Pending);
+    // ...and nothing else.
+    denied(
+        exec(&mut as_app, "UPDATE jobq.jobs SET state = 'completed'").await,
+        "app updates jobs",
+    );
+    denied(
+        exec(&mut as_app, "DELETE FROM jobq.jobs").await,
+        "app deletes jobs",
+    );
+    denied(
+        exec(&mut as_app, "SELECT * FROM jobq.workers").await,
+        "app reads workers",
+    );
+    denied(
+        exec(&mut as_app, "DROP TABLE jobq.jobs").await,
+        "app drops the table",
+    );
+    let cancel = jobq::cancel(&mut as_app, id).await;
+    assert!(cancel.is_err(), "app cancelled without the optional grant");
+
+    // The worker role starts (no DDL needed on a current schema) and runs
+    // jobs, but cannot change the schema.
+    let handle = jobq::Worker::builder()
+        .database_url(as_user(db.url(), &worker))
+        .queues(&["roles"])
+        .poll_interval(Duration::from_millis(200))
+        .lease(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(200))
+        .maintenance_interval(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("worker role builds a worker")
+        .spawn();
+    let deadline = std::time::Instant::now() + support::SOON;
+    loop {
+        let state = jobq::job(&mut as_app, id)
+            .await
+            .expect("status")
+            .expect("job");
+        if state.state == JobState::Completed {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{state:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.shutdown().await.expect("clean shutdown");
+    let mut as_worker = connect(&as_user(db.url(), &worker)).await;
+    denied(
+        exec(&mut as_worker, "DROP TABLE jobq.jobs").await,
+        "worker drops the table",
+    );
+    denied(
+        exec(&mut as_worker, "CREATE TABLE jobq.intruder (x int)").await,
+        "worker creates in the schema",
+    );
+    denied(
+        exec(&mut as_worker, "ALTER TABLE jobq.jobs ADD COLUMN x int").await,
+        "worker alters the table",
+    );
+    // A worker role cannot install the schema either: migrations are the
+    // owner's job.
+    let fresh = jobq_testkit::TestDatabase::create()
+        .await
+        .expect("database");
+    let mut on_fresh = connect(&as_user(fresh.url(), &worker)).await;
+    let err = jobq::migrate(&mut on_fresh)
+        .await
+        .expect_err("worker installed the schema");
+    assert!(format!("{err:?}").contains("permission denied"), "{err:?}");
+
+    // Neither role owns anything in the schema.
+    #[derive(diesel::QueryableByName)]
+    struct Owner {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        owner: String,
+    }
+    let owners: Vec<Owner> = diesel::sql_query(
+        "SELECT DISTINCT tableowner::text AS owner FROM pg_tables WHERE schemaname = 'jobq' \
+         UNION SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'jobq'",
+    )
+    .load(&mut admin)
+    .await
+    .expect("owners");
+    let owners: Vec<String> = owners.into_iter().map(|o| o.owner).collect();
+    assert_eq!(owners, vec![owner.clone()]);
+}
+
+// ------------------------------------------------------- hostile strings
+
+const HOSTILE_TASK: &str = "it's; DROP TABLE jobq.jobs; --$$ \"x\" $tag$";
+
+#[jobq::task(
+    name = "it's; DROP TABLE jobq.jobs; --$$ \"x\" $tag$",
+    queue = "q'; SELECT pg_sleep(30); --$$ with spaces"
+)]
+async fn hostile(job: Doc) -> Result<(), jobq::TaskError> {
+    let _ = job;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_task_queue_and_dedupe_strings_round_trip_exactly() {
+    let env = support::env().await;
+    let queue = "q'; SELECT pg_sleep(30); --$$ with spaces";
+    let key = "k'); DELETE FROM jobq.jobs; -- $$ \\ \u{e9}";
+    let text = "'; DROP SCHEMA jobq CASCADE; --$$ \\\" \u{1F600}";
+    let mut conn = env.conn().await;
+    let id = jobq::enqueue_with::<hostile>(
+        &mut conn,
+        &Doc { text: text.into() },
+        EnqueueOptions::new().dedupe_key(key),
+    )
+    .await
+    .expect("enqueue");
+    let same = jobq::enqueue_with::<hostile>(
+        &mut conn,
+        &Doc { text: text.into() },
+        EnqueueOptions::new().dedupe_key(key),
+    )
+    .await
+    .expect("enqueue again");
+    assert_eq!(id, same, "the dedupe key matched itself");
+    let other_queue = format!("{queue} 2");
+    let many = jobq::enqueue_many_with::<hostile>(
+        &mut conn,
+        &[Doc { text: text.into() }],
+        EnqueueOptions::new().queue(other_queue.clone()),
+    )
+    .await
+    .expect("enqueue many");
+
+    let info = env.job(id).await;
+    assert_eq!(info.task, HOSTILE_TASK);
+    assert_eq!(info.queue, queue);
+    assert_eq!(info.dedupe_key.as_deref(), Some(key));
+    assert_eq!(info.payload["text"], text);
+    assert_eq!(env.job(many[0]).await.queue, other_queue);
+
+    // A worker serving those queues is woken for them (the notification
+    // carries the queue) and runs both jobs.
+    let handle = env
+        .worker()
+        .queues(&[queue, &other_queue])
+        .build()
+        .await
+        .expect("worker")
+        .spawn();
+    env.wait_state(id, JobState::Completed).await;
+    env.wait_state(many[0], JobState::Completed).await;
+    handle.shutdown().await.expect("shutdown");
+    assert_eq!(env.count("SELECT count(*) AS n FROM jobq.jobs").await, 2);
+    assert_eq!(
+        env.count("SELECT count(*) AS n FROM pg_namespace WHERE nspname = 'jobq'")
+            .await,
+        1
+    );
+}
