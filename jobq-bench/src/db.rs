@@ -33,6 +33,8 @@ struct Settings {
     shared_buffers: String,
     #[diesel(sql_type = Text)]
     port: String,
+    #[diesel(sql_type = Text)]
+    autovacuum: String,
 }
 
 /// Prints which server the run uses and its durability settings
@@ -49,7 +51,8 @@ pub async fn print_server() -> anyhow::Result<()> {
              current_setting('synchronous_commit') AS synchronous_commit, \
              current_setting('full_page_writes') AS full_page_writes, \
              current_setting('shared_buffers') AS shared_buffers, \
-             current_setting('port') AS port",
+             current_setting('port') AS port, \
+             current_setting('autovacuum') AS autovacuum",
     )
     .get_result(&mut conn)
     .await?;
@@ -57,9 +60,16 @@ pub async fn print_server() -> anyhow::Result<()> {
     println!("server:  {source}");
     println!("         {}", s.version);
     println!(
-        "         port={} fsync={} synchronous_commit={} full_page_writes={} shared_buffers={}",
-        s.port, s.fsync, s.synchronous_commit, s.full_page_writes, s.shared_buffers
+        "         port={} fsync={} synchronous_commit={} full_page_writes={} shared_buffers={} \
+         autovacuum={}",
+        s.port, s.fsync, s.synchronous_commit, s.full_page_writes, s.shared_buffers, s.autovacuum
     );
+    if s.autovacuum != "on" {
+        println!(
+            "         WARNING: autovacuum is off on this server: dead tuples will not be \
+             reclaimed (the sustained scenario's table size shows it)"
+        );
+    }
     println!(
         "machine: {cores} cores; build: {}",
         if cfg!(debug_assertions) {
