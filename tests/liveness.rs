@@ -193,3 +193,32 @@ async fn shutdown_hands_back_jobs_still_running_at_the_grace_period() {
     );
     assert_eq!(env.count("SELECT count(*) AS n FROM jobq.workers").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_claimed_but_never_received_is_handed_back_and_run() {
+    let env = support::env().await;
+    let handle = env.worker().build().await.unwrap().spawn();
+    support::wait_until("the worker row", || async {
+        env.count("SELECT count(*) AS n FROM jobq.workers").await == 1
+    })
+    .await;
+    // What a claim whose reply was lost leaves behind: the row says the job
+    // runs under this worker, and the worker knows nothing of it.
+    let id = env
+        .count(
+            "INSERT INTO jobq.jobs (task, payload, state, attempt, started_at, worker_id) \
+             SELECT 'sleeps', '{\"millis\": 0}', 'running', 1, now(), id FROM jobq.workers \
+             RETURNING id AS n",
+        )
+        .await;
+    let info = env
+        .wait_state(jobq::JobId::from(id), JobState::Completed)
+        .await;
+    handle.shutdown().await.unwrap();
+    assert_eq!(info.attempt, 2);
+    assert!(
+        info.errors[0].message.contains("reply was lost"),
+        "{:?}",
+        info.errors
+    );
+}

@@ -56,7 +56,7 @@ pub async fn rescue(
                       WHEN j.attempt >= j.max_attempts THEN 'failed' \
                       ELSE 'pending' END AS new_state \
              FROM jobq.jobs j \
-             WHERE (SELECT held FROM lock) AND j.state = 'running' \
+             WHERE (SELECT held FROM lock) AND j.worker_id IS NOT NULL AND j.state = 'running' \
                AND (j.worker_id IN (SELECT id FROM dead) \
                     OR NOT EXISTS (SELECT 1 FROM jobq.workers w WHERE w.id = j.worker_id)) \
              FOR UPDATE OF j SKIP LOCKED \

@@ -48,6 +48,10 @@ pub struct HeartbeatReply {
     /// Jobs this worker runs whose cancellation was requested: the
     /// fallback for a missed cancel notification.
     pub cancel_requested: Vec<i64>,
+    /// Every job the database says this worker is running, as
+    /// (id, attempt): lets the worker find jobs it claimed but never heard
+    /// of (a claim whose reply was lost).
+    pub held: Vec<(i64, i32)>,
 }
 
 #[derive(QueryableByName)]
@@ -56,6 +60,10 @@ struct HeartbeatRow {
     existed: Option<i64>,
     #[diesel(sql_type = Array<BigInt>)]
     cancel_requested: Vec<i64>,
+    #[diesel(sql_type = Array<BigInt>)]
+    held_ids: Vec<i64>,
+    #[diesel(sql_type = Array<Integer>)]
+    held_attempts: Vec<i32>,
 }
 
 /// Refreshes the worker's lease in one statement, whatever the number of
@@ -74,7 +82,11 @@ pub async fn heartbeat(
          SELECT (SELECT id FROM before) AS existed, \
              ARRAY(SELECT j.id FROM jobq.jobs j, beat \
                    WHERE j.worker_id = beat.id AND j.state = 'running' AND j.cancel_requested) \
-             AS cancel_requested",
+             AS cancel_requested, \
+             ARRAY(SELECT j.id FROM jobq.jobs j \
+                   WHERE j.worker_id = $1 AND j.state = 'running' ORDER BY j.id) AS held_ids, \
+             ARRAY(SELECT j.attempt FROM jobq.jobs j \
+                   WHERE j.worker_id = $1 AND j.state = 'running' ORDER BY j.id) AS held_attempts",
     )
     .bind::<BigInt, _>(worker_id)
     .bind::<Text, _>(&info.hostname)
@@ -85,6 +97,7 @@ pub async fn heartbeat(
     Ok(HeartbeatReply {
         was_alive: row.existed.is_some(),
         cancel_requested: row.cancel_requested,
+        held: row.held_ids.into_iter().zip(row.held_attempts).collect(),
     })
 }
 

@@ -1,7 +1,10 @@
 //! Writing outcomes in batches: whatever has accumulated while the previous
 //! write was in flight goes in the next statement, so the write rate adapts
-//! to the load without a timer.
+//! to the load. While other attempts are still running, the first outcome
+//! waits a moment for company, so that a burst of finishing jobs is one
+//! statement rather than one for the first job and one for the rest.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +12,10 @@ use jobq_diesel::{Outcome, OutcomeKind};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
-use super::state::Shared;
+use super::state::{lock, Shared};
+
+/// Longest an outcome waits for others to share its statement.
+const GATHER_WINDOW: Duration = Duration::from_millis(2);
 
 /// Longest pause between two tries of a failing write.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -42,10 +48,21 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
+        if !last_round && !batch.is_empty() && !lock(&shared.in_flight).is_empty() {
+            let until = tokio::time::Instant::now() + GATHER_WINDOW;
+            while batch.len() < shared.config.outcome_batch {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(outcome)) => batch.push(outcome),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
         if batch.is_empty() {
             return;
         }
-        if !write(&shared, &batch, &give_up).await {
+        let written = write(&shared, &batch, &give_up).await;
+        shared.unwritten.fetch_sub(batch.len(), Ordering::AcqRel);
+        if !written {
             tracing::error!(
                 outcomes = batch.len(),
                 "gave up writing outcomes; the jobs will be rescued after the lease"

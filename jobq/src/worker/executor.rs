@@ -3,6 +3,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
@@ -140,6 +141,9 @@ fn finish(
     (kind, message): (OutcomeKind, Option<String>),
     outcomes: &UnboundedSender<Outcome>,
 ) {
+    // Counted before the attempt leaves `in_flight`, so that the heartbeat
+    // never sees it in neither place.
+    shared.unwritten.fetch_add(1, Ordering::AcqRel);
     let (owned, now_idle) = {
         let mut in_flight = lock(&shared.in_flight);
         (in_flight.remove(&id).is_some(), in_flight.is_empty())
@@ -148,6 +152,7 @@ fn finish(
         shared.idle.notify_one();
     }
     if !owned {
+        shared.unwritten.fetch_sub(1, Ordering::AcqRel);
         return;
     }
     shared.release_slot(task_index);
@@ -158,6 +163,7 @@ fn finish(
         message,
     };
     if outcomes.send(outcome).is_err() {
+        shared.unwritten.fetch_sub(1, Ordering::AcqRel);
         // Only after the completer stopped; the job stays running and is
         // rescued once this worker's heartbeats stop.
         tracing::error!("outcome dropped: the completer has stopped");

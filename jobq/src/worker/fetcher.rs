@@ -6,6 +6,7 @@
 //! comes back short. A lost notification therefore costs at most one poll
 //! interval, never a job.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,10 +38,38 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Outcome>)
         let deadline = next_wake(&shared, failures);
         tokio::select! {
             _ = shared.wake.notified() => {}
+            _ = shared.slot_freed.notified() => gather_freed_slots(&shared).await,
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = shared.stopping.cancelled() => return,
         }
     }
+}
+
+/// Longest a freed slot waits for others before the fetcher claims for it.
+const GATHER_WINDOW: Duration = Duration::from_millis(5);
+
+/// A slot of a task with work waiting was freed. Claiming for that one slot
+/// at once would turn a busy worker's batches into one claim per job, so
+/// wait until half of some such task's slots are free, or the short
+/// window passes, or something else wakes the fetcher.
+async fn gather_freed_slots(shared: &Shared) {
+    let until = tokio::time::Instant::now() + GATHER_WINDOW;
+    while !half_free(shared) {
+        tokio::select! {
+            _ = shared.slot_freed.notified() => {}
+            _ = shared.wake.notified() => return,
+            _ = tokio::time::sleep_until(until) => return,
+            _ = shared.stopping.cancelled() => return,
+        }
+    }
+}
+
+fn half_free(shared: &Shared) -> bool {
+    let s = lock(&shared.slots);
+    shared.tasks.iter().enumerate().any(|(i, task)| {
+        let free = task.limit.saturating_sub(s.running[i]);
+        s.saturated[i] && free * 4 >= task.limit * 3
+    })
 }
 
 /// When to look again without being woken: the poll interval, the next
@@ -92,16 +121,27 @@ async fn claim_round(
         return Ok(false);
     }
     let claimed: Vec<ClaimedJob> = {
-        let mut conn = shared.pool.get().await.map_err(|e| error_chain(&e))?;
+        // Waiting for a connection may take long while the database is
+        // down; shutdown must not wait for it. The claim itself is never
+        // abandoned half-way: its jobs would be claimed and never run.
+        let mut conn = tokio::select! {
+            conn = shared.pool.get() => conn.map_err(|e| error_chain(&e))?,
+            _ = shared.stopping.cancelled() => return Ok(false),
+        };
         let request = ClaimRequest {
             worker_id: shared.worker_id,
             queues: &shared.queues,
             tasks: &tasks,
             slots: &slots,
         };
-        jobq_diesel::claim(&mut conn, &request)
-            .await
-            .map_err(|e| e.to_string())?
+        shared.claiming.store(true, Ordering::Release);
+        match jobq_diesel::claim(&mut conn, &request).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                shared.claiming.store(false, Ordering::Release);
+                return Err(e.to_string());
+            }
+        }
     };
     let mut per_task = vec![0u32; shared.tasks.len()];
     {
@@ -128,6 +168,7 @@ async fn claim_round(
             None => unreachable_task(&job),
         }
     }
+    shared.claiming.store(false, Ordering::Release);
     // `more` only matters if a slot is still free; otherwise the freed-slot
     // wake-up takes over.
     Ok(more && has_free_slot(shared))

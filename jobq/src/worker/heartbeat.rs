@@ -1,15 +1,20 @@
 //! The heartbeat loop: one statement per interval keeps the lease of every
-//! job this worker holds, and picks up cancellations whose notification
-//! was missed.
+//! job this worker holds, picks up cancellations whose notification was
+//! missed, and hands back jobs this worker claimed without ever hearing of
+//! them.
 
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use jobq_diesel::WorkerInfo;
+use jobq_diesel::{Outcome, OutcomeKind, WorkerInfo};
+use tokio::sync::mpsc::UnboundedSender;
 
 use super::listen::error_chain;
 use super::state::{lock, Shared};
 
-pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo) {
+pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo, outcomes: UnboundedSender<Outcome>) {
+    let mut suspects: HashSet<(i64, i32)> = HashSet::new();
     let mut ticker = tokio::time::interval(shared.config.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -29,19 +34,74 @@ pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo) {
                          and its jobs rescued; it is registered again"
                     );
                 }
-                let in_flight = lock(&shared.in_flight);
-                for id in reply.cancel_requested {
-                    if let Some(job) = in_flight.get(&id) {
-                        if !job.cancel.is_cancelled() {
-                            tracing::info!(job.id = id, "cancellation requested");
-                            job.cancel.cancel();
+                {
+                    let in_flight = lock(&shared.in_flight);
+                    for id in &reply.cancel_requested {
+                        if let Some(job) = in_flight.get(id) {
+                            if !job.cancel.is_cancelled() {
+                                tracing::info!(job.id = id, "cancellation requested");
+                                job.cancel.cancel();
+                            }
                         }
                     }
                 }
+                suspects = hand_back_unknown(&shared, &reply.held, suspects, &outcomes);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat failed; the lease runs out if this goes on")
             }
         }
     }
+}
+
+/// Jobs the database says this worker runs but that it is not running: a
+/// claim committed whose reply never arrived (connection cut mid-reply).
+/// Nothing else would ever release them while this worker heartbeats.
+///
+/// A job claimed or finished around the heartbeat can look unknown for a
+/// moment, so a job is handed back only when it looks unknown at two
+/// heartbeats in a row, and never while a claim is being registered or
+/// outcomes wait to be written. Handing back goes through the completer,
+/// fenced by attempt like any outcome, so a mistake costs a repeated run,
+/// never a lost job. Returns the jobs to check again next time.
+fn hand_back_unknown(
+    shared: &Shared,
+    held: &[(i64, i32)],
+    previous: HashSet<(i64, i32)>,
+    outcomes: &UnboundedSender<Outcome>,
+) -> HashSet<(i64, i32)> {
+    if shared.claiming.load(Ordering::Acquire) || shared.unwritten.load(Ordering::Acquire) > 0 {
+        return HashSet::new();
+    }
+    let unknown: HashSet<(i64, i32)> = {
+        let in_flight = lock(&shared.in_flight);
+        held.iter()
+            .copied()
+            .filter(|(id, attempt)| in_flight.get(id).is_none_or(|job| job.attempt != *attempt))
+            .collect()
+    };
+    let mut next = HashSet::new();
+    for job in unknown {
+        if !previous.contains(&job) {
+            next.insert(job);
+            continue;
+        }
+        let (id, attempt) = job;
+        tracing::warn!(
+            job.id = id,
+            job.attempt = attempt,
+            "handing back a job this worker claimed but never received (the claim's reply was lost)"
+        );
+        shared.unwritten.fetch_add(1, Ordering::AcqRel);
+        let released = Outcome {
+            id,
+            attempt,
+            kind: OutcomeKind::Released,
+            message: Some("claimed by a worker that never received it (the claim's reply was lost); handed back".into()),
+        };
+        if outcomes.send(released).is_err() {
+            shared.unwritten.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    next
 }

@@ -39,7 +39,7 @@ impl Running {
             completer_give_up.clone(),
         ));
         let mut background = vec![
-            tokio::spawn(heartbeat::run(Arc::clone(&shared), info)),
+            tokio::spawn(heartbeat::run(Arc::clone(&shared), info, tx.clone())),
             tokio::spawn(maintenance::run(Arc::clone(&shared))),
         ];
         if shared.config.listen {
@@ -102,9 +102,17 @@ impl Running {
                 )),
             };
             // The completer is still receiving, so this cannot fail.
+            shared
+                .unwritten
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             let _ = self.outcomes.send(released);
         }
         drop(self.outcomes);
+        // Nothing runs any more: the heartbeat (which may also hand jobs
+        // to the completer) stops before the completer's last round.
+        for task in &self.background {
+            task.abort();
+        }
         self.completer_stop.cancel();
         let give_up = self.completer_give_up.clone();
         let flush_timer = tokio::spawn(async move {
@@ -115,9 +123,6 @@ impl Running {
             tracing::error!(error = %e, "the completer ended abnormally");
         }
         flush_timer.abort();
-        for task in &self.background {
-            task.abort();
-        }
         // Without its row, any job still marked running under this worker
         // (outcomes that could not be written) is rescued at the next
         // maintenance pass instead of after the lease.

@@ -2,6 +2,7 @@
 //! attempts in flight.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -48,15 +49,23 @@ pub(crate) struct Shared {
     pub(crate) task_names: Vec<String>,
     pub(crate) in_flight: Mutex<HashMap<i64, InFlight>>,
     pub(crate) slots: Mutex<Slots>,
-    /// Wakes the fetcher: notifications, freed slots of saturated tasks,
-    /// reconnects.
+    /// Wakes the fetcher to claim at once: notifications, reconnects, due
+    /// times.
     pub(crate) wake: Notify,
+    /// Wakes the fetcher when a task that may have work waiting frees a
+    /// slot; the fetcher gathers a few before claiming.
+    pub(crate) slot_freed: Notify,
     /// The earliest known future `run_at`, from notifications.
     pub(crate) next_due: Mutex<Option<Instant>>,
     /// Fires when shutdown begins; every job's token is a child of it.
     pub(crate) stopping: CancellationToken,
     /// Signalled when the last attempt in flight finishes.
     pub(crate) idle: Notify,
+    /// True from the start of a claim until its jobs are registered in
+    /// `in_flight`.
+    pub(crate) claiming: AtomicBool,
+    /// Outcomes handed to the completer and not yet written (or given up).
+    pub(crate) unwritten: AtomicUsize,
 }
 
 /// Locks a mutex, recovering from poisoning: the data here stays
@@ -80,7 +89,7 @@ impl Shared {
             slots.saturated[task_index]
         };
         if wake {
-            self.wake.notify_one();
+            self.slot_freed.notify_one();
         }
     }
 
@@ -119,9 +128,12 @@ impl Shared {
                 saturated: vec![false; n],
             }),
             wake: Notify::new(),
+            slot_freed: Notify::new(),
             next_due: Mutex::new(None),
             stopping: CancellationToken::new(),
             idle: Notify::new(),
+            claiming: AtomicBool::new(false),
+            unwritten: AtomicUsize::new(0),
         })
     }
 }
