@@ -11,7 +11,7 @@ use proc_macro::TokenStream;
 
 /// Turns an async fn into a jobq task.
 ///
-/// ```ignore
+/// ```text
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Serialize, Deserialize)]

@@ -24,12 +24,7 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Outcome>)
             return;
         }
         match claim_round(&shared, &outcomes).await {
-            Ok(more) => {
-                failures = 0;
-                if more {
-                    continue;
-                }
-            }
+            Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %e, "claiming jobs failed; retrying");
@@ -96,12 +91,13 @@ fn next_wake(shared: &Shared, failures: u32) -> Instant {
     at
 }
 
-/// One claim for every task with free slots; true when some task filled
-/// all its free slots (more work may be waiting right now).
+/// One claim for every task with free slots. A task whose batch came back
+/// full is marked saturated: more work may be waiting, and its freed slots
+/// wake the fetcher for the next batch.
 async fn claim_round(
     shared: &Arc<Shared>,
     outcomes: &UnboundedSender<Outcome>,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     let (tasks, slots, indices) = {
         let s = lock(&shared.slots);
         let mut tasks = Vec::new();
@@ -118,7 +114,7 @@ async fn claim_round(
         (tasks, slots, indices)
     };
     if tasks.is_empty() {
-        return Ok(false);
+        return Ok(());
     }
     let claimed: Vec<ClaimedJob> = {
         // Waiting for a connection may take long while the database is
@@ -126,7 +122,7 @@ async fn claim_round(
         // abandoned half-way: its jobs would be claimed and never run.
         let mut conn = tokio::select! {
             conn = shared.pool.get() => conn.map_err(|e| error_chain(&e))?,
-            _ = shared.stopping.cancelled() => return Ok(false),
+            _ = shared.stopping.cancelled() => return Ok(()),
         };
         let request = ClaimRequest {
             worker_id: shared.worker_id,
@@ -156,12 +152,6 @@ async fn claim_round(
             s.saturated[i] = i64::from(per_task[i]) >= i64::from(slots[k]);
         }
     }
-    let mut more = false;
-    for (k, &i) in indices.iter().enumerate() {
-        if i64::from(per_task[i]) >= i64::from(slots[k]) {
-            more = true;
-        }
-    }
     for job in claimed {
         match shared.task_index(&job.task) {
             Some(i) => executor::spawn(shared, job, i, outcomes),
@@ -169,18 +159,7 @@ async fn claim_round(
         }
     }
     shared.claiming.store(false, Ordering::Release);
-    // `more` only matters if a slot is still free; otherwise the freed-slot
-    // wake-up takes over.
-    Ok(more && has_free_slot(shared))
-}
-
-fn has_free_slot(shared: &Shared) -> bool {
-    let s = lock(&shared.slots);
-    shared
-        .tasks
-        .iter()
-        .enumerate()
-        .any(|(i, t)| s.running[i] < t.limit)
+    Ok(())
 }
 
 fn unreachable_task(job: &ClaimedJob) {
