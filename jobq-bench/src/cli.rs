@@ -1,124 +1,82 @@
-//! Command-line options, parsed by hand (a handful of `--name value`
-//! pairs does not justify another dependency).
+//! Command-line options (clap).
 
-use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
 
-/// Printed for `--help` and on mistakes.
-pub const USAGE: &str = "\
-usage: jobq-bench <scenario> [options]
+/// Throughput and latency benchmarks of jobq. The database: DATABASE_URL's
+/// server if set, else a private throwaway server (fsync off: not durable
+/// figures).
+#[derive(Debug, Parser)]
+#[command(name = "jobq-bench")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
 
-scenarios:
-  enqueue     enqueue_many in batches, single enqueues from 1 and 8 connections,
-              and a bare INSERT + COMMIT baseline
-  drain       N no-op jobs enqueued up front, then 1 and 2 worker processes run them
-  latency     an idle in-process worker; jobs enqueued one at a time, 10 ms apart
-  sustained   producers at a fixed rate while 2 worker processes drain
-  backlog     claim throughput with a big pending + finished backlog vs an empty table
-  all         every scenario above, in that order
-
-options:
-  --jobs N            jobs per measurement (enqueue, drain, backlog claims) [100000]
-  --singles N         single enqueues per configuration [5000]
-  --samples N         latency samples [500]
-  --gap-ms N          pause between latency samples [10]
-  --seconds N         duration of the sustained run [60]
-  --rate N            sustained enqueue rate, jobs/s [5000]
-  --backlog-rows N    pending rows and finished rows of the backlog table [1000000]
-  --workers LIST      worker process counts of the drain scenario [1,2]
-
-The database: DATABASE_URL's server if set, else a private throwaway server.";
+/// A scenario, or the hidden worker child.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// enqueue_many in batches, single enqueues from 1 and 8 connections,
+    /// and a bare INSERT + COMMIT baseline
+    Enqueue(Options),
+    /// N no-op jobs enqueued up front, then 1 and 2 worker processes run them
+    Drain(Options),
+    /// An idle in-process worker; jobs enqueued one at a time, 10 ms apart
+    Latency(Options),
+    /// Producers at a fixed rate while 2 worker processes drain
+    Sustained(Options),
+    /// Claim throughput with a big pending + finished backlog vs an empty table
+    Backlog(Options),
+    /// Every scenario above, in that order
+    All(Options),
+    /// A worker process started by `drain` and `sustained`.
+    #[command(hide = true)]
+    Worker(WorkerOptions),
+}
 
 /// Options of the scenarios.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct Options {
+    /// Jobs per measurement (enqueue, drain, backlog claims)
+    #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
     pub jobs: usize,
+    /// Single enqueues per configuration
+    #[arg(long, default_value_t = 5_000)]
     pub singles: usize,
+    /// Latency samples
+    #[arg(long, default_value_t = 500, value_parser = at_least_one)]
     pub samples: usize,
+    /// Pause between latency samples, in ms
+    #[arg(long, default_value_t = 10)]
     pub gap_ms: u64,
+    /// Duration of the sustained run, in seconds
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub seconds: u64,
+    /// Sustained enqueue rate, jobs/s
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: u64,
+    /// Pending rows and finished rows of the backlog table
+    #[arg(long, default_value_t = 1_000_000)]
     pub backlog_rows: u64,
+    /// Worker process counts of the drain scenario
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     pub workers: Vec<usize>,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            jobs: 100_000,
-            singles: 5_000,
-            samples: 500,
-            gap_ms: 10,
-            seconds: 60,
-            rate: 5_000,
-            backlog_rows: 1_000_000,
-            workers: vec![1, 2],
-        }
-    }
-}
-
-fn number<T: std::str::FromStr>(name: &str, value: Option<&String>) -> anyhow::Result<T> {
-    let value = value.with_context(|| format!("{name} needs a value"))?;
-    value
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{name}: {value:?} is not a number"))
-}
-
-impl Options {
-    /// Parses `--name value` pairs.
-    pub fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Self::default();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            match arg.as_str() {
-                "--jobs" => o.jobs = number(arg, it.next())?,
-                "--singles" => o.singles = number(arg, it.next())?,
-                "--samples" => o.samples = number(arg, it.next())?,
-                "--gap-ms" => o.gap_ms = number(arg, it.next())?,
-                "--seconds" => o.seconds = number(arg, it.next())?,
-                "--rate" => o.rate = number(arg, it.next())?,
-                "--backlog-rows" => o.backlog_rows = number(arg, it.next())?,
-                "--workers" => {
-                    let list = it.next().context("--workers needs a value")?;
-                    o.workers = list
-                        .split(',')
-                        .map(|w| number("--workers", Some(&w.trim().to_owned())))
-                        .collect::<anyhow::Result<_>>()?;
-                }
-                other => bail!("unknown option {other:?}\n\n{USAGE}"),
-            }
-        }
-        if o.jobs == 0 || o.samples == 0 || o.seconds == 0 || o.rate == 0 {
-            bail!("--jobs, --samples, --seconds and --rate must be at least 1");
-        }
-        Ok(o)
-    }
-}
-
 /// Options of the hidden `worker` subcommand.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct WorkerOptions {
     /// Database to work on.
+    #[arg(long)]
     pub url: String,
     /// Stop once no job is pending or running (else: when stdin closes).
+    #[arg(long)]
     pub until_empty: bool,
 }
 
-impl WorkerOptions {
-    /// Parses `--url URL [--until-empty]`.
-    pub fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut url = None;
-        let mut until_empty = false;
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            match arg.as_str() {
-                "--url" => url = Some(it.next().context("--url needs a value")?.clone()),
-                "--until-empty" => until_empty = true,
-                other => bail!("worker: unknown option {other:?}"),
-            }
-        }
-        Ok(Self {
-            url: url.context("worker: --url is required")?,
-            until_empty,
-        })
+fn at_least_one(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }

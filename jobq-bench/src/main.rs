@@ -26,7 +26,8 @@ mod scenario;
 mod tasks;
 mod worker;
 
-use cli::Options;
+use clap::Parser;
+use cli::{Cli, Command, Options};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -38,22 +39,17 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        eprintln!("{}", cli::USAGE);
-        std::process::exit(2);
-    };
-    if command == "worker" {
-        return worker::child_main(cli::WorkerOptions::parse(rest)?).await;
-    }
-    if command == "-h" || command == "--help" || command == "help" {
-        println!("{}", cli::USAGE);
-        return Ok(());
-    }
-    let options = Options::parse(rest)?;
-    let scenarios: Vec<&str> = match command.as_str() {
-        "all" => vec!["enqueue", "drain", "latency", "sustained", "backlog"],
-        one => vec![one],
+    let (options, scenarios): (Options, Vec<&str>) = match Cli::parse().command {
+        Command::Worker(worker) => return worker::child_main(worker).await,
+        Command::Enqueue(o) => (o, vec!["enqueue"]),
+        Command::Drain(o) => (o, vec!["drain"]),
+        Command::Latency(o) => (o, vec!["latency"]),
+        Command::Sustained(o) => (o, vec!["sustained"]),
+        Command::Backlog(o) => (o, vec!["backlog"]),
+        Command::All(o) => (
+            o,
+            vec!["enqueue", "drain", "latency", "sustained", "backlog"],
+        ),
     };
     db::print_server().await?;
     let mut results = Vec::new();
@@ -64,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
             "latency" => scenario::latency::run(&options).await?,
             "sustained" => scenario::sustained::run(&options).await?,
             "backlog" => scenario::backlog::run(&options).await?,
-            other => anyhow::bail!("unknown scenario {other:?}\n\n{}", cli::USAGE),
+            other => unreachable!("scenario {other} is not in the list above"),
         };
         results.append(&mut rows);
     }
