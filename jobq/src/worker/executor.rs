@@ -36,7 +36,7 @@ pub(crate) fn spawn(
     }
     // Register before spawning so that a cancel notification or a shutdown
     // arriving right now finds the attempt.
-    lock(&shared.in_flight).insert(
+    let superseded = lock(&shared.in_flight).insert(
         job.id,
         InFlight {
             attempt: job.attempt,
@@ -44,6 +44,19 @@ pub(crate) fn spawn(
             abort: None,
         },
     );
+    if let Some(old) = superseded {
+        // This worker was presumed dead (no heartbeat within the lease), the
+        // job was rescued and has come back to it. The old attempt's outcome
+        // would be fenced out anyway: ask it to stop.
+        tracing::warn!(
+            job.id = job.id,
+            old.attempt = old.attempt,
+            "an earlier attempt of this job was rescued; stopping it"
+        );
+        old.cancel.cancel();
+        // It no longer owns its outcome, so it will not free its slot.
+        shared.release_slot(task_index);
+    }
     let id = job.id;
     let attempt = job.attempt;
     let task = Arc::clone(shared);
@@ -146,7 +159,13 @@ fn finish(
     shared.unwritten.fetch_add(1, Ordering::AcqRel);
     let (owned, now_idle) = {
         let mut in_flight = lock(&shared.in_flight);
-        (in_flight.remove(&id).is_some(), in_flight.is_empty())
+        // Only this attempt's own entry: a later attempt of the same job may
+        // have taken the id's place (see `spawn`).
+        let owned = in_flight.get(&id).is_some_and(|job| job.attempt == attempt);
+        if owned {
+            in_flight.remove(&id);
+        }
+        (owned, in_flight.is_empty())
     };
     if now_idle {
         shared.idle.notify_one();

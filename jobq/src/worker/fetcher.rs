@@ -2,9 +2,12 @@
 //!
 //! It sleeps until the first of: a notification, a freed slot of a task
 //! that may have work waiting, the next known `run_at`, the fallback poll,
-//! or shutdown. Every wake is handled the same way: claim until a batch
-//! comes back short. A lost notification therefore costs at most one poll
-//! interval, never a job.
+//! or shutdown. Every wake is handled the same way: one claim for every
+//! task with free slots. A task whose batch came back full has more work
+//! waiting, so its freed slots wake the fetcher again (gathered briefly,
+//! so that batches stay large); claiming goes on until batches come back
+//! short. A lost notification therefore costs at most one poll interval,
+//! never a job.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,11 +48,11 @@ const GATHER_WINDOW: Duration = Duration::from_millis(5);
 
 /// A slot of a task with work waiting was freed. Claiming for that one slot
 /// at once would turn a busy worker's batches into one claim per job, so
-/// wait until half of some such task's slots are free, or the short
-/// window passes, or something else wakes the fetcher.
+/// wait until three quarters of some such task's slots are free, or the
+/// short window passes, or something else wakes the fetcher.
 async fn gather_freed_slots(shared: &Shared) {
     let until = tokio::time::Instant::now() + GATHER_WINDOW;
-    while !half_free(shared) {
+    while !enough_free(shared) {
         tokio::select! {
             _ = shared.slot_freed.notified() => {}
             _ = shared.wake.notified() => return,
@@ -59,11 +62,11 @@ async fn gather_freed_slots(shared: &Shared) {
     }
 }
 
-fn half_free(shared: &Shared) -> bool {
+fn enough_free(shared: &Shared) -> bool {
     let s = lock(&shared.slots);
     shared.tasks.iter().enumerate().any(|(i, task)| {
-        let free = task.limit.saturating_sub(s.running[i]);
-        s.saturated[i] && free * 4 >= task.limit * 3
+        let free = u64::from(task.limit.saturating_sub(s.running[i]));
+        s.saturated[i] && free * 4 >= u64::from(task.limit) * 3
     })
 }
 
