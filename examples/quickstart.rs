@@ -103,7 +103,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Err(jobq::Error::NoTasks("rolled back on purpose".into()))
         })
         .await;
-    println!("rolled back a fourth enqueue: {}", rolled_back.is_err());
+    println!(
+        "enqueued one more job in a transaction that rolled back ({}): it does not exist",
+        rolled_back.err().map(|e| e.to_string()).unwrap_or_default()
+    );
 
     // A worker normally runs in its own binary with `jobq::run().await`;
     // here it runs in the background of this one.
