@@ -407,17 +407,10 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-#[jobq::task(queue = "bouncer")]
-async fn through_bouncer(job: Work) -> Result<(), TaskError> {
-    let _ = job;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_warning() {
-    capture_logs();
-    let server = PrivateServer::start().await.expect("server");
-    let bouncer = start_pgbouncer(&server);
+/// A transaction-pooling PgBouncer in front of `server`, its URL, and a
+/// pool through it on which jobq's schema is installed.
+async fn behind_pgbouncer(server: &PrivateServer) -> (Bouncer, String, jobq::Pool) {
+    let bouncer = start_pgbouncer(server);
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", bouncer.port);
     let pool = pool_on(&url);
     wait_until("pgbouncer to accept connections", support::SOON, || async {
@@ -430,6 +423,21 @@ async fn behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_war
             .await
             .expect("migrate through pgbouncer");
     }
+    (bouncer, url, pool)
+}
+
+#[jobq::task(queue = "bouncer")]
+async fn through_bouncer(job: Work) -> Result<(), TaskError> {
+    let _ = job;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_warning() {
+    capture_logs();
+    let server = PrivateServer::start().await.expect("server");
+    // Kept alive until the end of the test: dropping it stops PgBouncer.
+    let (_bouncer, url, pool) = behind_pgbouncer(&server).await;
     let handle = fast(jobq::Worker::builder())
         .database_url(&url)
         .queues(&["bouncer"])
@@ -484,17 +492,8 @@ async fn behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_war
 async fn behind_pgbouncer_a_direct_listen_url_keeps_notifications() {
     capture_logs();
     let server = PrivateServer::start().await.expect("server");
-    let bouncer = start_pgbouncer(&server);
-    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", bouncer.port);
-    let pool = pool_on(&url);
-    wait_until("pgbouncer to accept connections", support::SOON, || async {
-        pool.get().await.is_ok()
-    })
-    .await;
-    {
-        let mut conn = pool.get().await.expect("connection");
-        jobq::migrate(&mut conn).await.expect("migrate");
-    }
+    // Kept alive until the end of the test: dropping it stops PgBouncer.
+    let (_bouncer, url, pool) = behind_pgbouncer(&server).await;
     let direct = pool_on(server.url());
     let handle = fast(jobq::Worker::builder())
         .database_url(&url)

@@ -21,6 +21,16 @@ pub struct Noop {
     pub n: u64,
 }
 
+/// `count` payloads numbered on from `*next`, which advances past them.
+pub fn noops(next: &mut u64, count: usize) -> Vec<Noop> {
+    (0..count)
+        .map(|_| {
+            *next += 1;
+            Noop { n: *next }
+        })
+        .collect()
+}
+
 /// Does nothing.
 #[jobq::task(name = "bench.noop", concurrency = 1000)]
 pub async fn noop(job: Noop) -> Result<(), jobq::TaskError> {

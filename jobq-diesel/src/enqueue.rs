@@ -3,7 +3,7 @@
 //! the insert trigger sends the wake-up, which PostgreSQL delivers at commit.
 
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, SmallInt, Text};
-use diesel::QueryableByName;
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 /// One job to insert. `payload` is JSON text; `delay_ms` is added to the
@@ -101,11 +101,7 @@ pub async fn insert_job(
         .bind::<Nullable<Text>, _>(Some(key))
         .get_result(conn)
         .await
-        .map(Some)
-        .or_else(|e| match e {
-            diesel::result::Error::NotFound => Ok(None),
-            e => Err(e),
-        })?;
+        .optional()?;
         if let Some(row) = row {
             return Ok(row.id);
         }

@@ -80,13 +80,15 @@ pub async fn heartbeat(
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = now() \
              RETURNING id) \
          SELECT (SELECT id FROM before) AS existed, \
-             ARRAY(SELECT j.id FROM jobq.jobs j, beat \
-                   WHERE j.worker_id = beat.id AND j.state = 'running' AND j.cancel_requested) \
-             AS cancel_requested, \
-             ARRAY(SELECT j.id FROM jobq.jobs j \
-                   WHERE j.worker_id = $1 AND j.state = 'running' ORDER BY j.id) AS held_ids, \
-             ARRAY(SELECT j.attempt FROM jobq.jobs j \
-                   WHERE j.worker_id = $1 AND j.state = 'running' ORDER BY j.id) AS held_attempts",
+             coalesce(h.cancel_requested, '{}') AS cancel_requested, \
+             coalesce(h.held_ids, '{}') AS held_ids, \
+             coalesce(h.held_attempts, '{}') AS held_attempts \
+         FROM beat LEFT JOIN LATERAL ( \
+             SELECT array_agg(j.id) FILTER (WHERE j.cancel_requested) AS cancel_requested, \
+                 array_agg(j.id ORDER BY j.id) AS held_ids, \
+                 array_agg(j.attempt ORDER BY j.id) AS held_attempts \
+             FROM jobq.jobs j WHERE j.worker_id = beat.id AND j.state = 'running' \
+         ) h ON true",
     )
     .bind::<BigInt, _>(worker_id)
     .bind::<Text, _>(&info.hostname)

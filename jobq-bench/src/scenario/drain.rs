@@ -15,7 +15,7 @@ use crate::cli::Options;
 use crate::db;
 use crate::limit;
 use crate::report::BenchResult;
-use crate::tasks::{noop, Noop};
+use crate::tasks::{noop, noops};
 use crate::worker::{max_rss_mib, total_cpu_s, Workers};
 
 /// Runs the scenario.
@@ -34,12 +34,7 @@ pub async fn enqueue_noops(url: &str, jobs: usize) -> anyhow::Result<()> {
     let mut n = 0u64;
     while (n as usize) < jobs {
         let size = 1000.min(jobs - n as usize);
-        let payloads: Vec<Noop> = (0..size)
-            .map(|_| {
-                n += 1;
-                Noop { n }
-            })
-            .collect();
+        let payloads = noops(&mut n, size);
         noop::enqueue_many(&mut conn, &payloads).await?;
     }
     db::exec(&mut conn, "VACUUM ANALYZE jobq.jobs").await

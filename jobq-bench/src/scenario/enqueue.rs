@@ -17,7 +17,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use crate::cli::Options;
 use crate::db;
 use crate::report::{rate, BenchResult};
-use crate::tasks::{noop, Noop};
+use crate::tasks::{noop, noops, Noop};
 
 const BATCH: usize = 1000;
 
@@ -121,12 +121,7 @@ async fn jobq_many(conn: &mut AsyncPgConnection, jobs: usize) -> anyhow::Result<
         let size = BATCH.min(jobs - m.jobs);
         // Building payloads is part of the caller's cost, as in an app.
         let call = Instant::now();
-        let payloads: Vec<Noop> = (0..size)
-            .map(|_| {
-                n += 1;
-                Noop { n }
-            })
-            .collect();
+        let payloads = noops(&mut n, size);
         noop::enqueue_many(conn, &payloads).await?;
         m.latencies.push(call.elapsed());
         m.jobs += size;

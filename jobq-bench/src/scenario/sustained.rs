@@ -23,7 +23,7 @@ use crate::cli::Options;
 use crate::db;
 use crate::limit;
 use crate::report::BenchResult;
-use crate::tasks::{noop, Noop};
+use crate::tasks::{noop, noops};
 use crate::worker::{max_rss_mib, Workers};
 
 const PRODUCERS: u64 = 2;
@@ -71,12 +71,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
                 if size == 0 {
                     continue;
                 }
-                let payloads: Vec<Noop> = (0..size)
-                    .map(|_| {
-                        n += 1;
-                        Noop { n }
-                    })
-                    .collect();
+                let payloads = noops(&mut n, size);
                 noop::enqueue_many(&mut conn, &payloads).await?;
                 sent += size as u64;
             }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use jobq_diesel::{build_pool, Pool};
 
 use super::config::{env_duration, env_list, Config};
-use super::listen::error_chain;
+use super::error_text::error_chain;
 use super::url;
 use super::Worker;
 use crate::registry::Registry;

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use jobq_diesel::{ClaimRequest, ClaimedJob, Outcome};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::error_text::error_chain;
 use super::executor;
-use super::listen::error_chain;
 use super::state::{lock, Shared};
 
 pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Outcome>) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use jobq_diesel::{Outcome, OutcomeKind, WorkerInfo};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::listen::error_chain;
+use super::error_text::error_chain;
 use super::state::{lock, Shared};
 
 pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo, outcomes: UnboundedSender<Outcome>) {

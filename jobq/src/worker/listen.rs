@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jobq_diesel::{Listener, Notification};
 
+use super::error_text::error_chain;
 use super::state::{lock, Shared};
 
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
@@ -149,15 +150,4 @@ fn instant_of_epoch_ms(ms: i64) -> Option<Instant> {
         .as_millis();
     let ahead = u64::try_from(i128::from(ms) - i128::try_from(now_ms).ok()?).ok()?;
     Some(Instant::now() + Duration::from_millis(ahead))
-}
-
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::listen::error_chain;
+use super::error_text::error_chain;
 use super::state::Shared;
 
 /// Rows deleted per prune statement, to keep each transaction short.

@@ -9,6 +9,7 @@
 mod builder;
 mod completer;
 mod config;
+mod error_text;
 mod executor;
 mod fetcher;
 mod heartbeat;
