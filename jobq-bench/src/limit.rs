@@ -6,6 +6,7 @@
 //! report it as `limit_jobs_per_sec`, and jobq's throughput divided by it
 //! is the share of the physical limit that jobq reaches.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use diesel::sql_types::{Array, BigInt, Text};
@@ -43,25 +44,41 @@ struct Claimed {
 /// Claims and completes every pending job of `task` with `loops`
 /// connections in parallel; returns how many jobs and how long it took.
 pub async fn run_loops(url: &str, task: &str, loops: usize) -> anyhow::Result<(usize, Duration)> {
+    let task = task.to_owned();
+    in_parallel(url, loops, move |mut conn| {
+        let task = task.clone();
+        async move {
+            let mut done = 0usize;
+            loop {
+                let claimed = claim_batch(&mut conn, &task).await?;
+                if claimed.is_empty() {
+                    return Ok(done);
+                }
+                done += complete(&mut conn, &claimed).await?;
+            }
+        }
+    })
+    .await
+}
+
+/// Runs `body` on `loops` fresh connections at once, timed from after the
+/// connections are made; returns the sum of what the bodies counted and
+/// the time until the last one finished.
+pub async fn in_parallel<F, Fut>(
+    url: &str,
+    loops: usize,
+    body: F,
+) -> anyhow::Result<(usize, Duration)>
+where
+    F: Fn(AsyncPgConnection) -> Fut,
+    Fut: Future<Output = anyhow::Result<usize>> + Send + 'static,
+{
     let mut conns = Vec::with_capacity(loops);
     for _ in 0..loops {
         conns.push(db::connect(url).await?);
     }
     let started = Instant::now();
-    let mut handles = Vec::new();
-    for mut conn in conns {
-        let task = task.to_owned();
-        handles.push(tokio::spawn(async move {
-            let mut done = 0usize;
-            loop {
-                let claimed = claim_batch(&mut conn, &task).await?;
-                if claimed.is_empty() {
-                    return anyhow::Ok(done);
-                }
-                done += complete(&mut conn, &claimed).await?;
-            }
-        }));
-    }
+    let handles: Vec<_> = conns.into_iter().map(|c| tokio::spawn(body(c))).collect();
     let mut total = 0;
     for h in handles {
         total += h.await??;

@@ -23,6 +23,7 @@ mod db;
 mod limit;
 mod report;
 mod scenario;
+mod sql_loop;
 mod tasks;
 mod worker;
 

@@ -1,7 +1,7 @@
 //! PostgreSQL storage of jobq on diesel and diesel-async.
 //!
 //! Every SQL statement jobq runs lives in this crate: enqueue, claim,
-//! outcomes, heartbeats, rescue, pruning, cancel and status lookups, the
+//! outcomes, heartbeats, rescue, pruning, vacuuming, cancel and status lookups, the
 //! schema migrations and the LISTEN connection. It knows nothing of task
 //! functions, payload types or the dispatcher: payloads are JSON text here.
 //!
@@ -17,6 +17,7 @@ mod migrations;
 mod outcome;
 mod pool;
 pub mod schema;
+mod vacuum;
 mod workers;
 
 pub use claim::{claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
@@ -27,6 +28,7 @@ pub use maintenance::{prune, rescue, RescuedJob, Retention};
 pub use migrations::{migrate, MigrateError, LATEST_VERSION};
 pub use outcome::{write_outcomes, Outcome, OutcomeKind, WrittenOutcome};
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};
+pub use vacuum::{vacuum, Vacuum};
 pub use workers::{deregister_worker, heartbeat, register_worker, HeartbeatReply, WorkerInfo};
 
 /// The connection type every function here takes.

@@ -88,8 +88,10 @@ pub struct JobInfo {
     pub errors: Vec<ErrorRecord>,
 }
 
-/// The job with this id, or `None` if there is none (pruned, or never
-/// enqueued).
+/// The job with this id, or `None` if there is none: never enqueued, or
+/// finished and pruned after its retention (by default one minute for
+/// completed jobs, a week for failed and cancelled ones; see
+/// [`crate::WorkerBuilder::retention`]).
 ///
 /// ```no_run
 /// # async fn f(conn: &mut diesel_async::AsyncPgConnection, id: jobq::JobId) -> Result<(), jobq::Error> {

@@ -15,15 +15,14 @@ use std::time::Instant;
 
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
-use jobq_diesel::{ClaimRequest, Outcome, OutcomeKind, WorkerInfo};
 
 use crate::cli::Options;
 use crate::db;
 use crate::limit;
 use crate::report::{rate, BenchResult};
+use crate::sql_loop;
 
 const TASK: &str = "bench.noop";
-const BATCH: i32 = 1000;
 
 /// Runs the scenario.
 pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
@@ -80,41 +79,9 @@ async fn measure(options: &Options, backlog: u64) -> anyhow::Result<(f64, f64)> 
         );
     }
 
-    let worker_id = jobq_diesel::register_worker(
-        &mut conn,
-        &WorkerInfo {
-            hostname: "bench".into(),
-            pid: 0,
-            queues: vec!["default".into()],
-        },
-    )
-    .await?;
-    let queues = vec!["default".to_owned()];
-    let tasks = vec![TASK.to_owned()];
-    let slots = vec![BATCH];
-    let request = ClaimRequest {
-        worker_id,
-        queues: &queues,
-        tasks: &tasks,
-        slots: &slots,
-    };
     let started = Instant::now();
-    let mut done = 0usize;
-    while done < options.jobs {
-        let claimed = jobq_diesel::claim(&mut conn, &request).await?;
-        anyhow::ensure!(!claimed.is_empty(), "backlog: ran out of jobs");
-        let outcomes: Vec<Outcome> = claimed
-            .iter()
-            .map(|j| Outcome {
-                id: j.id,
-                attempt: j.attempt,
-                kind: OutcomeKind::Completed,
-                message: None,
-            })
-            .collect();
-        jobq_diesel::write_outcomes(&mut conn, &outcomes).await?;
-        done += claimed.len();
-    }
+    let done = sql_loop::drain_on(&mut conn, TASK, Some(options.jobs)).await?;
+    anyhow::ensure!(done >= options.jobs, "backlog: ran out of jobs");
     let jobs_per_sec = rate(done, started.elapsed());
     let limit = limit::measure(&url, options.jobs as u64, 1).await?;
     println!(

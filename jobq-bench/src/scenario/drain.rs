@@ -7,7 +7,9 @@
 //! both timestamps come from one server, so process start-up and shutdown
 //! are excluded and no cross-process clock is needed. The limit is the
 //! minimal SQL loop with as many connections as there are workers, on a
-//! fresh set of jobs in the same database afterwards.
+//! fresh set of jobs in the same database afterwards; then the same with
+//! jobq's own statements ([`crate::sql_loop`]), which tells how much of the
+//! distance to the limit is the statements and how much the runtime.
 
 use std::time::Instant;
 
@@ -15,6 +17,7 @@ use crate::cli::Options;
 use crate::db;
 use crate::limit;
 use crate::report::BenchResult;
+use crate::sql_loop;
 use crate::tasks::{noop, noops};
 use crate::worker::{max_rss_mib, total_cpu_s, Workers};
 
@@ -78,6 +81,7 @@ async fn run_one(options: &Options, workers: usize) -> anyhow::Result<BenchResul
     )
     .await?;
     let limit = limit::measure(&url, options.jobs as u64, workers).await?;
+    let sql_loop = sql_loop::measure(&url, options.jobs as u64, workers).await?;
     Ok(BenchResult {
         jobs_per_sec: Some(jobs_per_sec),
         limit_jobs_per_sec: Some(limit),
@@ -88,6 +92,9 @@ async fn run_one(options: &Options, workers: usize) -> anyhow::Result<BenchResul
         )
     }
     .extra("ratio_to_limit", jobs_per_sec / limit)
+    .extra("sql_loop_jobs_per_sec", sql_loop)
+    .extra("sql_loop_ratio_to_limit", sql_loop / limit)
+    .extra("ratio_to_sql_loop", jobs_per_sec / sql_loop)
     .extra("wall_s_incl_startup", wall.as_secs_f64())
     .extra("worker_cpu_s", total_cpu_s(&reports))
     .extra("drain_s", span)

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use jobq_diesel::{build_pool, Pool};
 
-use super::config::{env_duration, env_list, Config};
+use super::config::{env_bool, env_duration, env_list, Config};
 use super::error_text::error_chain;
 use super::url;
 use super::Worker;
@@ -23,7 +23,8 @@ use crate::Error;
 /// | [`lease`](Self::lease) | `JOBQ_LEASE` | 30 s |
 /// | [`heartbeat_interval`](Self::heartbeat_interval) | | 5 s |
 /// | [`maintenance_interval`](Self::maintenance_interval) | | 5 s |
-/// | [`retention`](Self::retention) | | 24 h completed, 7 days failed/cancelled |
+/// | [`retention`](Self::retention) | `JOBQ_RETENTION_COMPLETED`, `JOBQ_RETENTION_FAILED` | 1 min completed, 7 days failed/cancelled |
+/// | [`vacuum`](Self::vacuum) | `JOBQ_VACUUM` (`on`/`off`) | on (acts only where autovacuum is off) |
 /// | [`listen`](Self::listen) | | on |
 /// | [`listen_url`](Self::listen_url) | `JOBQ_LISTEN_URL` | the pool's database |
 /// | [`connect_timeout`](Self::connect_timeout) | `JOBQ_CONNECT_TIMEOUT` | 30 s |
@@ -69,6 +70,7 @@ pub struct WorkerBuilder {
     heartbeat_interval: Option<Duration>,
     maintenance_interval: Option<Duration>,
     retention: Option<jobq_diesel::Retention>,
+    vacuum: Option<bool>,
     listen: Option<bool>,
     pool_size: Option<u32>,
     connect_timeout: Option<Duration>,
@@ -130,10 +132,28 @@ impl WorkerBuilder {
         self
     }
 
-    /// How long finished jobs stay in the table: `completed` for completed
-    /// jobs, `failed` for failed and cancelled ones.
+    /// How long finished jobs stay in the table before the maintenance pass
+    /// deletes them: `completed` for completed jobs (default 1 minute),
+    /// `failed` for failed and cancelled ones (default 7 days). Until then
+    /// [`crate::job`] shows them; afterwards it returns `None`.
+    ///
+    /// The short default for completed jobs keeps a busy queue's table at
+    /// about (jobs per second × one minute) finished rows. Raise it to keep
+    /// a longer history in the table; claims stay as fast, since they only
+    /// look at pending jobs.
     pub fn retention(mut self, completed: Duration, failed: Duration) -> Self {
         self.retention = Some(jobq_diesel::Retention { completed, failed });
+        self
+    }
+
+    /// Whether the maintenance pass vacuums jobq's tables itself when the
+    /// server's autovacuum is off for them (default on). Every job leaves
+    /// dead row versions behind; without any vacuum the table grows for
+    /// ever. Where autovacuum runs, this does nothing. It needs the role
+    /// to own the tables (or the database); otherwise the worker logs one
+    /// warning and leaves it.
+    pub fn vacuum(mut self, vacuum: bool) -> Self {
+        self.vacuum = Some(vacuum);
         self
     }
 
@@ -195,7 +215,19 @@ impl WorkerBuilder {
             maintenance_interval: self
                 .maintenance_interval
                 .unwrap_or(defaults.maintenance_interval),
-            retention: self.retention.unwrap_or(defaults.retention),
+            retention: match self.retention {
+                Some(retention) => retention,
+                None => jobq_diesel::Retention {
+                    completed: env_duration("JOBQ_RETENTION_COMPLETED")?
+                        .unwrap_or(defaults.retention.completed),
+                    failed: env_duration("JOBQ_RETENTION_FAILED")?
+                        .unwrap_or(defaults.retention.failed),
+                },
+            },
+            vacuum: match self.vacuum {
+                Some(vacuum) => vacuum,
+                None => env_bool("JOBQ_VACUUM")?.unwrap_or(defaults.vacuum),
+            },
             listen: self.listen.unwrap_or(defaults.listen),
             pool_size: self.pool_size.unwrap_or(defaults.pool_size),
             outcome_batch: defaults.outcome_batch,

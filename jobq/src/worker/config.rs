@@ -17,6 +17,7 @@ pub(crate) struct Config {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) maintenance_interval: Duration,
     pub(crate) retention: Retention,
+    pub(crate) vacuum: bool,
     pub(crate) listen: bool,
     pub(crate) pool_size: u32,
     pub(crate) outcome_batch: usize,
@@ -43,10 +44,15 @@ impl Default for Config {
             lease: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),
             maintenance_interval: Duration::from_secs(5),
+            // Completed jobs are kept a minute (long enough for a caller
+            // polling `jobq::job` to see the result), so that a busy
+            // queue's table stays small; failed and cancelled ones a week,
+            // for people to inspect.
             retention: Retention {
-                completed: Duration::from_secs(24 * 60 * 60),
+                completed: Duration::from_secs(60),
                 failed: Duration::from_secs(7 * 24 * 60 * 60),
             },
+            vacuum: true,
             listen: true,
             pool_size: 8,
             outcome_batch: 1000,
@@ -102,6 +108,22 @@ pub(crate) fn env_duration(name: &'static str) -> Result<Option<Duration>, Error
                     format!("{raw:?} is not a duration like 250ms, 30s or 5m: {e}"),
                 )
             }),
+    }
+}
+
+/// Reads `on`/`off` (or `true`/`false`, `1`/`0`) from an environment
+/// variable; `None` when it is unset.
+pub(crate) fn env_bool(name: &'static str) -> Result<Option<bool>, Error> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" | "yes" => Ok(Some(true)),
+            "off" | "false" | "0" | "no" => Ok(Some(false)),
+            _ => Err(Error::invalid(
+                name,
+                format!("{raw:?} is not on or off (true/false, 1/0, yes/no)"),
+            )),
+        },
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use jobq_diesel::{ClaimedJob, Outcome, OutcomeKind};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::state::{lock, InFlight, Shared};
@@ -30,8 +31,11 @@ pub(crate) fn spawn(
         job.queue = %job.queue,
         job.attempt = job.attempt,
     );
-    let cancel = shared.stopping.child_token();
-    if job.cancel_requested {
+    // A token of its own rather than a child of `stopping`: children share
+    // their parent's lock, which every attempt would take twice. Shutdown
+    // cancels the tokens in `in_flight` one by one instead.
+    let cancel = CancellationToken::new();
+    if job.cancel_requested || shared.stopping.is_cancelled() {
         cancel.cancel();
     }
     // Register before spawning so that a cancel notification or a shutdown
@@ -77,7 +81,7 @@ async fn run_attempt(
     shared: &Shared,
     job: ClaimedJob,
     task_index: usize,
-    cancel: tokio_util::sync::CancellationToken,
+    cancel: CancellationToken,
 ) -> (OutcomeKind, Option<String>) {
     let descriptor = shared.tasks[task_index].descriptor;
     let attempt = u32::try_from(job.attempt).unwrap_or(1);

@@ -48,11 +48,13 @@ const GATHER_WINDOW: Duration = Duration::from_millis(5);
 
 /// A slot of a task with work waiting was freed. Claiming for that one slot
 /// at once would turn a busy worker's batches into one claim per job, so
-/// wait until three quarters of some such task's slots are free, or the
-/// short window passes, or something else wakes the fetcher.
+/// wait until every slot of some such task is free, or the short window
+/// passes, or something else wakes the fetcher. Short jobs of one batch
+/// finish within a millisecond or so of each other, so their claims stay
+/// whole; long or uneven ones are claimed for at most one window later.
 async fn gather_freed_slots(shared: &Shared) {
     let until = tokio::time::Instant::now() + GATHER_WINDOW;
-    while !enough_free(shared) {
+    while !all_free(shared) {
         tokio::select! {
             _ = shared.slot_freed.notified() => {}
             _ = shared.wake.notified() => return,
@@ -62,12 +64,9 @@ async fn gather_freed_slots(shared: &Shared) {
     }
 }
 
-fn enough_free(shared: &Shared) -> bool {
+fn all_free(shared: &Shared) -> bool {
     let s = lock(&shared.slots);
-    shared.tasks.iter().enumerate().any(|(i, task)| {
-        let free = u64::from(task.limit.saturating_sub(s.running[i]));
-        s.saturated[i] && free * 4 >= u64::from(task.limit) * 3
-    })
+    (0..shared.tasks.len()).any(|i| s.saturated[i] && s.running[i] == 0)
 }
 
 /// When to look again without being woken: the poll interval, the next

@@ -1,8 +1,11 @@
-//! The maintenance loop: rescue jobs of dead workers and prune finished
-//! jobs. Every worker runs it; an advisory lock inside each statement lets
-//! one at a time do the work.
+//! The maintenance loop: rescue jobs of dead workers, prune finished jobs,
+//! and vacuum jobq's tables where autovacuum does not. Every worker runs
+//! it; advisory locks (and `SKIP_LOCKED` for the vacuum) let one at a time
+//! do the work.
 
 use std::sync::Arc;
+
+use jobq_diesel::{PooledConnection, Vacuum};
 
 use super::error_text::error_chain;
 use super::state::Shared;
@@ -13,17 +16,45 @@ const PRUNE_BATCH: i64 = 5_000;
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(shared.config.maintenance_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned_not_allowed = false;
     loop {
         ticker.tick().await;
-        if let Err(e) = tick(&shared).await {
-            tracing::warn!(error = %e, "maintenance failed; trying again next interval");
+        match tick(&shared).await {
+            Ok(Some(Vacuum::NotAllowed { dead_rows })) if !warned_not_allowed => {
+                warned_not_allowed = true;
+                tracing::warn!(
+                    dead_rows,
+                    "autovacuum is off for jobq.jobs and this role may not vacuum it \
+                     (it needs to own the table or the database): dead rows will pile up; \
+                     turn autovacuum on, or vacuum jobq.jobs from a job of your own"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "maintenance failed; trying again next interval");
+            }
         }
     }
 }
 
-async fn tick(shared: &Shared) -> Result<(), String> {
+async fn tick(shared: &Shared) -> Result<Option<Vacuum>, String> {
     let mut conn = shared.pool.get().await.map_err(|e| error_chain(&e))?;
-    let rescued = jobq_diesel::rescue(&mut conn, shared.config.lease)
+    rescue(shared, &mut conn).await?;
+    prune(shared, &mut conn).await?;
+    if !shared.config.vacuum {
+        return Ok(None);
+    }
+    let outcome = jobq_diesel::vacuum(&mut conn)
+        .await
+        .map_err(|e| format!("vacuum: {e}"))?;
+    if let Vacuum::Vacuumed { dead_rows } = outcome {
+        tracing::debug!(dead_rows, "vacuumed jobq.jobs (autovacuum is off)");
+    }
+    Ok(Some(outcome))
+}
+
+async fn rescue(shared: &Shared, conn: &mut PooledConnection<'_>) -> Result<(), String> {
+    let rescued = jobq_diesel::rescue(conn, shared.config.lease)
         .await
         .map_err(|e| format!("rescue: {e}"))?;
     for job in &rescued {
@@ -35,8 +66,12 @@ async fn tick(shared: &Shared) -> Result<(), String> {
             "rescued a job whose worker stopped heartbeating"
         );
     }
+    Ok(())
+}
+
+async fn prune(shared: &Shared, conn: &mut PooledConnection<'_>) -> Result<(), String> {
     loop {
-        let pruned = jobq_diesel::prune(&mut conn, shared.config.retention, PRUNE_BATCH)
+        let pruned = jobq_diesel::prune(conn, shared.config.retention, PRUNE_BATCH)
             .await
             .map_err(|e| format!("prune: {e}"))?;
         if pruned > 0 {

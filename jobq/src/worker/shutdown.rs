@@ -67,6 +67,10 @@ impl Running {
         if let Err(e) = self.fetcher.await {
             tracing::error!(error = %e, "the fetcher ended abnormally");
         }
+        // No attempt starts any more; ask the running ones to stop.
+        for job in lock(&shared.in_flight).values() {
+            job.cancel.cancel();
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Register interest before checking, so a job finishing in

@@ -57,7 +57,8 @@ pub(crate) struct Shared {
     pub(crate) slot_freed: Notify,
     /// The earliest known future `run_at`, from notifications.
     pub(crate) next_due: Mutex<Option<Instant>>,
-    /// Fires when shutdown begins; every job's token is a child of it.
+    /// Fires when shutdown begins; shutdown then cancels every attempt's
+    /// own token.
     pub(crate) stopping: CancellationToken,
     /// Signalled when the last attempt in flight finishes.
     pub(crate) idle: Notify,

@@ -1,0 +1,76 @@
+//! The "jobq SQL loop": jobq's own claim and outcome statements
+//! (`jobq_diesel::claim`, `jobq_diesel::write_outcomes`) in a loop, without
+//! the runtime around them. Next to the minimal loop ([`crate::limit`]) it
+//! splits jobq's distance from the limit in two: what jobq's statements
+//! cost beyond the minimal ones (the worker id that makes rescue possible,
+//! the attempt fence, the payload and task returned to the handler), and
+//! what the runtime costs beyond its statements.
+
+use diesel_async::AsyncPgConnection;
+use jobq_diesel::{ClaimRequest, Outcome, OutcomeKind, WorkerInfo};
+
+use crate::db;
+use crate::limit;
+
+/// Claim batch, like the minimal loop's.
+const BATCH: i32 = 1000;
+
+/// Claims and completes jobs of `task` on `conn`, 1,000 per claim, until
+/// `until` jobs are done or none is left; returns how many were done.
+pub async fn drain_on(
+    conn: &mut AsyncPgConnection,
+    task: &str,
+    until: Option<usize>,
+) -> anyhow::Result<usize> {
+    let worker_id = jobq_diesel::register_worker(
+        conn,
+        &WorkerInfo {
+            hostname: "bench".into(),
+            pid: 0,
+            queues: vec!["default".into()],
+        },
+    )
+    .await?;
+    let queues = vec!["default".to_owned()];
+    let tasks = vec![task.to_owned()];
+    let slots = vec![BATCH];
+    let request = ClaimRequest {
+        worker_id,
+        queues: &queues,
+        tasks: &tasks,
+        slots: &slots,
+    };
+    let mut done = 0usize;
+    while until.is_none_or(|n| done < n) {
+        let claimed = jobq_diesel::claim(conn, &request).await?;
+        if claimed.is_empty() {
+            break;
+        }
+        let outcomes: Vec<Outcome> = claimed
+            .iter()
+            .map(|j| Outcome {
+                id: j.id,
+                attempt: j.attempt,
+                kind: OutcomeKind::Completed,
+                message: None,
+            })
+            .collect();
+        jobq_diesel::write_outcomes(conn, &outcomes).await?;
+        done += claimed.len();
+    }
+    Ok(done)
+}
+
+/// Like [`limit::measure`], with jobq's statements: `jobs` fresh jobs
+/// drained by `loops` parallel loops after a `VACUUM ANALYZE`; returns
+/// jobs/s.
+pub async fn measure(url: &str, jobs: u64, loops: usize) -> anyhow::Result<f64> {
+    let mut conn = db::connect(url).await?;
+    limit::insert_jobs(&mut conn, limit::LIMIT_TASK, jobs).await?;
+    db::exec(&mut conn, "VACUUM ANALYZE jobq.jobs").await?;
+    let (done, elapsed) = limit::in_parallel(url, loops, |mut conn| async move {
+        drain_on(&mut conn, limit::LIMIT_TASK, None).await
+    })
+    .await?;
+    Ok(crate::report::rate(done, elapsed))
+}

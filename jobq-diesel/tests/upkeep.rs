@@ -1,0 +1,186 @@
+//! Pruning and vacuuming against a real database.
+
+use std::time::{Duration, Instant};
+
+use diesel::sql_types::{BigInt, Bool};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use jobq_diesel::{Retention, Vacuum};
+use jobq_testkit::TestDatabase;
+
+async fn setup() -> (TestDatabase, AsyncPgConnection) {
+    let db = TestDatabase::create().await.unwrap();
+    let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
+    jobq_diesel::migrate(&mut conn).await.unwrap();
+    (db, conn)
+}
+
+#[derive(QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
+    diesel::sql_query(sql)
+        .get_result::<N>(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .n
+}
+
+/// Inserts `n` jobs of `task` in `state`, finished `age_s` seconds ago.
+async fn finished(conn: &mut AsyncPgConnection, task: &str, state: &str, age_s: i64, n: i64) {
+    conn.batch_execute(&format!(
+        "INSERT INTO jobq.jobs (task, payload, state, attempt, started_at, finished_at) \
+         SELECT '{task}', '{{}}', '{state}', 1, now() - interval '{age_s} seconds', \
+                now() - interval '{age_s} seconds' \
+         FROM generate_series(1, {n})"
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn prune_deletes_finished_jobs_past_their_retention_and_nothing_else() {
+    let (_db, mut conn) = setup().await;
+    let day = 24 * 60 * 60;
+    finished(&mut conn, "old.completed", "completed", 120, 3).await;
+    finished(&mut conn, "new.completed", "completed", 10, 2).await;
+    finished(&mut conn, "old.failed", "failed", 8 * day, 2).await;
+    finished(&mut conn, "old.cancelled", "cancelled", 8 * day, 1).await;
+    finished(&mut conn, "new.failed", "failed", day, 2).await;
+    // Pending and running jobs go nowhere, however old.
+    conn.batch_execute(
+        "INSERT INTO jobq.jobs (task, payload, created_at, run_at) \
+         VALUES ('old.pending', '{}', now() - interval '30 days', now() - interval '30 days'); \
+         INSERT INTO jobq.jobs (task, payload, state, attempt, started_at, worker_id) \
+         VALUES ('old.running', '{}', 'running', 1, now() - interval '30 days', 1);",
+    )
+    .await
+    .unwrap();
+    let retention = Retention {
+        completed: Duration::from_secs(60),
+        failed: Duration::from_secs(7 * day as u64),
+    };
+
+    // A batch limit of 2 per kind: the caller loops while batches are full.
+    let first = jobq_diesel::prune(&mut conn, retention, 2).await.unwrap();
+    assert_eq!(
+        first, 4,
+        "2 completed + 2 failed/cancelled in the first batch"
+    );
+    let second = jobq_diesel::prune(&mut conn, retention, 2).await.unwrap();
+    assert_eq!(second, 2, "the last old completed and old cancelled job");
+    let third = jobq_diesel::prune(&mut conn, retention, 2).await.unwrap();
+    assert_eq!(third, 0);
+
+    let left = count(
+        &mut conn,
+        "SELECT count(*) AS n FROM jobq.jobs WHERE task LIKE 'old.%' AND state IN ('completed', 'failed', 'cancelled')",
+    )
+    .await;
+    assert_eq!(left, 0, "every finished job past its retention is gone");
+    let kept = count(
+        &mut conn,
+        "SELECT count(*) AS n FROM jobq.jobs WHERE task IN ('new.completed', 'new.failed', 'old.pending', 'old.running')",
+    )
+    .await;
+    assert_eq!(kept, 6, "recent finished jobs and unfinished ones stay");
+}
+
+#[derive(QueryableByName)]
+struct Stats {
+    #[diesel(sql_type = BigInt)]
+    dead: i64,
+    #[diesel(sql_type = BigInt)]
+    vacuums: i64,
+}
+
+async fn stats(conn: &mut AsyncPgConnection) -> Stats {
+    diesel::sql_query(
+        "SELECT n_dead_tup AS dead, vacuum_count AS vacuums \
+         FROM pg_stat_user_tables WHERE relid = 'jobq.jobs'::regclass",
+    )
+    .get_result(conn)
+    .await
+    .unwrap()
+}
+
+/// Statistics reach the shared counters when a backend goes idle, at most
+/// about once a second (PostgreSQL 15 and later can be told to flush at
+/// the next idle moment); poll for them with a deadline.
+async fn wait_stats(conn: &mut AsyncPgConnection, what: &str, done: impl Fn(&Stats) -> bool) {
+    conn.batch_execute(
+        "DO $$ BEGIN \
+           IF current_setting('server_version_num')::int >= 150000 THEN \
+             EXECUTE 'SELECT pg_stat_force_next_flush()'; \
+           END IF; END $$",
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        conn.batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        if done(&stats(conn).await) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "statistics never showed {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = Bool)]
+    on: bool,
+}
+
+#[tokio::test]
+async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
+    let (_db, mut conn) = setup().await;
+    conn.batch_execute("ALTER TABLE jobq.jobs SET (autovacuum_enabled = off)")
+        .await
+        .unwrap();
+    assert_eq!(
+        jobq_diesel::vacuum(&mut conn).await.unwrap(),
+        Vacuum::NotNeeded { dead_rows: 0 }
+    );
+
+    finished(&mut conn, "churn", "completed", 0, 5_000).await;
+    conn.batch_execute("DELETE FROM jobq.jobs WHERE task = 'churn'")
+        .await
+        .unwrap();
+    wait_stats(&mut conn, "5,000 dead rows", |s| s.dead >= 5_000).await;
+    match jobq_diesel::vacuum(&mut conn).await.unwrap() {
+        Vacuum::Vacuumed { dead_rows } => assert!(dead_rows >= 5_000, "{dead_rows}"),
+        other => panic!("expected a vacuum, got {other:?}"),
+    }
+    wait_stats(&mut conn, "the vacuum", |s| s.vacuums >= 1 && s.dead == 0).await;
+    assert!(
+        matches!(
+            jobq_diesel::vacuum(&mut conn).await.unwrap(),
+            Vacuum::NotNeeded { .. }
+        ),
+        "nothing left to vacuum"
+    );
+
+    // With the table's own switch back to the default, the server's
+    // setting decides.
+    conn.batch_execute("ALTER TABLE jobq.jobs RESET (autovacuum_enabled)")
+        .await
+        .unwrap();
+    let server = diesel::sql_query("SELECT current_setting('autovacuum')::bool AS on")
+        .get_result::<Setting>(&mut conn)
+        .await
+        .unwrap();
+    let outcome = jobq_diesel::vacuum(&mut conn).await.unwrap();
+    assert_eq!(
+        outcome == Vacuum::Autovacuum,
+        server.on,
+        "server autovacuum = {}, vacuum() said {outcome:?}",
+        server.on
+    );
+}
