@@ -188,6 +188,20 @@ async fn roles_sql_gives_app_and_worker_only_what_they_need() {
     .expect("owners");
     let owners: Vec<String> = owners.into_iter().map(|o| o.owner).collect();
     assert_eq!(owners, vec![owner.clone()]);
+
+    // Roles outlive databases: leave none behind on a shared server.
+    // One role per DROP OWNED: with several, PostgreSQL 15 trips over a
+    // default ACL that names more than one of them.
+    drop((as_owner, as_app, as_worker, on_fresh));
+    for statement in [
+        format!("REASSIGN OWNED BY \"{owner}\" TO CURRENT_USER"),
+        format!("DROP OWNED BY \"{owner}\""),
+        format!("DROP OWNED BY \"{worker}\""),
+        format!("DROP OWNED BY \"{app}\""),
+        format!("DROP ROLE \"{owner}\", \"{worker}\", \"{app}\""),
+    ] {
+        admin.batch_execute(&statement).await.expect(&statement);
+    }
 }
 
 // ------------------------------------------------------- hostile strings

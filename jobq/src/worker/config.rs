@@ -116,14 +116,18 @@ pub(crate) fn env_duration(name: &'static str) -> Result<Option<Duration>, Error
 pub(crate) fn env_bool(name: &'static str) -> Result<Option<bool>, Error> {
     match std::env::var(name) {
         Err(_) => Ok(None),
-        Ok(raw) => match raw.trim().to_ascii_lowercase().as_str() {
-            "on" | "true" | "1" | "yes" => Ok(Some(true)),
-            "off" | "false" | "0" | "no" => Ok(Some(false)),
-            _ => Err(Error::invalid(
-                name,
-                format!("{raw:?} is not on or off (true/false, 1/0, yes/no)"),
-            )),
-        },
+        Ok(raw) => parse_switch(name, &raw).map(Some),
+    }
+}
+
+fn parse_switch(name: &'static str, raw: &str) -> Result<bool, Error> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(Error::invalid(
+            name,
+            format!("{raw:?} is not on or off (true/false, 1/0, yes/no)"),
+        )),
     }
 }
 
@@ -137,4 +141,26 @@ pub(crate) fn env_list(name: &'static str) -> Option<Vec<String>> {
         .map(str::to_owned)
         .collect();
     (!items.is_empty()).then_some(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_switch;
+
+    #[test]
+    fn switches_read_the_usual_spellings_and_refuse_the_rest() {
+        for on in ["on", "ON", " true ", "1", "yes"] {
+            assert!(parse_switch("JOBQ_VACUUM", on).unwrap(), "{on:?}");
+        }
+        for off in ["off", "False", "0", "no"] {
+            assert!(!parse_switch("JOBQ_VACUUM", off).unwrap(), "{off:?}");
+        }
+        let err = parse_switch("JOBQ_VACUUM", "sometimes")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("JOBQ_VACUUM") && err.contains("sometimes"),
+            "{err}"
+        );
+    }
 }

@@ -35,19 +35,28 @@ pub(crate) fn spawn(
     // their parent's lock, which every attempt would take twice. Shutdown
     // cancels the tokens in `in_flight` one by one instead.
     let cancel = CancellationToken::new();
-    if job.cancel_requested || shared.stopping.is_cancelled() {
+    if job.cancel_requested {
         cancel.cancel();
     }
     // Register before spawning so that a cancel notification or a shutdown
     // arriving right now finds the attempt.
-    let superseded = lock(&shared.in_flight).insert(
-        job.id,
-        InFlight {
-            attempt: job.attempt,
-            cancel: cancel.clone(),
-            abort: None,
-        },
-    );
+    let superseded = {
+        let mut in_flight = lock(&shared.in_flight);
+        // Checked under the lock shutdown holds while it cancels the
+        // attempts in flight: an attempt is either among them or sees the
+        // shutdown here.
+        if shared.stopping.is_cancelled() {
+            cancel.cancel();
+        }
+        in_flight.insert(
+            job.id,
+            InFlight {
+                attempt: job.attempt,
+                cancel: cancel.clone(),
+                abort: None,
+            },
+        )
+    };
     if let Some(old) = superseded {
         // This worker was presumed dead (no heartbeat within the lease), the
         // job was rescued and has come back to it. The old attempt's outcome

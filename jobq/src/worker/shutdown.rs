@@ -64,12 +64,13 @@ impl Running {
         let shared = self.shared;
         let timeout = shared.config.shutdown_timeout;
         shared.stopping.cancel();
-        if let Err(e) = self.fetcher.await {
-            tracing::error!(error = %e, "the fetcher ended abnormally");
-        }
-        // No attempt starts any more; ask the running ones to stop.
+        // Ask the running attempts to stop; any that starts from now on
+        // sees `stopping` (see `executor::spawn`).
         for job in lock(&shared.in_flight).values() {
             job.cancel.cancel();
+        }
+        if let Err(e) = self.fetcher.await {
+            tracing::error!(error = %e, "the fetcher ended abnormally");
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
