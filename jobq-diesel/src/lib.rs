@@ -1,9 +1,10 @@
 //! PostgreSQL storage of jobq on diesel and diesel-async.
 //!
 //! Every SQL statement jobq runs lives in this crate: enqueue, claim,
-//! outcomes, heartbeats, rescue, pruning, vacuuming, cancel and status lookups, the
-//! schema migrations and the LISTEN connection. It knows nothing of task
-//! functions, payload types or the dispatcher: payloads are JSON text here.
+//! outcomes, heartbeats, rescue, pruning, vacuuming, cancel and status
+//! lookups, the schema migrations and the LISTEN connection. It knows
+//! nothing of task functions, payload types or the dispatcher: payloads are
+//! JSON text here.
 //!
 //! Each function is one statement (one short transaction) unless its docs
 //! say otherwise, so none holds locks while a handler runs.

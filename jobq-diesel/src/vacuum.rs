@@ -3,8 +3,8 @@
 //! Every job leaves dead row versions behind (its claim and its outcome are
 //! updates, pruning is a delete). Autovacuum normally reclaims them (the
 //! migration tunes it for the jobs table); on a server or table where
-//! autovacuum is switched off nothing does, and the table grows by about
-//! two dead rows per job for ever. Then jobq vacuums its own tables.
+//! autovacuum is switched off nothing does, and the table grows by three
+//! dead row versions per job for ever. Then jobq vacuums its own tables.
 
 use diesel::sql_types::{BigInt, Bool};
 use diesel::QueryableByName;

@@ -172,18 +172,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
     // Statistics lag a little; give the collector a moment.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let end = db::table_stats(&mut conn).await?;
-    let max_dead = samples
-        .iter()
-        .map(|s| s.dead)
-        .max()
-        .unwrap_or(0)
-        .max(end.dead);
-    let max_bytes = samples
-        .iter()
-        .map(|s| s.total_bytes)
-        .max()
-        .unwrap_or(0)
-        .max(end.total_bytes);
+    let peak =
+        |of: fn(&db::TableStats) -> i64| samples.iter().chain([&end]).map(of).max().unwrap_or(0);
+    let max_dead = peak(|s| s.dead);
+    let max_bytes = peak(|s| s.total_bytes);
     let limit = limit::measure(&url, options.jobs as u64, WORKERS).await?;
     let rss = max_rss_mib(&reports).map(|r| r.max(peak_rss_kib as f64 / 1024.0));
     Ok(vec![BenchResult {
