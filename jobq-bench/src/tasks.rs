@@ -45,7 +45,7 @@ pub struct Probe {
     pub n: usize,
 }
 
-/// Handler start times of probes, recorded by [`probe`] in the process
+/// Handler start times of probes, recorded by [`probe()`] in the process
 /// that also enqueues them (the `latency` scenario runs its worker
 /// in-process, so both sides read the same monotonic clock).
 pub static PROBE_STARTS: Mutex<Vec<(usize, Instant)>> = Mutex::new(Vec::new());
