@@ -1,7 +1,7 @@
 //! Claiming due jobs: one statement per batch, for every task with free
 //! slots at once, committed before any handler runs.
 
-use diesel::sql_types::{Array, BigInt, Bool, Integer, SmallInt, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
@@ -19,7 +19,8 @@ pub struct ClaimRequest<'a> {
     pub slots: &'a [i32],
 }
 
-/// A job now running under the claiming worker.
+/// A job now running under the claiming worker: what its attempt needs.
+/// (Every column returned costs decoding per job on the hot path.)
 #[derive(Debug, Clone, QueryableByName)]
 pub struct ClaimedJob {
     /// Row id.
@@ -37,12 +38,6 @@ pub struct ClaimedJob {
     /// This attempt's number (already incremented).
     #[diesel(sql_type = Integer)]
     pub attempt: i32,
-    /// Attempts allowed in all.
-    #[diesel(sql_type = Integer)]
-    pub max_attempts: i32,
-    /// The job's priority.
-    #[diesel(sql_type = SmallInt)]
-    pub priority: i16,
     /// Whether someone asked to cancel the job before it was claimed.
     #[diesel(sql_type = Bool)]
     pub cancel_requested: bool,
@@ -66,8 +61,7 @@ pub const CLAIM_SQL: &str = "WITH picked AS ( \
          UPDATE jobq.jobs SET state = 'running', attempt = attempt + 1, started_at = now(), \
              worker_id = $4 \
          WHERE id = ANY(ARRAY(SELECT id FROM picked)) \
-         RETURNING id, task, queue, payload::text AS payload, attempt, max_attempts, priority, \
-             cancel_requested";
+         RETURNING id, task, queue, payload::text AS payload, attempt, cancel_requested";
 
 /// Claims due jobs: per task, the highest priority first, then the earliest
 /// `run_at`, then the lowest id, skipping rows other workers hold locked.

@@ -27,7 +27,7 @@ pub use jobs::{cancel, find_job, pending_unknown_tasks, CancelResult, JobRow, Un
 pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention};
 pub use migrations::{migrate, MigrateError, LATEST_VERSION};
-pub use outcome::{write_outcomes, Outcome, OutcomeKind, WrittenOutcome};
+pub use outcome::{write_outcomes, Outcome, OutcomeKind, RejectedOutcome};
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};
 pub use vacuum::{vacuum, Vacuum};
 pub use workers::{deregister_worker, heartbeat, register_worker, HeartbeatReply, WorkerInfo};

@@ -1,5 +1,7 @@
 //! Writing the outcomes of attempts, many at once, fenced by attempt.
 
+use std::collections::HashSet;
+
 use diesel::sql_types::{Array, BigInt, Integer, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -50,23 +52,23 @@ pub struct Outcome {
     pub message: Option<String>,
 }
 
-/// An outcome that reached its job row, with the state it left it in.
-#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
-pub struct WrittenOutcome {
+/// An outcome the attempt fence turned away: its job was rescued (and
+/// maybe claimed again) while the attempt ran, so the outcome changed
+/// nothing (invariant 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+pub struct RejectedOutcome {
     /// Job id.
     #[diesel(sql_type = BigInt)]
     pub id: i64,
-    /// The attempt it belonged to.
+    /// The attempt the outcome belonged to.
     #[diesel(sql_type = Integer)]
     pub attempt: i32,
-    /// The job's state afterwards: pending, completed, failed or cancelled.
-    #[diesel(sql_type = Text)]
-    pub state: String,
 }
 
 /// Writes a batch of outcomes in one statement. Only rows still `running`
-/// with the same attempt change (the fence of invariant 2); outcomes that
-/// lost their job to a rescue are absent from the result.
+/// with the same attempt change (the fence of invariant 2); the outcomes
+/// that lost their job to a rescue are returned, so a successful write of
+/// a healthy batch returns nothing (no row per job crosses the wire).
 ///
 /// A job whose cancellation was requested ends `cancelled` whatever its
 /// handler returned. Jobs that become pending again wake the workers of
@@ -74,26 +76,36 @@ pub struct WrittenOutcome {
 pub async fn write_outcomes(
     conn: &mut AsyncPgConnection,
     outcomes: &[Outcome],
-) -> diesel::QueryResult<Vec<WrittenOutcome>> {
+) -> diesel::QueryResult<Vec<RejectedOutcome>> {
     if outcomes.is_empty() {
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = outcomes.iter().map(|o| o.id).collect();
-    let keys: Vec<String> = outcomes
-        .iter()
-        .map(|o| format!("{}:{}", o.id, o.attempt))
-        .collect();
+    let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempt).collect();
     let plain = outcomes
         .iter()
         .all(|o| o.kind == OutcomeKind::Completed && o.message.is_none());
     if plain {
         // The hot path of a busy worker: nothing to record, nothing to wake.
+        if let Some(packed) = packed_keys(outcomes) {
+            return diesel::sql_query(COMPLETE_PACKED_SQL)
+                .bind::<Array<BigInt>, _>(&ids)
+                .bind::<Array<BigInt>, _>(&packed)
+                .bind::<Array<Integer>, _>(&attempts)
+                .load(conn)
+                .await;
+        }
+        let keys: Vec<String> = outcomes.iter().map(fence_key).collect();
         return diesel::sql_query(COMPLETE_SQL)
             .bind::<Array<BigInt>, _>(&ids)
             .bind::<Array<Text>, _>(&keys)
+            .bind::<Array<Integer>, _>(&attempts)
             .load(conn)
             .await;
     }
+    let keys: Vec<String> = outcomes.iter().map(fence_key).collect();
+    // Keyed by attempt, not by job: a batch may hold a rescued attempt's
+    // late outcome next to the live attempt's of the same job.
     let details: serde_json::Map<String, serde_json::Value> = outcomes
         .iter()
         .map(|o| {
@@ -102,71 +114,145 @@ pub async fn write_outcomes(
                 _ => 0,
             };
             let detail = serde_json::json!({ "k": o.kind.as_sql(), "m": o.message, "d": delay_ms });
-            (o.id.to_string(), detail)
+            (fence_key(o), detail)
         })
         .collect();
     let details = serde_json::Value::Object(details).to_string();
-    diesel::sql_query(OUTCOME_SQL)
+    let written: Vec<Written> = diesel::sql_query(OUTCOME_SQL)
         .bind::<Array<BigInt>, _>(&ids)
         .bind::<Array<Text>, _>(&keys)
         .bind::<Text, _>(&details)
         .load(conn)
-        .await
+        .await?;
+    if written.len() == outcomes.len() {
+        return Ok(Vec::new());
+    }
+    let written: HashSet<(i64, i32)> = written.iter().map(|w| (w.id, w.attempt)).collect();
+    Ok(outcomes
+        .iter()
+        .filter(|o| !written.contains(&(o.id, o.attempt)))
+        .map(|o| RejectedOutcome {
+            id: o.id,
+            attempt: o.attempt,
+        })
+        .collect())
 }
 
-// Neither statement joins the outcomes as a table: statistics nearly always
-// say no job is running, and a planner that believes it will loop over the
-// whole batch once per row. Rows are found by primary key (`id = ANY($1)`);
-// the attempt fence is a hashed `= ANY` over "id:attempt" keys; per-job
-// details are looked up in a JSON object keyed by id.
+/// A row [`OUTCOME_SQL`] changed.
+#[derive(QueryableByName)]
+struct Written {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Integer)]
+    attempt: i32,
+}
 
-/// Successful attempts only: `$1` ids, `$2` "id:attempt" keys.
-const COMPLETE_SQL: &str = "\
-    UPDATE jobq.jobs j SET \
-        state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'completed' END)::jobq.job_state, \
-        finished_at = now(), \
-        worker_id = NULL \
-    WHERE j.id = ANY($1) AND j.state = 'running' \
-      AND (j.id::text || ':' || j.attempt::text) = ANY($2::text[]) \
-    RETURNING j.id, j.attempt, j.state::text AS state";
+/// Bits of a packed fence key that hold the attempt.
+const ATTEMPT_BITS: u32 = 20;
+
+/// The attempt fence's keys as `id * 2^20 + attempt`, when every outcome
+/// fits (ids below 2^43, attempts below 2^20: any real table): one integer
+/// per outcome, hashed and compared as such, instead of a string built on
+/// both sides. `None` sends the batch down the string-keyed statement.
+fn packed_keys(outcomes: &[Outcome]) -> Option<Vec<i64>> {
+    outcomes
+        .iter()
+        .map(|o| {
+            let fits = (0..1i64 << (63 - ATTEMPT_BITS)).contains(&o.id)
+                && (0..1i32 << ATTEMPT_BITS).contains(&o.attempt);
+            fits.then(|| (o.id << ATTEMPT_BITS) | i64::from(o.attempt))
+        })
+        .collect()
+}
+
+/// The attempt fence's key of an outcome, "id:attempt", as the statements
+/// below build it from a row.
+fn fence_key(o: &Outcome) -> String {
+    format!("{}:{}", o.id, o.attempt)
+}
+
+// No statement joins the outcomes as a table: statistics nearly always say
+// no job is running, and a planner that believes it will loop over the
+// whole batch once per row. Rows are found by primary key (`id = ANY($1)`);
+// the attempt fence is a hashed `= ANY` over packed or "id:attempt" keys;
+// per-attempt details are looked up in a JSON object keyed "id:attempt".
+
+/// Marks successful attempts done, `$1` their ids, `$3` their attempts,
+/// behind the attempt fence `$fence` (on the keys in `$2`). Returns the
+/// rejected outcomes, looked for only when fewer rows changed than
+/// outcomes were sent.
+macro_rules! complete_sql {
+    ($fence:literal) => {
+        concat!(
+            "WITH done AS ( \
+                UPDATE jobq.jobs j SET \
+                    state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'completed' END)::jobq.job_state, \
+                    finished_at = now(), \
+                    worker_id = NULL \
+                WHERE j.id = ANY($1) AND j.state = 'running' AND ",
+            $fence,
+            " RETURNING j.id, j.attempt \
+            ) \
+            SELECT o.id, o.attempt FROM unnest($1::bigint[], $3::int[]) AS o(id, attempt) \
+            WHERE (SELECT count(*) FROM done) < cardinality($1::bigint[]) \
+              AND (o.id, o.attempt) NOT IN (SELECT id, attempt FROM done)"
+        )
+    };
+}
+
+/// Successful attempts, fenced on "id:attempt" keys.
+const COMPLETE_SQL: &str =
+    complete_sql!("(j.id::text || ':' || j.attempt::text) = ANY($2::text[])");
+
+/// Successful attempts, fenced on packed keys (see [`packed_keys`]). The
+/// CASE keeps rows outside the packable range, which no packed key can
+/// match, from overflowing the arithmetic.
+const COMPLETE_PACKED_SQL: &str = complete_sql!(
+    "(CASE WHEN j.id >= 0 AND j.id < 8796093022208 AND j.attempt >= 0 AND j.attempt < 1048576 \
+          THEN j.id * 1048576 + j.attempt END) = ANY($2::bigint[])"
+);
 
 /// Any outcomes: `$1` ids, `$2` "id:attempt" keys, `$3` a JSON object of
-/// `{"<id>": {"k": kind, "m": message or null, "d": retry delay in ms}}`.
-/// A job goes back to pending when it is released, or when it failed with
-/// attempts left; the three CASEs spell out that one rule for state, run_at
-/// and finished_at (SET sees the old row, so the new state cannot be
-/// reused).
+/// `{"<id>:<attempt>": {"k": kind, "m": message or null, "d": retry delay
+/// in ms}}`. A job goes back to pending when it is released, or when it
+/// failed with attempts left; the three CASEs spell out that one rule for
+/// state, run_at and finished_at (SET sees the old row, so the new state
+/// cannot be reused). Returns the outcomes written (this path is the
+/// uncommon one); joining `woken` makes its notifications happen, and
+/// only when something was written.
 const OUTCOME_SQL: &str = "\
     WITH done AS ( \
         UPDATE jobq.jobs j SET \
             state = (CASE \
                 WHEN j.cancel_requested THEN 'cancelled' \
-                WHEN $3::jsonb -> j.id::text ->> 'k' = 'released' THEN 'pending' \
-                WHEN $3::jsonb -> j.id::text ->> 'k' = 'completed' THEN 'completed' \
-                WHEN $3::jsonb -> j.id::text ->> 'k' = 'retry' AND j.attempt < j.max_attempts \
+                WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' THEN 'pending' \
+                WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'completed' THEN 'completed' \
+                WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'retry' AND j.attempt < j.max_attempts \
                     THEN 'pending' \
-                WHEN $3::jsonb -> j.id::text ->> 'k' = 'cancelled' THEN 'cancelled' \
+                WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'cancelled' THEN 'cancelled' \
                 ELSE 'failed' END)::jobq.job_state, \
             run_at = CASE \
                 WHEN j.cancel_requested THEN j.run_at \
-                WHEN $3::jsonb -> j.id::text ->> 'k' = 'released' THEN now() \
-                WHEN $3::jsonb -> j.id::text ->> 'k' = 'retry' AND j.attempt < j.max_attempts \
-                    THEN now() + ($3::jsonb -> j.id::text ->> 'd')::bigint * interval '1 millisecond' \
+                WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' THEN now() \
+                WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'retry' AND j.attempt < j.max_attempts \
+                    THEN now() + ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'd')::bigint \
+                        * interval '1 millisecond' \
                 ELSE j.run_at END, \
             finished_at = CASE \
                 WHEN NOT j.cancel_requested \
-                    AND ($3::jsonb -> j.id::text ->> 'k' = 'released' \
-                         OR ($3::jsonb -> j.id::text ->> 'k' = 'retry' AND j.attempt < j.max_attempts)) \
+                    AND ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' \
+                         OR ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'retry' \
+                             AND j.attempt < j.max_attempts)) \
                     THEN NULL \
                 ELSE now() END, \
             worker_id = NULL, \
-            errors = CASE WHEN $3::jsonb -> j.id::text ->> 'm' IS NULL THEN j.errors \
+            errors = CASE WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'm' IS NULL THEN j.errors \
                 ELSE j.errors || jsonb_build_array(jsonb_build_object( \
                     'attempt', j.attempt, 'at', now(), \
-                    'message', $3::jsonb -> j.id::text ->> 'm')) END \
+                    'message', $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'm')) END \
         WHERE j.id = ANY($1) AND j.state = 'running' \
           AND (j.id::text || ':' || j.attempt::text) = ANY($2::text[]) \
-        RETURNING j.id, j.attempt, j.state::text AS state, j.queue, j.run_at \
+        RETURNING j.id, j.attempt, j.state, j.queue, j.run_at \
     ), woken AS ( \
         SELECT count(pg_notify('jobq_jobs', \
             CASE WHEN q.due > now() \
@@ -174,4 +260,33 @@ const OUTCOME_SQL: &str = "\
             || ' ' || q.queue)) AS n \
         FROM (SELECT queue, min(run_at) AS due FROM done WHERE state = 'pending' GROUP BY queue) q \
     ) \
-    SELECT d.id, d.attempt, d.state FROM done d CROSS JOIN woken";
+    SELECT d.id, d.attempt FROM done d CROSS JOIN woken";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(id: i64, attempt: i32) -> Outcome {
+        Outcome {
+            id,
+            attempt,
+            kind: OutcomeKind::Completed,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn packed_keys_match_the_sql_arithmetic_and_refuse_what_does_not_fit() {
+        // The SQL packs with the literals 8796093022208 (2^43) and 1048576
+        // (2^20); the Rust side must agree.
+        assert_eq!(1i64 << (63 - ATTEMPT_BITS), 8_796_093_022_208);
+        assert_eq!(1i64 << ATTEMPT_BITS, 1_048_576);
+        assert_eq!(
+            packed_keys(&[done(1, 1), done(7, 3)]),
+            Some(vec![1_048_577, 7 * 1_048_576 + 3])
+        );
+        assert_eq!(packed_keys(&[done(1, 1), done(1 << 43, 1)]), None);
+        assert_eq!(packed_keys(&[done(1, 1 << 20)]), None);
+        assert_eq!(packed_keys(&[done(-1, 1)]), None);
+    }
+}

@@ -52,20 +52,16 @@ async fn claim_one(
     jobq_diesel::claim(conn, &request).await.unwrap()
 }
 
-#[tokio::test]
-async fn a_late_outcome_of_a_rescued_attempt_changes_nothing() {
-    let (_db, mut conn) = setup().await;
-    let id = jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
-    let first = jobq_diesel::register_worker(&mut conn, &info())
-        .await
-        .unwrap();
-    assert_eq!(claim_one(&mut conn, first, "t").await[0].attempt, 1);
+/// A job whose first attempt was rescued from a dead worker and which now
+/// runs its second attempt under another; returns its id.
+async fn rescued_and_claimed_again(conn: &mut AsyncPgConnection) -> i64 {
+    let id = jobq_diesel::insert_job(conn, &job("t")).await.unwrap();
+    let first = jobq_diesel::register_worker(conn, &info()).await.unwrap();
+    assert_eq!(claim_one(conn, first, "t").await[0].attempt, 1);
 
     // The first worker dies: its row goes, and rescue takes the job back.
-    jobq_diesel::deregister_worker(&mut conn, first)
-        .await
-        .unwrap();
-    let rescued = jobq_diesel::rescue(&mut conn, Duration::from_secs(30))
+    jobq_diesel::deregister_worker(conn, first).await.unwrap();
+    let rescued = jobq_diesel::rescue(conn, Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(
@@ -76,10 +72,46 @@ async fn a_late_outcome_of_a_rescued_attempt_changes_nothing() {
         [(id, "pending")]
     );
 
-    let second = jobq_diesel::register_worker(&mut conn, &info())
+    let second = jobq_diesel::register_worker(conn, &info()).await.unwrap();
+    assert_eq!(claim_one(conn, second, "t").await[0].attempt, 2);
+    id
+}
+
+#[tokio::test]
+async fn a_late_outcome_of_a_rescued_attempt_does_not_steer_the_live_one() {
+    let (_db, mut conn) = setup().await;
+    let id = rescued_and_claimed_again(&mut conn).await;
+    // Both attempts' outcomes in one batch, the live one first: the late
+    // retry must neither land nor lend its kind to the live failure.
+    let live = Outcome {
+        id,
+        attempt: 2,
+        kind: OutcomeKind::Failed,
+        message: Some("boom".into()),
+    };
+    let late = Outcome {
+        id,
+        attempt: 1,
+        kind: OutcomeKind::Retry { delay_ms: 0 },
+        message: Some("late".into()),
+    };
+    let rejected = jobq_diesel::write_outcomes(&mut conn, &[live, late])
         .await
         .unwrap();
-    assert_eq!(claim_one(&mut conn, second, "t").await[0].attempt, 2);
+    assert_eq!(rejected, [jobq_diesel::RejectedOutcome { id, attempt: 1 }]);
+    let row = jobq_diesel::find_job(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!((row.state.as_str(), row.attempt), ("failed", 2));
+    assert!(
+        row.errors.contains("boom") && !row.errors.contains("late"),
+        "{}",
+        row.errors
+    );
+}
+
+#[tokio::test]
+async fn a_late_outcome_of_a_rescued_attempt_changes_nothing() {
+    let (_db, mut conn) = setup().await;
+    let id = rescued_and_claimed_again(&mut conn).await;
 
     // The first attempt's outcome arrives late: fenced out.
     let late = Outcome {
@@ -88,10 +120,10 @@ async fn a_late_outcome_of_a_rescued_attempt_changes_nothing() {
         kind: OutcomeKind::Completed,
         message: None,
     };
-    assert!(jobq_diesel::write_outcomes(&mut conn, &[late])
+    let rejected = jobq_diesel::write_outcomes(&mut conn, std::slice::from_ref(&late))
         .await
-        .unwrap()
-        .is_empty());
+        .unwrap();
+    assert_eq!(rejected, [jobq_diesel::RejectedOutcome { id, attempt: 1 }]);
     let row = jobq_diesel::find_job(&mut conn, id).await.unwrap().unwrap();
     assert_eq!((row.state.as_str(), row.attempt), ("running", 2));
 
@@ -102,10 +134,13 @@ async fn a_late_outcome_of_a_rescued_attempt_changes_nothing() {
         kind: OutcomeKind::Completed,
         message: None,
     };
-    let written = jobq_diesel::write_outcomes(&mut conn, &[live])
+    // In one batch with the late one, as a completer may send them.
+    let rejected = jobq_diesel::write_outcomes(&mut conn, &[late, live])
         .await
         .unwrap();
-    assert_eq!(written[0].state, "completed");
+    assert_eq!(rejected, [jobq_diesel::RejectedOutcome { id, attempt: 1 }]);
+    let row = jobq_diesel::find_job(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!((row.state.as_str(), row.attempt), ("completed", 2));
 }
 
 #[derive(QueryableByName)]
@@ -218,4 +253,41 @@ async fn rescue_fails_jobs_out_of_attempts_and_leaves_live_workers_alone() {
         .unwrap()
         .errors;
     assert!(errors.contains("stopped heartbeating"), "{errors}");
+}
+
+#[tokio::test]
+async fn successes_of_jobs_with_huge_ids_are_fenced_too() {
+    // Ids this large take the string-keyed statement (see packed_keys).
+    let (_db, mut conn) = setup().await;
+    conn.batch_execute(
+        "INSERT INTO jobq.jobs (id, task, payload) VALUES (8796093022213, 't', '{}')",
+    )
+    .await
+    .unwrap();
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let claimed = claim_one(&mut conn, worker, "t").await;
+    assert_eq!((claimed[0].id, claimed[0].attempt), (8_796_093_022_213, 1));
+    let outcome = |attempt| Outcome {
+        id: 8_796_093_022_213,
+        attempt,
+        kind: OutcomeKind::Completed,
+        message: None,
+    };
+    let rejected = jobq_diesel::write_outcomes(&mut conn, &[outcome(2), outcome(1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        rejected,
+        [jobq_diesel::RejectedOutcome {
+            id: 8_796_093_022_213,
+            attempt: 2
+        }]
+    );
+    let row = jobq_diesel::find_job(&mut conn, 8_796_093_022_213)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.state, "completed");
 }

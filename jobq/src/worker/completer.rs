@@ -100,29 +100,28 @@ async fn try_write(shared: &Shared, batch: &[Outcome]) -> Result<(), String> {
         .get()
         .await
         .map_err(|e| format!("no connection: {e}"))?;
-    let written = jobq_diesel::write_outcomes(&mut conn, batch)
+    let rejected = jobq_diesel::write_outcomes(&mut conn, batch)
         .await
         .map_err(|e| e.to_string())?;
-    if written.len() != batch.len() {
-        for outcome in batch {
-            if !written
-                .iter()
-                .any(|w| w.id == outcome.id && w.attempt == outcome.attempt)
-            {
-                // Invariant 2: the attempt was rescued (and maybe claimed
-                // again) while it ran; its late outcome changes nothing.
-                tracing::warn!(
-                    job.id = outcome.id,
-                    job.attempt = outcome.attempt,
-                    outcome = ?outcome.kind,
-                    "outcome discarded: the job is no longer running this attempt (rescued)"
-                );
-            }
-        }
+    for r in &rejected {
+        // Invariant 2: the attempt was rescued (and maybe claimed again)
+        // while it ran; its late outcome changes nothing.
+        let kind = batch
+            .iter()
+            .find(|o| o.id == r.id && o.attempt == r.attempt)
+            .map(|o| o.kind);
+        tracing::warn!(
+            job.id = r.id,
+            job.attempt = r.attempt,
+            outcome = ?kind,
+            "outcome discarded: the job is no longer running this attempt (rescued)"
+        );
     }
-    for w in &written {
-        tracing::trace!(job.id = w.id, job.attempt = w.attempt, state = %w.state, "outcome written");
-    }
+    tracing::trace!(
+        outcomes = batch.len(),
+        rejected = rejected.len(),
+        "outcomes written"
+    );
     // Retries are due at a time this worker knows; wake for them without
     // depending on the notification reaching our own listener.
     let retry_in = batch

@@ -74,13 +74,13 @@ pub(crate) fn spawn(
     let attempt = job.attempt;
     let task = Arc::clone(shared);
     let tx = outcomes.clone();
-    let handle = tokio::spawn(
-        async move {
-            let kind_and_message = run_attempt(&task, job, task_index, cancel).await;
-            finish(&task, id, attempt, task_index, kind_and_message, &tx);
-        }
-        .instrument(span),
-    );
+    // Boxed: the attempt's state machine is large, and tokio moves a task's
+    // future several times on the way in and out; a box moves as a pointer.
+    let attempt_future = Box::pin(async move {
+        let kind_and_message = run_attempt(&task, job, task_index, cancel).await;
+        finish(&task, id, attempt, task_index, kind_and_message, &tx);
+    });
+    let handle = tokio::spawn(attempt_future.instrument(span));
     if let Some(entry) = lock(&shared.in_flight).get_mut(&id) {
         entry.abort = Some(handle.abort_handle());
     }
