@@ -21,6 +21,7 @@
 mod cli;
 mod db;
 mod limit;
+mod listen_limit;
 mod report;
 mod scenario;
 mod sql_loop;

@@ -8,11 +8,18 @@
 //! figures per sample: from the moment the enqueue's commit returned
 //! (the row: what a caller can observe as "job exists"), and from just
 //! before the enqueue call (the `from_call_*` extras).
+//!
+//! Afterwards, on the same database, the minimal LISTEN worker
+//! ([`crate::listen_limit`]) takes the same number of samples: its
+//! `limit_*` figures are the floor on this machine at this moment (commit
+//! and notification times move a lot on a shared disk), and `p50_to_limit`
+//! is jobq's median over the floor's.
 
 use std::time::{Duration, Instant};
 
 use crate::cli::Options;
 use crate::db;
+use crate::listen_limit;
 use crate::report::{ms, percentile, BenchResult};
 use crate::tasks::{probe, Probe, PROBE_STARTS};
 
@@ -66,6 +73,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
         from_call.push(started.saturating_duration_since(calls[n]));
     }
     from_call.sort_unstable();
+    let mut floor =
+        listen_limit::measure(&url, options.samples, Duration::from_millis(options.gap_ms)).await?;
+    floor.sort_unstable();
+    from_commit.sort_unstable();
+    let floor_p50 = ms(percentile(&floor, 50.0));
     let result = BenchResult::new(
         "latency",
         format!(
@@ -80,6 +92,13 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
     .extra(
         "from_commit_max_ms",
         ms(*from_commit.last().unwrap_or(&Duration::ZERO)),
+    )
+    .extra("limit_p50_ms", floor_p50)
+    .extra("limit_p95_ms", ms(percentile(&floor, 95.0)))
+    .extra("limit_p99_ms", ms(percentile(&floor, 99.0)))
+    .extra(
+        "p50_to_limit",
+        ms(percentile(&from_commit, 50.0)) / floor_p50.max(1e-9),
     )
     .emit();
     Ok(vec![result])
