@@ -35,10 +35,12 @@ pub async fn insert_jobs(conn: &mut AsyncPgConnection, task: &str, n: u64) -> an
     Ok(())
 }
 
+/// A job the minimal claim took.
 #[derive(QueryableByName)]
-struct Claimed {
+pub struct Claimed {
+    /// Its id.
     #[diesel(sql_type = BigInt)]
-    id: i64,
+    pub id: i64,
 }
 
 /// Claims and completes every pending job of `task` with `loops`
@@ -86,7 +88,9 @@ where
     Ok((total, started.elapsed()))
 }
 
-async fn claim_batch(conn: &mut AsyncPgConnection, task: &str) -> anyhow::Result<Vec<Claimed>> {
+/// The minimal claim: up to [`BATCH`] due jobs of `task`, `SKIP LOCKED`,
+/// committed.
+pub async fn claim_batch(conn: &mut AsyncPgConnection, task: &str) -> anyhow::Result<Vec<Claimed>> {
     Ok(diesel::sql_query(
         "WITH picked AS ( \
              SELECT id FROM jobq.jobs \

@@ -1,6 +1,6 @@
 //! The latency floor: a minimal LISTEN worker through the same driver. One
 //! connection LISTENs (jobq's own channel, notified by the insert trigger),
-//! another claims with the minimal loop's `SKIP LOCKED` statement the moment
+//! another claims with the minimal loop's statement ([`limit::claim_batch`]) the moment
 //! a notification arrives; a third inserts one job at a time. The time from
 //! the insert's commit returning to the claim's commit returning is what any
 //! queue that wakes on NOTIFY and commits its claim before running a
@@ -15,8 +15,9 @@ use diesel_async::RunQueryDsl;
 use jobq_diesel::Listener;
 
 use crate::db;
-use crate::limit::LIMIT_TASK;
+use crate::limit::{self, LIMIT_TASK};
 
+/// The id an insert returns.
 #[derive(QueryableByName)]
 struct Id {
     #[diesel(sql_type = BigInt)]
@@ -36,23 +37,10 @@ pub async fn measure(url: &str, samples: usize, gap: Duration) -> anyhow::Result
                 Some(Err(e)) => return Err(anyhow::Error::new(e)),
                 None => anyhow::bail!("the LISTEN connection closed"),
             }
-            let ids: Vec<Id> = diesel::sql_query(
-                "WITH picked AS ( \
-                     SELECT id FROM jobq.jobs \
-                     WHERE state = 'pending' AND task = $1 AND run_at <= now() \
-                     ORDER BY priority DESC, run_at, id \
-                     LIMIT 1000 FOR UPDATE SKIP LOCKED) \
-                 UPDATE jobq.jobs SET state = 'running', attempt = attempt + 1, \
-                     started_at = now() \
-                 WHERE id = ANY(ARRAY(SELECT id FROM picked)) \
-                 RETURNING id",
-            )
-            .bind::<diesel::sql_types::Text, _>(LIMIT_TASK)
-            .load(&mut claimer)
-            .await?;
+            let claimed = limit::claim_batch(&mut claimer, LIMIT_TASK).await?;
             let now = Instant::now();
-            for Id { id } in ids {
-                claimed_at.insert(id, now);
+            for job in claimed {
+                claimed_at.insert(job.id, now);
             }
         }
         Ok(claimed_at)

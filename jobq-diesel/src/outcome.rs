@@ -108,13 +108,14 @@ pub async fn write_outcomes(
     // late outcome next to the live attempt's of the same job.
     let details: serde_json::Map<String, serde_json::Value> = outcomes
         .iter()
-        .map(|o| {
+        .zip(&keys)
+        .map(|(o, key)| {
             let delay_ms = match o.kind {
                 OutcomeKind::Retry { delay_ms } => delay_ms,
                 _ => 0,
             };
             let detail = serde_json::json!({ "k": o.kind.as_sql(), "m": o.message, "d": delay_ms });
-            (fence_key(o), detail)
+            (key.clone(), detail)
         })
         .collect();
     let details = serde_json::Value::Object(details).to_string();

@@ -76,7 +76,6 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
     let mut floor =
         listen_limit::measure(&url, options.samples, Duration::from_millis(options.gap_ms)).await?;
     floor.sort_unstable();
-    from_commit.sort_unstable();
     let floor_p50 = ms(percentile(&floor, 50.0));
     let result = BenchResult::new(
         "latency",
