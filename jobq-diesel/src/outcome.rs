@@ -68,7 +68,9 @@ pub struct RejectedOutcome {
 /// Writes a batch of outcomes in one statement. Only rows still `running`
 /// with the same attempt change (the fence of invariant 2); the outcomes
 /// that lost their job to a rescue are returned, so a successful write of
-/// a healthy batch returns nothing (no row per job crosses the wire).
+/// a healthy batch returns nothing (no row per job crosses the wire). For
+/// a batch of successes, finding those takes a second, read-only statement,
+/// run only when fewer rows changed than outcomes were sent.
 ///
 /// A job whose cancellation was requested ends `cancelled` whatever its
 /// handler returned. Jobs that become pending again wake the workers of
@@ -86,19 +88,34 @@ pub async fn write_outcomes(
         .iter()
         .all(|o| o.kind == OutcomeKind::Completed && o.message.is_none());
     if plain {
-        // The hot path of a busy worker: nothing to record, nothing to wake.
-        if let Some(packed) = packed_keys(outcomes) {
-            return diesel::sql_query(COMPLETE_PACKED_SQL)
-                .bind::<Array<BigInt>, _>(&ids)
-                .bind::<Array<BigInt>, _>(&packed)
-                .bind::<Array<Integer>, _>(&attempts)
-                .load(conn)
-                .await;
+        // The hot path of a busy worker: nothing to record, nothing to wake,
+        // and as a rule nothing rejected, which the row count tells.
+        let written = match packed_keys(outcomes) {
+            Some(packed) => {
+                diesel::sql_query(COMPLETE_PACKED_SQL)
+                    .bind::<Array<BigInt>, _>(&ids)
+                    .bind::<Array<BigInt>, _>(&packed)
+                    .execute(conn)
+                    .await?
+            }
+            None => {
+                let keys: Vec<String> = outcomes.iter().map(fence_key).collect();
+                diesel::sql_query(COMPLETE_SQL)
+                    .bind::<Array<BigInt>, _>(&ids)
+                    .bind::<Array<Text>, _>(&keys)
+                    .execute(conn)
+                    .await?
+            }
+        };
+        if written == outcomes.len() {
+            return Ok(Vec::new());
         }
-        let keys: Vec<String> = outcomes.iter().map(fence_key).collect();
-        return diesel::sql_query(COMPLETE_SQL)
+        // Some attempt lost its job to a rescue. Which one shows in the
+        // rows now: a written outcome left its attempt ended as completed
+        // or cancelled; a rejected one finds another attempt, or its own
+        // back in the queue or failed by the rescue.
+        return diesel::sql_query(NOT_ENDED_SQL)
             .bind::<Array<BigInt>, _>(&ids)
-            .bind::<Array<Text>, _>(&keys)
             .bind::<Array<Integer>, _>(&attempts)
             .load(conn)
             .await;
@@ -178,28 +195,31 @@ fn fence_key(o: &Outcome) -> String {
 // the attempt fence is a hashed `= ANY` over packed or "id:attempt" keys;
 // per-attempt details are looked up in a JSON object keyed "id:attempt".
 
-/// Marks successful attempts done, `$1` their ids, `$3` their attempts,
-/// behind the attempt fence `$fence` (on the keys in `$2`). Returns the
-/// rejected outcomes, looked for only when fewer rows changed than
-/// outcomes were sent.
+/// Marks successful attempts done, `$1` their ids, behind the attempt
+/// fence `$fence` (on the keys in `$2`). A plain UPDATE: its row count
+/// tells whether every outcome was written, where returning or counting
+/// rows in the statement would cost the server more per job.
 macro_rules! complete_sql {
     ($fence:literal) => {
         concat!(
-            "WITH done AS ( \
-                UPDATE jobq.jobs j SET \
-                    state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'completed' END)::jobq.job_state, \
-                    finished_at = now(), \
-                    worker_id = NULL \
-                WHERE j.id = ANY($1) AND j.state = 'running' AND ",
-            $fence,
-            " RETURNING j.id, j.attempt \
-            ) \
-            SELECT o.id, o.attempt FROM unnest($1::bigint[], $3::int[]) AS o(id, attempt) \
-            WHERE (SELECT count(*) FROM done) < cardinality($1::bigint[]) \
-              AND (o.id, o.attempt) NOT IN (SELECT id, attempt FROM done)"
+            "UPDATE jobq.jobs j SET \
+                state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'completed' END)::jobq.job_state, \
+                finished_at = now(), \
+                worker_id = NULL \
+            WHERE j.id = ANY($1) AND j.state = 'running' AND ",
+            $fence
         )
     };
 }
+
+/// Of the successful attempts `$1`/`$2` (ids, attempts) just written, the
+/// ones whose job does not show that attempt ended as completed or
+/// cancelled: the outcomes the fence turned away.
+const NOT_ENDED_SQL: &str = "\
+    SELECT o.id, o.attempt FROM unnest($1::bigint[], $2::int[]) AS o(id, attempt) \
+    WHERE NOT EXISTS ( \
+        SELECT 1 FROM jobq.jobs j \
+        WHERE j.id = o.id AND j.attempt = o.attempt AND j.state IN ('completed', 'cancelled'))";
 
 /// Successful attempts, fenced on "id:attempt" keys.
 const COMPLETE_SQL: &str =

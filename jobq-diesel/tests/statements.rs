@@ -291,3 +291,60 @@ async fn successes_of_jobs_with_huge_ids_are_fenced_too() {
         .unwrap();
     assert_eq!(row.state, "completed");
 }
+
+#[tokio::test]
+async fn the_claim_names_the_task_and_queue_only_when_asked_for_several() {
+    let (_db, mut conn) = setup().await;
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    for (task, queue) in [("a", "q1"), ("b", "q2"), ("a", "q1")] {
+        jobq_diesel::insert_job(&mut conn, &NewJob { queue, ..job(task) })
+            .await
+            .unwrap();
+    }
+    let claim = |queues: &'static [&'static str], tasks: &'static [&'static str], slots| {
+        let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
+        let tasks: Vec<String> = tasks.iter().map(|t| t.to_string()).collect();
+        (queues, tasks, vec![slots; 2])
+    };
+
+    // One task, one queue: the worker knows both, no names come back.
+    let (queues, tasks, slots) = claim(&["q1"], &["a"], 1);
+    let one = jobq_diesel::claim(
+        &mut conn,
+        &ClaimRequest {
+            worker_id: worker,
+            queues: &queues,
+            tasks: &tasks,
+            slots: &slots[..1],
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(
+        (one[0].task.as_deref(), one[0].queue.as_deref()),
+        (None, None)
+    );
+
+    // Several: each job says which.
+    let (queues, tasks, slots) = claim(&["q1", "q2"], &["a", "b"], 5);
+    let mut both = jobq_diesel::claim(
+        &mut conn,
+        &ClaimRequest {
+            worker_id: worker,
+            queues: &queues,
+            tasks: &tasks,
+            slots: &slots,
+        },
+    )
+    .await
+    .unwrap();
+    both.sort_by_key(|j| j.id);
+    let named: Vec<(Option<&str>, Option<&str>)> = both
+        .iter()
+        .map(|j| (j.task.as_deref(), j.queue.as_deref()))
+        .collect();
+    assert_eq!(named, [(Some("b"), Some("q2")), (Some("a"), Some("q1"))]);
+}

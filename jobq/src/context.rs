@@ -1,5 +1,7 @@
 //! [`Context`], what a task function may take besides its payload.
 
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::JobId;
@@ -23,7 +25,7 @@ pub struct Context {
     job_id: JobId,
     attempt: u32,
     task: &'static str,
-    queue: String,
+    queue: Arc<str>,
     cancel: CancellationToken,
 }
 
@@ -32,7 +34,7 @@ impl Context {
         job_id: JobId,
         attempt: u32,
         task: &'static str,
-        queue: String,
+        queue: Arc<str>,
         cancel: CancellationToken,
     ) -> Self {
         Self {

@@ -22,13 +22,14 @@ pub(crate) fn spawn(
     shared: &Arc<Shared>,
     job: ClaimedJob,
     task_index: usize,
+    queue: &Arc<str>,
     outcomes: &UnboundedSender<Outcome>,
 ) {
     let span = tracing::info_span!(
         "job",
         job.id = job.id,
-        job.task = %job.task,
-        job.queue = %job.queue,
+        job.task = shared.tasks[task_index].descriptor.name,
+        job.queue = &**queue,
         job.attempt = job.attempt,
     );
     // A token of its own rather than a child of `stopping`: children share
@@ -73,11 +74,12 @@ pub(crate) fn spawn(
     let id = job.id;
     let attempt = job.attempt;
     let task = Arc::clone(shared);
+    let queue = Arc::clone(queue);
     let tx = outcomes.clone();
     // Boxed: the attempt's state machine is large, and tokio moves a task's
     // future several times on the way in and out; a box moves as a pointer.
     let attempt_future = Box::pin(async move {
-        let kind_and_message = run_attempt(&task, job, task_index, cancel).await;
+        let kind_and_message = run_attempt(&task, job, task_index, queue, cancel).await;
         finish(&task, id, attempt, task_index, kind_and_message, &tx);
     });
     let handle = tokio::spawn(attempt_future.instrument(span));
@@ -90,6 +92,7 @@ async fn run_attempt(
     shared: &Shared,
     job: ClaimedJob,
     task_index: usize,
+    queue: Arc<str>,
     cancel: CancellationToken,
 ) -> (OutcomeKind, Option<String>) {
     let descriptor = shared.tasks[task_index].descriptor;
@@ -98,7 +101,7 @@ async fn run_attempt(
         JobId::from(job.id),
         attempt,
         descriptor.name,
-        job.queue,
+        queue,
         cancel.clone(),
     );
     let future = match (descriptor.handler)(ctx, &job.payload) {

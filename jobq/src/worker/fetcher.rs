@@ -141,22 +141,26 @@ async fn claim_round(
             }
         }
     };
+    let places: Vec<Option<(usize, usize)>> = claimed
+        .iter()
+        .map(|job| place(shared, &indices, job))
+        .collect();
     let mut per_task = vec![0u32; shared.tasks.len()];
     {
         let mut s = lock(&shared.slots);
-        for job in &claimed {
-            if let Some(i) = shared.task_index(&job.task) {
-                per_task[i] += 1;
-                s.running[i] += 1;
-            }
+        for &(i, _) in places.iter().flatten() {
+            per_task[i] += 1;
+            s.running[i] += 1;
         }
         for (k, &i) in indices.iter().enumerate() {
             s.saturated[i] = i64::from(per_task[i]) >= i64::from(slots[k]);
         }
     }
-    for job in claimed {
-        match shared.task_index(&job.task) {
-            Some(i) => executor::spawn(shared, job, i, outcomes),
+    for (job, place) in claimed.into_iter().zip(places) {
+        match place {
+            Some((task, queue)) => {
+                executor::spawn(shared, job, task, &shared.queue_names[queue], outcomes)
+            }
             None => unreachable_task(&job),
         }
     }
@@ -164,8 +168,32 @@ async fn claim_round(
     Ok(())
 }
 
+/// A claimed job's task and queue, as indices into what this worker
+/// serves. The claim names them only when it asked for several; otherwise
+/// they are the one it asked for (`tasks_asked` holds the task indices of
+/// the request).
+fn place(shared: &Shared, tasks_asked: &[usize], job: &ClaimedJob) -> Option<(usize, usize)> {
+    let task = match &job.task {
+        None => tasks_asked
+            .first()
+            .copied()
+            .filter(|_| tasks_asked.len() == 1),
+        Some(name) => shared.task_names.iter().position(|t| t == name),
+    }?;
+    let queue = match &job.queue {
+        None => (shared.queues.len() == 1).then_some(0),
+        Some(name) => shared.queues.iter().position(|q| q == name),
+    }?;
+    Some((task, queue))
+}
+
 fn unreachable_task(job: &ClaimedJob) {
-    // The claim only asks for tasks this worker serves; log rather than
-    // panic if the database ever returns something else.
-    tracing::error!(job.id = job.id, job.task = %job.task, "claimed a job of a task this worker does not serve");
+    // The claim only asks for tasks and queues this worker serves; log
+    // rather than panic if the database ever returns something else.
+    tracing::error!(
+        job.id = job.id,
+        job.task = job.task.as_deref(),
+        job.queue = job.queue.as_deref(),
+        "claimed a job of a task or queue this worker does not serve"
+    );
 }
