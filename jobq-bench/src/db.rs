@@ -158,3 +158,17 @@ pub async fn exec(conn: &mut AsyncPgConnection, sql: &str) -> anyhow::Result<()>
     conn.batch_execute(sql).await?;
     Ok(())
 }
+
+/// Readies the jobs table for a measured phase: `VACUUM ANALYZE` (so that
+/// an earlier phase's dead rows and stale statistics do not slow this one
+/// down), then a `CHECKPOINT`. A phase writes far less WAL than it takes to
+/// trigger a checkpoint, so none starts half-way through it, and every
+/// phase pays the same full-page writes on its first touch of each page.
+/// Otherwise a checkpoint requested by an earlier phase's WAL lands in a
+/// random phase and swings its figure by tens of percent. A role that may
+/// not checkpoint (PostgreSQL 15+: `pg_checkpoint`) skips it.
+pub async fn settle(conn: &mut AsyncPgConnection) -> anyhow::Result<()> {
+    exec(conn, "VACUUM ANALYZE jobq.jobs").await?;
+    let _ = conn.batch_execute("CHECKPOINT").await;
+    Ok(())
+}

@@ -13,6 +13,7 @@ use diesel::sql_types::{Array, BigInt, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use crate::cpu::{Sample, Spent};
 use crate::db;
 
 /// Task name of the limit loop's jobs; no worker serves it.
@@ -43,9 +44,41 @@ pub struct Claimed {
     pub id: i64,
 }
 
+/// What a set of parallel loops did.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// Jobs done, summed over the loops.
+    pub done: usize,
+    /// Until the last loop finished.
+    pub elapsed: Duration,
+    /// CPU spent meanwhile.
+    pub cpu: Spent,
+}
+
+/// A loop's throughput, and the CPU it took.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    /// Jobs per second.
+    pub jobs_per_sec: f64,
+    /// Jobs done.
+    pub jobs: usize,
+    /// CPU spent.
+    pub cpu: Spent,
+}
+
+impl From<Run> for Rate {
+    fn from(run: Run) -> Self {
+        Rate {
+            jobs_per_sec: crate::report::rate(run.done, run.elapsed),
+            jobs: run.done,
+            cpu: run.cpu,
+        }
+    }
+}
+
 /// Claims and completes every pending job of `task` with `loops`
-/// connections in parallel; returns how many jobs and how long it took.
-pub async fn run_loops(url: &str, task: &str, loops: usize) -> anyhow::Result<(usize, Duration)> {
+/// connections in parallel.
+pub async fn run_loops(url: &str, task: &str, loops: usize) -> anyhow::Result<Run> {
     let task = task.to_owned();
     in_parallel(url, loops, move |mut conn| {
         let task = task.clone();
@@ -64,13 +97,9 @@ pub async fn run_loops(url: &str, task: &str, loops: usize) -> anyhow::Result<(u
 }
 
 /// Runs `body` on `loops` fresh connections at once, timed from after the
-/// connections are made; returns the sum of what the bodies counted and
-/// the time until the last one finished.
-pub async fn in_parallel<F, Fut>(
-    url: &str,
-    loops: usize,
-    body: F,
-) -> anyhow::Result<(usize, Duration)>
+/// connections are made; returns the sum of what the bodies counted, the
+/// time until the last one finished and the CPU spent meanwhile.
+pub async fn in_parallel<F, Fut>(url: &str, loops: usize, body: F) -> anyhow::Result<Run>
 where
     F: Fn(AsyncPgConnection) -> Fut,
     Fut: Future<Output = anyhow::Result<usize>> + Send + 'static,
@@ -79,13 +108,19 @@ where
     for _ in 0..loops {
         conns.push(db::connect(url).await?);
     }
+    let cpu = Sample::now();
     let started = Instant::now();
     let handles: Vec<_> = conns.into_iter().map(|c| tokio::spawn(body(c))).collect();
-    let mut total = 0;
+    let mut done = 0;
     for h in handles {
-        total += h.await??;
+        done += h.await??;
     }
-    Ok((total, started.elapsed()))
+    let elapsed = started.elapsed();
+    Ok(Run {
+        done,
+        elapsed,
+        cpu: cpu.until(&Sample::now()),
+    })
 }
 
 /// The minimal claim: up to [`BATCH`] due jobs of `task`, `SKIP LOCKED`,
@@ -122,12 +157,11 @@ async fn complete(conn: &mut AsyncPgConnection, claimed: &[Claimed]) -> anyhow::
 }
 
 /// The whole measurement: `jobs` fresh jobs of [`LIMIT_TASK`], drained by
-/// `loops` parallel loops after a `VACUUM ANALYZE` (so the scenario's dead
-/// tuples do not slow the limit down); returns jobs/s.
-pub async fn measure(url: &str, jobs: u64, loops: usize) -> anyhow::Result<f64> {
+/// `loops` parallel loops on a settled table (see [`db::settle`]: the
+/// scenario's dead tuples and checkpoints do not slow the limit down).
+pub async fn measure(url: &str, jobs: u64, loops: usize) -> anyhow::Result<Rate> {
     let mut conn = db::connect(url).await?;
     insert_jobs(&mut conn, LIMIT_TASK, jobs).await?;
-    db::exec(&mut conn, "VACUUM ANALYZE jobq.jobs").await?;
-    let (done, elapsed) = run_loops(url, LIMIT_TASK, loops).await?;
-    Ok(crate::report::rate(done, elapsed))
+    db::settle(&mut conn).await?;
+    Ok(run_loops(url, LIMIT_TASK, loops).await?.into())
 }

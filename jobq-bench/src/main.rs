@@ -19,6 +19,7 @@
 //! worker processes whose peak RSS can be measured.
 
 mod cli;
+mod cpu;
 mod db;
 mod limit;
 mod listen_limit;

@@ -62,15 +62,15 @@ pub async fn drain_on(
 }
 
 /// Like [`limit::measure`], with jobq's statements: `jobs` fresh jobs
-/// drained by `loops` parallel loops after a `VACUUM ANALYZE`; returns
-/// jobs/s.
-pub async fn measure(url: &str, jobs: u64, loops: usize) -> anyhow::Result<f64> {
+/// drained by `loops` parallel loops, on a settled table (see
+/// [`db::settle`]).
+pub async fn measure(url: &str, jobs: u64, loops: usize) -> anyhow::Result<limit::Rate> {
     let mut conn = db::connect(url).await?;
     limit::insert_jobs(&mut conn, limit::LIMIT_TASK, jobs).await?;
-    db::exec(&mut conn, "VACUUM ANALYZE jobq.jobs").await?;
-    let (done, elapsed) = limit::in_parallel(url, loops, |mut conn| async move {
+    db::settle(&mut conn).await?;
+    Ok(limit::in_parallel(url, loops, |mut conn| async move {
         drain_on(&mut conn, limit::LIMIT_TASK, None).await
     })
-    .await?;
-    Ok(crate::report::rate(done, elapsed))
+    .await?
+    .into())
 }

@@ -83,7 +83,9 @@ async fn measure(options: &Options, backlog: u64) -> anyhow::Result<(f64, f64)> 
     let done = sql_loop::drain_on(&mut conn, TASK, Some(options.jobs)).await?;
     anyhow::ensure!(done >= options.jobs, "backlog: ran out of jobs");
     let jobs_per_sec = rate(done, started.elapsed());
-    let limit = limit::measure(&url, options.jobs as u64, 1).await?;
+    let limit = limit::measure(&url, options.jobs as u64, 1)
+        .await?
+        .jobs_per_sec;
     println!(
         "  {} rows of backlog: jobq claim+complete {jobs_per_sec:.0} jobs/s, minimal loop {limit:.0} jobs/s",
         backlog

@@ -10,10 +10,18 @@
 //! fresh set of jobs in the same database afterwards; then the same with
 //! jobq's own statements ([`crate::sql_loop`]), which tells how much of the
 //! distance to the limit is the statements and how much the runtime.
+//!
+//! Each of the three phases also reports where the CPU went ([`crate::cpu`]):
+//! the server's CPU per job (for jobq including the workers' start-up and
+//! shutdown), the workers' own, and how busy the machine was (for jobq
+//! from the first claim to the last outcome). On a machine whose cores the
+//! server and the workers share, these say whether a gap to the limit is
+//! more work per job or idle cores.
 
 use std::time::Instant;
 
 use crate::cli::Options;
+use crate::cpu::{self, MachineSampler, Sample};
 use crate::db;
 use crate::limit;
 use crate::report::BenchResult;
@@ -40,7 +48,7 @@ pub async fn enqueue_noops(url: &str, jobs: usize) -> anyhow::Result<()> {
         let payloads = noops(&mut n, size);
         noop::enqueue_many(&mut conn, &payloads).await?;
     }
-    db::exec(&mut conn, "VACUUM ANALYZE jobq.jobs").await
+    db::settle(&mut conn).await
 }
 
 async fn run_one(options: &Options, workers: usize) -> anyhow::Result<BenchResult> {
@@ -48,7 +56,11 @@ async fn run_one(options: &Options, workers: usize) -> anyhow::Result<BenchResul
     let url = database.url().to_owned();
     enqueue_noops(&url, options.jobs).await?;
     let wall = Instant::now();
+    let server_cpu = Sample::now();
+    let sampler = MachineSampler::start();
     let reports = Workers::start(&url, workers, true)?.stop().await?;
+    let samples = sampler.stop();
+    let server_cpu = server_cpu.until(&Sample::now());
     let wall = wall.elapsed();
     let mut conn = db::connect(&url).await?;
     let completed = db::count(
@@ -68,6 +80,13 @@ async fn run_one(options: &Options, workers: usize) -> anyhow::Result<BenchResul
     )
     .await?;
     let jobs_per_sec = options.jobs as f64 / span.max(1e-9);
+    let first_claim = db::seconds(
+        &mut conn,
+        "SELECT extract(epoch FROM min(started_at))::float8 AS s \
+         FROM jobq.jobs WHERE task = 'bench.noop'",
+    )
+    .await?;
+    let busy = cpu::busy_within(&samples, first_claim, first_claim + span);
     // Every statement has its own now(): distinct timestamps count the
     // claim and outcome statements, i.e. the average batch sizes.
     let claims = db::count(
@@ -82,21 +101,41 @@ async fn run_one(options: &Options, workers: usize) -> anyhow::Result<BenchResul
     .await?;
     let limit = limit::measure(&url, options.jobs as u64, workers).await?;
     let sql_loop = sql_loop::measure(&url, options.jobs as u64, workers).await?;
+    let jobs = options.jobs;
     Ok(BenchResult {
         jobs_per_sec: Some(jobs_per_sec),
-        limit_jobs_per_sec: Some(limit),
+        limit_jobs_per_sec: Some(limit.jobs_per_sec),
         rss_mib: max_rss_mib(&reports),
         ..BenchResult::new(
             "drain",
             format!("{} no-op jobs, {workers} worker process(es)", options.jobs),
         )
     }
-    .extra("ratio_to_limit", jobs_per_sec / limit)
-    .extra("sql_loop_jobs_per_sec", sql_loop)
-    .extra("sql_loop_ratio_to_limit", sql_loop / limit)
-    .extra("ratio_to_sql_loop", jobs_per_sec / sql_loop)
+    .extra("ratio_to_limit", jobs_per_sec / limit.jobs_per_sec)
+    .extra("sql_loop_jobs_per_sec", sql_loop.jobs_per_sec)
+    .extra(
+        "sql_loop_ratio_to_limit",
+        sql_loop.jobs_per_sec / limit.jobs_per_sec,
+    )
+    .extra("ratio_to_sql_loop", jobs_per_sec / sql_loop.jobs_per_sec)
     .extra("wall_s_incl_startup", wall.as_secs_f64())
     .extra("worker_cpu_s", total_cpu_s(&reports))
+    .extra(
+        "worker_cpu_us_per_job",
+        total_cpu_s(&reports) * 1e6 / jobs as f64,
+    )
+    .extra("server_cpu_us_per_job", server_cpu.server_us_per_job(jobs))
+    .extra(
+        "limit_server_cpu_us_per_job",
+        limit.cpu.server_us_per_job(limit.jobs),
+    )
+    .extra(
+        "sql_loop_server_cpu_us_per_job",
+        sql_loop.cpu.server_us_per_job(sql_loop.jobs),
+    )
+    .extra("busy", busy)
+    .extra("limit_busy", limit.cpu.busy)
+    .extra("sql_loop_busy", sql_loop.cpu.busy)
     .extra("drain_s", span)
     .extra("claim_statements", claims)
     .extra("outcome_statements", outcome_writes)

@@ -176,7 +176,9 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
         |of: fn(&db::TableStats) -> i64| samples.iter().chain([&end]).map(of).max().unwrap_or(0);
     let max_dead = peak(|s| s.dead);
     let max_bytes = peak(|s| s.total_bytes);
-    let limit = limit::measure(&url, options.jobs as u64, WORKERS).await?;
+    let limit = limit::measure(&url, options.jobs as u64, WORKERS)
+        .await?
+        .jobs_per_sec;
     let rss = max_rss_mib(&reports).map(|r| r.max(peak_rss_kib as f64 / 1024.0));
     Ok(vec![BenchResult {
         jobs_per_sec: Some(steady),

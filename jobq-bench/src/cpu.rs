@@ -1,0 +1,210 @@
+//! Where a measured phase's CPU went, read from Linux's `/proc`: the
+//! database server's processes (when the server runs on this machine) and
+//! the machine as a whole.
+//!
+//! On a 2-core machine the server and the workers share the cores, so a
+//! throughput figure alone cannot tell "more work per job" from "cores
+//! left idle". These two numbers can: server CPU per job (every process
+//! named `postgres`, including backends that exited during the phase,
+//! whose time the postmaster collects), and the share of the machine's
+//! CPU time that was busy. Both are `None` where `/proc` does not tell
+//! (another OS, or a server on another machine).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Clock ticks per second of `/proc`'s CPU times (`USER_HZ`, 100 on every
+/// Linux in use).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU counters at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    at: SystemTime,
+    /// Ticks used by the server's processes so far, if any were found.
+    server: Option<u64>,
+    /// Busy and total ticks of all cores (`/proc/stat`), if readable.
+    machine: Option<(u64, u64)>,
+}
+
+impl Sample {
+    /// Reads the counters now.
+    pub fn now() -> Self {
+        Self {
+            at: SystemTime::now(),
+            server: server_ticks(),
+            machine: machine_ticks(),
+        }
+    }
+
+    /// Reads only the machine's counters: cheap enough to sample every few
+    /// milliseconds during a run without disturbing it.
+    pub fn machine_now() -> Self {
+        Self {
+            at: SystemTime::now(),
+            server: None,
+            machine: machine_ticks(),
+        }
+    }
+
+    /// What was spent from `self` to `later`.
+    pub fn until(&self, later: &Sample) -> Spent {
+        let server_s = match (self.server, later.server) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / TICKS_PER_SECOND),
+            _ => None,
+        };
+        let busy = match (self.machine, later.machine) {
+            (Some((busy_a, total_a)), Some((busy_b, total_b))) if total_b > total_a => {
+                Some(busy_b.saturating_sub(busy_a) as f64 / (total_b - total_a) as f64)
+            }
+            _ => None,
+        };
+        Spent { server_s, busy }
+    }
+}
+
+/// CPU spent over a phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spent {
+    /// Seconds of CPU used by the database server's processes.
+    pub server_s: Option<f64>,
+    /// Share of the machine's CPU time that was busy, 0 to 1.
+    pub busy: Option<f64>,
+}
+
+impl Spent {
+    /// Server CPU per job, in microseconds.
+    pub fn server_us_per_job(&self, jobs: usize) -> Option<f64> {
+        self.server_s
+            .filter(|_| jobs > 0)
+            .map(|s| s * 1e6 / jobs as f64)
+    }
+}
+
+/// Samples the machine's counters every 10 ms on a thread of its own, so
+/// that the busy share of a window known only afterwards (a drain's first
+/// claim to its last outcome, by the database's clock) can be computed.
+pub struct MachineSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Sample>>,
+}
+
+impl MachineSampler {
+    /// Starts sampling.
+    pub fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    samples.push(Sample::machine_now());
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                samples.push(Sample::machine_now());
+                samples
+            })
+        };
+        Self { stop, thread }
+    }
+
+    /// Stops sampling and returns the samples.
+    pub fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Machine busy share between `from` and `to` (seconds since the epoch),
+/// from samples taken during a run: the first and last sample inside the
+/// window bound it.
+pub fn busy_within(samples: &[Sample], from: f64, to: f64) -> Option<f64> {
+    let secs = |s: &Sample| {
+        s.at.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs_f64()
+    };
+    let inside: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| (from..=to).contains(&secs(s)))
+        .collect();
+    match (inside.first(), inside.last()) {
+        (Some(first), Some(last)) => first.until(last).busy,
+        _ => None,
+    }
+}
+
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: idle and iowait are
+    // the idle time (a backend waiting for its commit's fsync is idle).
+    let total: u64 = cpu.iter().take(8).sum();
+    let idle = cpu.get(3)? + cpu.get(4)?;
+    Some((total - idle, total))
+}
+
+fn server_ticks() -> Option<u64> {
+    let mut ticks = 0u64;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with("(postgres") {
+            continue;
+        }
+        found = true;
+        // utime, stime, cutime, cstime: fields 14 to 17, 12 to 15 after ')'.
+        ticks += rest
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    found.then_some(ticks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spent_between_samples() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(10);
+        let a = Sample {
+            at,
+            server: Some(100),
+            machine: Some((50, 200)),
+        };
+        let b = Sample {
+            at: at + Duration::from_secs(1),
+            server: Some(250),
+            machine: Some((200, 400)),
+        };
+        let spent = a.until(&b);
+        assert_eq!(spent.server_s, Some(1.5));
+        assert_eq!(spent.busy, Some(0.75));
+        assert_eq!(spent.server_us_per_job(1000), Some(1500.0));
+        assert_eq!(busy_within(&[a, b], 9.0, 12.0), Some(0.75));
+        assert_eq!(busy_within(&[a, b], 10.5, 12.0), None);
+    }
+}
