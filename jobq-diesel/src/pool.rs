@@ -24,5 +24,6 @@ pub fn build_pool(url: &str, max_size: u32) -> Pool {
         // path. A connection broken by a database restart fails one
         // statement, which the caller retries, and bb8 drops it.
         .test_on_check_out(false)
+        .queue_strategy(bb8::QueueStrategy::Lifo)
         .build_unchecked(manager)
 }
