@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// Long enough for the postmaster to reap the backends of connections that
+/// just closed (it does so on SIGCHLD, within milliseconds).
+const REAP_PAUSE: Duration = Duration::from_millis(100);
+
 /// Clock ticks per second of `/proc`'s CPU times (`USER_HZ`, 100 on every
 /// Linux in use).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -36,6 +40,15 @@ impl Sample {
             server: server_ticks(),
             machine: machine_ticks(),
         }
+    }
+
+    /// Reads the counters once the processes that just ended have been
+    /// accounted: a backend's CPU time moves to the postmaster's children's
+    /// times only when the postmaster reaps it, a moment after its client
+    /// disconnected; read too early, its time is in neither place.
+    pub async fn after_disconnect() -> Self {
+        tokio::time::sleep(REAP_PAUSE).await;
+        Self::now()
     }
 
     /// Reads only the machine's counters: cheap enough to sample every few

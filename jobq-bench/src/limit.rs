@@ -119,7 +119,7 @@ where
     Ok(Run {
         done,
         elapsed,
-        cpu: cpu.until(&Sample::now()),
+        cpu: cpu.until(&Sample::after_disconnect().await),
     })
 }
 

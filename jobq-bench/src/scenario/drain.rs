@@ -59,9 +59,9 @@ async fn run_one(options: &Options, workers: usize) -> anyhow::Result<BenchResul
     let server_cpu = Sample::now();
     let sampler = MachineSampler::start();
     let reports = Workers::start(&url, workers, true)?.stop().await?;
-    let samples = sampler.stop();
-    let server_cpu = server_cpu.until(&Sample::now());
     let wall = wall.elapsed();
+    let samples = sampler.stop();
+    let server_cpu = server_cpu.until(&Sample::after_disconnect().await);
     let mut conn = db::connect(&url).await?;
     let completed = db::count(
         &mut conn,
