@@ -24,6 +24,9 @@ pub fn build_pool(url: &str, max_size: u32) -> Pool {
         // path. A connection broken by a database restart fails one
         // statement, which the caller retries, and bb8 drops it.
         .test_on_check_out(false)
+        // Most recently used first: the hot path stays on a few warm
+        // backends (FIFO rotated it over all of them and left the machine
+        // measurably idler in a drain), and the rest can age out.
         .queue_strategy(bb8::QueueStrategy::Lifo)
         .build_unchecked(manager)
 }
