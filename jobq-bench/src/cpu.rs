@@ -42,13 +42,17 @@ impl Sample {
         }
     }
 
-    /// Reads the counters once the processes that just ended have been
-    /// accounted: a backend's CPU time moves to the postmaster's children's
-    /// times only when the postmaster reaps it, a moment after its client
-    /// disconnected; read too early, its time is in neither place.
+    /// Reads the counters now, the server's once the processes that just
+    /// ended have been accounted: a backend's CPU time moves to the
+    /// postmaster's children's times only when the postmaster reaps it, a
+    /// moment after its client disconnected; read at once, its time is in
+    /// neither place. (The machine's counters are not read after that
+    /// pause, which would add idle time to the phase.)
     pub async fn after_disconnect() -> Self {
+        let mut sample = Self::now();
         tokio::time::sleep(REAP_PAUSE).await;
-        Self::now()
+        sample.server = server_ticks();
+        sample
     }
 
     /// Reads only the machine's counters: cheap enough to sample every few
