@@ -189,11 +189,13 @@ fn fence_key(o: &Outcome) -> String {
     format!("{}:{}", o.id, o.attempt)
 }
 
-// No statement joins the outcomes as a table: statistics nearly always say
-// no job is running, and a planner that believes it will loop over the
-// whole batch once per row. Rows are found by primary key (`id = ANY($1)`);
-// the attempt fence is a hashed `= ANY` over packed or "id:attempt" keys;
-// per-attempt details are looked up in a JSON object keyed "id:attempt".
+// No statement that writes joins the outcomes as a table: statistics nearly
+// always say no job is running, and a planner that believes it will loop
+// over the whole batch once per row. Rows are found by primary key
+// (`id = ANY($1)`); the attempt fence is a hashed `= ANY` over packed or
+// "id:attempt" keys; per-attempt details are looked up in a JSON object
+// keyed "id:attempt". (The read after a rejection, rare, looks its rows up
+// by primary key one outcome at a time.)
 
 /// Marks successful attempts done, `$1` their ids, behind the attempt
 /// fence `$fence` (on the keys in `$2`). A plain UPDATE: its row count
