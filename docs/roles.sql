@@ -29,6 +29,7 @@ GRANT SELECT ON jobq.schema_migrations TO jobq_worker;
 -- follow-up jobs.
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.jobs TO jobq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.workers TO jobq_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.claims TO jobq_worker;
 
 -- The application enqueues and reads status. It cannot claim, change or
 -- delete jobs. To let it cancel jobs as well, add:

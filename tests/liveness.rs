@@ -203,12 +203,18 @@ async fn a_job_claimed_but_never_received_is_handed_back_and_run() {
     })
     .await;
     // What a claim whose reply was lost leaves behind: the row says the job
-    // runs under this worker, and the worker knows nothing of it.
+    // runs under this worker, the claim's row says the worker holds it, and
+    // the worker knows nothing of either.
     let id = env
         .count(
-            "INSERT INTO jobq.jobs (task, payload, state, attempt, started_at, worker_id) \
-             SELECT 'sleeps', '{\"millis\": 0}', 'running', 1, now(), id FROM jobq.workers \
-             RETURNING id AS n",
+            "WITH job AS ( \
+                 INSERT INTO jobq.jobs (task, payload, state, attempt, started_at, worker_id) \
+                 SELECT 'sleeps', '{\"millis\": 0}', 'running', 1, now(), id FROM jobq.workers \
+                 RETURNING id, worker_id), \
+             claim AS ( \
+                 INSERT INTO jobq.claims (worker_id, jobs) \
+                 SELECT worker_id, int8multirange(int8range(id, id, '[]')) FROM job) \
+             SELECT id AS n FROM job",
         )
         .await;
     let info = env

@@ -302,3 +302,49 @@ async fn jobs_of_unknown_tasks_are_never_claimed() {
     assert_eq!((info.state, info.attempt), (JobState::Pending, 0));
     handle.shutdown().await.unwrap();
 }
+
+#[jobq::task(concurrency = 4)]
+async fn settles(job: Note) -> Result<(), jobq::TaskError> {
+    let _ = job;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_claim_row_goes_with_the_outcome_of_its_last_job() {
+    let env = support::env().await;
+    // Heartbeats and maintenance also remove claim rows nobody settled;
+    // here they run once, at start-up, so only the outcome writes can.
+    let handle = env
+        .worker()
+        .heartbeat_interval(Duration::from_secs(3600))
+        .lease(Duration::from_secs(7200))
+        .maintenance_interval(Duration::from_secs(3600))
+        .build()
+        .await
+        .unwrap()
+        .spawn();
+    let mut conn = env.conn().await;
+    let payloads: Vec<Note> = (0..100)
+        .map(|i| Note {
+            text: i.to_string(),
+        })
+        .collect();
+    settles::enqueue_many(&mut conn, &payloads).await.unwrap();
+    support::wait_until("every job completed", || async {
+        env.count("SELECT count(*) AS n FROM jobq.jobs WHERE state = 'completed'")
+            .await
+            == 100
+    })
+    .await;
+    // Four slots: at least 25 claims, each settled by its last outcome.
+    support::wait_until("no claim row left", || async {
+        env.count("SELECT count(*) AS n FROM jobq.claims").await == 0
+    })
+    .await;
+    assert!(
+        env.count("SELECT count(DISTINCT started_at) AS n FROM jobq.jobs")
+            .await
+            >= 25
+    );
+    handle.shutdown().await.unwrap();
+}

@@ -55,7 +55,10 @@ pub async fn drain_on(
                 message: None,
             })
             .collect();
-        jobq_diesel::write_outcomes(conn, &outcomes).await?;
+        // Every job of the claim is settled here: its row goes too.
+        let mut claims: Vec<i64> = claimed.iter().map(|j| j.claim).collect();
+        claims.dedup();
+        jobq_diesel::write_outcomes(conn, &outcomes, &claims).await?;
         done += claimed.len();
     }
     Ok(done)

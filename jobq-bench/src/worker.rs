@@ -67,16 +67,16 @@ pub async fn child_main(options: WorkerOptions) -> anyhow::Result<()> {
         loop {
             // The drain is timed by the rows' own timestamps, so how often
             // this looks does not change the figure; it must only be cheap:
-            // both halves are answered from a partial index (the claim
-            // index's order for pending jobs, the worker index for running
-            // ones), never by scanning finished rows, which would take
-            // server CPU from the jobs being measured.
+            // both halves are answered without scanning finished rows,
+            // which would take server CPU from the jobs being measured (the
+            // claim index's order for pending jobs; for running ones, the
+            // claims table, which holds a row per batch in flight).
             tokio::time::sleep(Duration::from_millis(50)).await;
             let busy = db::count(
                 &mut conn,
                 "SELECT ((SELECT id FROM jobq.jobs WHERE state = 'pending' \
                            ORDER BY task, priority DESC, run_at, id LIMIT 1) IS NOT NULL \
-                      OR EXISTS (SELECT 1 FROM jobq.jobs WHERE worker_id IS NOT NULL))::int::int8 AS n",
+                      OR EXISTS (SELECT 1 FROM jobq.claims))::int::int8 AS n",
             )
             .await?;
             if busy == 0 {

@@ -40,6 +40,10 @@ pub struct ClaimedJob {
     pub attempt: i32,
     /// Whether someone asked to cancel the job before it was claimed.
     pub cancel_requested: bool,
+    /// The claim's row in `jobq.claims`, which holds the job for this
+    /// worker until the outcome of the claim's last job is written (pass
+    /// it to [`crate::write_outcomes`] then).
+    pub claim: i64,
 }
 
 impl QueryableByName<Pg> for ClaimedJob {
@@ -54,6 +58,7 @@ impl QueryableByName<Pg> for ClaimedJob {
             payload: column::<Text, _>(row, 3)?,
             attempt: column::<Integer, _>(row, 4)?,
             cancel_requested: column::<Bool, _>(row, 5)?,
+            claim: column::<BigInt, _>(row, 6)?,
         })
     }
 }
@@ -86,6 +91,10 @@ pub const CLAIM_SQL: &str = "WITH picked AS ( \
                  LIMIT w.slots \
                  FOR UPDATE SKIP LOCKED \
              ) j \
+         ), claim AS ( \
+             INSERT INTO jobq.claims (worker_id, jobs) \
+             SELECT $4, range_agg(int8range(id, id, '[]')) FROM picked HAVING count(*) > 0 \
+             RETURNING id \
          ) \
          UPDATE jobq.jobs SET state = 'running', attempt = attempt + 1, started_at = now(), \
              worker_id = $4 \
@@ -93,12 +102,15 @@ pub const CLAIM_SQL: &str = "WITH picked AS ( \
          RETURNING id, \
              CASE WHEN cardinality($2::text[]) > 1 THEN task END AS task, \
              CASE WHEN cardinality($1::text[]) > 1 THEN queue END AS queue, \
-             payload::text AS payload, attempt, cancel_requested";
+             payload::text AS payload, attempt, cancel_requested, \
+             (SELECT id FROM claim) AS claim";
 
 /// Claims due jobs: per task, the highest priority first, then the earliest
 /// `run_at`, then the lowest id, skipping rows other workers hold locked.
 /// Each claimed job becomes `running` under `worker_id` with its attempt
-/// incremented.
+/// incremented, and the claim is recorded in `jobq.claims` (one row for
+/// all the jobs of the statement), through which heartbeats and rescue
+/// find the worker's jobs.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     request: &ClaimRequest<'_>,

@@ -39,6 +39,11 @@ fn millis(d: Duration) -> i64 {
 /// failed when out of attempts, cancelled when cancellation was asked for;
 /// each with the reason in its error history. Returns nothing when another
 /// worker is doing the same right now.
+///
+/// A gone worker's jobs are found through its claims. A claim row goes
+/// only once a pass finds none of its jobs running under its worker, i.e.
+/// at the pass after its jobs were taken back: a job skipped this time
+/// because a late outcome holds its row lock is still found next time.
 pub async fn rescue(
     conn: &mut AsyncPgConnection,
     lease: Duration,
@@ -50,16 +55,28 @@ pub async fn rescue(
              WHERE (SELECT held FROM lock) \
                AND w.heartbeat_at < now() - $2 * interval '1 millisecond' \
              RETURNING w.id \
+         ), orphans AS ( \
+             SELECT c.id, c.worker_id, c.jobs FROM jobq.claims c \
+             WHERE (SELECT held FROM lock) \
+               AND (c.worker_id IN (SELECT id FROM dead) \
+                    OR NOT EXISTS (SELECT 1 FROM jobq.workers w WHERE w.id = c.worker_id)) \
          ), lost AS ( \
              SELECT j.id, \
                  CASE WHEN j.cancel_requested THEN 'cancelled' \
                       WHEN j.attempt >= j.max_attempts THEN 'failed' \
                       ELSE 'pending' END AS new_state \
-             FROM jobq.jobs j \
-             WHERE (SELECT held FROM lock) AND j.worker_id IS NOT NULL AND j.state = 'running' \
-               AND (j.worker_id IN (SELECT id FROM dead) \
-                    OR NOT EXISTS (SELECT 1 FROM jobq.workers w WHERE w.id = j.worker_id)) \
+             FROM orphans o \
+             CROSS JOIN LATERAL unnest(o.jobs) AS r(ids) \
+             JOIN jobq.jobs j ON j.id >= lower(r.ids) AND j.id < upper(r.ids) \
+             WHERE j.worker_id = o.worker_id AND j.state = 'running' \
              FOR UPDATE OF j SKIP LOCKED \
+         ), cleared AS ( \
+             DELETE FROM jobq.claims c \
+             WHERE c.id IN (SELECT id FROM orphans) \
+               AND NOT EXISTS ( \
+                   SELECT 1 FROM unnest(c.jobs) AS r(ids) \
+                   JOIN jobq.jobs j ON j.id >= lower(r.ids) AND j.id < upper(r.ids) \
+                   WHERE j.worker_id = c.worker_id AND j.state = 'running') \
          ), rescued AS ( \
              UPDATE jobq.jobs j SET \
                  state = lost.new_state::jobq.job_state, \

@@ -20,11 +20,18 @@ struct Migration {
     up: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 20261125000001,
-    name: "create_jobq",
-    up: include_str!("../../migrations/2026-11-25-000001_create_jobq/up.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 20261125000001,
+        name: "create_jobq",
+        up: include_str!("../../migrations/2026-11-25-000001_create_jobq/up.sql"),
+    },
+    Migration {
+        version: 20261126000001,
+        name: "claims",
+        up: include_str!("../../migrations/2026-11-26-000001_claims/up.sql"),
+    },
+];
 
 /// The newest schema version this build knows.
 pub const LATEST_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

@@ -75,11 +75,23 @@ pub struct RejectedOutcome {
 /// A job whose cancellation was requested ends `cancelled` whatever its
 /// handler returned. Jobs that become pending again wake the workers of
 /// their queue.
+///
+/// `settled_claims` are the claims (see [`crate::ClaimedJob::claim`]) whose
+/// last outcome is in this batch: their rows go in the same statement, so
+/// that a claim's row lasts exactly as long as one of its jobs may still be
+/// running under the worker.
 pub async fn write_outcomes(
     conn: &mut AsyncPgConnection,
     outcomes: &[Outcome],
+    settled_claims: &[i64],
 ) -> diesel::QueryResult<Vec<RejectedOutcome>> {
     if outcomes.is_empty() {
+        if !settled_claims.is_empty() {
+            diesel::sql_query("DELETE FROM jobq.claims WHERE id = ANY($1)")
+                .bind::<Array<BigInt>, _>(settled_claims)
+                .execute(conn)
+                .await?;
+        }
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = outcomes.iter().map(|o| o.id).collect();
@@ -95,6 +107,7 @@ pub async fn write_outcomes(
                 diesel::sql_query(COMPLETE_PACKED_SQL)
                     .bind::<Array<BigInt>, _>(&ids)
                     .bind::<Array<BigInt>, _>(&packed)
+                    .bind::<Array<BigInt>, _>(settled_claims)
                     .execute(conn)
                     .await?
             }
@@ -103,6 +116,7 @@ pub async fn write_outcomes(
                 diesel::sql_query(COMPLETE_SQL)
                     .bind::<Array<BigInt>, _>(&ids)
                     .bind::<Array<Text>, _>(&keys)
+                    .bind::<Array<BigInt>, _>(settled_claims)
                     .execute(conn)
                     .await?
             }
@@ -140,6 +154,7 @@ pub async fn write_outcomes(
         .bind::<Array<BigInt>, _>(&ids)
         .bind::<Array<Text>, _>(&keys)
         .bind::<Text, _>(&details)
+        .bind::<Array<BigInt>, _>(settled_claims)
         .load(conn)
         .await?;
     if written.len() == outcomes.len() {
@@ -198,13 +213,15 @@ fn fence_key(o: &Outcome) -> String {
 // by primary key one outcome at a time.)
 
 /// Marks successful attempts done, `$1` their ids, behind the attempt
-/// fence `$fence` (on the keys in `$2`). A plain UPDATE: its row count
-/// tells whether every outcome was written, where returning or counting
-/// rows in the statement would cost the server more per job.
+/// fence `$fence` (on the keys in `$2`), and removes the settled claims
+/// `$3`. An UPDATE without RETURNING: its row count tells whether every
+/// outcome was written, where returning or counting rows in the statement
+/// would cost the server more per job.
 macro_rules! complete_sql {
     ($fence:literal) => {
         concat!(
-            "UPDATE jobq.jobs j SET \
+            "WITH settled AS (DELETE FROM jobq.claims WHERE id = ANY($3)) \
+            UPDATE jobq.jobs j SET \
                 state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'completed' END)::jobq.job_state, \
                 finished_at = now(), \
                 worker_id = NULL \
@@ -237,14 +254,15 @@ const COMPLETE_PACKED_SQL: &str = complete_sql!(
 
 /// Any outcomes: `$1` ids, `$2` "id:attempt" keys, `$3` a JSON object of
 /// `{"<id>:<attempt>": {"k": kind, "m": message or null, "d": retry delay
-/// in ms}}`. A job goes back to pending when it is released, or when it
-/// failed with attempts left; the three CASEs spell out that one rule for
-/// state, run_at and finished_at (SET sees the old row, so the new state
+/// in ms}}`, `$4` the settled claims to remove. A job goes back to
+/// pending when it is released, or when it failed with attempts left; the
+/// three CASEs spell out that one rule for state, run_at and finished_at (SET sees the old row, so the new state
 /// cannot be reused). Returns the outcomes written (this path is the
 /// uncommon one); joining `woken` makes its notifications happen, and
 /// only when something was written.
 const OUTCOME_SQL: &str = "\
-    WITH done AS ( \
+    WITH settled AS (DELETE FROM jobq.claims WHERE id = ANY($4)), \
+    done AS ( \
         UPDATE jobq.jobs j SET \
             state = (CASE \
                 WHEN j.cancel_requested THEN 'cancelled' \

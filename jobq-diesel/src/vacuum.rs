@@ -34,8 +34,8 @@ pub enum Vacuum {
         /// Dead rows in the jobs table, from the statistics.
         dead_rows: i64,
     },
-    /// Vacuumed and analyzed the jobs and workers tables (or found another
-    /// session vacuuming them and left it at that).
+    /// Vacuumed and analyzed the jobs, workers and claims tables (or found
+    /// another session vacuuming them and left it at that).
     Vacuumed {
         /// Dead rows in the jobs table before the vacuum.
         dead_rows: i64,
@@ -54,10 +54,10 @@ struct TableState {
     live: i64,
 }
 
-/// Vacuums (and analyzes) `jobq.jobs` and `jobq.workers` when autovacuum is
-/// off for the jobs table (server-wide, or by its `autovacuum_enabled`
-/// storage parameter) and its dead rows exceed 1,000 plus 2 % of the live
-/// ones, by the server's statistics. Not a transaction: `VACUUM` cannot
+/// Vacuums (and analyzes) `jobq.jobs`, `jobq.workers` and `jobq.claims`
+/// when autovacuum is off for the jobs table (server-wide, or by its
+/// `autovacuum_enabled` storage parameter) and its dead rows exceed 1,000
+/// plus 2 % of the live ones, by the server's statistics. Not a transaction: `VACUUM` cannot
 /// run inside one. `SKIP_LOCKED` makes a second worker's vacuum return at
 /// once instead of queueing behind the first.
 pub async fn vacuum(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vacuum> {
@@ -89,7 +89,7 @@ pub async fn vacuum(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vacuum>
     if !state.allowed {
         return Ok(Vacuum::NotAllowed { dead_rows });
     }
-    conn.batch_execute("VACUUM (SKIP_LOCKED, ANALYZE) jobq.jobs, jobq.workers")
+    conn.batch_execute("VACUUM (SKIP_LOCKED, ANALYZE) jobq.jobs, jobq.workers, jobq.claims")
         .await?;
     Ok(Vacuum::Vacuumed { dead_rows })
 }

@@ -52,6 +52,9 @@ pub struct HeartbeatReply {
     /// (id, attempt): lets the worker find jobs it claimed but never heard
     /// of (a claim whose reply was lost).
     pub held: Vec<(i64, i32)>,
+    /// Claims of this worker removed because none of their jobs runs under
+    /// it any more (their jobs were rescued, or handed back unknown).
+    pub dropped_claims: Vec<i64>,
 }
 
 #[derive(QueryableByName)]
@@ -64,10 +67,14 @@ struct HeartbeatRow {
     held_ids: Vec<i64>,
     #[diesel(sql_type = Array<Integer>)]
     held_attempts: Vec<i32>,
+    #[diesel(sql_type = Array<BigInt>)]
+    dropped_claims: Vec<i64>,
 }
 
 /// Refreshes the worker's lease in one statement, whatever the number of
-/// jobs it holds, re-creating its row if a rescue had removed it.
+/// jobs it holds, re-creating its row if a rescue had removed it. The jobs
+/// it holds are found through its claims (`jobq.claims`) by primary key;
+/// claims with none of their jobs running under it any more are removed.
 pub async fn heartbeat(
     conn: &mut AsyncPgConnection,
     worker_id: i64,
@@ -78,16 +85,29 @@ pub async fn heartbeat(
          beat AS ( \
              INSERT INTO jobq.workers (id, hostname, pid, queues) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = now() \
-             RETURNING id) \
+             RETURNING id), \
+         holding AS ( \
+             SELECT c.id AS claim, j.id, j.attempt, j.cancel_requested \
+             FROM jobq.claims c \
+             CROSS JOIN LATERAL unnest(c.jobs) AS r(ids) \
+             JOIN jobq.jobs j ON j.id >= lower(r.ids) AND j.id < upper(r.ids) \
+             WHERE c.worker_id = $1 AND j.worker_id = $1 AND j.state = 'running' \
+         ), dropped AS ( \
+             DELETE FROM jobq.claims c \
+             WHERE c.worker_id = $1 AND c.id NOT IN (SELECT claim FROM holding) \
+             RETURNING c.id \
+         ) \
          SELECT (SELECT id FROM before) AS existed, \
              coalesce(h.cancel_requested, '{}') AS cancel_requested, \
              coalesce(h.held_ids, '{}') AS held_ids, \
-             coalesce(h.held_attempts, '{}') AS held_attempts \
+             coalesce(h.held_attempts, '{}') AS held_attempts, \
+             coalesce((SELECT array_agg(id) FROM dropped), '{}') AS dropped_claims \
          FROM beat LEFT JOIN LATERAL ( \
-             SELECT array_agg(j.id) FILTER (WHERE j.cancel_requested) AS cancel_requested, \
-                 array_agg(j.id ORDER BY j.id) AS held_ids, \
-                 array_agg(j.attempt ORDER BY j.id) AS held_attempts \
-             FROM jobq.jobs j WHERE j.worker_id = beat.id AND j.state = 'running' \
+             SELECT array_agg(held.id) FILTER (WHERE held.cancel_requested) \
+                     AS cancel_requested, \
+                 array_agg(held.id ORDER BY held.id) AS held_ids, \
+                 array_agg(held.attempt ORDER BY held.id) AS held_attempts \
+             FROM (SELECT DISTINCT id, attempt, cancel_requested FROM holding) held \
          ) h ON true",
     )
     .bind::<BigInt, _>(worker_id)
@@ -100,6 +120,7 @@ pub async fn heartbeat(
         was_alive: row.existed.is_some(),
         cancel_requested: row.cancel_requested,
         held: row.held_ids.into_iter().zip(row.held_attempts).collect(),
+        dropped_claims: row.dropped_claims,
     })
 }
 

@@ -95,7 +95,7 @@ async fn a_late_outcome_of_a_rescued_attempt_does_not_steer_the_live_one() {
         kind: OutcomeKind::Retry { delay_ms: 0 },
         message: Some("late".into()),
     };
-    let rejected = jobq_diesel::write_outcomes(&mut conn, &[live, late])
+    let rejected = jobq_diesel::write_outcomes(&mut conn, &[live, late], &[])
         .await
         .unwrap();
     assert_eq!(rejected, [jobq_diesel::RejectedOutcome { id, attempt: 1 }]);
@@ -120,7 +120,7 @@ async fn a_late_outcome_of_a_rescued_attempt_changes_nothing() {
         kind: OutcomeKind::Completed,
         message: None,
     };
-    let rejected = jobq_diesel::write_outcomes(&mut conn, std::slice::from_ref(&late))
+    let rejected = jobq_diesel::write_outcomes(&mut conn, std::slice::from_ref(&late), &[])
         .await
         .unwrap();
     assert_eq!(rejected, [jobq_diesel::RejectedOutcome { id, attempt: 1 }]);
@@ -135,7 +135,7 @@ async fn a_late_outcome_of_a_rescued_attempt_changes_nothing() {
         message: None,
     };
     // In one batch with the late one, as a completer may send them.
-    let rejected = jobq_diesel::write_outcomes(&mut conn, &[late, live])
+    let rejected = jobq_diesel::write_outcomes(&mut conn, &[late, live], &[])
         .await
         .unwrap();
     assert_eq!(rejected, [jobq_diesel::RejectedOutcome { id, attempt: 1 }]);
@@ -275,7 +275,7 @@ async fn successes_of_jobs_with_huge_ids_are_fenced_too() {
         kind: OutcomeKind::Completed,
         message: None,
     };
-    let rejected = jobq_diesel::write_outcomes(&mut conn, &[outcome(2), outcome(1)])
+    let rejected = jobq_diesel::write_outcomes(&mut conn, &[outcome(2), outcome(1)], &[])
         .await
         .unwrap();
     assert_eq!(
@@ -347,4 +347,128 @@ async fn the_claim_names_the_task_and_queue_only_when_asked_for_several() {
         .map(|j| (j.task.as_deref(), j.queue.as_deref()))
         .collect();
     assert_eq!(named, [(Some("b"), Some("q2")), (Some("a"), Some("q1"))]);
+}
+
+async fn claim_rows(conn: &mut AsyncPgConnection) -> i64 {
+    let Count { n } = diesel::sql_query("SELECT count(*) AS n FROM jobq.claims")
+        .get_result(conn)
+        .await
+        .unwrap();
+    n
+}
+
+fn done(job: &jobq_diesel::ClaimedJob) -> Outcome {
+    Outcome {
+        id: job.id,
+        attempt: job.attempt,
+        kind: OutcomeKind::Completed,
+        message: None,
+    }
+}
+
+#[tokio::test]
+async fn a_claim_row_lasts_exactly_while_its_jobs_may_run_under_its_worker() {
+    let (_db, mut conn) = setup().await;
+    for _ in 0..3 {
+        jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    }
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let (queues, tasks) = (["default".to_owned()], ["t".to_owned()]);
+    let claimed = jobq_diesel::claim(
+        &mut conn,
+        &ClaimRequest {
+            worker_id: worker,
+            queues: &queues,
+            tasks: &tasks,
+            slots: &[3],
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let claim = claimed[0].claim;
+    assert!(
+        claimed.iter().all(|j| j.claim == claim),
+        "one row per claim"
+    );
+    assert_eq!(claim_rows(&mut conn).await, 1);
+
+    // The heartbeat finds the worker's jobs through the claim.
+    let beat = jobq_diesel::heartbeat(&mut conn, worker, &info())
+        .await
+        .unwrap();
+    assert_eq!(beat.held.len(), 3);
+    assert!(beat.dropped_claims.is_empty());
+
+    // Two outcomes: the claim stays for the third job.
+    let rejected =
+        jobq_diesel::write_outcomes(&mut conn, &[done(&claimed[0]), done(&claimed[1])], &[])
+            .await
+            .unwrap();
+    assert!(rejected.is_empty());
+    let beat = jobq_diesel::heartbeat(&mut conn, worker, &info())
+        .await
+        .unwrap();
+    assert_eq!(beat.held, [(claimed[2].id, claimed[2].attempt)]);
+    assert_eq!(claim_rows(&mut conn).await, 1);
+
+    // The last one settles the claim: its row goes in the same statement.
+    jobq_diesel::write_outcomes(&mut conn, &[done(&claimed[2])], &[claim])
+        .await
+        .unwrap();
+    assert_eq!(claim_rows(&mut conn).await, 0);
+}
+
+#[tokio::test]
+async fn claim_rows_nobody_settles_go_with_the_heartbeat_or_after_a_rescue() {
+    let (_db, mut conn) = setup().await;
+    for task in ["a", "b"] {
+        jobq_diesel::insert_job(&mut conn, &job(task))
+            .await
+            .unwrap();
+    }
+    // A job that ended without its claim being settled (as when a worker
+    // hands back a job it never heard of): the worker's heartbeat removes
+    // the claim once nothing of it runs under the worker.
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let first = claim_one(&mut conn, worker, "a").await;
+    jobq_diesel::write_outcomes(&mut conn, &[done(&first[0])], &[])
+        .await
+        .unwrap();
+    let beat = jobq_diesel::heartbeat(&mut conn, worker, &info())
+        .await
+        .unwrap();
+    assert!(beat.held.is_empty());
+    assert_eq!(beat.dropped_claims, [first[0].claim]);
+    assert_eq!(claim_rows(&mut conn).await, 0);
+
+    // A dead worker's claim: the rescue takes its job back, and the pass
+    // after that, with nothing of it running any more, removes the row.
+    let dead = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let lost = claim_one(&mut conn, dead, "b").await;
+    conn.batch_execute(&format!(
+        "UPDATE jobq.workers SET heartbeat_at = now() - interval '1 hour' WHERE id = {dead}"
+    ))
+    .await
+    .unwrap();
+    let rescued = jobq_diesel::rescue(&mut conn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(
+        (rescued[0].id, rescued[0].state.as_str()),
+        (lost[0].id, "pending")
+    );
+    assert_eq!(claim_rows(&mut conn).await, 1);
+    let again = jobq_diesel::rescue(&mut conn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(claim_rows(&mut conn).await, 0);
 }

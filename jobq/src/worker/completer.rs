@@ -12,7 +12,7 @@ use jobq_diesel::{Outcome, OutcomeKind};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{lock, Shared};
+use super::state::{lock, Finished, Shared};
 
 /// Longest an outcome waits for others to share its statement.
 const GATHER_WINDOW: Duration = Duration::from_millis(2);
@@ -25,46 +25,48 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// then stay running under this worker and are rescued after its lease).
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    mut rx: UnboundedReceiver<Outcome>,
+    mut rx: UnboundedReceiver<Finished>,
     stop: CancellationToken,
     give_up: CancellationToken,
 ) {
-    let mut batch: Vec<Outcome> = Vec::with_capacity(shared.config.outcome_batch);
+    let mut batch = Batch::new(shared.config.outcome_batch);
     let mut last_round = false;
     loop {
-        if batch.is_empty() && !last_round {
+        if batch.outcomes.is_empty() && !last_round {
             tokio::select! {
                 biased;
                 received = rx.recv() => match received {
-                    Some(outcome) => batch.push(outcome),
+                    Some(finished) => batch.push(&shared, finished),
                     None => return,
                 },
                 _ = stop.cancelled() => last_round = true,
             }
         }
-        while batch.len() < shared.config.outcome_batch {
+        while batch.outcomes.len() < shared.config.outcome_batch {
             match rx.try_recv() {
-                Ok(outcome) => batch.push(outcome),
+                Ok(finished) => batch.push(&shared, finished),
                 Err(_) => break,
             }
         }
-        if !last_round && !batch.is_empty() && !lock(&shared.in_flight).is_empty() {
+        if !last_round && !batch.outcomes.is_empty() && !lock(&shared.in_flight).is_empty() {
             let until = tokio::time::Instant::now() + GATHER_WINDOW;
-            while batch.len() < shared.config.outcome_batch {
+            while batch.outcomes.len() < shared.config.outcome_batch {
                 match tokio::time::timeout_at(until, rx.recv()).await {
-                    Ok(Some(outcome)) => batch.push(outcome),
+                    Ok(Some(finished)) => batch.push(&shared, finished),
                     Ok(None) | Err(_) => break,
                 }
             }
         }
-        if batch.is_empty() {
+        if batch.outcomes.is_empty() && batch.settled_claims.is_empty() {
             return;
         }
         let written = write(&shared, &batch, &give_up).await;
-        shared.unwritten.fetch_sub(batch.len(), Ordering::AcqRel);
+        shared
+            .unwritten
+            .fetch_sub(batch.outcomes.len(), Ordering::AcqRel);
         if !written {
             tracing::error!(
-                outcomes = batch.len(),
+                outcomes = batch.outcomes.len(),
                 "gave up writing outcomes; the jobs will be rescued after the lease"
             );
             return;
@@ -76,14 +78,45 @@ pub(crate) async fn run(
     }
 }
 
+/// Outcomes to write in one statement, and the claims they settle.
+struct Batch {
+    outcomes: Vec<Outcome>,
+    settled_claims: Vec<i64>,
+}
+
+impl Batch {
+    fn new(capacity: usize) -> Self {
+        Self {
+            outcomes: Vec::with_capacity(capacity),
+            settled_claims: Vec::new(),
+        }
+    }
+
+    /// Adds an outcome; when it is the last open job of its claim, the
+    /// claim's row goes in the same statement.
+    fn push(&mut self, shared: &Shared, finished: Finished) {
+        if let Some(claim) = finished.claim {
+            if shared.settle_claim_job(claim) {
+                self.settled_claims.push(claim);
+            }
+        }
+        self.outcomes.push(finished.outcome);
+    }
+
+    fn clear(&mut self) {
+        self.outcomes.clear();
+        self.settled_claims.clear();
+    }
+}
+
 /// Writes one batch, retrying with backoff; false when `give_up` fired.
-async fn write(shared: &Shared, batch: &[Outcome], give_up: &CancellationToken) -> bool {
+async fn write(shared: &Shared, batch: &Batch, give_up: &CancellationToken) -> bool {
     let mut delay = Duration::from_millis(50);
     loop {
         match try_write(shared, batch).await {
             Ok(()) => return true,
             Err(message) => {
-                tracing::warn!(error = %message, outcomes = batch.len(), retry_in = ?delay, "writing outcomes failed");
+                tracing::warn!(error = %message, outcomes = batch.outcomes.len(), retry_in = ?delay, "writing outcomes failed");
             }
         }
         tokio::select! {
@@ -94,19 +127,20 @@ async fn write(shared: &Shared, batch: &[Outcome], give_up: &CancellationToken) 
     }
 }
 
-async fn try_write(shared: &Shared, batch: &[Outcome]) -> Result<(), String> {
+async fn try_write(shared: &Shared, batch: &Batch) -> Result<(), String> {
     let mut conn = shared
         .pool
         .get()
         .await
         .map_err(|e| format!("no connection: {e}"))?;
-    let rejected = jobq_diesel::write_outcomes(&mut conn, batch)
+    let rejected = jobq_diesel::write_outcomes(&mut conn, &batch.outcomes, &batch.settled_claims)
         .await
         .map_err(|e| e.to_string())?;
     for r in &rejected {
         // Invariant 2: the attempt was rescued (and maybe claimed again)
         // while it ran; its late outcome changes nothing.
         let kind = batch
+            .outcomes
             .iter()
             .find(|o| o.id == r.id && o.attempt == r.attempt)
             .map(|o| o.kind);
@@ -118,13 +152,14 @@ async fn try_write(shared: &Shared, batch: &[Outcome]) -> Result<(), String> {
         );
     }
     tracing::trace!(
-        outcomes = batch.len(),
+        outcomes = batch.outcomes.len(),
         rejected = rejected.len(),
         "outcomes written"
     );
     // Retries are due at a time this worker knows; wake for them without
     // depending on the notification reaching our own listener.
     let retry_in = batch
+        .outcomes
         .iter()
         .filter_map(|o| match o.kind {
             OutcomeKind::Retry { delay_ms } => Some(delay_ms),

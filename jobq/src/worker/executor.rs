@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::state::{lock, InFlight, Shared};
+use super::state::{lock, Finished, InFlight, Shared};
 use crate::retry::backoff;
 use crate::{Context, JobId};
 
@@ -23,7 +23,7 @@ pub(crate) fn spawn(
     job: ClaimedJob,
     task_index: usize,
     queue: &Arc<str>,
-    outcomes: &UnboundedSender<Outcome>,
+    outcomes: &UnboundedSender<Finished>,
 ) {
     let span = tracing::info_span!(
         "job",
@@ -53,6 +53,7 @@ pub(crate) fn spawn(
             job.id,
             InFlight {
                 attempt: job.attempt,
+                claim: job.claim,
                 cancel: cancel.clone(),
                 abort: None,
             },
@@ -68,11 +69,15 @@ pub(crate) fn spawn(
             "an earlier attempt of this job was rescued; stopping it"
         );
         old.cancel.cancel();
-        // It no longer owns its outcome, so it will not free its slot.
+        // It no longer owns its outcome, so it will not free its slot, nor
+        // settle its claim (whose row goes with a heartbeat or the rescue,
+        // once nothing of it runs here).
         shared.release_slot(task_index);
+        shared.settle_claim_job(old.claim);
     }
     let id = job.id;
     let attempt = job.attempt;
+    let claim = job.claim;
     let task = Arc::clone(shared);
     let queue = Arc::clone(queue);
     let tx = outcomes.clone();
@@ -80,7 +85,13 @@ pub(crate) fn spawn(
     // future several times on the way in and out; a box moves as a pointer.
     let attempt_future = Box::pin(async move {
         let kind_and_message = run_attempt(&task, job, task_index, queue, cancel).await;
-        finish(&task, id, attempt, task_index, kind_and_message, &tx);
+        finish(
+            &task,
+            (id, attempt, claim),
+            task_index,
+            kind_and_message,
+            &tx,
+        );
     });
     let handle = tokio::spawn(attempt_future.instrument(span));
     if let Some(entry) = lock(&shared.in_flight).get_mut(&id) {
@@ -164,11 +175,10 @@ async fn run_attempt(
 /// attempt back (then it owns the outcome).
 fn finish(
     shared: &Shared,
-    id: i64,
-    attempt: i32,
+    (id, attempt, claim): (i64, i32, i64),
     task_index: usize,
     (kind, message): (OutcomeKind, Option<String>),
-    outcomes: &UnboundedSender<Outcome>,
+    outcomes: &UnboundedSender<Finished>,
 ) {
     // Counted before the attempt leaves `in_flight`, so that the heartbeat
     // never sees it in neither place.
@@ -197,7 +207,11 @@ fn finish(
         kind,
         message,
     };
-    if outcomes.send(outcome).is_err() {
+    let finished = Finished {
+        outcome,
+        claim: Some(claim),
+    };
+    if outcomes.send(finished).is_err() {
         shared.unwritten.fetch_sub(1, Ordering::AcqRel);
         // Only after the completer stopped; the job stays running and is
         // rescued once this worker's heartbeats stop.

@@ -13,14 +13,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobq_diesel::{ClaimRequest, ClaimedJob, Outcome};
+use jobq_diesel::{ClaimRequest, ClaimedJob};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error_text::error_chain;
 use super::executor;
-use super::state::{lock, Shared};
+use super::state::{lock, Finished, Shared};
 
-pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Outcome>) {
+pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>) {
     let mut failures = 0u32;
     loop {
         if shared.stopping.is_cancelled() {
@@ -98,7 +98,7 @@ fn next_wake(shared: &Shared, failures: u32) -> Instant {
 /// wake the fetcher for the next batch.
 async fn claim_round(
     shared: &Arc<Shared>,
-    outcomes: &UnboundedSender<Outcome>,
+    outcomes: &UnboundedSender<Finished>,
 ) -> Result<(), String> {
     let (tasks, slots, indices) = {
         let s = lock(&shared.slots);
@@ -141,6 +141,19 @@ async fn claim_round(
             }
         }
     };
+    // Every job counts towards its claim, also one that cannot be started:
+    // the claim's row must stay while any of its jobs runs under this
+    // worker, so that the heartbeat can find and hand such a job back.
+    let mut claims: Vec<(i64, u32)> = Vec::new();
+    for job in &claimed {
+        match claims.last_mut() {
+            Some((claim, jobs)) if *claim == job.claim => *jobs += 1,
+            _ => claims.push((job.claim, 1)),
+        }
+    }
+    for (claim, jobs) in claims {
+        shared.open_claim(claim, jobs);
+    }
     let places: Vec<Option<(usize, usize)>> = claimed
         .iter()
         .map(|job| place(shared, &indices, job))

@@ -11,9 +11,13 @@ use jobq_diesel::{Outcome, OutcomeKind, WorkerInfo};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error_text::error_chain;
-use super::state::{lock, Shared};
+use super::state::{lock, Finished, Shared};
 
-pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo, outcomes: UnboundedSender<Outcome>) {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    info: WorkerInfo,
+    outcomes: UnboundedSender<Finished>,
+) {
     let mut suspects: HashSet<(i64, i32)> = HashSet::new();
     let mut ticker = tokio::time::interval(shared.config.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -45,6 +49,7 @@ pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo, outcomes: Unbound
                         }
                     }
                 }
+                shared.forget_claims(&reply.dropped_claims);
                 suspects = hand_back_unknown(&shared, &reply.held, suspects, &outcomes);
             }
             Err(e) => {
@@ -68,7 +73,7 @@ fn hand_back_unknown(
     shared: &Shared,
     held: &[(i64, i32)],
     previous: HashSet<(i64, i32)>,
-    outcomes: &UnboundedSender<Outcome>,
+    outcomes: &UnboundedSender<Finished>,
 ) -> HashSet<(i64, i32)> {
     if shared.claiming.load(Ordering::Acquire) || shared.unwritten.load(Ordering::Acquire) > 0 {
         return HashSet::new();
@@ -99,7 +104,13 @@ fn hand_back_unknown(
             kind: OutcomeKind::Released,
             message: Some("claimed by a worker that never received it (the claim's reply was lost); handed back".into()),
         };
-        if outcomes.send(released).is_err() {
+        // Its claim is not one this worker knows; the claim's row goes with
+        // a later heartbeat, once nothing of it runs here.
+        let finished = Finished {
+            outcome: released,
+            claim: None,
+        };
+        if outcomes.send(finished).is_err() {
             shared.unwritten.fetch_sub(1, Ordering::AcqRel);
         }
     }

@@ -8,7 +8,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{lock, Shared};
+use super::state::{lock, Finished, Shared};
 use super::{completer, fetcher, heartbeat, listen, maintenance};
 use crate::Error;
 
@@ -19,7 +19,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The loops of a running worker.
 pub(crate) struct Running {
     shared: Arc<Shared>,
-    outcomes: UnboundedSender<Outcome>,
+    outcomes: UnboundedSender<Finished>,
     fetcher: JoinHandle<()>,
     completer: JoinHandle<()>,
     completer_stop: CancellationToken,
@@ -85,11 +85,11 @@ impl Running {
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        let left: Vec<(i64, i32, Option<tokio::task::AbortHandle>)> = lock(&shared.in_flight)
+        let left: Vec<(i64, i32, i64, Option<tokio::task::AbortHandle>)> = lock(&shared.in_flight)
             .drain()
-            .map(|(id, job)| (id, job.attempt, job.abort))
+            .map(|(id, job)| (id, job.attempt, job.claim, job.abort))
             .collect();
-        for (id, attempt, abort) in left {
+        for (id, attempt, claim, abort) in left {
             if let Some(abort) = abort {
                 abort.abort();
             }
@@ -110,7 +110,10 @@ impl Running {
             shared
                 .unwritten
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            let _ = self.outcomes.send(released);
+            let _ = self.outcomes.send(Finished {
+                outcome: released,
+                claim: Some(claim),
+            });
         }
         drop(self.outcomes);
         // Nothing runs any more: the heartbeat (which may also hand jobs

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use jobq_diesel::Pool;
+use jobq_diesel::{Outcome, Pool};
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -26,8 +26,19 @@ pub(crate) struct ServedTask {
 #[derive(Debug)]
 pub(crate) struct InFlight {
     pub(crate) attempt: i32,
+    /// The claim the attempt came from.
+    pub(crate) claim: i64,
     pub(crate) cancel: CancellationToken,
     pub(crate) abort: Option<tokio::task::AbortHandle>,
+}
+
+/// An outcome on its way to the completer, with the claim its job came
+/// from when this worker knows it (it does not for a job it hands back
+/// because it never heard of it).
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub(crate) outcome: Outcome,
+    pub(crate) claim: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +64,10 @@ pub(crate) struct Shared {
     /// our own claims, so SipHash's defence against chosen keys buys
     /// nothing, and it cost a busy worker 5 % of its instructions.
     pub(crate) in_flight: Mutex<FxHashMap<i64, InFlight>>,
+    /// Jobs of each claim whose outcome is not written yet. A claim's row
+    /// holds its jobs for this worker (heartbeats and rescue find them
+    /// through it), so it goes with the outcome of its last job.
+    pub(crate) open_claims: Mutex<FxHashMap<i64, u32>>,
     pub(crate) slots: Mutex<Slots>,
     /// Wakes the fetcher to claim at once: notifications, reconnects, due
     /// times.
@@ -105,6 +120,35 @@ impl Shared {
         }
     }
 
+    /// Counts the jobs of a claim as open.
+    pub(crate) fn open_claim(&self, claim: i64, jobs: u32) {
+        *lock(&self.open_claims).entry(claim).or_default() += jobs;
+    }
+
+    /// One job of `claim` is settled; true when it was the claim's last.
+    pub(crate) fn settle_claim_job(&self, claim: i64) -> bool {
+        let mut open = lock(&self.open_claims);
+        match open.get_mut(&claim) {
+            Some(left) if *left > 1 => {
+                *left -= 1;
+                false
+            }
+            Some(_) => {
+                open.remove(&claim);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets claims whose rows are gone.
+    pub(crate) fn forget_claims(&self, claims: &[i64]) {
+        let mut open = lock(&self.open_claims);
+        for claim in claims {
+            open.remove(claim);
+        }
+    }
+
     pub(crate) fn serves_queue(&self, queue: &str) -> bool {
         self.queues.iter().any(|q| q == queue)
     }
@@ -126,6 +170,7 @@ impl Shared {
             task_names: tasks.iter().map(|t| t.descriptor.name.to_owned()).collect(),
             tasks,
             in_flight: Mutex::new(FxHashMap::default()),
+            open_claims: Mutex::new(FxHashMap::default()),
             slots: Mutex::new(Slots {
                 running: vec![0; n],
                 saturated: vec![false; n],
