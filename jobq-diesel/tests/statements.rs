@@ -36,10 +36,12 @@ fn job(task: &str) -> NewJob<'_> {
     }
 }
 
-async fn claim_one(
+/// Claims up to `slots` jobs of `task` from the default queue.
+async fn claim_up_to(
     conn: &mut AsyncPgConnection,
     worker_id: i64,
     task: &str,
+    slots: i32,
 ) -> Vec<jobq_diesel::ClaimedJob> {
     let queues = ["default".to_owned()];
     let tasks = [task.to_owned()];
@@ -47,9 +49,17 @@ async fn claim_one(
         worker_id,
         queues: &queues,
         tasks: &tasks,
-        slots: &[1],
+        slots: &[slots],
     };
     jobq_diesel::claim(conn, &request).await.unwrap()
+}
+
+async fn claim_one(
+    conn: &mut AsyncPgConnection,
+    worker_id: i64,
+    task: &str,
+) -> Vec<jobq_diesel::ClaimedJob> {
+    claim_up_to(conn, worker_id, task, 1).await
 }
 
 /// A job whose first attempt was rescued from a dead worker and which now
@@ -194,17 +204,7 @@ async fn the_claim_is_an_index_scan_on_a_table_of_finished_jobs() {
     let worker = jobq_diesel::register_worker(&mut conn, &info())
         .await
         .unwrap();
-    let claimed = jobq_diesel::claim(
-        &mut conn,
-        &ClaimRequest {
-            worker_id: worker,
-            queues: &queues,
-            tasks: &tasks,
-            slots: &[1000],
-        },
-    )
-    .await
-    .unwrap();
+    let claimed = claim_up_to(&mut conn, worker, "t", 1000).await;
     assert_eq!(claimed.len(), 100);
     let Count { n } =
         diesel::sql_query("SELECT count(*) AS n FROM jobq.jobs WHERE state = 'running'")
@@ -375,18 +375,7 @@ async fn a_claim_row_lasts_exactly_while_its_jobs_may_run_under_its_worker() {
     let worker = jobq_diesel::register_worker(&mut conn, &info())
         .await
         .unwrap();
-    let (queues, tasks) = (["default".to_owned()], ["t".to_owned()]);
-    let claimed = jobq_diesel::claim(
-        &mut conn,
-        &ClaimRequest {
-            worker_id: worker,
-            queues: &queues,
-            tasks: &tasks,
-            slots: &[3],
-        },
-    )
-    .await
-    .unwrap();
+    let claimed = claim_up_to(&mut conn, worker, "t", 3).await;
     assert_eq!(claimed.len(), 3);
     let claim = claimed[0].claim;
     assert!(
