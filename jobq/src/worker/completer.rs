@@ -57,7 +57,7 @@ pub(crate) async fn run(
                 }
             }
         }
-        if batch.outcomes.is_empty() && batch.settled_claims.is_empty() {
+        if batch.outcomes.is_empty() {
             return;
         }
         let written = write(&shared, &batch, &give_up).await;
