@@ -25,12 +25,14 @@ pub use claim::{claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
 pub use enqueue::{insert_job, insert_jobs, NewJob, NewJobs};
 pub use jobs::{cancel, find_job, pending_unknown_tasks, CancelResult, JobRow, UnknownTask};
 pub use listener::{send_probe, Listener, ListenerError, Notification};
-pub use maintenance::{prune, rescue, RescuedJob, Retention};
+pub use maintenance::{prune, rescue, RescuedJob, Retention, RESCUE_SQL};
 pub use migrations::{migrate, MigrateError, LATEST_VERSION};
 pub use outcome::{write_outcomes, Outcome, OutcomeKind, RejectedOutcome};
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};
 pub use vacuum::{vacuum, Vacuum};
-pub use workers::{deregister_worker, heartbeat, register_worker, HeartbeatReply, WorkerInfo};
+pub use workers::{
+    deregister_worker, heartbeat, register_worker, HeartbeatReply, WorkerInfo, HEARTBEAT_SQL,
+};
 
 /// The connection type every function here takes.
 pub use diesel_async::AsyncPgConnection;

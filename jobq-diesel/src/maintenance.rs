@@ -34,22 +34,10 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Removes workers whose heartbeat is older than `lease` and takes back
-/// the running jobs of workers that are gone: pending again (due now), or
-/// failed when out of attempts, cancelled when cancellation was asked for;
-/// each with the reason in its error history. Returns nothing when another
-/// worker is doing the same right now.
-///
-/// A gone worker's jobs are found through its claims. A claim row goes
-/// only once a pass finds none of its jobs running under its worker, i.e.
-/// at the pass after its jobs were taken back: a job skipped this time
-/// because a late outcome holds its row lock is still found next time.
-pub async fn rescue(
-    conn: &mut AsyncPgConnection,
-    lease: Duration,
-) -> diesel::QueryResult<Vec<RescuedJob>> {
-    diesel::sql_query(
-        "WITH lock AS (SELECT pg_try_advisory_xact_lock($1) AS held), \
+/// The rescue statement; `$1` the advisory lock's key, `$2` the lease in
+/// milliseconds. Public so that tests can `EXPLAIN` the real thing.
+#[doc(hidden)]
+pub const RESCUE_SQL: &str = "WITH lock AS (SELECT pg_try_advisory_xact_lock($1) AS held), \
          dead AS ( \
              DELETE FROM jobq.workers w \
              WHERE (SELECT held FROM lock) \
@@ -60,23 +48,29 @@ pub async fn rescue(
              WHERE (SELECT held FROM lock) \
                AND (c.worker_id IN (SELECT id FROM dead) \
                     OR NOT EXISTS (SELECT 1 FROM jobq.workers w WHERE w.id = c.worker_id)) \
+         ), claimed AS ( \
+             SELECT o.id AS claim, o.worker_id, g.id \
+             FROM orphans o \
+             CROSS JOIN LATERAL unnest(o.jobs) AS r(ids) \
+             CROSS JOIN LATERAL generate_series(lower(r.ids), upper(r.ids) - 1) AS g(id) \
+         ), still AS ( \
+             SELECT j.id, j.worker_id FROM jobq.jobs j \
+             WHERE j.id = ANY(ARRAY(SELECT id FROM claimed)) AND j.state = 'running' \
          ), lost AS ( \
              SELECT j.id, \
                  CASE WHEN j.cancel_requested THEN 'cancelled' \
                       WHEN j.attempt >= j.max_attempts THEN 'failed' \
                       ELSE 'pending' END AS new_state \
-             FROM orphans o \
-             CROSS JOIN LATERAL unnest(o.jobs) AS r(ids) \
-             JOIN jobq.jobs j ON j.id >= lower(r.ids) AND j.id < upper(r.ids) \
-             WHERE j.worker_id = o.worker_id AND j.state = 'running' \
+             FROM jobq.jobs j \
+             WHERE j.id = ANY(ARRAY(SELECT id FROM claimed)) AND j.state = 'running' \
+               AND j.worker_id IN (SELECT worker_id FROM orphans) \
              FOR UPDATE OF j SKIP LOCKED \
          ), cleared AS ( \
              DELETE FROM jobq.claims c \
              WHERE c.id IN (SELECT id FROM orphans) \
-               AND NOT EXISTS ( \
-                   SELECT 1 FROM unnest(c.jobs) AS r(ids) \
-                   JOIN jobq.jobs j ON j.id >= lower(r.ids) AND j.id < upper(r.ids) \
-                   WHERE j.worker_id = c.worker_id AND j.state = 'running') \
+               AND c.id NOT IN ( \
+                   SELECT cl.claim FROM claimed cl \
+                   JOIN still s ON s.id = cl.id AND s.worker_id = cl.worker_id) \
          ), rescued AS ( \
              UPDATE jobq.jobs j SET \
                  state = lost.new_state::jobq.job_state, \
@@ -96,12 +90,29 @@ pub async fn rescue(
              FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'pending') q \
          ) \
          SELECT r.id, r.attempt, r.task, r.state FROM rescued r \
-         LEFT JOIN (SELECT n FROM woken) w ON true",
-    )
-    .bind::<BigInt, _>(RESCUE_LOCK)
-    .bind::<BigInt, _>(millis(lease))
-    .load(conn)
-    .await
+         LEFT JOIN (SELECT n FROM woken) w ON true";
+
+/// Removes workers whose heartbeat is older than `lease` and takes back
+/// the running jobs of workers that are gone: pending again (due now), or
+/// failed when out of attempts, cancelled when cancellation was asked for;
+/// each with the reason in its error history. Returns nothing when another
+/// worker is doing the same right now.
+///
+/// A gone worker's jobs are found through its claims, by primary key (a
+/// join on the id ranges would be planned on statistics that see no
+/// running job, as a scan of the whole table). A claim row goes only once
+/// a pass finds none of its jobs running under its worker, i.e. at the
+/// pass after its jobs were taken back: a job skipped this time because a
+/// late outcome holds its row lock is still found next time.
+pub async fn rescue(
+    conn: &mut AsyncPgConnection,
+    lease: Duration,
+) -> diesel::QueryResult<Vec<RescuedJob>> {
+    diesel::sql_query(RESCUE_SQL)
+        .bind::<BigInt, _>(RESCUE_LOCK)
+        .bind::<BigInt, _>(millis(lease))
+        .load(conn)
+        .await
 }
 
 /// How long finished jobs stay visible before pruning.

@@ -461,3 +461,58 @@ async fn claim_rows_nobody_settles_go_with_the_heartbeat_or_after_a_rescue() {
     assert!(again.is_empty());
     assert_eq!(claim_rows(&mut conn).await, 0);
 }
+
+/// The lines of `EXPLAIN` of a statement that read the jobs table.
+fn jobs_scans(plan: Vec<PlanLine>) -> Vec<String> {
+    plan.into_iter()
+        .map(|p| p.line)
+        .filter(|l| l.contains("Scan") && l.contains(" on jobs "))
+        .collect()
+}
+
+#[tokio::test]
+async fn heartbeat_and_rescue_find_running_jobs_by_primary_key_in_a_big_table() {
+    let (_db, mut conn) = setup().await;
+    // Statistics that see no running job, as they nearly always do: a
+    // join planned on them would scan the whole table.
+    conn.batch_execute(
+        "INSERT INTO jobq.jobs (task, payload, state, finished_at) \
+         SELECT 't', '{}', 'completed', now() FROM generate_series(1, 200000); \
+         INSERT INTO jobq.jobs (task, payload) SELECT 't', '{}' FROM generate_series(1, 100); \
+         ANALYZE jobq.jobs;",
+    )
+    .await
+    .unwrap();
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    assert_eq!(claim_up_to(&mut conn, worker, "t", 100).await.len(), 100);
+
+    let queues = ["default".to_owned()];
+    let heartbeat: Vec<PlanLine> =
+        diesel::sql_query(format!("EXPLAIN {}", jobq_diesel::HEARTBEAT_SQL))
+            .bind::<BigInt, _>(worker)
+            .bind::<Text, _>("test")
+            .bind::<Integer, _>(1)
+            .bind::<Array<Text>, _>(&queues[..])
+            .load(&mut conn)
+            .await
+            .unwrap();
+    let rescue: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN {}", jobq_diesel::RESCUE_SQL))
+        .bind::<BigInt, _>(1i64)
+        .bind::<BigInt, _>(30_000i64)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    for (what, scans) in [
+        ("heartbeat", jobs_scans(heartbeat)),
+        ("rescue", jobs_scans(rescue)),
+    ] {
+        assert!(!scans.is_empty(), "{what} does not read jobq.jobs?");
+        assert!(
+            scans.iter().all(|l| l.contains("using jobs_pkey")),
+            "{what} reads jobq.jobs otherwise than by primary key:\n{}",
+            scans.join("\n")
+        );
+    }
+}
