@@ -62,6 +62,21 @@ async fn claim_one(
     claim_up_to(conn, worker_id, task, 1).await
 }
 
+/// Makes `worker`'s last heartbeat an hour old and runs a rescue pass.
+async fn stop_heartbeating_and_rescue(
+    conn: &mut AsyncPgConnection,
+    worker: i64,
+) -> Vec<jobq_diesel::RescuedJob> {
+    conn.batch_execute(&format!(
+        "UPDATE jobq.workers SET heartbeat_at = now() - interval '1 hour' WHERE id = {worker}"
+    ))
+    .await
+    .unwrap();
+    jobq_diesel::rescue(conn, Duration::from_secs(30))
+        .await
+        .unwrap()
+}
+
 /// A job whose first attempt was rescued from a dead worker and which now
 /// runs its second attempt under another; returns its id.
 async fn rescued_and_claimed_again(conn: &mut AsyncPgConnection) -> i64 {
@@ -165,9 +180,9 @@ struct Count {
     n: i64,
 }
 
-#[tokio::test]
-async fn the_claim_is_an_index_scan_on_a_table_of_finished_jobs() {
-    let (_db, mut conn) = setup().await;
+/// 200,000 finished jobs and 100 pending ones of task "t", analyzed:
+/// statistics that see no running job, as they nearly always do.
+async fn finished_jobs_and_a_hundred_pending(conn: &mut AsyncPgConnection) {
     conn.batch_execute(
         "INSERT INTO jobq.jobs (task, payload, state, finished_at) \
          SELECT 't', '{}', 'completed', now() FROM generate_series(1, 200000); \
@@ -176,6 +191,12 @@ async fn the_claim_is_an_index_scan_on_a_table_of_finished_jobs() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn the_claim_is_an_index_scan_on_a_table_of_finished_jobs() {
+    let (_db, mut conn) = setup().await;
+    finished_jobs_and_a_hundred_pending(&mut conn).await;
     // The claim statement itself (EXPLAIN without ANALYZE runs nothing).
     let queues = ["default".to_owned()];
     let tasks = ["t".to_owned()];
@@ -229,14 +250,7 @@ async fn rescue_fails_jobs_out_of_attempts_and_leaves_live_workers_alone() {
         .unwrap();
     claim_one(&mut conn, dead, "t").await;
     claim_one(&mut conn, alive, "u").await;
-    conn.batch_execute(&format!(
-        "UPDATE jobq.workers SET heartbeat_at = now() - interval '1 hour' WHERE id = {dead}"
-    ))
-    .await
-    .unwrap();
-    let rescued = jobq_diesel::rescue(&mut conn, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let rescued = stop_heartbeating_and_rescue(&mut conn, dead).await;
     assert_eq!(rescued.len(), 1);
     assert_eq!(
         (rescued[0].id, rescued[0].state.as_str()),
@@ -441,14 +455,7 @@ async fn claim_rows_nobody_settles_go_with_the_heartbeat_or_after_a_rescue() {
         .await
         .unwrap();
     let lost = claim_one(&mut conn, dead, "b").await;
-    conn.batch_execute(&format!(
-        "UPDATE jobq.workers SET heartbeat_at = now() - interval '1 hour' WHERE id = {dead}"
-    ))
-    .await
-    .unwrap();
-    let rescued = jobq_diesel::rescue(&mut conn, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let rescued = stop_heartbeating_and_rescue(&mut conn, dead).await;
     assert_eq!(rescued.len(), 1);
     assert_eq!(
         (rescued[0].id, rescued[0].state.as_str()),
@@ -473,16 +480,9 @@ fn jobs_scans(plan: Vec<PlanLine>) -> Vec<String> {
 #[tokio::test]
 async fn heartbeat_and_rescue_find_running_jobs_by_primary_key_in_a_big_table() {
     let (_db, mut conn) = setup().await;
-    // Statistics that see no running job, as they nearly always do: a
-    // join planned on them would scan the whole table.
-    conn.batch_execute(
-        "INSERT INTO jobq.jobs (task, payload, state, finished_at) \
-         SELECT 't', '{}', 'completed', now() FROM generate_series(1, 200000); \
-         INSERT INTO jobq.jobs (task, payload) SELECT 't', '{}' FROM generate_series(1, 100); \
-         ANALYZE jobq.jobs;",
-    )
-    .await
-    .unwrap();
+    // A join planned on statistics that see no running job would scan the
+    // whole table.
+    finished_jobs_and_a_hundred_pending(&mut conn).await;
     let worker = jobq_diesel::register_worker(&mut conn, &info())
         .await
         .unwrap();
