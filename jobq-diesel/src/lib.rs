@@ -15,6 +15,7 @@ mod jobs;
 mod listener;
 mod maintenance;
 mod migrations;
+mod no_jit;
 mod outcome;
 mod pool;
 pub mod schema;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use diesel::sql_types::{BigInt, Integer, Text};
 use diesel::QueryableByName;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+use crate::no_jit::NO_JIT;
 
 const RESCUE_LOCK: i64 = 0x6a6f_6271_7265_7363; // "jobqresc"
 const PRUNE_LOCK: i64 = 0x6a6f_6271_7072_756e; // "jobqprun"
@@ -108,11 +110,15 @@ pub async fn rescue(
     conn: &mut AsyncPgConnection,
     lease: Duration,
 ) -> diesel::QueryResult<Vec<RescuedJob>> {
-    diesel::sql_query(RESCUE_SQL)
-        .bind::<BigInt, _>(RESCUE_LOCK)
-        .bind::<BigInt, _>(millis(lease))
-        .load(conn)
-        .await
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        conn.batch_execute(NO_JIT).await?;
+        diesel::sql_query(RESCUE_SQL)
+            .bind::<BigInt, _>(RESCUE_LOCK)
+            .bind::<BigInt, _>(millis(lease))
+            .load(conn)
+            .await
+    })
+    .await
 }
 
 /// How long finished jobs stay visible before pruning.

@@ -3,7 +3,9 @@
 
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
 use diesel::QueryableByName;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+use crate::no_jit::NO_JIT;
 
 /// Identity of a worker process, stored in its row.
 #[derive(Debug, Clone)]
@@ -108,8 +110,9 @@ pub const HEARTBEAT_SQL: &str = "WITH before AS (SELECT id FROM jobq.workers WHE
              FROM held \
          ) h ON true";
 
-/// Refreshes the worker's lease in one statement, whatever the number of
-/// jobs it holds, re-creating its row if a rescue had removed it. The jobs
+/// Refreshes the worker's lease in one statement (in a short transaction
+/// that first turns JIT off, see `no_jit`), whatever the number of jobs it
+/// holds, re-creating its row if a rescue had removed it. The jobs
 /// it holds are found through its claims (`jobq.claims`) by primary key;
 /// claims with none of their jobs running under it any more are removed.
 /// (By primary key, not by a join on the id ranges: statistics nearly
@@ -120,12 +123,17 @@ pub async fn heartbeat(
     worker_id: i64,
     info: &WorkerInfo,
 ) -> diesel::QueryResult<HeartbeatReply> {
-    let row: HeartbeatRow = diesel::sql_query(HEARTBEAT_SQL)
-        .bind::<BigInt, _>(worker_id)
-        .bind::<Text, _>(&info.hostname)
-        .bind::<Integer, _>(info.pid)
-        .bind::<Array<Text>, _>(&info.queues)
-        .get_result(conn)
+    let row: HeartbeatRow = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            conn.batch_execute(NO_JIT).await?;
+            diesel::sql_query(HEARTBEAT_SQL)
+                .bind::<BigInt, _>(worker_id)
+                .bind::<Text, _>(&info.hostname)
+                .bind::<Integer, _>(info.pid)
+                .bind::<Array<Text>, _>(&info.queues)
+                .get_result(conn)
+                .await
+        })
         .await?;
     Ok(HeartbeatReply {
         was_alive: row.existed.is_some(),
