@@ -7,7 +7,7 @@
 //! is the share of the physical limit that jobq reaches.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use diesel::sql_types::{Array, BigInt, Text};
 use diesel::QueryableByName;
@@ -44,41 +44,20 @@ pub struct Claimed {
     pub id: i64,
 }
 
-/// What a set of parallel loops did.
-#[derive(Debug, Clone, Copy)]
-pub struct Run {
-    /// Jobs done, summed over the loops.
-    pub done: usize,
-    /// Until the last loop finished.
-    pub elapsed: Duration,
-    /// CPU spent meanwhile.
-    pub cpu: Spent,
-}
-
-/// A loop's throughput, and the CPU it took.
+/// What a set of parallel loops did: throughput, and the CPU it took.
 #[derive(Debug, Clone, Copy)]
 pub struct Rate {
     /// Jobs per second.
     pub jobs_per_sec: f64,
-    /// Jobs done.
+    /// Jobs done, summed over the loops.
     pub jobs: usize,
     /// CPU spent.
     pub cpu: Spent,
 }
 
-impl From<Run> for Rate {
-    fn from(run: Run) -> Self {
-        Rate {
-            jobs_per_sec: crate::report::rate(run.done, run.elapsed),
-            jobs: run.done,
-            cpu: run.cpu,
-        }
-    }
-}
-
 /// Claims and completes every pending job of `task` with `loops`
 /// connections in parallel.
-pub async fn run_loops(url: &str, task: &str, loops: usize) -> anyhow::Result<Run> {
+pub async fn run_loops(url: &str, task: &str, loops: usize) -> anyhow::Result<Rate> {
     let task = task.to_owned();
     in_parallel(url, loops, move |mut conn| {
         let task = task.clone();
@@ -97,9 +76,9 @@ pub async fn run_loops(url: &str, task: &str, loops: usize) -> anyhow::Result<Ru
 }
 
 /// Runs `body` on `loops` fresh connections at once, timed from after the
-/// connections are made; returns the sum of what the bodies counted, the
-/// time until the last one finished and the CPU spent meanwhile.
-pub async fn in_parallel<F, Fut>(url: &str, loops: usize, body: F) -> anyhow::Result<Run>
+/// connections are made until the last one finished; jobs are what the
+/// bodies counted.
+pub async fn in_parallel<F, Fut>(url: &str, loops: usize, body: F) -> anyhow::Result<Rate>
 where
     F: Fn(AsyncPgConnection) -> Fut,
     Fut: Future<Output = anyhow::Result<usize>> + Send + 'static,
@@ -115,10 +94,10 @@ where
     for h in handles {
         done += h.await??;
     }
-    let elapsed = started.elapsed();
-    Ok(Run {
-        done,
-        elapsed,
+    let jobs_per_sec = crate::report::rate(done, started.elapsed());
+    Ok(Rate {
+        jobs_per_sec,
+        jobs: done,
         cpu: cpu.until(&Sample::after_disconnect().await),
     })
 }
@@ -163,5 +142,5 @@ pub async fn measure(url: &str, jobs: u64, loops: usize) -> anyhow::Result<Rate>
     let mut conn = db::connect(url).await?;
     insert_jobs(&mut conn, LIMIT_TASK, jobs).await?;
     db::settle(&mut conn).await?;
-    Ok(run_loops(url, LIMIT_TASK, loops).await?.into())
+    run_loops(url, LIMIT_TASK, loops).await
 }

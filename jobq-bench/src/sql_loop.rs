@@ -71,9 +71,8 @@ pub async fn measure(url: &str, jobs: u64, loops: usize) -> anyhow::Result<limit
     let mut conn = db::connect(url).await?;
     limit::insert_jobs(&mut conn, limit::LIMIT_TASK, jobs).await?;
     db::settle(&mut conn).await?;
-    Ok(limit::in_parallel(url, loops, |mut conn| async move {
+    limit::in_parallel(url, loops, |mut conn| async move {
         drain_on(&mut conn, limit::LIMIT_TASK, None).await
     })
-    .await?
-    .into())
+    .await
 }

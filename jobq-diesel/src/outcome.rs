@@ -95,7 +95,6 @@ pub async fn write_outcomes(
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = outcomes.iter().map(|o| o.id).collect();
-    let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempt).collect();
     let plain = outcomes
         .iter()
         .all(|o| o.kind == OutcomeKind::Completed && o.message.is_none());
@@ -128,6 +127,7 @@ pub async fn write_outcomes(
         // rows now: a written outcome left its attempt ended as completed
         // or cancelled; a rejected one finds another attempt, or its own
         // back in the queue or failed by the rescue.
+        let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempt).collect();
         return diesel::sql_query(NOT_ENDED_SQL)
             .bind::<Array<BigInt>, _>(&ids)
             .bind::<Array<Integer>, _>(&attempts)
