@@ -23,7 +23,10 @@ pub struct ClaimRequest<'a> {
 
 /// A job now running under the claiming worker: what its attempt needs.
 /// (Every column returned costs the server and the worker something per
-/// job on the hot path.)
+/// job on the hot path. One row per job is the cheaper reply overall:
+/// aggregating the batch into arrays saved the worker 14 % of its
+/// instructions but cost the server more per job than that, measured at
+/// 3 % fewer jobs/s in a two-worker drain.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedJob {
     /// Row id.
