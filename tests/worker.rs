@@ -348,3 +348,43 @@ async fn each_claim_row_goes_with_the_outcome_of_its_last_job() {
     );
     handle.shutdown().await.unwrap();
 }
+
+#[jobq::task(concurrency = 10)]
+async fn batched(job: Note) -> Result<(), jobq::TaskError> {
+    let _ = job;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freed_slots_bring_the_next_batch_whole_without_waiting_for_the_poll() {
+    let env = support::env().await;
+    let mut conn = env.conn().await;
+    let payloads: Vec<Note> = (0..200)
+        .map(|i| Note {
+            text: i.to_string(),
+        })
+        .collect();
+    batched::enqueue_many(&mut conn, &payloads).await.unwrap();
+    // No poll and no notification during the test: after the first claim,
+    // only freed slots can bring the next batches.
+    let handle = env
+        .worker()
+        .poll_interval(Duration::from_secs(3600))
+        .build()
+        .await
+        .unwrap()
+        .spawn();
+    support::wait_until("every job completed", || async {
+        env.count("SELECT count(*) AS n FROM jobq.jobs WHERE state = 'completed'")
+            .await
+            == 200
+    })
+    .await;
+    // Ten slots: twenty claims if every batch came back whole. A few split
+    // batches are fine on a loaded machine; a claim per freed slot is not.
+    let claims = env
+        .count("SELECT count(DISTINCT started_at) AS n FROM jobq.jobs")
+        .await;
+    assert!((20..=60).contains(&claims), "{claims} claims for 200 jobs");
+    handle.shutdown().await.unwrap();
+}

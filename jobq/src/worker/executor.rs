@@ -108,13 +108,7 @@ async fn run_attempt(
 ) -> (OutcomeKind, Option<String>) {
     let descriptor = shared.tasks[task_index].descriptor;
     let attempt = u32::try_from(job.attempt).unwrap_or(1);
-    let ctx = Context::new(
-        JobId::from(job.id),
-        attempt,
-        descriptor.name,
-        queue,
-        cancel.clone(),
-    );
+    let ctx = Context::new(JobId::from(job.id), attempt, descriptor.name, queue, cancel);
     let future = match (descriptor.handler)(ctx, &job.payload) {
         Ok(future) => future,
         Err(e) => {

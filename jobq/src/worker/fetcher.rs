@@ -167,6 +167,7 @@ async fn claim_round(
         }
         for (k, &i) in indices.iter().enumerate() {
             s.saturated[i] = i64::from(per_task[i]) >= i64::from(slots[k]);
+            s.woke_fetcher[i] = false;
         }
     }
     for (job, place) in claimed.into_iter().zip(places) {

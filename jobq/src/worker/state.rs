@@ -48,6 +48,9 @@ pub(crate) struct Slots {
     /// Tasks whose last claim filled every free slot: more work may wait,
     /// so a freed slot is worth a claim.
     pub(crate) saturated: Vec<bool>,
+    /// Tasks one of whose freed slots has woken the fetcher since their
+    /// last claim (see [`Shared::release_slot`]).
+    pub(crate) woke_fetcher: Vec<bool>,
 }
 
 #[derive(Debug)]
@@ -102,8 +105,16 @@ impl Shared {
     pub(crate) fn release_slot(&self, task_index: usize) {
         let wake = {
             let mut slots = lock(&self.slots);
-            slots.running[task_index] = slots.running[task_index].saturating_sub(1);
-            slots.saturated[task_index]
+            let running = slots.running[task_index].saturating_sub(1);
+            slots.running[task_index] = running;
+            // The first freed slot starts the fetcher's gather window and
+            // the last one ends it; the ones between change nothing it
+            // does, and waking it for each of a thousand jobs of a batch
+            // cost a busy worker measurably.
+            let wake =
+                slots.saturated[task_index] && (running == 0 || !slots.woke_fetcher[task_index]);
+            slots.woke_fetcher[task_index] |= wake;
+            wake
         };
         if wake {
             self.slot_freed.notify_one();
@@ -174,6 +185,7 @@ impl Shared {
             slots: Mutex::new(Slots {
                 running: vec![0; n],
                 saturated: vec![false; n],
+                woke_fetcher: vec![false; n],
             }),
             wake: Notify::new(),
             slot_freed: Notify::new(),
