@@ -9,8 +9,9 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::AsyncPgConnection;
+use diesel::connection::CacheSize;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use jobq::{JobState, TaskError};
 use jobq_testkit::PrivateServer;
 use serde::{Deserialize, Serialize};
@@ -339,6 +340,9 @@ struct Bouncer {
     child: std::process::Child,
     dir: std::path::PathBuf,
     port: u16,
+    /// Whether clients may keep named prepared statements (PgBouncer 1.21+
+    /// tracks them across server connections).
+    keeps_prepared_statements: bool,
 }
 
 impl Drop for Bouncer {
@@ -364,12 +368,16 @@ fn start_pgbouncer(server: &PrivateServer) -> Bouncer {
     ));
     std::fs::create_dir_all(&dir).expect("pgbouncer dir");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    // diesel-async runs every statement as a named prepared statement
-    // (Parse, then Bind/Execute in a later round trip). PgBouncer 1.21+
-    // tracks them across server connections with max_prepared_statements;
-    // older ones cannot, so there one server connection per pool keeps
-    // the statement and its execution on the same server.
-    let prepared = if (major, minor) >= (1, 21) {
+    // diesel-async sends a statement's Parse and its Bind/Execute in two
+    // round trips, and keeps cacheable statements (jobq's claim and
+    // inserts among them) prepared under names of its own. PgBouncer 1.21+
+    // tracks named statements across server connections with
+    // max_prepared_statements. Older ones cannot: there one server
+    // connection keeps a statement and its execution together, and the
+    // clients' statement caches are turned off (see `pool_through`), as
+    // the README tells users to.
+    let keeps_prepared_statements = (major, minor) >= (1, 21);
+    let prepared = if keeps_prepared_statements {
         "max_prepared_statements = 200\ndefault_pool_size = 4\n"
     } else {
         "default_pool_size = 1\n"
@@ -396,7 +404,12 @@ fn start_pgbouncer(server: &PrivateServer) -> Bouncer {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("starting pgbouncer");
-    Bouncer { child, dir, port }
+    Bouncer {
+        child,
+        dir,
+        port,
+        keeps_prepared_statements,
+    }
 }
 
 fn nix_is_root() -> bool {
@@ -407,12 +420,34 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// A transaction-pooling PgBouncer in front of `server`, its URL, and a
-/// pool through it on which jobq's schema is installed.
-async fn behind_pgbouncer(server: &PrivateServer) -> (Bouncer, String, jobq::Pool) {
+/// A pool through `bouncer` at `url`: without diesel's prepared statement
+/// cache when the bouncer cannot keep named statements.
+fn pool_through(bouncer: &Bouncer, url: &str) -> jobq::Pool {
+    let mut config = ManagerConfig::default();
+    if !bouncer.keeps_prepared_statements {
+        config.custom_setup = Box::new(|url| {
+            Box::pin(async move {
+                let mut conn = AsyncPgConnection::establish(url).await?;
+                conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+                Ok(conn)
+            })
+        });
+    }
+    bb8::Pool::builder()
+        .max_size(4)
+        .connection_timeout(Duration::from_secs(5))
+        .build_unchecked(
+            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config),
+        )
+}
+
+/// A transaction-pooling PgBouncer in front of `server`, and a pool through
+/// it on which jobq's schema is installed (the worker works on that pool:
+/// see `pool_through`).
+async fn behind_pgbouncer(server: &PrivateServer) -> (Bouncer, jobq::Pool) {
     let bouncer = start_pgbouncer(server);
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", bouncer.port);
-    let pool = pool_on(&url);
+    let pool = pool_through(&bouncer, &url);
     wait_until("pgbouncer to accept connections", support::SOON, || async {
         pool.get().await.is_ok()
     })
@@ -423,7 +458,7 @@ async fn behind_pgbouncer(server: &PrivateServer) -> (Bouncer, String, jobq::Poo
             .await
             .expect("migrate through pgbouncer");
     }
-    (bouncer, url, pool)
+    (bouncer, pool)
 }
 
 #[jobq::task(queue = "bouncer")]
@@ -437,9 +472,9 @@ async fn behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_war
     capture_logs();
     let server = PrivateServer::start().await.expect("server");
     // Kept alive until the end of the test: dropping it stops PgBouncer.
-    let (_bouncer, url, pool) = behind_pgbouncer(&server).await;
+    let (_bouncer, pool) = behind_pgbouncer(&server).await;
     let handle = fast(jobq::Worker::builder())
-        .database_url(&url)
+        .pool(pool.clone())
         .queues(&["bouncer"])
         .poll_interval(Duration::from_millis(300))
         .build()
@@ -493,10 +528,10 @@ async fn behind_pgbouncer_a_direct_listen_url_keeps_notifications() {
     capture_logs();
     let server = PrivateServer::start().await.expect("server");
     // Kept alive until the end of the test: dropping it stops PgBouncer.
-    let (_bouncer, url, pool) = behind_pgbouncer(&server).await;
+    let (_bouncer, pool) = behind_pgbouncer(&server).await;
     let direct = pool_on(server.url());
     let handle = fast(jobq::Worker::builder())
-        .database_url(&url)
+        .pool(pool.clone())
         .listen_url(server.url())
         .queues(&["bouncer"])
         // Only a notification can make the job run quickly.

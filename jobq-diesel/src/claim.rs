@@ -7,6 +7,8 @@ use diesel::row::{Field, NamedRow, Row};
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use crate::prepared::prepared;
+
 /// What a worker asks for: up to `slots[i]` jobs of `tasks[i]`, from the
 /// given queues.
 #[derive(Debug, Clone, Copy)]
@@ -121,11 +123,13 @@ pub async fn claim(
     if request.tasks.is_empty() {
         return Ok(Vec::new());
     }
-    diesel::sql_query(CLAIM_SQL)
-        .bind::<Array<Text>, _>(request.queues)
-        .bind::<Array<Text>, _>(request.tasks)
-        .bind::<Array<Integer>, _>(request.slots)
-        .bind::<BigInt, _>(request.worker_id)
-        .load(conn)
-        .await
+    prepared(
+        diesel::sql_query(CLAIM_SQL)
+            .bind::<Array<Text>, _>(request.queues)
+            .bind::<Array<Text>, _>(request.tasks)
+            .bind::<Array<Integer>, _>(request.slots)
+            .bind::<BigInt, _>(request.worker_id),
+    )
+    .load(conn)
+    .await
 }

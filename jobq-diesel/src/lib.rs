@@ -18,6 +18,7 @@ mod migrations;
 mod no_jit;
 mod outcome;
 mod pool;
+mod prepared;
 pub mod schema;
 mod vacuum;
 mod workers;

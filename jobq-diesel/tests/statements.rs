@@ -516,3 +516,58 @@ async fn heartbeat_and_rescue_find_running_jobs_by_primary_key_in_a_big_table() 
         );
     }
 }
+
+#[derive(QueryableByName)]
+struct Prepared {
+    #[diesel(sql_type = Text)]
+    statement: String,
+}
+
+/// The statements this connection keeps prepared (named ones: what
+/// diesel's statement cache holds).
+async fn prepared_statements(conn: &mut AsyncPgConnection) -> Vec<String> {
+    diesel::sql_query("SELECT statement FROM pg_prepared_statements")
+        .load::<Prepared>(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.statement)
+        .collect()
+}
+
+#[tokio::test]
+async fn claims_and_inserts_stay_prepared_and_outcomes_do_not() {
+    let (_db, mut conn) = setup().await;
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    }
+    let mut claimed = Vec::new();
+    for _ in 0..3 {
+        claimed.extend(claim_one(&mut conn, worker, "t").await);
+    }
+    assert_eq!(claimed.len(), 3);
+    let outcomes: Vec<Outcome> = claimed
+        .iter()
+        .map(|c| Outcome {
+            id: c.id,
+            attempt: c.attempt,
+            kind: OutcomeKind::Completed,
+            message: None,
+        })
+        .collect();
+    let claims: Vec<i64> = claimed.iter().map(|c| c.claim).collect();
+    jobq_diesel::write_outcomes(&mut conn, &outcomes, &claims)
+        .await
+        .unwrap();
+    let prepared = prepared_statements(&mut conn).await;
+    let count = |prefix: &str| prepared.iter().filter(|s| s.starts_with(prefix)).count();
+    // Parsed once each, however often they ran.
+    assert_eq!(count("WITH picked AS"), 1, "{prepared:#?}");
+    assert_eq!(count("INSERT INTO jobq.jobs"), 1, "{prepared:#?}");
+    // A cached generic plan would turn the attempt fence's hashed `= ANY`
+    // into a linear search (outcome.rs): outcome statements stay unnamed.
+    assert_eq!(count("WITH settled AS"), 0, "{prepared:#?}");
+}
