@@ -123,13 +123,12 @@ pub async fn claim(
     if request.tasks.is_empty() {
         return Ok(Vec::new());
     }
-    prepared(
-        diesel::sql_query(CLAIM_SQL)
-            .bind::<Array<Text>, _>(request.queues)
-            .bind::<Array<Text>, _>(request.tasks)
-            .bind::<Array<Integer>, _>(request.slots)
-            .bind::<BigInt, _>(request.worker_id),
-    )
-    .load(conn)
-    .await
+    let query = diesel::sql_query(CLAIM_SQL)
+        .bind::<Array<Text>, _>(request.queues)
+        .bind::<Array<Text>, _>(request.tasks)
+        .bind::<Array<Integer>, _>(request.slots)
+        .bind::<BigInt, _>(request.worker_id);
+    // Kept prepared: an idle worker runs it the moment a notification
+    // arrives, and planning it was a quarter of the pickup latency.
+    prepared(query).load(conn).await
 }

@@ -59,21 +59,18 @@ pub async fn insert_job(
     job: &NewJob<'_>,
 ) -> diesel::QueryResult<i64> {
     let Some(key) = job.dedupe_key else {
-        let row: Id = prepared(
-            diesel::sql_query(
-                "INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at) \
+        let query = diesel::sql_query(
+            "INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at) \
              VALUES ($1, $2, $3::jsonb, $4, $5, now() + $6 * interval '1 millisecond') \
              RETURNING id",
-            )
-            .bind::<Text, _>(job.task)
-            .bind::<Text, _>(job.queue)
-            .bind::<Text, _>(job.payload)
-            .bind::<SmallInt, _>(job.priority)
-            .bind::<Integer, _>(job.max_attempts)
-            .bind::<BigInt, _>(job.delay_ms),
         )
-        .get_result(conn)
-        .await?;
+        .bind::<Text, _>(job.task)
+        .bind::<Text, _>(job.queue)
+        .bind::<Text, _>(job.payload)
+        .bind::<SmallInt, _>(job.priority)
+        .bind::<Integer, _>(job.max_attempts)
+        .bind::<BigInt, _>(job.delay_ms);
+        let row: Id = prepared(query).get_result(conn).await?;
         return Ok(row.id);
     };
     // The insert either creates the job or, on conflict with the live job
@@ -82,7 +79,7 @@ pub async fn insert_job(
     // by the next round. Under REPEATABLE READ the snapshot never moves, so
     // the rounds are bounded and the caller gets NotFound.
     for _ in 0..DEDUPE_ROUNDS {
-        let row: Option<Id> = prepared(diesel::sql_query(
+        let query = diesel::sql_query(
             "WITH inserted AS ( \
                  INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at, dedupe_key) \
                  VALUES ($1, $2, $3::jsonb, $4, $5, now() + $6 * interval '1 millisecond', $7) \
@@ -102,10 +99,8 @@ pub async fn insert_job(
         .bind::<SmallInt, _>(job.priority)
         .bind::<Integer, _>(job.max_attempts)
         .bind::<BigInt, _>(job.delay_ms)
-        .bind::<Nullable<Text>, _>(Some(key)))
-        .get_result(conn)
-        .await
-        .optional()?;
+        .bind::<Nullable<Text>, _>(Some(key));
+        let row: Option<Id> = prepared(query).get_result(conn).await.optional()?;
         if let Some(row) = row {
             return Ok(row.id);
         }
@@ -126,23 +121,20 @@ pub async fn insert_jobs(
     if jobs.payloads.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<Id> = prepared(
-        diesel::sql_query(
-            "INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at) \
+    let query = diesel::sql_query(
+        "INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at) \
          SELECT $1, $2, p.payload::jsonb, $4, $5, now() + $6 * interval '1 millisecond' \
          FROM unnest($3::text[]) WITH ORDINALITY AS p(payload, n) \
          ORDER BY p.n \
          RETURNING id",
-        )
-        .bind::<Text, _>(jobs.task)
-        .bind::<Text, _>(jobs.queue)
-        .bind::<Array<Text>, _>(jobs.payloads)
-        .bind::<SmallInt, _>(jobs.priority)
-        .bind::<Integer, _>(jobs.max_attempts)
-        .bind::<BigInt, _>(jobs.delay_ms),
     )
-    .load(conn)
-    .await?;
+    .bind::<Text, _>(jobs.task)
+    .bind::<Text, _>(jobs.queue)
+    .bind::<Array<Text>, _>(jobs.payloads)
+    .bind::<SmallInt, _>(jobs.priority)
+    .bind::<Integer, _>(jobs.max_attempts)
+    .bind::<BigInt, _>(jobs.delay_ms);
+    let rows: Vec<Id> = prepared(query).load(conn).await?;
     // Identity values are drawn in insertion order, which follows `n`, so
     // sorting restores the order of `payloads` whatever order RETURNING uses.
     let mut ids: Vec<i64> = rows.into_iter().map(|r| r.id).collect();
