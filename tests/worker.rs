@@ -380,11 +380,12 @@ async fn freed_slots_bring_the_next_batch_whole_without_waiting_for_the_poll() {
             == 200
     })
     .await;
-    // Ten slots: twenty claims if every batch came back whole. A few split
-    // batches are fine on a loaded machine; a claim per freed slot is not.
+    // Ten slots: twenty claims if every batch came back whole. Split
+    // batches are fine on a loaded machine (a job slower than the gather
+    // window); a claim per freed slot, some two hundred, is not.
     let claims = env
         .count("SELECT count(DISTINCT started_at) AS n FROM jobq.jobs")
         .await;
-    assert!((20..=60).contains(&claims), "{claims} claims for 200 jobs");
+    assert!((20..=100).contains(&claims), "{claims} claims for 200 jobs");
     handle.shutdown().await.unwrap();
 }
