@@ -228,3 +228,27 @@ async fn a_job_claimed_but_never_received_is_handed_back_and_run() {
         info.errors
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_row_names_this_machine_and_process() {
+    let env = support::env().await;
+    let handle = env.worker().build().await.unwrap().spawn();
+    // The kernel's own record of the name, read independently of jobq.
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("the kernel's hostname")
+        .trim()
+        .replace('\'', "''");
+    let pid = std::process::id();
+    support::wait_until("the worker row", || async {
+        env.count("SELECT count(*) AS n FROM jobq.workers").await == 1
+    })
+    .await;
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) AS n FROM jobq.workers WHERE hostname = '{machine}' AND pid = {pid}"
+        ))
+        .await,
+        1
+    );
+    handle.shutdown().await.unwrap();
+}
