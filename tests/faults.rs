@@ -374,8 +374,8 @@ fn start_pgbouncer(server: &PrivateServer) -> Bouncer {
     // tracks named statements across server connections with
     // max_prepared_statements. Older ones cannot: there one server
     // connection keeps a statement and its execution together, and the
-    // clients' statement caches are turned off (see `pool_through`), as
-    // the README tells users to.
+    // clients' statement caches are turned off (see `pool_through`), so
+    // that their statements are unnamed and cannot collide on it.
     let keeps_prepared_statements = (major, minor) >= (1, 21);
     let prepared = if keeps_prepared_statements {
         "max_prepared_statements = 200\ndefault_pool_size = 4\n"
