@@ -13,9 +13,8 @@
 //! Whether a statement should be kept is decided per statement: a generic
 //! plan must be as good as the per-call ones (see the outcome statements
 //! in `outcome.rs`, which are not). A connection whose statement cache is
-//! disabled (`set_prepared_statement_cache_size(CacheSize::Disabled)`, for
-//! PgBouncer older than 1.21 in transaction mode) runs these unnamed like
-//! any other statement.
+//! disabled (`set_prepared_statement_cache_size(CacheSize::Disabled)`) runs
+//! these unnamed like any other statement.
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
