@@ -549,15 +549,7 @@ async fn claims_and_inserts_stay_prepared_and_outcomes_do_not() {
         claimed.extend(claim_one(&mut conn, worker, "t").await);
     }
     assert_eq!(claimed.len(), 3);
-    let outcomes: Vec<Outcome> = claimed
-        .iter()
-        .map(|c| Outcome {
-            id: c.id,
-            attempt: c.attempt,
-            kind: OutcomeKind::Completed,
-            message: None,
-        })
-        .collect();
+    let outcomes: Vec<Outcome> = claimed.iter().map(done).collect();
     let claims: Vec<i64> = claimed.iter().map(|c| c.claim).collect();
     jobq_diesel::write_outcomes(&mut conn, &outcomes, &claims)
         .await
