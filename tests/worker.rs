@@ -16,6 +16,15 @@ struct Note {
     text: String,
 }
 
+/// `n` notes numbered from 0.
+fn notes(n: usize) -> Vec<Note> {
+    (0..n)
+        .map(|i| Note {
+            text: i.to_string(),
+        })
+        .collect()
+}
+
 #[jobq::task]
 async fn record_note(job: Note) -> Result<(), jobq::TaskError> {
     let _ = job;
@@ -179,11 +188,7 @@ async fn limited(job: Note) -> Result<(), jobq::TaskError> {
 async fn concurrency_limit_holds() {
     let env = support::env().await;
     let mut conn = env.conn().await;
-    let payloads: Vec<Note> = (0..30)
-        .map(|i| Note {
-            text: i.to_string(),
-        })
-        .collect();
+    let payloads = notes(30);
     let ids = limited::enqueue_many(&mut conn, &payloads).await.unwrap();
     let handle = env.worker().build().await.unwrap().spawn();
     for id in ids {
@@ -215,11 +220,7 @@ async fn counted(ctx: jobq::Context, job: Note) -> Result<(), jobq::TaskError> {
 async fn three_workers_run_a_thousand_jobs_exactly_once() {
     let env = support::env().await;
     let mut conn = env.conn().await;
-    let payloads: Vec<Note> = (0..1000)
-        .map(|i| Note {
-            text: i.to_string(),
-        })
-        .collect();
+    let payloads = notes(1000);
     let ids = counted::enqueue_many(&mut conn, &payloads).await.unwrap();
     let mut handles = Vec::new();
     for _ in 0..3 {
@@ -324,11 +325,7 @@ async fn each_claim_row_goes_with_the_outcome_of_its_last_job() {
         .unwrap()
         .spawn();
     let mut conn = env.conn().await;
-    let payloads: Vec<Note> = (0..100)
-        .map(|i| Note {
-            text: i.to_string(),
-        })
-        .collect();
+    let payloads = notes(100);
     settles::enqueue_many(&mut conn, &payloads).await.unwrap();
     support::wait_until("every job completed", || async {
         env.count("SELECT count(*) AS n FROM jobq.jobs WHERE state = 'completed'")
@@ -359,11 +356,7 @@ async fn batched(job: Note) -> Result<(), jobq::TaskError> {
 async fn freed_slots_bring_the_next_batch_whole_without_waiting_for_the_poll() {
     let env = support::env().await;
     let mut conn = env.conn().await;
-    let payloads: Vec<Note> = (0..200)
-        .map(|i| Note {
-            text: i.to_string(),
-        })
-        .collect();
+    let payloads = notes(200);
     batched::enqueue_many(&mut conn, &payloads).await.unwrap();
     // No poll and no notification during the test: after the first claim,
     // only freed slots can bring the next batches.

@@ -196,7 +196,7 @@ fn place(shared: &Shared, tasks_asked: &[usize], job: &ClaimedJob) -> Option<(us
     }?;
     let queue = match &job.queue {
         None => (shared.queues.len() == 1).then_some(0),
-        Some(name) => shared.queues.iter().position(|q| q == name),
+        Some(name) => shared.queue_index(name),
     }?;
     Some((task, queue))
 }

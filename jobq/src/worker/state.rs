@@ -161,7 +161,12 @@ impl Shared {
     }
 
     pub(crate) fn serves_queue(&self, queue: &str) -> bool {
-        self.queues.iter().any(|q| q == queue)
+        self.queue_index(queue).is_some()
+    }
+
+    /// The position of `queue` among the queues served.
+    pub(crate) fn queue_index(&self, queue: &str) -> Option<usize> {
+        self.queues.iter().position(|q| q == queue)
     }
 
     pub(crate) fn new_arc(
