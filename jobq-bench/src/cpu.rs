@@ -182,22 +182,38 @@ fn server_ticks() -> Option<u64> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
+        let Some(("postgres", used)) = stat_ticks(&stat, true) else {
             continue;
         };
-        if !head.ends_with("(postgres") {
-            continue;
-        }
         found = true;
-        // utime, stime, cutime, cstime: fields 14 to 17, 12 to 15 after ')'.
-        ticks += rest
-            .split_whitespace()
-            .skip(11)
-            .take(4)
-            .filter_map(|v| v.parse::<u64>().ok())
-            .sum::<u64>();
+        ticks += used;
     }
     found.then_some(ticks)
+}
+
+/// The command name and CPU ticks in the text of a `/proc/<pid>/stat`:
+/// user and system time, and with `children` those of its reaped children
+/// too (the postmaster's backends, once they exit).
+pub fn stat_ticks(stat: &str, children: bool) -> Option<(&str, u64)> {
+    // The name is in parentheses and may itself hold spaces or ')'.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
+    // utime, stime, cutime, cstime: fields 14 to 17, 12 to 15 after ')'.
+    let ticks = rest
+        .split_whitespace()
+        .skip(11)
+        .take(if children { 4 } else { 2 })
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    Some((name, ticks))
+}
+
+/// CPU time (user + system) this process used so far, in seconds.
+pub fn own_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| stat_ticks(&stat, false).map(|(_, t)| t))
+        .map_or(0.0, |t| t as f64 / TICKS_PER_SECOND)
 }
 
 #[cfg(test)]
@@ -223,5 +239,15 @@ mod tests {
         assert_eq!(spent.server_us_per_job(1000), Some(1500.0));
         assert_eq!(busy_within(&[a, b], 9.0, 12.0), Some(0.75));
         assert_eq!(busy_within(&[a, b], 10.5, 12.0), None);
+    }
+
+    #[test]
+    fn ticks_from_a_stat_line_whose_name_holds_a_parenthesis() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt
+        // majflt cmajflt utime stime cutime cstime ...
+        let stat = "42 (odd) name) S 1 42 42 0 -1 4194560 10 0 0 0 7 3 20 5 20 0";
+        assert_eq!(stat_ticks(stat, false), Some(("odd) name", 10)));
+        assert_eq!(stat_ticks(stat, true), Some(("odd) name", 35)));
+        assert_eq!(stat_ticks("garbage", true), None);
     }
 }

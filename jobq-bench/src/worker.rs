@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::WorkerOptions;
+use crate::cpu;
 use crate::db;
 
 /// What a worker process reports when it exits.
@@ -25,25 +26,6 @@ pub struct WorkerReport {
     pub vmhwm_kib: u64,
     /// CPU time used (user + system), seconds.
     pub cpu_s: f64,
-}
-
-/// CPU time (user + system) this process used so far, in seconds, from
-/// `/proc/self/stat` (clock ticks of 1/100 s, as on every Linux).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Peak RSS of process `pid` in KiB, from `/proc/<pid>/status`.
@@ -97,7 +79,7 @@ pub async fn child_main(options: WorkerOptions) -> anyhow::Result<()> {
     let report = WorkerReport {
         pid: std::process::id(),
         vmhwm_kib: vmhwm_kib("self").unwrap_or(0),
-        cpu_s: cpu_seconds(),
+        cpu_s: cpu::own_cpu_seconds(),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
