@@ -297,28 +297,27 @@ async fn finished_count(pool: &jobq::Pool, ids: &[jobq::JobId]) -> usize {
 
 // ------------------------------------------------------------- PgBouncer
 
-fn pgbouncer_binary() -> std::path::PathBuf {
-    for candidate in [
+/// The installed PgBouncer, or `None` (with the skip line printed) when
+/// it is missing and CI did not ask for it (see `support::required_tool`).
+fn pgbouncer_binary(test: &str) -> Option<std::path::PathBuf> {
+    let found = [
         "/usr/sbin/pgbouncer",
         "/usr/bin/pgbouncer",
         "/usr/local/bin/pgbouncer",
-    ] {
-        if std::path::Path::new(candidate).exists() {
-            return candidate.into();
-        }
-    }
-    if let Ok(path) = std::env::var("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("pgbouncer");
-            if p.exists() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "pgbouncer is not installed: this test needs it (Debian/Ubuntu: apt-get install pgbouncer; \
-         .ci/run installs it)"
-    );
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .chain(
+        std::env::var_os("PATH")
+            .map(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join("pgbouncer"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default(),
+    )
+    .find(|p| p.exists());
+    support::required_tool("pgbouncer", test, "apt-get install pgbouncer", found)
 }
 
 /// `pgbouncer --version` as (major, minor).
@@ -353,10 +352,9 @@ impl Drop for Bouncer {
     }
 }
 
-fn start_pgbouncer(server: &PrivateServer) -> Bouncer {
+fn start_pgbouncer(server: &PrivateServer, bin: &std::path::Path) -> Bouncer {
     use std::os::unix::fs::PermissionsExt;
-    let bin = pgbouncer_binary();
-    let (major, minor) = pgbouncer_version(&bin);
+    let (major, minor) = pgbouncer_version(bin);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -393,7 +391,7 @@ fn start_pgbouncer(server: &PrivateServer) -> Bouncer {
     );
     let ini = dir.join("pgbouncer.ini");
     std::fs::write(&ini, config).expect("pgbouncer.ini");
-    let mut command = std::process::Command::new(&bin);
+    let mut command = std::process::Command::new(bin);
     // PgBouncer refuses to run as root.
     if nix_is_root() {
         command.args(["-u", "postgres"]);
@@ -444,8 +442,8 @@ fn pool_through(bouncer: &Bouncer, url: &str) -> jobq::Pool {
 /// A transaction-pooling PgBouncer in front of `server`, and a pool through
 /// it on which jobq's schema is installed (the worker works on that pool:
 /// see `pool_through`).
-async fn behind_pgbouncer(server: &PrivateServer) -> (Bouncer, jobq::Pool) {
-    let bouncer = start_pgbouncer(server);
+async fn behind_pgbouncer(server: &PrivateServer, bin: &std::path::Path) -> (Bouncer, jobq::Pool) {
+    let bouncer = start_pgbouncer(server, bin);
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", bouncer.port);
     let pool = pool_through(&bouncer, &url);
     wait_until("pgbouncer to accept connections", support::SOON, || async {
@@ -469,10 +467,15 @@ async fn through_bouncer(job: Work) -> Result<(), TaskError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_warning() {
+    let Some(bin) = pgbouncer_binary(
+        "behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_warning",
+    ) else {
+        return;
+    };
     capture_logs();
     let server = PrivateServer::start().await.expect("server");
     // Kept alive until the end of the test: dropping it stops PgBouncer.
-    let (_bouncer, pool) = behind_pgbouncer(&server).await;
+    let (_bouncer, pool) = behind_pgbouncer(&server, &bin).await;
     let handle = fast(jobq::Worker::builder())
         .pool(pool.clone())
         .queues(&["bouncer"])
@@ -525,10 +528,14 @@ async fn behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_war
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_pgbouncer_a_direct_listen_url_keeps_notifications() {
+    let Some(bin) = pgbouncer_binary("behind_pgbouncer_a_direct_listen_url_keeps_notifications")
+    else {
+        return;
+    };
     capture_logs();
     let server = PrivateServer::start().await.expect("server");
     // Kept alive until the end of the test: dropping it stops PgBouncer.
-    let (_bouncer, pool) = behind_pgbouncer(&server).await;
+    let (_bouncer, pool) = behind_pgbouncer(&server, &bin).await;
     let direct = pool_on(server.url());
     let handle = fast(jobq::Worker::builder())
         .pool(pool.clone())

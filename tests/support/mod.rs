@@ -127,3 +127,35 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The variable that turns a missing external program into a failure:
+/// a comma-separated list of tools (`pgbouncer,chromium`), or `all`.
+/// `.ci/run` sets it, so CI always runs the tests that need them.
+pub const REQUIRE_TOOLS: &str = "JOBQ_REQUIRE_TOOLS";
+
+/// `found` when a test's external program is installed. Otherwise prints
+/// one line saying the test was skipped and returns `None` — unless
+/// [`REQUIRE_TOOLS`] names the tool, in which case the test fails.
+pub fn required_tool<T>(tool: &str, test: &str, install: &str, found: Option<T>) -> Option<T> {
+    if found.is_some() {
+        return found;
+    }
+    let required = std::env::var(REQUIRE_TOOLS).unwrap_or_default();
+    let required = required
+        .split(',')
+        .map(str::trim)
+        .any(|t| t.eq_ignore_ascii_case(tool) || t.eq_ignore_ascii_case("all"));
+    assert!(
+        !required,
+        "{test}: {tool} is not installed and {REQUIRE_TOOLS} requires it ({install})"
+    );
+    // Straight to the process's stderr: the test harness captures what
+    // `println!`/`eprintln!` print in a passing test, and this line must
+    // be seen.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {test}: {tool} is not installed ({install}; {REQUIRE_TOOLS}={tool} makes this a failure)"
+    );
+    None
+}
