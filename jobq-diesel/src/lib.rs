@@ -17,6 +17,7 @@ mod maintenance;
 mod migrations;
 mod no_jit;
 mod outcome;
+mod ping;
 mod pool;
 mod prepared;
 pub mod schema;
@@ -30,6 +31,7 @@ pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention, RESCUE_SQL};
 pub use migrations::{migrate, MigrateError, LATEST_VERSION};
 pub use outcome::{write_outcomes, Outcome, OutcomeKind, RejectedOutcome};
+pub use ping::ping;
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};
 pub use vacuum::{vacuum, Vacuum};
 pub use workers::{

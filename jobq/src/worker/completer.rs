@@ -8,10 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobq_diesel::{Outcome, OutcomeKind};
+use jobq_diesel::OutcomeKind;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
+use super::outcome_writer::{BatchWrite, Entry, PoolStore};
 use super::state::{lock, Finished, Shared};
 
 /// Longest an outcome waits for others to share its statement.
@@ -29,146 +31,133 @@ pub(crate) async fn run(
     stop: CancellationToken,
     give_up: CancellationToken,
 ) {
-    let mut batch = Batch::new(shared.config.outcome_batch);
+    let mut batch = BatchWrite::default();
     let mut last_round = false;
+    let limit = shared.config.outcome_batch;
     loop {
-        if batch.outcomes.is_empty() && !last_round {
+        if batch.is_empty() && !last_round {
             tokio::select! {
                 biased;
                 received = rx.recv() => match received {
-                    Some(finished) => batch.push(&shared, finished),
+                    Some(finished) => push(&shared, &mut batch, finished),
                     None => return,
                 },
                 _ = stop.cancelled() => last_round = true,
             }
         }
-        while batch.outcomes.len() < shared.config.outcome_batch {
+        while batch.len() < limit {
             match rx.try_recv() {
-                Ok(finished) => batch.push(&shared, finished),
+                Ok(finished) => push(&shared, &mut batch, finished),
                 Err(_) => break,
             }
         }
-        if !last_round && !batch.outcomes.is_empty() && !lock(&shared.in_flight).is_empty() {
+        if !last_round && !batch.is_empty() && !lock(&shared.in_flight).is_empty() {
             let until = tokio::time::Instant::now() + GATHER_WINDOW;
-            while batch.outcomes.len() < shared.config.outcome_batch {
+            while batch.len() < limit {
                 match tokio::time::timeout_at(until, rx.recv()).await {
-                    Ok(Some(finished)) => batch.push(&shared, finished),
+                    Ok(Some(finished)) => push(&shared, &mut batch, finished),
                     Ok(None) | Err(_) => break,
                 }
             }
         }
-        if batch.outcomes.is_empty() {
+        if batch.is_empty() {
             return;
         }
-        let written = write(&shared, &batch, &give_up).await;
-        shared
-            .unwritten
-            .fetch_sub(batch.outcomes.len(), Ordering::AcqRel);
+        let n = batch.len();
+        let written = write(&shared, &mut batch, &give_up).await;
+        let before = shared.unwritten.fetch_sub(n, Ordering::AcqRel);
+        if before >= shared.backlog_limit && before - n < shared.backlog_limit {
+            // The fetcher stopped claiming at the bound; it may go on.
+            shared.wake.notify_one();
+        }
         if !written {
             tracing::error!(
-                outcomes = batch.outcomes.len(),
+                outcomes = n,
                 "gave up writing outcomes; the jobs will be rescued after the lease"
             );
             return;
         }
-        batch.clear();
         if last_round && rx.is_empty() {
             return;
         }
     }
 }
 
-/// Outcomes to write in one statement, and the claims they settle.
-struct Batch {
-    outcomes: Vec<Outcome>,
-    settled_claims: Vec<i64>,
+/// Adds an outcome; when it is the last open job of its claim, the
+/// claim's row goes with it.
+fn push(shared: &Shared, batch: &mut BatchWrite, finished: Finished) {
+    let settles = finished
+        .claim
+        .is_some_and(|claim| shared.settle_claim_job(claim));
+    batch.push(Entry::new(finished.outcome, finished.claim, settles));
 }
 
-impl Batch {
-    fn new(capacity: usize) -> Self {
-        Self {
-            outcomes: Vec::with_capacity(capacity),
-            settled_claims: Vec::new(),
-        }
-    }
-
-    /// Adds an outcome; when it is the last open job of its claim, the
-    /// claim's row goes in the same statement.
-    fn push(&mut self, shared: &Shared, finished: Finished) {
-        if let Some(claim) = finished.claim {
-            if shared.settle_claim_job(claim) {
-                self.settled_claims.push(claim);
-            }
-        }
-        self.outcomes.push(finished.outcome);
-    }
-
-    fn clear(&mut self) {
-        self.outcomes.clear();
-        self.settled_claims.clear();
-    }
-}
-
-/// Writes one batch, retrying with backoff; false when `give_up` fired.
-async fn write(shared: &Shared, batch: &Batch, give_up: &CancellationToken) -> bool {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match try_write(shared, batch).await {
-            Ok(()) => return true,
-            Err(message) => {
-                tracing::warn!(error = %message, outcomes = batch.outcomes.len(), retry_in = ?delay, "writing outcomes failed");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = give_up.cancelled() => return false,
-        }
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
-    }
-}
-
-async fn try_write(shared: &Shared, batch: &Batch) -> Result<(), String> {
-    let mut conn = shared
-        .pool
-        .get()
-        .await
-        .map_err(|e| format!("no connection: {e}"))?;
-    let rejected = jobq_diesel::write_outcomes(&mut conn, &batch.outcomes, &batch.settled_claims)
-        .await
-        .map_err(|e| e.to_string())?;
-    for r in &rejected {
-        // Invariant 2: the attempt was rescued (and maybe claimed again)
-        // while it ran; its late outcome changes nothing.
-        let kind = batch
-            .outcomes
-            .iter()
-            .find(|o| o.id == r.id && o.attempt == r.attempt)
-            .map(|o| o.kind);
-        tracing::warn!(
-            job.id = r.id,
-            job.attempt = r.attempt,
-            outcome = ?kind,
-            "outcome discarded: the job is no longer running this attempt (rescued)"
-        );
-    }
-    tracing::trace!(
-        outcomes = batch.outcomes.len(),
-        rejected = rejected.len(),
-        "outcomes written"
-    );
+/// Writes one batch, trying again with backoff while the database is
+/// away; false when `give_up` fired first.
+async fn write(shared: &Shared, batch: &mut BatchWrite, give_up: &CancellationToken) -> bool {
     // Retries are due at a time this worker knows; wake for them without
     // depending on the notification reaching our own listener.
     let retry_in = batch
-        .outcomes
+        .entries
         .iter()
-        .filter_map(|o| match o.kind {
+        .filter_map(|e| match e.outcome.kind {
             OutcomeKind::Retry { delay_ms } => Some(delay_ms),
             _ => None,
         })
         .min();
+    let mut backoff = Backoff::new(Duration::from_millis(50), MAX_RETRY_DELAY);
+    let mut store = PoolStore(&shared.pool);
+    let report = loop {
+        let n = batch.len();
+        let result = tokio::select! {
+            result = batch.write(&mut store) => result,
+            _ = give_up.cancelled() => return false,
+        };
+        match result {
+            Ok(report) => break report,
+            Err(e) => {
+                let retry_in = backoff.next_delay();
+                tracing::warn!(error = %e, outcomes = n, ?retry_in, "writing outcomes failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry_in) => {}
+                    _ = give_up.cancelled() => return false,
+                }
+            }
+        }
+    };
+    for r in &report.rejected {
+        // Invariant 2: the attempt was rescued (and maybe claimed again)
+        // while it ran; its late outcome changes nothing.
+        tracing::warn!(
+            job.id = r.id,
+            job.attempt = r.attempt,
+            "outcome discarded: the job is no longer running this attempt (rescued)"
+        );
+    }
+    for (id, attempt, why) in &report.degraded {
+        tracing::warn!(
+            job.id = id,
+            job.attempt = attempt,
+            error = %why,
+            "the database refused this outcome as it was; it was recorded without its full message"
+        );
+    }
+    for (id, attempt, claim, why) in &report.abandoned {
+        tracing::error!(
+            job.id = id,
+            job.attempt = attempt,
+            error = %why,
+            "the database refuses every form of this outcome; the job stays running under this \
+             worker and is rescued when the worker stops"
+        );
+        // Its claim must outlive the worker: it is how rescue finds the job.
+        if let Some(claim) = claim {
+            shared.open_claim(*claim, 1);
+        }
+    }
     if let Some(delay_ms) = retry_in {
         let delay = Duration::from_millis(u64::try_from(delay_ms).unwrap_or(0));
         shared.schedule_wake(Instant::now() + delay);
     }
-    Ok(())
+    true
 }

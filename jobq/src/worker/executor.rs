@@ -1,8 +1,7 @@
 //! Running one attempt: decode the payload, call the task function under
 //! its time limit with panics caught, and turn the result into an outcome.
 
-use std::any::Any;
-use std::panic::AssertUnwindSafe;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -12,6 +11,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::message;
 use super::state::{lock, Finished, InFlight, Shared};
 use crate::retry::backoff;
 use crate::{Context, JobId};
@@ -106,17 +106,51 @@ async fn run_attempt(
     queue: Arc<str>,
     cancel: CancellationToken,
 ) -> (OutcomeKind, Option<String>) {
+    let (kind, full) = attempt_outcome(shared, job, task_index, queue, cancel).await;
+    // The whole message goes to the log; the job's history keeps a cleaned,
+    // capped copy (see `message`).
+    match (&kind, &full) {
+        (OutcomeKind::Completed, _) => tracing::debug!("attempt completed"),
+        (kind, Some(message)) => {
+            tracing::warn!(error = %message, outcome = ?kind, "attempt failed")
+        }
+        (kind, None) => tracing::warn!(outcome = ?kind, "attempt failed"),
+    }
+    (kind, full.as_deref().map(message::stored))
+}
+
+/// Runs the attempt and says how it ended, with the full message of a
+/// failure. Everything the task's code does runs under `catch_unwind`:
+/// decoding the payload (a custom `Deserialize` may panic), the handler,
+/// and formatting its error.
+async fn attempt_outcome(
+    shared: &Shared,
+    job: ClaimedJob,
+    task_index: usize,
+    queue: Arc<str>,
+    cancel: CancellationToken,
+) -> (OutcomeKind, Option<String>) {
     let descriptor = shared.tasks[task_index].descriptor;
     let attempt = u32::try_from(job.attempt).unwrap_or(1);
     let ctx = Context::new(JobId::from(job.id), attempt, descriptor.name, queue, cancel);
-    let future = match (descriptor.handler)(ctx, &job.payload) {
-        Ok(future) => future,
-        Err(e) => {
+    let decoded = catch_unwind(AssertUnwindSafe(|| (descriptor.handler)(ctx, &job.payload)));
+    let future = match decoded {
+        Ok(Ok(future)) => future,
+        Ok(Err(e)) => {
             let message = format!(
-                "task {}: the payload does not deserialize into the task's payload type: {e}",
-                descriptor.name
+                "task {}: the payload does not deserialize into the task's payload type: {}",
+                descriptor.name,
+                message::text_of(|| e.to_string())
             );
-            tracing::error!(error = %message, "failing the job permanently");
+            return (OutcomeKind::Failed, Some(message));
+        }
+        // It would panic again on every attempt: fail at once.
+        Err(panic) => {
+            let message = format!(
+                "task {}: decoding the payload panicked: {}",
+                descriptor.name,
+                message::panic_message(&*panic)
+            );
             return (OutcomeKind::Failed, Some(message));
         }
     };
@@ -136,10 +170,16 @@ async fn run_attempt(
     let result = AssertUnwindSafe(guarded).catch_unwind().await;
     let outcome = match result {
         Ok(Ok(Ok(()))) => (OutcomeKind::Completed, None),
-        Ok(Ok(Err(e))) if e.is_permanent() => (OutcomeKind::Failed, Some(e.to_string())),
-        Ok(Ok(Err(e))) => retry(e.to_string()),
+        Ok(Ok(Err(e))) if e.is_permanent() => (
+            OutcomeKind::Failed,
+            Some(message::text_of(|| e.to_string())),
+        ),
+        Ok(Ok(Err(e))) => retry(message::text_of(|| e.to_string())),
         Ok(Err(limit)) => retry(format!("attempt timed out after {limit:?}")),
-        Err(panic) => retry(format!("attempt panicked: {}", panic_message(&*panic))),
+        Err(panic) => retry(format!(
+            "attempt panicked: {}",
+            message::panic_message(&*panic)
+        )),
     };
     // A handler that stopped because the worker is shutting down gets its
     // job back in the queue untouched instead of a failed attempt.
@@ -154,13 +194,6 @@ async fn run_attempt(
                 outcome.1.unwrap_or_default()
             )),
         );
-    }
-    match &outcome {
-        (OutcomeKind::Completed, _) => tracing::debug!("attempt completed"),
-        (kind, Some(message)) => {
-            tracing::warn!(error = %message, outcome = ?kind, "attempt failed")
-        }
-        (kind, None) => tracing::warn!(outcome = ?kind, "attempt failed"),
     }
     outcome
 }
@@ -210,15 +243,5 @@ fn finish(
         // Only after the completer stopped; the job stays running and is
         // rescued once this worker's heartbeats stop.
         tracing::error!("outcome dropped: the completer has stopped");
-    }
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_owned()
     }
 }

@@ -118,6 +118,16 @@ async fn claim_round(
     if tasks.is_empty() {
         return Ok(());
     }
+    let unwritten = shared.unwritten.load(Ordering::Acquire);
+    if unwritten >= shared.backlog_limit {
+        // The completer wakes us when it gets below the bound again.
+        tracing::debug!(
+            unwritten,
+            limit = shared.backlog_limit,
+            "not claiming: too many outcomes wait to be written"
+        );
+        return Ok(());
+    }
     let claimed: Vec<ClaimedJob> = {
         // Waiting for a connection may take long while the database is
         // down; shutdown must not wait for it. The claim itself is never

@@ -6,6 +6,7 @@
 //! notifications into wake-ups, and the heartbeat and maintenance loops keep
 //! leases and rescue the jobs of dead workers.
 
+mod backoff;
 mod builder;
 mod completer;
 mod config;
@@ -15,6 +16,8 @@ mod fetcher;
 mod heartbeat;
 mod listen;
 mod maintenance;
+mod message;
+mod outcome_writer;
 mod shutdown;
 mod state;
 mod url;

@@ -90,6 +90,10 @@ pub(crate) struct Shared {
     pub(crate) claiming: AtomicBool,
     /// Outcomes handed to the completer and not yet written (or given up).
     pub(crate) unwritten: AtomicUsize,
+    /// At this many unwritten outcomes the fetcher stops claiming: when
+    /// outcomes cannot be written, the worker stops taking work instead
+    /// of growing its memory.
+    pub(crate) backlog_limit: usize,
 }
 
 /// Locks a mutex, recovering from poisoning: the data here stays
@@ -177,6 +181,8 @@ impl Shared {
         tasks: Vec<ServedTask>,
     ) -> Arc<Self> {
         let n = tasks.len();
+        let slots: usize = tasks.iter().map(|t| t.limit as usize).sum();
+        let backlog_limit = config.outcome_batch.max(2 * slots);
         Arc::new(Self {
             pool,
             config,
@@ -199,6 +205,7 @@ impl Shared {
             idle: Notify::new(),
             claiming: AtomicBool::new(false),
             unwritten: AtomicUsize::new(0),
+            backlog_limit,
         })
     }
 }
