@@ -10,6 +10,8 @@ use diesel_async::AsyncPgConnection;
 use jobq::{JobId, JobInfo, JobState};
 use jobq_testkit::TestDatabase;
 
+pub mod proxy;
+
 /// Generous deadline for anything that should happen "soon": CI machines
 /// are slow, and a test that waits longer only costs time when it fails.
 pub const SOON: Duration = Duration::from_secs(20);

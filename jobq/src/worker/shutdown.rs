@@ -8,13 +8,22 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::error_text::error_chain;
 use super::state::{lock, Finished, Shared};
 use super::{completer, fetcher, heartbeat, listen, maintenance};
 use crate::Error;
 
-/// How long the final outcome writes may keep retrying after the shutdown
+/// How long the final outcome writes may keep trying after the shutdown
 /// timeout before the worker exits anyway (its jobs are then rescued).
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long removing the worker's row may take at the very end.
+const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most a shutdown takes beyond the shutdown timeout, even when the
+/// database stops answering: the final flush and the removal of the
+/// worker row, each bounded.
+const SHUTDOWN_BOUND: Duration = FLUSH_TIMEOUT.saturating_add(DEREGISTER_TIMEOUT);
 
 /// The loops of a running worker.
 pub(crate) struct Running {
@@ -69,10 +78,21 @@ impl Running {
         for job in lock(&shared.in_flight).values() {
             job.cancel.cancel();
         }
-        if let Err(e) = self.fetcher.await {
-            tracing::error!(error = %e, "the fetcher ended abnormally");
-        }
         let deadline = tokio::time::Instant::now() + timeout;
+        // The fetcher stops at once unless a claim is on its way; a claim
+        // the database does not answer is given up at the deadline (its
+        // jobs, if it committed, are rescued with this worker's lease).
+        let mut fetcher = self.fetcher;
+        match tokio::time::timeout_at(deadline, &mut fetcher).await {
+            Ok(Err(e)) => tracing::error!(error = %e, "the fetcher ended abnormally"),
+            Ok(Ok(())) => {}
+            Err(_) => {
+                fetcher.abort();
+                tracing::warn!(
+                    "a claim got no answer from the database by the shutdown timeout; gave it up"
+                );
+            }
+        }
         loop {
             // Register interest before checking, so a job finishing in
             // between still wakes us.
@@ -134,15 +154,16 @@ impl Running {
         // Without its row, any job still marked running under this worker
         // (outcomes that could not be written) is rescued at the next
         // maintenance pass instead of after the lease.
-        match shared.pool.get().await {
-            Ok(mut conn) => {
-                if let Err(e) = jobq_diesel::deregister_worker(&mut conn, shared.worker_id).await {
-                    tracing::warn!(error = %e, "could not remove the worker row; it expires with the lease");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not remove the worker row; it expires with the lease")
-            }
+        let deregistered = tokio::time::timeout(DEREGISTER_TIMEOUT, async {
+            let mut conn = shared.pool.get().await.map_err(|e| error_chain(&e))?;
+            jobq_diesel::deregister_worker(&mut conn, shared.worker_id)
+                .await
+                .map_err(|e| error_chain(&e))
+        })
+        .await
+        .unwrap_or_else(|_| Err("the database did not answer".into()));
+        if let Err(e) = deregistered {
+            tracing::warn!(error = %e, "could not remove the worker row; it expires with the lease");
         }
         tracing::info!(worker.id = shared.worker_id, "worker stopped");
     }
@@ -184,6 +205,13 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    /// The most [`shutdown`](Self::shutdown) takes beyond the worker's
+    /// shutdown timeout, even when the database stops answering: writing
+    /// the last outcomes and removing the worker row are each given up
+    /// after a few seconds (the jobs then go back to the queue with the
+    /// worker's lease).
+    pub const MAX_OVERRUN: Duration = SHUTDOWN_BOUND;
+
     pub(crate) fn new(stop: CancellationToken, join: JoinHandle<Result<(), Error>>) -> Self {
         Self { stop, join }
     }
