@@ -4,7 +4,6 @@
 //! waits a moment for company, so that a burst of finishing jobs is one
 //! statement rather than one for the first job and one for the rest.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::outcome_writer::{BatchWrite, Entry, PoolStore};
-use super::state::{lock, Finished, Shared};
+use super::state::{Finished, Shared};
 
 /// Longest an outcome waits for others to share its statement.
 const GATHER_WINDOW: Duration = Duration::from_millis(2);
@@ -51,7 +50,7 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        if !last_round && !batch.is_empty() && !lock(&shared.in_flight).is_empty() {
+        if !last_round && !batch.is_empty() && !shared.attempts.is_empty() {
             let until = tokio::time::Instant::now() + GATHER_WINDOW;
             while batch.len() < limit {
                 match tokio::time::timeout_at(until, rx.recv()).await {
@@ -65,8 +64,7 @@ pub(crate) async fn run(
         }
         let n = batch.len();
         let written = write(&shared, &mut batch, &give_up).await;
-        let before = shared.unwritten.fetch_sub(n, Ordering::AcqRel);
-        if before >= shared.backlog_limit && before - n < shared.backlog_limit {
+        if shared.backlog.done(n) {
             // The fetcher stopped claiming at the bound; it may go on.
             shared.wake.notify_one();
         }

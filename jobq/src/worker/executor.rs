@@ -2,7 +2,6 @@
 //! its time limit with panics caught, and turn the result into an outcome.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
@@ -11,8 +10,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::attempts::{AttemptRef, Owned};
 use super::message;
-use super::state::{lock, Finished, InFlight, Shared};
+use super::state::{Finished, Shared};
 use crate::retry::backoff;
 use crate::{Context, JobId};
 
@@ -34,68 +34,78 @@ pub(crate) fn spawn(
     );
     // A token of its own rather than a child of `stopping`: children share
     // their parent's lock, which every attempt would take twice. Shutdown
-    // cancels the tokens in `in_flight` one by one instead.
+    // cancels the attempts one by one instead (`Attempts::close`).
     let cancel = CancellationToken::new();
     if job.cancel_requested {
         cancel.cancel();
     }
-    // Register before spawning so that a cancel notification or a shutdown
-    // arriving right now finds the attempt.
-    let superseded = {
-        let mut in_flight = lock(&shared.in_flight);
-        // Checked under the lock shutdown holds while it cancels the
-        // attempts in flight: an attempt is either among them or sees the
-        // shutdown here.
-        if shared.stopping.is_cancelled() {
-            cancel.cancel();
-        }
-        in_flight.insert(
-            job.id,
-            InFlight {
-                attempt: job.attempt,
-                claim: job.claim,
-                cancel: cancel.clone(),
-                abort: None,
-            },
-        )
+    let attempt = AttemptRef {
+        id: job.id,
+        attempt: job.attempt,
+        claim: job.claim,
+        task_index,
     };
-    if let Some(old) = superseded {
+    // Registered before spawning so that a cancel notification or a
+    // shutdown arriving right now finds the attempt.
+    if let Some(old) = shared.attempts.start(attempt, cancel.clone()) {
         // This worker was presumed dead (no heartbeat within the lease), the
         // job was rescued and has come back to it. The old attempt's outcome
-        // would be fenced out anyway: ask it to stop.
+        // would be fenced out anyway; it has been asked to stop.
         tracing::warn!(
             job.id = job.id,
             old.attempt = old.attempt,
             "an earlier attempt of this job was rescued; stopping it"
         );
-        old.cancel.cancel();
         // It no longer owns its outcome, so it will not free its slot, nor
         // settle its claim (whose row goes with a heartbeat or the rescue,
         // once nothing of it runs here).
-        shared.release_slot(task_index);
+        shared.release_slot(old.task_index);
         shared.settle_claim_job(old.claim);
     }
-    let id = job.id;
-    let attempt = job.attempt;
-    let claim = job.claim;
     let task = Arc::clone(shared);
     let queue = Arc::clone(queue);
     let tx = outcomes.clone();
     // Boxed: the attempt's state machine is large, and tokio moves a task's
     // future several times on the way in and out; a box moves as a pointer.
     let attempt_future = Box::pin(async move {
-        let kind_and_message = run_attempt(&task, job, task_index, queue, cancel).await;
-        finish(
-            &task,
-            (id, attempt, claim),
-            task_index,
-            kind_and_message,
-            &tx,
-        );
+        let (kind, message) = run_attempt(&task, job, task_index, queue, cancel).await;
+        if let Some(owned) = task.attempts.finish(&attempt) {
+            task.release_slot(task_index);
+            send(&task, &tx, owned, kind, message);
+        }
     });
     let handle = tokio::spawn(attempt_future.instrument(span));
-    if let Some(entry) = lock(&shared.in_flight).get_mut(&id) {
-        entry.abort = Some(handle.abort_handle());
+    shared.attempts.set_abort(&attempt, handle.abort_handle());
+}
+
+/// Hands an attempt's outcome to the completer: the one way an outcome
+/// leaves an attempt, and only with the [`Owned`] right to it.
+pub(crate) fn send(
+    shared: &Shared,
+    outcomes: &UnboundedSender<Finished>,
+    Owned(attempt): Owned,
+    kind: OutcomeKind,
+    message: Option<String>,
+) {
+    shared.backlog.add();
+    let finished = Finished {
+        outcome: Outcome {
+            id: attempt.id,
+            attempt: attempt.attempt,
+            kind,
+            message,
+        },
+        claim: Some(attempt.claim),
+    };
+    if outcomes.send(finished).is_err() {
+        shared.backlog.done(1);
+        // Only after the completer stopped; the job stays running and is
+        // rescued once this worker's heartbeats stop.
+        tracing::error!(
+            job.id = attempt.id,
+            job.attempt = attempt.attempt,
+            "outcome dropped: the completer has stopped"
+        );
     }
 }
 
@@ -196,52 +206,4 @@ async fn attempt_outcome(
         );
     }
     outcome
-}
-
-/// Hands the outcome to the completer, unless shutdown already took the
-/// attempt back (then it owns the outcome).
-fn finish(
-    shared: &Shared,
-    (id, attempt, claim): (i64, i32, i64),
-    task_index: usize,
-    (kind, message): (OutcomeKind, Option<String>),
-    outcomes: &UnboundedSender<Finished>,
-) {
-    // Counted before the attempt leaves `in_flight`, so that the heartbeat
-    // never sees it in neither place.
-    shared.unwritten.fetch_add(1, Ordering::AcqRel);
-    let (owned, now_idle) = {
-        let mut in_flight = lock(&shared.in_flight);
-        // Only this attempt's own entry: a later attempt of the same job may
-        // have taken the id's place (see `spawn`).
-        let owned = in_flight.get(&id).is_some_and(|job| job.attempt == attempt);
-        if owned {
-            in_flight.remove(&id);
-        }
-        (owned, in_flight.is_empty())
-    };
-    if now_idle {
-        shared.idle.notify_one();
-    }
-    if !owned {
-        shared.unwritten.fetch_sub(1, Ordering::AcqRel);
-        return;
-    }
-    shared.release_slot(task_index);
-    let outcome = Outcome {
-        id,
-        attempt,
-        kind,
-        message,
-    };
-    let finished = Finished {
-        outcome,
-        claim: Some(claim),
-    };
-    if outcomes.send(finished).is_err() {
-        shared.unwritten.fetch_sub(1, Ordering::AcqRel);
-        // Only after the completer stopped; the job stays running and is
-        // rescued once this worker's heartbeats stop.
-        tracing::error!("outcome dropped: the completer has stopped");
-    }
 }

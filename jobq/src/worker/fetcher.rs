@@ -16,24 +16,31 @@ use std::time::{Duration, Instant};
 use jobq_diesel::{ClaimRequest, ClaimedJob};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::backoff::Backoff;
 use super::error_text::error_chain;
 use super::executor;
 use super::state::{lock, Finished, Shared};
 
 pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>) {
-    let mut failures = 0u32;
+    // Back off while the database is unreachable, but never past the poll
+    // interval, which is the promise made for missed wake-ups.
+    let mut backoff = Backoff::new(Duration::from_millis(50), shared.config.poll_interval);
     loop {
         if shared.stopping.is_cancelled() {
             return;
         }
-        match claim_round(&shared, &outcomes).await {
-            Ok(()) => failures = 0,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, "claiming jobs failed; retrying");
+        let poll = match claim_round(&shared, &outcomes).await {
+            Ok(()) => {
+                backoff.reset();
+                shared.config.poll_interval
             }
-        }
-        let deadline = next_wake(&shared, failures);
+            Err(e) => {
+                let retry_in = backoff.next_delay();
+                tracing::warn!(error = %e, ?retry_in, "claiming jobs failed; retrying");
+                retry_in
+            }
+        };
+        let deadline = next_wake(&shared, poll);
         tokio::select! {
             _ = shared.wake.notified() => {}
             _ = shared.slot_freed.notified() => gather_freed_slots(&shared).await,
@@ -69,17 +76,11 @@ fn all_free(shared: &Shared) -> bool {
     (0..shared.tasks.len()).any(|i| s.saturated[i] && s.running[i] == 0)
 }
 
-/// When to look again without being woken: the poll interval, the next
-/// known `run_at`, or a backoff after failed claims.
-fn next_wake(shared: &Shared, failures: u32) -> Instant {
+/// When to look again without being woken: after `poll` (the poll
+/// interval, or a backoff after a failed claim), or at the next known
+/// `run_at` if that comes first.
+fn next_wake(shared: &Shared, poll: Duration) -> Instant {
     let now = Instant::now();
-    let poll = if failures == 0 {
-        shared.config.poll_interval
-    } else {
-        // Back off while the database is unreachable, but never past the
-        // poll interval, which is the promise made for missed wake-ups.
-        Duration::from_millis(50u64 << failures.min(6)).min(shared.config.poll_interval)
-    };
     let mut at = now + poll;
     let mut next_due = lock(&shared.next_due);
     if let Some(due) = *next_due {
@@ -118,12 +119,11 @@ async fn claim_round(
     if tasks.is_empty() {
         return Ok(());
     }
-    let unwritten = shared.unwritten.load(Ordering::Acquire);
-    if unwritten >= shared.backlog_limit {
+    if let Some(unwritten) = shared.backlog.full() {
         // The completer wakes us when it gets below the bound again.
         tracing::debug!(
             unwritten,
-            limit = shared.backlog_limit,
+            limit = shared.backlog.limit(),
             "not claiming: too many outcomes wait to be written"
         );
         return Ok(());

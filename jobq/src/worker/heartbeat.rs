@@ -11,7 +11,7 @@ use jobq_diesel::{Outcome, OutcomeKind, WorkerInfo};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error_text::error_chain;
-use super::state::{lock, Finished, Shared};
+use super::state::{Finished, Shared};
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -37,16 +37,22 @@ pub(crate) async fn run(
                         "this worker had been presumed dead (no heartbeat within the lease) \
                          and its jobs rescued; it is registered again"
                     );
+                    // Their outcomes would be fenced out anyway: stop them.
+                    let held: HashSet<(i64, i32)> = reply.held.iter().copied().collect();
+                    for a in shared
+                        .attempts
+                        .cancel_unless(|a| held.contains(&(a.id, a.attempt)))
+                    {
+                        tracing::warn!(
+                            job.id = a.id,
+                            job.attempt = a.attempt,
+                            "stopping an attempt whose job was rescued from this worker"
+                        );
+                    }
                 }
-                {
-                    let in_flight = lock(&shared.in_flight);
-                    for id in &reply.cancel_requested {
-                        if let Some(job) = in_flight.get(id) {
-                            if !job.cancel.is_cancelled() {
-                                tracing::info!(job.id = id, "cancellation requested");
-                                job.cancel.cancel();
-                            }
-                        }
+                for id in &reply.cancel_requested {
+                    if shared.attempts.cancel(*id) {
+                        tracing::info!(job.id = id, "cancellation requested");
                     }
                 }
                 shared.forget_claims(&reply.dropped_claims);
@@ -75,16 +81,14 @@ fn hand_back_unknown(
     previous: HashSet<(i64, i32)>,
     outcomes: &UnboundedSender<Finished>,
 ) -> HashSet<(i64, i32)> {
-    if shared.claiming.load(Ordering::Acquire) || shared.unwritten.load(Ordering::Acquire) > 0 {
+    if shared.claiming.load(Ordering::Acquire) || !shared.backlog.is_empty() {
         return HashSet::new();
     }
-    let unknown: HashSet<(i64, i32)> = {
-        let in_flight = lock(&shared.in_flight);
-        held.iter()
-            .copied()
-            .filter(|(id, attempt)| in_flight.get(id).is_none_or(|job| job.attempt != *attempt))
-            .collect()
-    };
+    let unknown: HashSet<(i64, i32)> = held
+        .iter()
+        .copied()
+        .filter(|(id, attempt)| shared.attempts.running(*id) != Some(*attempt))
+        .collect();
     let mut next = HashSet::new();
     for job in unknown {
         if !previous.contains(&job) {
@@ -97,7 +101,7 @@ fn hand_back_unknown(
             job.attempt = attempt,
             "handing back a job this worker claimed but never received (the claim's reply was lost)"
         );
-        shared.unwritten.fetch_add(1, Ordering::AcqRel);
+        shared.backlog.add();
         let released = Outcome {
             id,
             attempt,
@@ -111,7 +115,7 @@ fn hand_back_unknown(
             claim: None,
         };
         if outcomes.send(finished).is_err() {
-            shared.unwritten.fetch_sub(1, Ordering::AcqRel);
+            shared.backlog.done(1);
         }
     }
     next

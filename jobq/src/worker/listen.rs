@@ -6,8 +6,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jobq_diesel::{Listener, Notification};
 
+use super::backoff::Backoff;
 use super::error_text::error_chain;
-use super::state::{lock, Shared};
+use super::state::Shared;
 
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
@@ -16,7 +17,7 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(shared: Arc<Shared>) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RECONNECT_DELAY);
     let mut connected_before = false;
     // Whether a probe has shown that notifications reach the listener;
     // checked once per worker (the route to the database does not change).
@@ -29,9 +30,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let mut listener = match connected {
             Ok(listener) => listener,
             Err(e) => {
-                tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "LISTEN connection failed; polling meanwhile");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                let retry_in = backoff.next_delay();
+                tracing::warn!(error = %error_chain(&e), ?retry_in, "LISTEN connection failed; polling meanwhile");
+                tokio::time::sleep(retry_in).await;
                 continue;
             }
         };
@@ -52,9 +53,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                     return;
                 }
                 Probe::Failed(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "checking the LISTEN connection failed; reconnecting");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                    let retry_in = backoff.next_delay();
+                    tracing::warn!(error = %e, ?retry_in, "checking the LISTEN connection failed; reconnecting");
+                    tokio::time::sleep(retry_in).await;
                     continue;
                 }
             }
@@ -63,7 +64,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             tracing::info!("LISTEN connection re-established");
         }
         connected_before = true;
-        delay = Duration::from_millis(100);
+        backoff.reset();
         // Anything committed while we were not listening sent its
         // notification to nobody: look once now.
         shared.wake.notify_one();
@@ -131,9 +132,8 @@ fn handle(shared: &Shared, notification: Notification) {
             }
         }
         Notification::Cancel { job_id } => {
-            if let Some(job) = lock(&shared.in_flight).get(&job_id) {
+            if shared.attempts.cancel(job_id) {
                 tracing::info!(job.id = job_id, "cancellation requested");
-                job.cancel.cancel();
             }
         }
         // Another worker's probe.

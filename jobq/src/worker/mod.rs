@@ -6,6 +6,8 @@
 //! notifications into wake-ups, and the heartbeat and maintenance loops keep
 //! leases and rescue the jobs of dead workers.
 
+mod attempts;
+mod backlog;
 mod backoff;
 mod builder;
 mod completer;
@@ -18,6 +20,7 @@ mod listen;
 mod maintenance;
 mod message;
 mod outcome_writer;
+mod running;
 mod shutdown;
 mod state;
 mod url;
@@ -120,7 +123,7 @@ impl Worker {
             tasks = ?shared.task_names,
             "jobq worker started"
         );
-        let running = shutdown::Running::start(Arc::clone(&shared), info);
+        let running = running::Running::start(Arc::clone(&shared), info);
         signal.await;
         tracing::info!(worker.id = worker_id, "shutting down");
         running.stop().await;

@@ -1,7 +1,7 @@
-//! What the worker's loops share: the pool, the tasks served, and the
-//! attempts in flight.
+//! What the worker's loops share: the pool, the tasks served, the
+//! attempts in flight and the claims they came from.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -10,6 +10,8 @@ use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::attempts::Attempts;
+use super::backlog::Backlog;
 use super::config::Config;
 use crate::registry::TaskDescriptor;
 
@@ -18,18 +20,6 @@ use crate::registry::TaskDescriptor;
 pub(crate) struct ServedTask {
     pub(crate) descriptor: &'static TaskDescriptor,
     pub(crate) limit: u32,
-}
-
-/// An attempt in flight. Whoever removes it from [`Shared::in_flight`]
-/// owns the right to write its outcome: the executor when the handler
-/// returns, or shutdown when it gives the job back.
-#[derive(Debug)]
-pub(crate) struct InFlight {
-    pub(crate) attempt: i32,
-    /// The claim the attempt came from.
-    pub(crate) claim: i64,
-    pub(crate) cancel: CancellationToken,
-    pub(crate) abort: Option<tokio::task::AbortHandle>,
 }
 
 /// An outcome on its way to the completer, with the claim its job came
@@ -63,10 +53,8 @@ pub(crate) struct Shared {
     pub(crate) queue_names: Vec<Arc<str>>,
     pub(crate) tasks: Vec<ServedTask>,
     pub(crate) task_names: Vec<String>,
-    /// Keyed by job id with a plain multiplicative hash: the ids come from
-    /// our own claims, so SipHash's defence against chosen keys buys
-    /// nothing, and it cost a busy worker 5 % of its instructions.
-    pub(crate) in_flight: Mutex<FxHashMap<i64, InFlight>>,
+    /// The attempts running, and who writes each one's outcome.
+    pub(crate) attempts: Attempts,
     /// Jobs of each claim whose outcome is not written yet. A claim's row
     /// holds its jobs for this worker (heartbeats and rescue find them
     /// through it), so it goes with the outcome of its last job.
@@ -80,20 +68,13 @@ pub(crate) struct Shared {
     pub(crate) slot_freed: Notify,
     /// The earliest known future `run_at`, from notifications.
     pub(crate) next_due: Mutex<Option<Instant>>,
-    /// Fires when shutdown begins; shutdown then cancels every attempt's
-    /// own token.
+    /// Fires when shutdown begins.
     pub(crate) stopping: CancellationToken,
-    /// Signalled when the last attempt in flight finishes.
-    pub(crate) idle: Notify,
     /// True from the start of a claim until its jobs are registered in
     /// `in_flight`.
     pub(crate) claiming: AtomicBool,
-    /// Outcomes handed to the completer and not yet written (or given up).
-    pub(crate) unwritten: AtomicUsize,
-    /// At this many unwritten outcomes the fetcher stops claiming: when
-    /// outcomes cannot be written, the worker stops taking work instead
-    /// of growing its memory.
-    pub(crate) backlog_limit: usize,
+    /// Outcomes handed to the completer and not yet written.
+    pub(crate) backlog: Backlog,
 }
 
 /// Locks a mutex, recovering from poisoning: the data here stays
@@ -182,6 +163,8 @@ impl Shared {
     ) -> Arc<Self> {
         let n = tasks.len();
         let slots: usize = tasks.iter().map(|t| t.limit as usize).sum();
+        // Room for a full outcome batch, and for every slot to finish twice
+        // over while a write is under way.
         let backlog_limit = config.outcome_batch.max(2 * slots);
         Arc::new(Self {
             pool,
@@ -191,7 +174,7 @@ impl Shared {
             queues,
             task_names: tasks.iter().map(|t| t.descriptor.name.to_owned()).collect(),
             tasks,
-            in_flight: Mutex::new(FxHashMap::default()),
+            attempts: Attempts::default(),
             open_claims: Mutex::new(FxHashMap::default()),
             slots: Mutex::new(Slots {
                 running: vec![0; n],
@@ -202,10 +185,8 @@ impl Shared {
             slot_freed: Notify::new(),
             next_due: Mutex::new(None),
             stopping: CancellationToken::new(),
-            idle: Notify::new(),
             claiming: AtomicBool::new(false),
-            unwritten: AtomicUsize::new(0),
-            backlog_limit,
+            backlog: Backlog::new(backlog_limit),
         })
     }
 }
