@@ -373,3 +373,51 @@ async fn while_outcomes_cannot_be_written_the_worker_stops_claiming() {
     }
     handle.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_refused_in_every_form_waits_aside_and_is_written_once_accepted() {
+    use diesel_async::SimpleAsyncConnection;
+    let env = support::env().await;
+    let gated = {
+        let mut conn = env.conn().await;
+        fine::enqueue(
+            &mut conn,
+            &Say {
+                message: "gated".into(),
+            },
+        )
+        .await
+        .unwrap()
+    };
+    // While the gate stands, the database refuses to end that job at all.
+    env.conn()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE public.gate (closed bool); INSERT INTO public.gate VALUES (true); \
+             CREATE FUNCTION public.gatekeeper() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN \
+                 IF NEW.id = {gated} AND OLD.state = 'running' AND EXISTS (SELECT 1 FROM public.gate) THEN \
+                     RAISE EXCEPTION 'the gate is closed'; \
+                 END IF; \
+                 RETURN NEW; \
+             END $$; \
+             CREATE TRIGGER gatekeeper BEFORE UPDATE ON jobq.jobs \
+                 FOR EACH ROW EXECUTE FUNCTION public.gatekeeper();"
+        ))
+        .await
+        .unwrap();
+    let handle = env.worker().build().await.unwrap().spawn();
+    env.wait_job(gated, "running", |j| j.state == JobState::Running)
+        .await;
+    // Everything else goes on meanwhile.
+    fine_jobs_complete(&env, 30).await;
+    assert_eq!(env.job(gated).await.state, JobState::Running);
+    env.conn()
+        .await
+        .batch_execute("DELETE FROM public.gate")
+        .await
+        .unwrap();
+    let info = env.wait_state(gated, JobState::Completed).await;
+    assert_eq!(info.attempt, 1, "written as it was, not run again");
+    handle.shutdown().await.unwrap();
+}

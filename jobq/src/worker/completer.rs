@@ -21,6 +21,9 @@ const GATHER_WINDOW: Duration = Duration::from_millis(2);
 /// Longest pause between two tries of a failing write.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
+/// Longest pause between two tries of outcomes the database refused.
+const MAX_PARKED_DELAY: Duration = Duration::from_secs(30);
+
 /// Runs until the channel closes, or `stop` fires, and everything received
 /// is written; or until `give_up` fires while writes keep failing (the jobs
 /// then stay running under this worker and are rescued after its lease).
@@ -31,18 +34,38 @@ pub(crate) async fn run(
     give_up: CancellationToken,
 ) {
     let mut batch = BatchWrite::default();
+    // Outcomes the database refused in every form, tried again on their
+    // own from time to time (see `outcome_writer`).
+    let mut parked: Vec<Entry> = Vec::new();
+    let mut parked_backoff = Backoff::new(Duration::from_secs(1), MAX_PARKED_DELAY);
+    let mut parked_due: Option<tokio::time::Instant> = None;
     let mut last_round = false;
     let limit = shared.config.outcome_batch;
     loop {
         if batch.is_empty() && !last_round {
+            let parked_wait = async {
+                match parked_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 received = rx.recv() => match received {
                     Some(finished) => push(&shared, &mut batch, finished),
-                    None => return,
+                    None => last_round = true,
                 },
                 _ = stop.cancelled() => last_round = true,
+                _ = parked_wait => {}
             }
+        }
+        let parked_now =
+            last_round || parked_due.is_some_and(|at| at <= tokio::time::Instant::now());
+        if parked_now && !parked.is_empty() {
+            for entry in parked.drain(..) {
+                batch.push(entry);
+            }
+            parked_due = None;
         }
         while batch.len() < limit {
             match rx.try_recv() {
@@ -60,22 +83,40 @@ pub(crate) async fn run(
             }
         }
         if batch.is_empty() {
-            return;
+            if last_round {
+                return;
+            }
+            continue;
         }
         let n = batch.len();
-        let written = write(&shared, &mut batch, &give_up).await;
-        if shared.backlog.done(n) {
-            // The fetcher stopped claiming at the bound; it may go on.
-            shared.wake.notify_one();
-        }
-        if !written {
+        let Some(newly_parked) = write(&shared, &mut batch, &give_up).await else {
+            shared.backlog.done(n);
             tracing::error!(
                 outcomes = n,
                 "gave up writing outcomes; the jobs will be rescued after the lease"
             );
             return;
+        };
+        // A parked outcome stays in the backlog until it is written.
+        let settled = n - newly_parked.len();
+        if shared.backlog.done(settled) {
+            // The fetcher stopped claiming at the bound; it may go on.
+            shared.wake.notify_one();
         }
-        if last_round && rx.is_empty() {
+        if newly_parked.is_empty() {
+            parked_backoff.reset();
+        } else if last_round {
+            shared.backlog.done(newly_parked.len());
+            tracing::error!(
+                outcomes = newly_parked.len(),
+                "gave up outcomes the database refuses, at shutdown; their jobs are rescued once \
+                 this worker is gone"
+            );
+        } else {
+            parked.extend(newly_parked);
+            parked_due = Some(tokio::time::Instant::now() + parked_backoff.next_delay());
+        }
+        if last_round && rx.is_empty() && parked.is_empty() {
             return;
         }
     }
@@ -91,8 +132,13 @@ fn push(shared: &Shared, batch: &mut BatchWrite, finished: Finished) {
 }
 
 /// Writes one batch, trying again with backoff while the database is
-/// away; false when `give_up` fired first.
-async fn write(shared: &Shared, batch: &mut BatchWrite, give_up: &CancellationToken) -> bool {
+/// away; returns the outcomes parked (see `outcome_writer`), or `None`
+/// when `give_up` fired first.
+async fn write(
+    shared: &Shared,
+    batch: &mut BatchWrite,
+    give_up: &CancellationToken,
+) -> Option<Vec<Entry>> {
     // Retries are due at a time this worker knows; wake for them without
     // depending on the notification reaching our own listener.
     let retry_in = batch
@@ -109,7 +155,7 @@ async fn write(shared: &Shared, batch: &mut BatchWrite, give_up: &CancellationTo
         let n = batch.len();
         let result = tokio::select! {
             result = batch.write(&mut store) => result,
-            _ = give_up.cancelled() => return false,
+            _ = give_up.cancelled() => return None,
         };
         match result {
             Ok(report) => break report,
@@ -118,7 +164,7 @@ async fn write(shared: &Shared, batch: &mut BatchWrite, give_up: &CancellationTo
                 tracing::warn!(error = %e, outcomes = n, ?retry_in, "writing outcomes failed");
                 tokio::select! {
                     _ = tokio::time::sleep(retry_in) => {}
-                    _ = give_up.cancelled() => return false,
+                    _ = give_up.cancelled() => return None,
                 }
             }
         }
@@ -140,22 +186,20 @@ async fn write(shared: &Shared, batch: &mut BatchWrite, give_up: &CancellationTo
             "the database refused this outcome as it was; it was recorded without its full message"
         );
     }
-    for (id, attempt, claim, why) in &report.abandoned {
+    let mut parked = Vec::new();
+    for (entry, why) in report.parked {
         tracing::error!(
-            job.id = id,
-            job.attempt = attempt,
+            job.id = entry.outcome.id,
+            job.attempt = entry.outcome.attempt,
             error = %why,
-            "the database refuses every form of this outcome; the job stays running under this \
-             worker and is rescued when the worker stops"
+            "the database refuses every form of this outcome for now; trying it again later \
+             (its job stays running under this worker meanwhile)"
         );
-        // Its claim must outlive the worker: it is how rescue finds the job.
-        if let Some(claim) = claim {
-            shared.open_claim(*claim, 1);
-        }
+        parked.push(entry);
     }
     if let Some(delay_ms) = retry_in {
         let delay = Duration::from_millis(u64::try_from(delay_ms).unwrap_or(0));
         shared.schedule_wake(Instant::now() + delay);
     }
-    true
+    Some(parked)
 }

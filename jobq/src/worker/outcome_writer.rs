@@ -9,9 +9,10 @@
 //! written. An outcome refused on its own is tried again a few times (a
 //! lock timeout looks the same from here), then written with less: its
 //! message replaced by a note, then without a message. One that is
-//! refused even then is abandoned: its job stays running under this
-//! worker, and its claim stays, so that the job is rescued once this
-//! worker stops.
+//! refused even then (a row lock held for long, a rule that refuses the
+//! row whatever it holds) is parked: handed back to the caller as it
+//! was, to be tried again later on its own, while every other outcome
+//! goes on being written. Its claim stays until it is written.
 
 use std::future::Future;
 use std::time::Duration;
@@ -107,7 +108,7 @@ pub(crate) struct Entry {
 enum EntryState {
     Unwritten,
     Written,
-    Abandoned,
+    Parked,
 }
 
 impl Entry {
@@ -122,14 +123,15 @@ impl Entry {
 }
 
 /// What writing a batch came to.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(crate) struct Report {
     /// Outcomes the attempt fence turned away (their job was rescued).
     pub(crate) rejected: Vec<RejectedOutcome>,
     /// Outcomes written with less than they held, and why.
     pub(crate) degraded: Vec<(i64, i32, String)>,
-    /// Outcomes that could not be written at all, with their claim.
-    pub(crate) abandoned: Vec<(i64, i32, Option<i64>, String)>,
+    /// Outcomes that could not be written in any form, as they were, with
+    /// the last refusal: to be tried again later.
+    pub(crate) parked: Vec<(Entry, String)>,
 }
 
 /// A batch on its way to the database. [`write`](Self::write) may be
@@ -140,6 +142,8 @@ pub(crate) struct BatchWrite {
     pub(crate) entries: Vec<Entry>,
     isolating: bool,
     report: Report,
+    /// The last refusal of each parked entry, in the entries' order.
+    refusals: Vec<String>,
 }
 
 impl BatchWrite {
@@ -188,19 +192,30 @@ impl BatchWrite {
         Ok(self.finish())
     }
 
-    /// Claims whose last outcome is in the batch and written.
+    /// Claims whose last outcome is in the batch and not parked: before
+    /// the first write all of them go with it; after isolation, those
+    /// whose outcome was written.
     fn settled_claims(&self) -> Vec<i64> {
         self.entries
             .iter()
-            .filter(|e| e.settles_claim && e.state != EntryState::Abandoned)
+            .filter(|e| e.settles_claim && e.state != EntryState::Parked)
             .filter_map(|e| e.claim)
             .collect()
     }
 
     fn finish(&mut self) -> Report {
-        self.entries.clear();
         self.isolating = false;
-        std::mem::take(&mut self.report)
+        let mut report = std::mem::take(&mut self.report);
+        let mut refusals = std::mem::take(&mut self.refusals).into_iter();
+        for mut entry in self.entries.drain(..) {
+            if entry.state == EntryState::Parked {
+                entry.state = EntryState::Unwritten;
+                report
+                    .parked
+                    .push((entry, refusals.next().unwrap_or_default()));
+            }
+        }
+        report
     }
 
     /// Halves the unwritten outcomes until each refused one stands alone.
@@ -295,13 +310,8 @@ impl BatchWrite {
                 Err(WriteError::Refused(e)) => refusal = e,
             }
         }
-        self.entries[i].state = EntryState::Abandoned;
-        self.report.abandoned.push((
-            original.id,
-            original.attempt,
-            self.entries[i].claim,
-            refusal,
-        ));
+        self.entries[i].state = EntryState::Parked;
+        self.refusals.push(refusal);
         Ok(())
     }
 }
@@ -390,7 +400,9 @@ mod tests {
         let mut store = Fake::new(|_| false);
         let mut b = batch(20);
         let report = b.write(&mut store).await.unwrap();
-        assert_eq!(report, Report::default());
+        assert!(
+            report.rejected.is_empty() && report.degraded.is_empty() && report.parked.is_empty()
+        );
         assert_eq!(store.statements, 1);
         assert_eq!(store.written.len(), 20);
         assert_eq!(store.deleted_claims, [0, 1]);
@@ -413,7 +425,7 @@ mod tests {
             "{seven:?}"
         );
         assert_eq!(report.degraded.len(), 1);
-        assert!(report.abandoned.is_empty());
+        assert!(report.parked.is_empty());
         // Its claim settles once everything is written.
         assert_eq!(store.deleted_claims, [0, 1]);
         // Bisection, not one statement per outcome.
@@ -432,17 +444,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_outcome_refused_whatever_it_holds_is_abandoned_and_keeps_its_claim() {
-        let mut store = Fake::new(|o| o.id == 19);
+    async fn an_outcome_refused_whatever_it_holds_is_parked_as_it_was_with_its_claim() {
+        let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let refusing = refuse.clone();
+        let mut store =
+            Fake::new(move |o| o.id == 19 && refusing.load(std::sync::atomic::Ordering::SeqCst));
         let mut b = batch(20);
-        let report = b.write(&mut store).await.unwrap();
+        let mut report = b.write(&mut store).await.unwrap();
         assert_eq!(store.written_ids(), (0..19).collect());
-        assert_eq!(report.abandoned.len(), 1);
-        assert_eq!(report.abandoned[0].0, 19);
-        assert_eq!(report.abandoned[0].2, Some(1));
-        // Claim 1's last job was abandoned: its row stays, so that the job
-        // is rescued when this worker stops.
+        assert_eq!(report.parked.len(), 1);
+        let (parked, why) = report.parked.pop().unwrap();
+        assert_eq!(why, "invalid input");
+        assert_eq!(parked.outcome.id, 19);
+        assert_eq!(
+            parked.outcome.message.as_deref(),
+            Some("boom"),
+            "kept as it was"
+        );
+        // Claim 1's last job is parked: its row stays until it is written.
         assert_eq!(store.deleted_claims, [0]);
+        // Tried again later, once the database accepts it.
+        refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut again = BatchWrite::default();
+        again.push(parked);
+        let report = again.write(&mut store).await.unwrap();
+        assert!(report.parked.is_empty());
+        assert_eq!(store.written.len(), 20);
+        assert_eq!(store.deleted_claims, [0, 1]);
     }
 
     #[tokio::test(start_paused = true)]
