@@ -1,10 +1,14 @@
 //! The worker: claims jobs of the registered tasks and runs them.
 //!
-//! Inside, a handful of tokio tasks share one [`state::Shared`]: the
-//! fetcher claims into free slots and spawns one tokio task per attempt,
-//! the completer writes outcomes in batches, the listener turns
-//! notifications into wake-ups, and the heartbeat and maintenance loops keep
-//! leases and rescue the jobs of dead workers.
+//! `running.rs` starts and stops a handful of tokio tasks, one file each:
+//! the fetcher claims into free slots and hands each job to the executor,
+//! which runs it as one tokio task per attempt; the completer writes
+//! outcomes in batches (through `outcome_writer`, which keeps one refused
+//! outcome from holding up the others); the listener turns notifications
+//! into wake-ups; the heartbeat and maintenance loops keep leases and
+//! rescue the jobs of dead workers. An attempt's life, from claimed to an
+//! outcome sent (or handed back, or superseded), is the protocol of
+//! `attempts.rs`; what the loops share is in `state.rs`.
 
 mod attempts;
 mod backlog;
