@@ -106,9 +106,17 @@ async fn run_attempt(
     queue: Arc<str>,
     cancel: CancellationToken,
 ) -> (OutcomeKind, Option<String>) {
-    let descriptor = shared.tasks[task_index].descriptor;
+    let served = &shared.tasks[task_index];
+    let descriptor = served.descriptor;
     let attempt = u32::try_from(job.attempt).unwrap_or(1);
-    let ctx = Context::new(JobId::from(job.id), attempt, descriptor.name, queue, cancel);
+    let ctx = Context::new(
+        JobId::from(job.id),
+        attempt,
+        descriptor.name,
+        queue,
+        cancel,
+        served.states.clone(),
+    );
     let future = match (descriptor.handler)(ctx, &job.payload) {
         Ok(future) => future,
         Err(e) => {
@@ -121,7 +129,7 @@ async fn run_attempt(
         }
     };
     tracing::debug!("attempt started");
-    let limit = descriptor.options.time_limit();
+    let limit = served.timeout;
     let guarded = async move {
         match limit {
             Some(limit) => tokio::time::timeout(limit, future).await.map_err(|_| limit),
@@ -129,7 +137,7 @@ async fn run_attempt(
         }
     };
     let retry = |message: String| {
-        let delay = backoff(descriptor.options.retry_base(), attempt);
+        let delay = backoff(served.retry_base, attempt);
         let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         (OutcomeKind::Retry { delay_ms }, Some(message))
     };
