@@ -9,18 +9,16 @@
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jobq::{EnqueueOptions, JobState, State, TaskError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-static ENV_LOCK: Mutex<()> = Mutex::new(());
-
-fn env_lock() -> MutexGuard<'static, ()> {
-    ENV_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+// An async mutex: the guard is held across the awaits of a whole test,
+// and each test runs on a runtime of its own.
+static ENV_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Sets an environment variable for the life of the guard.
 struct EnvVar(&'static str);
@@ -131,7 +129,7 @@ async fn first_claim_and_peak(env: &support::Env, builder: jobq::WorkerBuilder) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_override_the_attributes_concurrency_applies() {
-    let _env_lock = env_lock();
+    let _env_lock = ENV_LOCK.lock().await;
     let env = support::env().await;
     // The control for the tests below: the same jobs run together.
     let (first_claim, peak) = first_claim_and_peak(&env, env.worker()).await;
@@ -141,7 +139,7 @@ async fn without_an_override_the_attributes_concurrency_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_override_on_the_builder_limits_the_worker() {
-    let _env_lock = env_lock();
+    let _env_lock = ENV_LOCK.lock().await;
     let env = support::env().await;
     let builder = env.worker().task_concurrency("overrides.gauge", 1);
     let (first_claim, peak) = first_claim_and_peak(&env, builder).await;
@@ -151,7 +149,7 @@ async fn a_concurrency_override_on_the_builder_limits_the_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_override_from_the_environment_limits_the_worker() {
-    let _env_lock = env_lock();
+    let _env_lock = ENV_LOCK.lock().await;
     let env = support::env().await;
     let _var = EnvVar::set(
         "JOBQ_TASK_CONCURRENCY",
@@ -164,7 +162,7 @@ async fn a_concurrency_override_from_the_environment_limits_the_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_builders_override_wins_over_the_environment() {
-    let _env_lock = env_lock();
+    let _env_lock = ENV_LOCK.lock().await;
     let env = support::env().await;
     let _var = EnvVar::set("JOBQ_TASK_CONCURRENCY", "overrides.gauge=2");
     let builder = env.worker().task_concurrency("overrides.gauge", 3);
@@ -175,7 +173,7 @@ async fn the_builders_override_wins_over_the_environment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_and_retry_overrides_reach_the_attempts() {
-    let _env_lock = env_lock();
+    let _env_lock = ENV_LOCK.lock().await;
     let env = support::env().await;
     let _var = EnvVar::set("JOBQ_TASK_TIMEOUT", "overrides.stuck=200ms");
     let handle = env
@@ -202,7 +200,9 @@ async fn timeout_and_retry_overrides_reach_the_attempts() {
     let stuck_job = env.wait_state(stuck_id, JobState::Failed).await;
     assert_eq!(stuck_job.errors.len(), 1, "{stuck_job:#?}");
     assert!(
-        stuck_job.errors[0].message.contains("timed out after 200ms"),
+        stuck_job.errors[0]
+            .message
+            .contains("timed out after 200ms"),
         "{stuck_job:#?}"
     );
 
@@ -238,7 +238,7 @@ async fn build_error(builder: jobq::WorkerBuilder) -> String {
 
 #[tokio::test]
 async fn an_override_naming_an_unknown_task_is_refused_with_the_known_tasks() {
-    let _env_lock = env_lock();
+    let _env_lock = ENV_LOCK.lock().await;
     support::init_tracing();
     let message = build_error(offline().task_concurrency("overrides.gauj", 1)).await;
     assert!(
@@ -257,12 +257,20 @@ async fn an_override_naming_an_unknown_task_is_refused_with_the_known_tasks() {
 
 #[tokio::test]
 async fn malformed_or_out_of_range_overrides_are_refused_naming_the_setting() {
-    let _env_lock = env_lock();
+    let _env_lock = ENV_LOCK.lock().await;
     support::init_tracing();
     for (var, value, expected) in [
         ("JOBQ_TASK_TIMEOUT", "overrides.stuck", "is not task=value"),
-        ("JOBQ_TASK_TIMEOUT", "overrides.stuck=soon", "\"soon\" is not a duration"),
-        ("JOBQ_TASK_CONCURRENCY", "overrides.gauge=0", "not between 1 and 2147483647"),
+        (
+            "JOBQ_TASK_TIMEOUT",
+            "overrides.stuck=soon",
+            "\"soon\" is not a duration",
+        ),
+        (
+            "JOBQ_TASK_CONCURRENCY",
+            "overrides.gauge=0",
+            "not between 1 and 2147483647",
+        ),
         ("JOBQ_TASK_RETRY", "overrides.flaky=0s", "longer than zero"),
         ("JOBQ_MIGRATE", "later", "\"later\" is not on or off"),
     ] {
@@ -293,7 +301,7 @@ async fn schema_installed(env: &support::Env) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_migrating_a_missing_schema_is_refused_and_left_alone() {
-    let _env_lock = env_lock();
+    let _env_lock = ENV_LOCK.lock().await;
     support::init_tracing();
     let db = jobq_testkit::TestDatabase::create()
         .await
@@ -344,7 +352,7 @@ async fn without_migrating_a_missing_schema_is_refused_and_left_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_migrating_an_older_schema_is_refused_and_a_current_one_runs() {
-    let _env_lock = env_lock();
+    let _env_lock = ENV_LOCK.lock().await;
     let env = support::env().await;
     // A schema one migration behind: the latest one's record removed.
     {
@@ -400,9 +408,13 @@ async fn without_migrating_an_older_schema_is_refused_and_a_current_one_runs() {
         .await
         .unwrap()
         .spawn();
-    let id = flaky::enqueue_with(&mut conn, &Work { n: 3 }, EnqueueOptions::new().max_attempts(1))
-        .await
-        .unwrap();
+    let id = flaky::enqueue_with(
+        &mut conn,
+        &Work { n: 3 },
+        EnqueueOptions::new().max_attempts(1),
+    )
+    .await
+    .unwrap();
     env.wait_state(id, JobState::Failed).await;
     handle.shutdown().await.unwrap();
 }

@@ -249,7 +249,9 @@ fn name(expr: &Expr, key: &str) -> syn::Result<Arg<String>> {
     if chars > MAX_NAME_CHARS {
         return Err(syn::Error::new_spanned(
             lit,
-            format!("`{key}` is {chars} characters long; the jobs table holds at most {MAX_NAME_CHARS}"),
+            format!(
+                "`{key}` is {chars} characters long; the jobs table holds at most {MAX_NAME_CHARS}"
+            ),
         ));
     }
     Ok(Arg {

@@ -130,7 +130,9 @@ pub fn check(sig: &Signature) -> syn::Result<TaskSignature> {
             ));
         }
     }
-    if let Some(payload) = payload.filter(|payload| is_state(payload) || is_named(payload, "Context")) {
+    if let Some(payload) =
+        payload.filter(|payload| is_state(payload) || is_named(payload, "Context"))
+    {
         errors.push(syn::Error::new_spanned(
             payload,
             format!(

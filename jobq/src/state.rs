@@ -175,10 +175,7 @@ mod tests {
         assert_eq!(states.get::<String>().map(String::as_str), Some("second"));
         assert_eq!(states.get::<u64>(), None);
         assert!(states.contains(TypeId::of::<String>()));
-        assert_eq!(
-            format!("{states:?}"),
-            r#"{"alloc::string::String", "u32"}"#
-        );
+        assert_eq!(format!("{states:?}"), r#"{"alloc::string::String", "u32"}"#);
     }
 
     #[test]

@@ -120,12 +120,7 @@ impl WorkerBuilder {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        self.queues = Some(
-            queues
-                .into_iter()
-                .map(|q| q.as_ref().to_owned())
-                .collect(),
-        );
+        self.queues = Some(queues.into_iter().map(|q| q.as_ref().to_owned()).collect());
         self
     }
 
@@ -426,12 +421,12 @@ async fn check_schema(conn: &mut jobq_diesel::AsyncPgConnection) -> Result<(), E
     let needed = jobq_diesel::LATEST_VERSION;
     match jobq_diesel::schema_version(conn).await? {
         Some(found) if found == needed => Ok(()),
-        Some(found) if found > needed => Err(Error::Migrate(
-            jobq_diesel::MigrateError::SchemaTooNew {
+        Some(found) if found > needed => {
+            Err(Error::Migrate(jobq_diesel::MigrateError::SchemaTooNew {
                 found,
                 supported: needed,
-            },
-        )),
+            }))
+        }
         found => Err(Error::SchemaNotReady { found, needed }),
     }
 }

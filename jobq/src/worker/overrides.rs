@@ -181,7 +181,10 @@ fn env_map<T>(
 
 /// Parses `name=value,name=value`, refusing entries without a name or a
 /// value and names given twice.
-fn parse_map<T>(raw: &str, parse: fn(&str) -> Result<T, String>) -> Result<BTreeMap<String, T>, String> {
+fn parse_map<T>(
+    raw: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<BTreeMap<String, T>, String> {
     let mut map = BTreeMap::new();
     for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let Some((name, value)) = entry.rsplit_once('=') else {
@@ -230,7 +233,10 @@ mod tests {
         let cases = [
             ("send_welcome", "is not task=value"),
             ("=8", "names no task"),
-            ("send_welcome=many", "\"send_welcome\": \"many\" is not a whole number"),
+            (
+                "send_welcome=many",
+                "\"send_welcome\": \"many\" is not a whole number",
+            ),
             ("send_welcome=-1", "is not a whole number"),
             ("a=1,a=2", "given twice"),
         ];
@@ -250,7 +256,10 @@ mod tests {
             let err = check_concurrency("task_concurrency", "t", n)
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains("task_concurrency") && err.contains("\"t\""), "{err}");
+            assert!(
+                err.contains("task_concurrency") && err.contains("\"t\""),
+                "{err}"
+            );
         }
     }
 }
