@@ -103,7 +103,7 @@ pub enum Error {
     /// was not given with [`WorkerBuilder::state`](crate::WorkerBuilder::state).
     #[error(
         "task {task:?} (defined at {site}) takes a State<{type_name}>, but the worker \
-         was not given a {type_name}: add .state(value) to the worker's builder"
+         was given no {type_name}: add .state(value) to the worker's builder"
     )]
     MissingState {
         /// The task's name.
