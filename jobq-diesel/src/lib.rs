@@ -29,7 +29,7 @@ pub use enqueue::{insert_job, insert_jobs, NewJob, NewJobs};
 pub use jobs::{cancel, find_job, pending_unknown_tasks, CancelResult, JobRow, UnknownTask};
 pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention, RESCUE_SQL};
-pub use migrations::{migrate, MigrateError, LATEST_VERSION};
+pub use migrations::{migrate, schema_version, MigrateError, LATEST_VERSION};
 pub use outcome::{write_outcomes, Outcome, OutcomeKind, RejectedOutcome};
 pub use ping::ping;
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};

@@ -175,6 +175,26 @@ pub async fn migrate(conn: &mut AsyncPgConnection) -> Result<Vec<i64>, MigrateEr
     .await
 }
 
+/// The newest schema version applied to this database, `None` when jobq's
+/// schema is not installed. Read-only, for workers that do not migrate
+/// (added for `WorkerBuilder::migrate(false)`, issue 11).
+pub async fn schema_version(conn: &mut AsyncPgConnection) -> Result<Option<i64>, MigrateError> {
+    let exists: HistoryExists =
+        diesel::sql_query("SELECT to_regclass('jobq.schema_migrations') IS NOT NULL AS present")
+            .get_result(conn)
+            .await
+            .map_err(MigrateError::History)?;
+    if !exists.present {
+        return Ok(None);
+    }
+    let current: CurrentVersion =
+        diesel::sql_query("SELECT max(version) AS version FROM jobq.schema_migrations")
+            .get_result(conn)
+            .await
+            .map_err(MigrateError::History)?;
+    Ok(current.version)
+}
+
 impl From<diesel::result::Error> for MigrateError {
     fn from(source: diesel::result::Error) -> Self {
         MigrateError::History(source)

@@ -129,11 +129,22 @@ pub fn parse(tokens: TokenStream) -> (TaskArgs, Option<syn::Error>) {
 
 fn apply(args: &mut TaskArgs, key: &str, value: &Expr) -> syn::Result<()> {
     match key {
-        "name" => args.name = Some(non_empty_string(value, key)?),
-        "queue" => args.queue = Some(non_empty_string(value, key)?),
-        "concurrency" => args.concurrency = Some(positive_u32(value, key)?),
-        "max_attempts" => args.max_attempts = Some(positive_u32(value, key)?),
-        "retry" => args.retry = Some(duration(value, key)?),
+        "name" => args.name = Some(name(value, key)?),
+        "queue" => args.queue = Some(name(value, key)?),
+        "concurrency" => args.concurrency = Some(positive_i32(value, key)?),
+        "max_attempts" => args.max_attempts = Some(positive_i32(value, key)?),
+        "retry" => {
+            let retry = duration(value, key)?;
+            // The backoff doubles this base; from zero every retry would be
+            // immediate, hammering whatever made the attempt fail.
+            if retry.value == 0 {
+                return Err(syn::Error::new_spanned(
+                    value,
+                    "`retry` must be greater than zero: it is the base of the backoff between attempts",
+                ));
+            }
+            args.retry = Some(retry);
+        }
         "timeout" => {
             let timeout = duration(value, key)?;
             // A zero time limit would fail every attempt before it starts.
@@ -208,7 +219,11 @@ fn strip_groups(expr: &Expr) -> &Expr {
     }
 }
 
-fn non_empty_string(expr: &Expr, key: &str) -> syn::Result<Arg<String>> {
+/// Longest task or queue name, in characters: the jobs table's
+/// `CHECK (char_length(..) BETWEEN 1 AND 200)`.
+const MAX_NAME_CHARS: usize = 200;
+
+fn name(expr: &Expr, key: &str) -> syn::Result<Arg<String>> {
     let lit: &LitStr = match strip_groups(expr) {
         Expr::Lit(syn::ExprLit {
             lit: Lit::Str(lit), ..
@@ -230,13 +245,24 @@ fn non_empty_string(expr: &Expr, key: &str) -> syn::Result<Arg<String>> {
             format!("`{key}` must not be empty"),
         ));
     }
+    let chars = value.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(syn::Error::new_spanned(
+            lit,
+            format!(
+                "`{key}` is {chars} characters long; the jobs table holds at most {MAX_NAME_CHARS}"
+            ),
+        ));
+    }
     Ok(Arg {
         value,
         span: lit.span(),
     })
 }
 
-fn positive_u32(expr: &Expr, key: &str) -> syn::Result<Arg<u32>> {
+/// A `u32` in the runtime's API, stored or bound as a PostgreSQL `int4`,
+/// so at most `i32::MAX`.
+fn positive_i32(expr: &Expr, key: &str) -> syn::Result<Arg<u32>> {
     let (number, span) = integer(expr, key, "u32")?;
     if number < 1 {
         return Err(syn::Error::new_spanned(
@@ -244,11 +270,14 @@ fn positive_u32(expr: &Expr, key: &str) -> syn::Result<Arg<u32>> {
             format!("`{key}` must be at least 1"),
         ));
     }
-    let value = u32::try_from(number).map_err(|_| {
-        syn::Error::new_spanned(
+    if number > i128::from(i32::MAX) {
+        return Err(syn::Error::new_spanned(
             expr,
-            format!("`{key}` must fit in a u32 (at most {})", u32::MAX),
-        )
+            format!("`{key}` must be at most {} (i32::MAX)", i32::MAX),
+        ));
+    }
+    let value = u32::try_from(number).map_err(|_| {
+        syn::Error::new_spanned(expr, format!("`{key}` must be at most {}", i32::MAX))
     })?;
     Ok(Arg { value, span })
 }
@@ -373,13 +402,22 @@ mod tests {
 
     #[test]
     fn range_limits_are_inclusive() {
-        let args = ok(quote!(concurrency = 4294967295u32, priority = -32768));
-        assert_eq!(args.concurrency.unwrap().value, u32::MAX);
+        let args = ok(quote!(
+            concurrency = 2147483647u32,
+            max_attempts = 2147483647,
+            priority = -32768
+        ));
+        assert_eq!(args.concurrency.unwrap().value, i32::MAX as u32);
+        assert_eq!(args.max_attempts.unwrap().value, i32::MAX as u32);
         assert_eq!(args.priority.unwrap().value, i16::MIN);
-        let args = ok(quote!(max_attempts = 1, priority = 32767i16, retry = "0ms"));
+        let args = ok(quote!(max_attempts = 1, priority = 32767i16, retry = "1ms"));
         assert_eq!(args.max_attempts.unwrap().value, 1);
         assert_eq!(args.priority.unwrap().value, i16::MAX);
-        assert_eq!(args.retry.unwrap().value, 0);
+        assert_eq!(args.retry.unwrap().value, 1);
+        let longest = "é".repeat(200);
+        let args = ok(quote!(name = #longest, queue = #longest));
+        assert_eq!(args.name.unwrap().value.chars().count(), 200);
+        assert_eq!(args.queue.unwrap().value.chars().count(), 200);
     }
 
     #[test]
@@ -452,15 +490,26 @@ mod tests {
             messages(quote!(max_attempts = -3)),
             ["`max_attempts` must be at least 1"]
         );
+        for key in ["concurrency", "max_attempts"] {
+            let key = syn::Ident::new(key, Span::call_site());
+            for too_large in [
+                quote!(2147483648),
+                quote!(4294967296),
+                quote!(999999999999999999999999999999999999999999),
+            ] {
+                assert_eq!(
+                    messages(quote!(#key = #too_large)),
+                    [format!("`{key}` must be at most 2147483647 (i32::MAX)")]
+                );
+            }
+        }
         assert_eq!(
-            messages(quote!(concurrency = 4294967296)),
-            ["`concurrency` must fit in a u32 (at most 4294967295)"]
+            messages(quote!(max_attempts = 0)),
+            ["`max_attempts` must be at least 1"]
         );
         assert_eq!(
-            messages(quote!(
-                concurrency = 999999999999999999999999999999999999999999
-            )),
-            ["`concurrency` must fit in a u32 (at most 4294967295)"]
+            messages(quote!(retry = "0s")),
+            ["`retry` must be greater than zero: it is the base of the backoff between attempts"]
         );
         for priority in [quote!(32768), quote!(-32769)] {
             assert_eq!(
@@ -478,6 +527,19 @@ mod tests {
     fn empty_strings() {
         assert_eq!(messages(quote!(name = "")), ["`name` must not be empty"]);
         assert_eq!(messages(quote!(queue = "")), ["`queue` must not be empty"]);
+    }
+
+    #[test]
+    fn names_the_table_cannot_hold() {
+        let long = "x".repeat(201);
+        assert_eq!(
+            messages(quote!(name = #long)),
+            ["`name` is 201 characters long; the jobs table holds at most 200"]
+        );
+        assert_eq!(
+            messages(quote!(queue = #long)),
+            ["`queue` is 201 characters long; the jobs table holds at most 200"]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use syn::{Attribute, Item, ItemFn};
 
 use crate::args::{self, TaskArgs};
 use crate::errors::Errors;
-use crate::signature::{self, TaskSignature};
+use crate::signature::{self, Extractor, TaskSignature};
 
 /// Expands `#[jobq::task(<attr>)] <item>`.
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -74,7 +74,7 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
 
     let struct_doc = format!(
         "The jobq task `{name}`, run by the function `{fn_name}`.\n\n\
-         Enqueue a job with `{fn_name}::enqueue` (or `enqueue_with`, `enqueue_many`); \
+         Enqueue a job with `{fn_name}::enqueue` (or `enqueue_with`, `enqueue_many`, `enqueue_many_with`); \
          the name, payload type and options are on its `jobq::Task` implementation."
     );
 
@@ -86,21 +86,51 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
     let payload_arg = local("payload", Span::call_site());
     let payloads = local("payloads", Span::call_site());
     let enqueue_options = local("options", Span::call_site());
-    let ctx = local(
-        "ctx",
-        sig.context
-            .as_ref()
-            .map_or_else(Span::call_site, Spanned::span),
-    );
+    let context_span = sig
+        .extractors
+        .iter()
+        .find_map(|e| match e {
+            Extractor::Context(ty) => Some(ty.span()),
+            Extractor::State(_) => None,
+        })
+        .unwrap_or_else(Span::call_site);
+    let ctx = local("ctx", context_span);
     let job = local("job", payload.span());
 
-    let call = match &sig.context {
-        Some(_) => quote!(#ident(#ctx, #job)),
-        None => quote!(#ident(#job)),
-    };
-    let ignore_ctx = match &sig.context {
-        Some(_) => quote!(),
-        None => quote!(let _ = #ctx;),
+    // Each `State<T>` argument is taken from the context before the call,
+    // through `StateArg`, so that a type that is not `jobq::State<T>` (or a
+    // `T` that is not `Clone + Send + Sync`) is reported at the argument.
+    let mut call_args = Vec::new();
+    let mut extract_states = Vec::new();
+    let mut state_keys = Vec::new();
+    for (i, extractor) in sig.extractors.iter().enumerate() {
+        match extractor {
+            Extractor::Context(_) => call_args.push(quote!(#ctx)),
+            Extractor::State(ty) => {
+                let value = local(&format!("state{i}"), ty.span());
+                extract_states.push(quote_spanned! {ty.span()=>
+                    let #value = match <#ty as ::jobq::__private::StateArg>::from_context(&#ctx) {
+                        ::core::result::Result::Ok(#value) => #value,
+                        ::core::result::Result::Err(fail) => return ::core::result::Result::Ok(fail),
+                    };
+                });
+                state_keys.push(quote_spanned! {ty.span()=>
+                    <#ty as ::jobq::__private::StateArg>::key
+                });
+                call_args.push(quote!(#value));
+            }
+        }
+    }
+    call_args.push(quote!(#job));
+    let call = quote!(#ident(#(#call_args),*));
+    let ignore_ctx = if sig
+        .extractors
+        .iter()
+        .any(|e| matches!(e, Extractor::Context(_)))
+    {
+        quote!()
+    } else {
+        quote!(let _ = #ctx;)
     };
     // The bounds on `prepare` (the output type, a `Send + 'static` future)
     // are what a wrong task fn violates; rustc reports them at the callee's
@@ -167,6 +197,18 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
             ) -> ::core::result::Result<::std::vec::Vec<::jobq::JobId>, ::jobq::Error> {
                 ::jobq::__private::enqueue_many::<Self>(#conn, #payloads).await
             }
+
+            /// Enqueues one job per payload on `conn` in a single statement,
+            /// all with the same per-job options (a dedupe key is refused),
+            /// returning their ids in the payloads' order.
+            #[allow(dead_code)]
+            #vis async fn enqueue_many_with(
+                #conn: &mut ::jobq::__private::AsyncPgConnection,
+                #payloads: &[#payload],
+                #enqueue_options: ::jobq::EnqueueOptions,
+            ) -> ::core::result::Result<::std::vec::Vec<::jobq::JobId>, ::jobq::Error> {
+                ::jobq::__private::enqueue_many_with::<Self>(#conn, #payloads, #enqueue_options).await
+            }
         }
 
         #(#cfgs)*
@@ -178,12 +220,16 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
                 ::jobq::__private::TaskFuture,
                 ::jobq::__private::serde_json::Error,
             > {
+                #(#extract_states)*
                 #ignore_ctx
                 #prepare
             }
 
+            // A const, so that the slice is 'static inside `submit!`.
+            const __JOBQ_STATES: &[fn() -> ::jobq::__private::StateKey] = &[#(#state_keys),*];
+
             ::jobq::__private::inventory::submit! {
-                ::jobq::__private::TaskDescriptor::new::<#ident>(__jobq_handler, #site)
+                ::jobq::__private::TaskDescriptor::new::<#ident>(__jobq_handler, __JOBQ_STATES, #site)
             }
         };
     }
@@ -317,6 +363,50 @@ mod tests {
         assert!(out.contains("pub async fn enqueue_with"), "{out}");
         assert!(out.contains("move | job | nightly (ctx , job)"), "{out}");
         assert!(!out.contains("let _ = ctx"), "{out}");
+    }
+
+    #[test]
+    fn state_arguments_are_extracted_and_listed() {
+        let out = expand(
+            quote!(),
+            quote!(
+                async fn send(
+                    State(mailer): State<Mailer>,
+                    ctx: jobq::Context,
+                    db: jobq::State<Db>,
+                    job: Welcome,
+                ) -> Result<(), jobq::TaskError> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            out.contains("let state0 = match < State < Mailer > as :: jobq :: __private :: StateArg > :: from_context (& ctx)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("let state2 = match < jobq :: State < Db > as :: jobq :: __private :: StateArg > :: from_context (& ctx)"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "const __JOBQ_STATES : & [fn () -> :: jobq :: __private :: StateKey] = \
+                 & [< State < Mailer > as :: jobq :: __private :: StateArg > :: key , \
+                 < jobq :: State < Db > as :: jobq :: __private :: StateArg > :: key] ;"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("move | job | send (state0 , ctx , state2 , job)"),
+            "{out}"
+        );
+        assert!(!out.contains("let _ = ctx"), "{out}");
+        assert!(
+            out.contains("TaskDescriptor :: new :: < send > (__jobq_handler , __JOBQ_STATES ,"),
+            "{out}"
+        );
+        assert!(out.contains("async fn enqueue_many_with"), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
     }
 
     #[test]

@@ -34,12 +34,14 @@ use proc_macro::TokenStream;
 /// # The function
 ///
 /// It must be an `async fn` without generics that returns
-/// `Result<(), jobq::TaskError>` and takes either the payload alone,
-/// `(job: Payload)`, or the context then the payload,
-/// `(ctx: jobq::Context, job: Payload)`. The payload is any owned type that
-/// implements `serde::Serialize` and `serde::Deserialize`; the future must be
-/// `Send + 'static`. The function is kept as written and can still be called
-/// directly, e.g. from tests.
+/// `Result<(), jobq::TaskError>` and takes the payload as its last argument,
+/// `(job: Payload)`. Before the payload it may take, in any order, the
+/// context, `ctx: jobq::Context` (once), and any number of application
+/// states, `State(pool): jobq::State<Pool>`, which the worker is given with
+/// `WorkerBuilder::state` and checks for when it is built. The payload is
+/// any owned type that implements `serde::Serialize` and
+/// `serde::Deserialize`; the future must be `Send + 'static`. The function
+/// is kept as written and can still be called directly, e.g. from tests.
 ///
 /// # Arguments
 ///
@@ -47,11 +49,11 @@ use proc_macro::TokenStream;
 ///
 /// | argument | value | default |
 /// | --- | --- | --- |
-/// | `name` | non-empty string, unique in the worker binary; stored in each job row | the fn's name |
-/// | `queue` | non-empty string | `"default"` |
-/// | `concurrency` | integer ≥ 1: attempts one worker process runs at once | `10` |
-/// | `retry` | duration: base delay of the exponential backoff | `"1s"` |
-/// | `max_attempts` | integer ≥ 1, the first attempt included | `20` |
+/// | `name` | string of 1 to 200 characters, unique in the worker binary; stored in each job row | the fn's name |
+/// | `queue` | string of 1 to 200 characters | `"default"` |
+/// | `concurrency` | integer from 1 to `i32::MAX`: attempts one worker process runs at once | `10` |
+/// | `retry` | duration > 0: base delay of the exponential backoff | `"1s"` |
+/// | `max_attempts` | integer from 1 to `i32::MAX`, the first attempt included | `20` |
 /// | `timeout` | duration > 0: time limit of one attempt | none |
 /// | `priority` | integer from -32768 to 32767; higher runs first | `0` |
 ///
@@ -64,8 +66,8 @@ use proc_macro::TokenStream;
 ///
 /// Next to the function, a unit-like type of the same name (in the type
 /// namespace only, so the function stays callable) that implements
-/// `jobq::Task`, with `enqueue`, `enqueue_with` and `enqueue_many`
-/// associated functions, and a registration that `jobq::run` finds through
+/// `jobq::Task`, with `enqueue`, `enqueue_with`, `enqueue_many` and
+/// `enqueue_many_with` associated functions, and a registration that `jobq::run` finds through
 /// `inventory`. The type has the fn's visibility.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {

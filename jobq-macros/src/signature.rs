@@ -1,22 +1,30 @@
 //! Checking the annotated fn: what a task function may look like, and which
 //! argument is the context and which the payload.
 
-use proc_macro2::TokenStream;
 use quote::ToTokens;
-use syn::{FnArg, ReturnType, Signature, Type};
+use syn::{FnArg, PathArguments, PathSegment, ReturnType, Signature, Type};
 
 use crate::errors::Errors;
 
 /// The parts of a valid task signature that the expansion needs.
 pub struct TaskSignature {
-    /// The first argument's type, when the fn takes the context.
-    pub context: Option<Type>,
+    /// The arguments before the payload, in the order written.
+    pub extractors: Vec<Extractor>,
     pub payload: Type,
     pub output: Type,
 }
 
-const SHAPES: &str =
-    "`async fn name(job: Payload)` or `async fn name(ctx: jobq::Context, job: Payload)`";
+/// An argument before the payload: what the worker hands the fn besides
+/// the job.
+pub enum Extractor {
+    /// `jobq::Context`, at most once.
+    Context(Type),
+    /// `jobq::State<T>`, any number of times; the type as written.
+    State(Type),
+}
+
+const SHAPES: &str = "`async fn name(job: Payload)`, with any of `ctx: jobq::Context` (once) and \
+     `State(value): jobq::State<T>` before the payload";
 
 /// Checks `sig`, reporting every problem at once.
 pub fn check(sig: &Signature) -> syn::Result<TaskSignature> {
@@ -82,38 +90,57 @@ pub fn check(sig: &Signature) -> syn::Result<TaskSignature> {
         ));
     }
 
-    let (context, payload) = match typed.as_slice() {
-        [] => {
+    // The payload is always the last argument: the one place a reader (and
+    // the macro) looks for the job's type.
+    let (payload, before) = match typed.split_last() {
+        Some((payload, before)) => (Some(&*payload.ty), before),
+        None => {
             // With a receiver, its own error already says what is wrong.
             if !has_receiver {
                 errors.push(syn::Error::new(
                     sig.paren_token.span.join(),
-                    format!("a task function takes its payload as an argument: {SHAPES}"),
+                    format!("a task function takes its payload as its last argument: {SHAPES}"),
                 ));
             }
-            (None, None)
-        }
-        [payload] => (None, Some(&*payload.ty)),
-        [context, payload, extra @ ..] => {
-            if !extra.is_empty() {
-                let extra: TokenStream = extra.iter().map(ToTokens::to_token_stream).collect();
-                errors.push(syn::Error::new_spanned(
-                    extra,
-                    format!(
-                        "a task function takes at most two arguments, \
-                         the context and the payload: {SHAPES}"
-                    ),
-                ));
-            }
-            if !is_context(&context.ty) {
-                errors.push(syn::Error::new_spanned(
-                    &context.ty,
-                    "the first of two arguments must be `jobq::Context`",
-                ));
-            }
-            (Some(&*context.ty), Some(&*payload.ty))
+            (None, &[][..])
         }
     };
+    let mut extractors = Vec::new();
+    let mut context_seen = false;
+    for arg in before {
+        let ty = &*arg.ty;
+        if is_named(ty, "Context") {
+            if context_seen {
+                errors.push(syn::Error::new_spanned(
+                    arg,
+                    "a task function takes `jobq::Context` at most once",
+                ));
+            }
+            context_seen = true;
+            extractors.push(Extractor::Context(ty.clone()));
+        } else if is_state(ty) {
+            extractors.push(Extractor::State(ty.clone()));
+        } else {
+            errors.push(syn::Error::new_spanned(
+                arg,
+                format!(
+                    "only `jobq::Context` and `jobq::State<T>` arguments may come \
+                     before the payload, which is the last argument: {SHAPES}"
+                ),
+            ));
+        }
+    }
+    if let Some(payload) =
+        payload.filter(|payload| is_state(payload) || is_named(payload, "Context"))
+    {
+        errors.push(syn::Error::new_spanned(
+            payload,
+            format!(
+                "the last argument is the payload, the job's data; `{}` goes before it: {SHAPES}",
+                payload.to_token_stream()
+            ),
+        ));
+    }
     if let Some(payload) = payload {
         check_payload(payload, &mut errors);
     }
@@ -138,7 +165,7 @@ pub fn check(sig: &Signature) -> syn::Result<TaskSignature> {
     }
     match (payload, output) {
         (Some(payload), Some(output)) => Ok(TaskSignature {
-            context: context.cloned(),
+            extractors,
             payload: payload.clone(),
             output: output.clone(),
         }),
@@ -146,20 +173,29 @@ pub fn check(sig: &Signature) -> syn::Result<TaskSignature> {
     }
 }
 
-/// Matches on the last path segment only: the context may be named through
-/// any import (`Context`, `jobq::Context`, `::jobq::Context`), and a wrong
-/// type that merely shares the name still fails type-checking at its span.
-fn is_context(ty: &Type) -> bool {
+/// Matches on the last path segment only: the context and state types may
+/// be named through any import (`Context`, `jobq::Context`,
+/// `::jobq::Context`), and a wrong type that merely shares the name still
+/// fails type-checking at its span.
+fn last_segment(ty: &Type) -> Option<&PathSegment> {
     match ty {
-        Type::Path(path) if path.qself.is_none() => path
-            .path
-            .segments
-            .last()
-            .is_some_and(|segment| segment.ident == "Context"),
-        Type::Group(group) => is_context(&group.elem),
-        Type::Paren(paren) => is_context(&paren.elem),
-        _ => false,
+        Type::Path(path) if path.qself.is_none() => path.path.segments.last(),
+        Type::Group(group) => last_segment(&group.elem),
+        Type::Paren(paren) => last_segment(&paren.elem),
+        _ => None,
     }
+}
+
+fn is_named(ty: &Type, name: &str) -> bool {
+    last_segment(ty).is_some_and(|segment| segment.ident == name)
+}
+
+/// `State<T>`: with its type argument, so that a payload type of the
+/// application's that happens to be called `State` stays a payload.
+fn is_state(ty: &Type) -> bool {
+    last_segment(ty).is_some_and(|segment| {
+        segment.ident == "State" && matches!(segment.arguments, PathArguments::AngleBracketed(_))
+    })
 }
 
 /// The payload is decoded fresh for each attempt and moved into the fn, so
@@ -185,6 +221,7 @@ fn check_payload(ty: &Type, errors: &mut Errors) {
 
 #[cfg(test)]
 mod tests {
+    use proc_macro2::TokenStream;
     use quote::quote;
 
     use super::*;
@@ -205,17 +242,33 @@ mod tests {
         }
     }
 
+    /// The extractors as `C` (context) and `S` (state) letters.
+    fn shape(sig: &TaskSignature) -> String {
+        sig.extractors
+            .iter()
+            .map(|e| match e {
+                Extractor::Context(_) => 'C',
+                Extractor::State(_) => 'S',
+            })
+            .collect()
+    }
+
     #[test]
     fn one_argument_is_the_payload() {
         let sig = valid(quote!(
             async fn f(job: Welcome) -> Result<(), TaskError> {}
         ));
-        assert!(sig.context.is_none());
+        assert!(sig.extractors.is_empty());
         assert_eq!(sig.payload.to_token_stream().to_string(), "Welcome");
         assert_eq!(
             sig.output.to_token_stream().to_string(),
             "Result < () , TaskError >"
         );
+        // An application type that is called `State` is a payload like any.
+        let sig = valid(quote!(
+            async fn f(job: State) -> Result<(), TaskError> {}
+        ));
+        assert_eq!(sig.payload.to_token_stream().to_string(), "State");
     }
 
     #[test]
@@ -228,25 +281,55 @@ mod tests {
             let sig = valid(quote!(
                 async fn f(ctx: #context, job: Report) -> Result<(), TaskError> {}
             ));
-            assert!(sig.context.is_some());
+            assert_eq!(shape(&sig), "C");
             assert_eq!(sig.payload.to_token_stream().to_string(), "Report");
         }
     }
 
     #[test]
-    fn first_of_two_must_be_context() {
+    fn states_and_the_context_come_in_any_order_before_the_payload() {
+        let sig = valid(quote!(
+            async fn f(
+                State(a): State<A>,
+                ctx: jobq::Context,
+                b: ::jobq::State<Arc<B>>,
+                job: Report,
+            ) -> Result<(), TaskError> {
+            }
+        ));
+        assert_eq!(shape(&sig), "SCS");
+        let Extractor::State(third) = &sig.extractors[2] else {
+            panic!("the third argument is a state");
+        };
         assert_eq!(
-            messages(quote!(
+            third.to_token_stream().to_string(),
+            ":: jobq :: State < Arc < B > >"
+        );
+        assert_eq!(sig.payload.to_token_stream().to_string(), "Report");
+    }
+
+    #[test]
+    fn only_context_and_state_come_before_the_payload() {
+        for item in [
+            quote!(
                 async fn f(a: Welcome, b: Report) -> R {}
-            )),
-            ["the first of two arguments must be `jobq::Context`"]
-        );
-        assert_eq!(
-            messages(quote!(
+            ),
+            quote!(
                 async fn f(ctx: &Context, b: Report) -> R {}
-            )),
-            ["the first of two arguments must be `jobq::Context`"]
-        );
+            ),
+            quote!(
+                async fn f(s: State, b: Report) -> R {}
+            ),
+        ] {
+            let messages = messages(item);
+            assert_eq!(messages.len(), 1, "{messages:?}");
+            assert!(
+                messages[0].starts_with(
+                    "only `jobq::Context` and `jobq::State<T>` arguments may come before the payload"
+                ),
+                "{messages:?}"
+            );
+        }
     }
 
     #[test]
@@ -268,13 +351,37 @@ mod tests {
                 quote!(
                     async fn f() -> R {}
                 ),
-                "a task function takes its payload as an argument",
+                "a task function takes its payload as its last argument",
             ),
             (
                 quote!(
                     async fn f(ctx: Context, job: W, extra: u8) -> R {}
                 ),
-                "at most two arguments",
+                "only `jobq::Context` and `jobq::State<T>` arguments",
+            ),
+            (
+                quote!(
+                    async fn f(ctx: Context, c: jobq::Context, job: W) -> R {}
+                ),
+                "`jobq::Context` at most once",
+            ),
+            (
+                quote!(
+                    async fn f(job: W, s: State<M>) -> R {}
+                ),
+                "only `jobq::Context` and `jobq::State<T>` arguments",
+            ),
+            (
+                quote!(
+                    async fn f(s: State<M>) -> R {}
+                ),
+                "the last argument is the payload, the job's data; `State < M >` goes before it",
+            ),
+            (
+                quote!(
+                    async fn f(ctx: jobq::Context) -> R {}
+                ),
+                "the last argument is the payload",
             ),
             (
                 quote!(
@@ -319,8 +426,12 @@ mod tests {
         ];
         for (item, expected) in cases {
             let messages = messages(item);
-            assert_eq!(messages.len(), 1, "{messages:?}");
-            assert!(messages[0].contains(expected), "{messages:?}");
+            // A payload put first is also a wrong argument before the
+            // payload: two messages there.
+            assert!(
+                messages.iter().any(|m| m.contains(expected)),
+                "{expected:?} not in {messages:?}"
+            );
         }
     }
 

@@ -1,9 +1,11 @@
-//! [`Context`], what a task function may take besides its payload.
+//! [`Context`], facts about the running attempt that a task function may
+//! take besides its payload.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::state::States;
 use crate::JobId;
 
 /// Facts about the running attempt, and the signal to stop it.
@@ -27,6 +29,7 @@ pub struct Context {
     task: &'static str,
     queue: Arc<str>,
     cancel: CancellationToken,
+    states: States,
 }
 
 impl Context {
@@ -36,6 +39,7 @@ impl Context {
         task: &'static str,
         queue: Arc<str>,
         cancel: CancellationToken,
+        states: States,
     ) -> Self {
         Self {
             job_id,
@@ -43,6 +47,7 @@ impl Context {
             task,
             queue,
             cancel,
+            states,
         }
     }
 
@@ -77,5 +82,29 @@ impl Context {
     /// Whether [`Context::cancelled`] has resolved.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// The value of type `T` the worker was given with
+    /// [`WorkerBuilder::state`](crate::WorkerBuilder::state), if any.
+    ///
+    /// Unlike a [`State<T>`](crate::State) argument, which the worker
+    /// checks when it is built, this is looked up when called: use it for
+    /// state a task can do without.
+    ///
+    /// ```
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Report { day: u32 }
+    /// #[derive(Clone)]
+    /// struct Metrics;
+    ///
+    /// #[jobq::task]
+    /// async fn nightly(ctx: jobq::Context, job: Report) -> Result<(), jobq::TaskError> {
+    ///     if let Some(_metrics) = ctx.state::<Metrics>() {
+    ///         // count the report
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.states.get::<T>()
     }
 }

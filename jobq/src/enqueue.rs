@@ -41,6 +41,7 @@ impl EnqueueOptions {
     }
 
     /// Priority of the job; higher runs first.
+    #[must_use = "the options are returned, not changed in place"]
     pub fn priority(mut self, priority: i16) -> Self {
         self.priority = Some(priority);
         self
@@ -49,18 +50,21 @@ impl EnqueueOptions {
     /// Run no earlier than this long after the enqueue (measured by the
     /// database's clock). A negative delay cannot be expressed
     /// ([`Duration`] is unsigned): to run a job now, leave the delay unset.
+    #[must_use = "the options are returned, not changed in place"]
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
         self
     }
 
     /// Put the job on this queue instead of the task's.
+    #[must_use = "the options are returned, not changed in place"]
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.queue = Some(queue.into());
         self
     }
 
     /// Attempts in all, the first one included.
+    #[must_use = "the options are returned, not changed in place"]
     pub fn max_attempts(mut self, max_attempts: u32) -> Self {
         self.max_attempts = Some(max_attempts);
         self
@@ -68,6 +72,7 @@ impl EnqueueOptions {
 
     /// While a job of the same task with this key is pending or running,
     /// enqueueing again inserts nothing and returns that job's id.
+    #[must_use = "the options are returned, not changed in place"]
     pub fn dedupe_key(mut self, key: impl Into<String>) -> Self {
         self.dedupe_key = Some(key.into());
         self
@@ -77,6 +82,7 @@ impl EnqueueOptions {
     /// (default [`Self::DEFAULT_MAX_PAYLOAD_SIZE`]). The check happens
     /// before anything is sent to the database, and the error names the
     /// task, the size and the limit.
+    #[must_use = "the options are returned, not changed in place"]
     pub fn max_payload_size(mut self, bytes: usize) -> Self {
         self.max_payload_size = Some(bytes);
         self

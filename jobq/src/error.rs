@@ -98,6 +98,42 @@ pub enum Error {
     /// The worker's own task ended abnormally (a bug in jobq).
     #[error("the worker stopped abnormally: {0}")]
     WorkerPanicked(String),
+    // Added with handler state and `migrate(false)` (issue 11).
+    /// A task fn takes a [`State<T>`](crate::State) whose type the worker
+    /// was not given with [`WorkerBuilder::state`](crate::WorkerBuilder::state).
+    #[error(
+        "task {task:?} (defined at {site}) takes a State<{type_name}>, but the worker \
+         was given no {type_name}: add .state(value) to the worker's builder"
+    )]
+    MissingState {
+        /// The task's name.
+        task: String,
+        /// Where the task is defined, `file:line:column`.
+        site: String,
+        /// The missing type, as `std::any::type_name` spells it.
+        type_name: &'static str,
+    },
+    /// The worker was told not to migrate (`WorkerBuilder::migrate(false)`,
+    /// `JOBQ_MIGRATE=off`) and the schema is missing or older than this
+    /// binary needs.
+    #[error(
+        "{}, and this worker does not migrate (WorkerBuilder::migrate(false) or \
+         JOBQ_MIGRATE=off): run jobq::migrate from the deploy step first, or start \
+         the worker with JOBQ_MIGRATE=on",
+        match found {
+            None => "the jobq schema is not installed in this database".to_owned(),
+            Some(found) => format!(
+                "the jobq schema in this database is at version {found}, older than \
+                 the {needed} this binary needs"
+            ),
+        }
+    )]
+    SchemaNotReady {
+        /// The version found, `None` when the schema is not installed.
+        found: Option<i64>,
+        /// The version this binary needs.
+        needed: i64,
+    },
 }
 
 impl Error {

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::state::{StateKey, States};
 use crate::{Context, Error, Task, TaskError, TaskOptions};
 
 /// The future of one attempt, as the dispatcher runs it.
@@ -20,15 +21,21 @@ pub struct TaskDescriptor {
     pub(crate) name: &'static str,
     pub(crate) options: TaskOptions,
     pub(crate) handler: Handler,
+    /// The types of the fn's `State<T>` arguments, checked against the
+    /// worker's states when it is built. Functions because `TypeId::of`
+    /// is not `const`.
+    pub(crate) states: &'static [fn() -> StateKey],
     pub(crate) file: &'static str,
     pub(crate) line: u32,
     pub(crate) column: u32,
 }
 
 impl TaskDescriptor {
-    /// Describes task `T`, defined at `file:line:column`.
+    /// Describes task `T`, defined at `file:line:column`, whose fn takes
+    /// the state types listed in `states`.
     pub const fn new<T: Task>(
         handler: Handler,
+        states: &'static [fn() -> StateKey],
         file: &'static str,
         line: u32,
         column: u32,
@@ -37,6 +44,7 @@ impl TaskDescriptor {
             name: T::NAME,
             options: T::OPTIONS,
             handler,
+            states,
             file,
             line,
             column,
@@ -95,6 +103,37 @@ impl Registry {
             }
         }
         Ok(Self { tasks })
+    }
+
+    /// Refuses a worker whose tasks take a `State<T>` it was not given,
+    /// naming the first such task (by name), its definition site and the
+    /// type.
+    pub(crate) fn check_states(&self, states: &States) -> Result<(), Error> {
+        let mut tasks: Vec<&TaskDescriptor> = self.iter().collect();
+        tasks.sort_by_key(|t| t.name);
+        for task in tasks {
+            for key in task.states.iter().map(|key| key()) {
+                if !states.contains(key.id) {
+                    return Err(Error::MissingState {
+                        task: task.name.to_owned(),
+                        site: task.site(),
+                        type_name: key.name,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The names of the tasks, sorted.
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self.tasks.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&'static TaskDescriptor> {
+        self.tasks.get(name).copied()
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &'static TaskDescriptor> + '_ {

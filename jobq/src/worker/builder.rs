@@ -6,9 +6,11 @@ use jobq_diesel::{build_pool, Pool};
 
 use super::config::{env_bool, env_duration, env_list, Config};
 use super::error_text::error_chain;
+use super::overrides::{self, TaskOverrides};
 use super::url;
 use super::Worker;
 use crate::registry::Registry;
+use crate::state::States;
 use crate::Error;
 
 /// Configures a [`Worker`]. Unset settings come from the environment, then
@@ -23,12 +25,24 @@ use crate::Error;
 /// | [`lease`](Self::lease) | `JOBQ_LEASE` | 30 s |
 /// | [`heartbeat_interval`](Self::heartbeat_interval) | | 5 s |
 /// | [`maintenance_interval`](Self::maintenance_interval) | | 5 s |
-/// | [`retention`](Self::retention) | `JOBQ_RETENTION_COMPLETED`, `JOBQ_RETENTION_FAILED` | 1 min completed, 7 days failed/cancelled |
+/// | [`retention_completed`](Self::retention_completed) | `JOBQ_RETENTION_COMPLETED` | 1 min |
+/// | [`retention_failed`](Self::retention_failed) | `JOBQ_RETENTION_FAILED` | 7 days (failed and cancelled jobs) |
 /// | [`vacuum`](Self::vacuum) | `JOBQ_VACUUM` (`on`/`off`) | on (acts only where autovacuum is off) |
 /// | [`listen`](Self::listen) | | on |
 /// | [`listen_url`](Self::listen_url) | `JOBQ_LISTEN_URL` | the pool's database |
 /// | [`connect_timeout`](Self::connect_timeout) | `JOBQ_CONNECT_TIMEOUT` | 30 s |
 /// | pool size (own pool) | | 8 |
+/// | [`migrate`](Self::migrate) | `JOBQ_MIGRATE` (`on`/`off`) | on: install or upgrade the schema |
+/// | [`task_concurrency`](Self::task_concurrency) | `JOBQ_TASK_CONCURRENCY` | the attribute's `concurrency` |
+/// | [`task_timeout`](Self::task_timeout) | `JOBQ_TASK_TIMEOUT` | the attribute's `timeout` |
+/// | [`task_retry`](Self::task_retry) | `JOBQ_TASK_RETRY` | the attribute's `retry` |
+/// | [`state`](Self::state) | | none |
+///
+/// The per-task variables hold `task=value` entries separated by commas,
+/// e.g. `JOBQ_TASK_CONCURRENCY="send_welcome=8,reports.nightly=2"` or
+/// `JOBQ_TASK_TIMEOUT="reports.nightly=10m"`; an entry is split at its last
+/// `=`, so names with dots work. A setting made on the builder wins over
+/// the environment, which wins over the attribute.
 ///
 /// **Database down at start-up.** [`build`](Self::build) keeps trying to
 /// connect, with backoff from 100 ms up to 5 s, for the connect timeout,
@@ -69,12 +83,18 @@ pub struct WorkerBuilder {
     lease: Option<Duration>,
     heartbeat_interval: Option<Duration>,
     maintenance_interval: Option<Duration>,
-    retention: Option<jobq_diesel::Retention>,
     vacuum: Option<bool>,
     listen: Option<bool>,
     pool_size: Option<u32>,
     connect_timeout: Option<Duration>,
     listen_url: Option<String>,
+    // Handler state, per-task overrides, migrate switch, split retention
+    // (issue 11).
+    states: States,
+    overrides: TaskOverrides,
+    migrate: Option<bool>,
+    retention_completed: Option<Duration>,
+    retention_failed: Option<Duration>,
 }
 
 impl WorkerBuilder {
@@ -92,9 +112,15 @@ impl WorkerBuilder {
         self
     }
 
-    /// Serve only these queues (default: every registered task's queue).
-    pub fn queues(mut self, queues: &[&str]) -> Self {
-        self.queues = Some(queues.iter().map(|q| (*q).to_owned()).collect());
+    /// Serve only these queues (default: every registered task's queue):
+    /// `.queues(["default", "reports"])`, `.queues(&names)` with a
+    /// `Vec<String>`, or any iterator of strings.
+    pub fn queues<I>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.queues = Some(queues.into_iter().map(|q| q.as_ref().to_owned()).collect());
         self
     }
 
@@ -132,18 +158,11 @@ impl WorkerBuilder {
         self
     }
 
-    /// How long finished jobs stay in the table before the maintenance pass
-    /// deletes them: `completed` for completed jobs (default 1 minute),
-    /// `failed` for failed and cancelled ones (default 7 days). Until then
-    /// [`crate::job`] shows them; afterwards it returns `None`.
-    ///
-    /// The short default for completed jobs keeps a busy queue's table at
-    /// about (jobs per second × one minute) finished rows. Raise it to keep
-    /// a longer history in the table; claims stay as fast, since they only
-    /// look at pending jobs.
-    pub fn retention(mut self, completed: Duration, failed: Duration) -> Self {
-        self.retention = Some(jobq_diesel::Retention { completed, failed });
-        self
+    /// Sets both retentions at once: the same as
+    /// [`retention_completed`](Self::retention_completed)`(completed)` and
+    /// [`retention_failed`](Self::retention_failed)`(failed)`.
+    pub fn retention(self, completed: Duration, failed: Duration) -> Self {
+        self.retention_completed(completed).retention_failed(failed)
     }
 
     /// Whether the maintenance pass vacuums jobq's tables itself when the
@@ -189,13 +208,24 @@ impl WorkerBuilder {
     }
 
     /// Checks the settings and the task registry, connects, and installs or
-    /// upgrades the schema.
+    /// upgrades the schema (or, with [`migrate(false)`](Self::migrate),
+    /// checks its version).
     ///
-    /// Fails on duplicate task names (naming both definition sites), a
-    /// missing or malformed URL, an unreachable database or a schema newer
-    /// than this binary. Error messages never contain the password.
+    /// Fails on duplicate task names (naming both definition sites), a task
+    /// taking a [`State<T>`](crate::State) the builder was not given, an
+    /// override naming no task, a missing or malformed URL, an unreachable
+    /// database or a schema newer than this binary. Error messages never
+    /// contain the password.
     pub async fn build(self) -> Result<Worker, Error> {
         let registry = Registry::from_inventory()?;
+        // Checked before connecting: a missing state or a mistyped override
+        // is a deployment mistake that no database can fix.
+        registry.check_states(&self.states)?;
+        let tasks = overrides::served_tasks(&registry, &self.overrides, &self.states)?;
+        let migrate = match self.migrate {
+            Some(migrate) => migrate,
+            None => env_bool("JOBQ_MIGRATE")?.unwrap_or(true),
+        };
         let defaults = Config::default();
         let config = Config {
             poll_interval: or_env(
@@ -215,14 +245,17 @@ impl WorkerBuilder {
             maintenance_interval: self
                 .maintenance_interval
                 .unwrap_or(defaults.maintenance_interval),
-            retention: match self.retention {
-                Some(retention) => retention,
-                None => jobq_diesel::Retention {
-                    completed: env_duration("JOBQ_RETENTION_COMPLETED")?
-                        .unwrap_or(defaults.retention.completed),
-                    failed: env_duration("JOBQ_RETENTION_FAILED")?
-                        .unwrap_or(defaults.retention.failed),
-                },
+            retention: jobq_diesel::Retention {
+                completed: or_env(
+                    self.retention_completed,
+                    "JOBQ_RETENTION_COMPLETED",
+                    defaults.retention.completed,
+                )?,
+                failed: or_env(
+                    self.retention_failed,
+                    "JOBQ_RETENTION_FAILED",
+                    defaults.retention.failed,
+                )?,
             },
             vacuum: match self.vacuum {
                 Some(vacuum) => vacuum,
@@ -265,7 +298,11 @@ impl WorkerBuilder {
             }
         };
         let mut conn = connect(&pool, &shown_url, config.connect_timeout).await?;
-        crate::migrate(&mut conn).await?;
+        if migrate {
+            crate::migrate(&mut conn).await?;
+        } else {
+            check_schema(&mut conn).await?;
+        }
         drop(conn);
         let queues = self
             .queues
@@ -279,7 +316,118 @@ impl WorkerBuilder {
                 queues.dedup();
                 queues
             });
-        Worker::new(pool, config, registry, queues)
+        Worker::new(pool, config, tasks, queues)
+    }
+}
+
+// Setters added for issue 11: handler state, per-task overrides, the
+// migrate switch and the two retentions.
+impl WorkerBuilder {
+    /// Gives task functions a value of type `T`: a pool, an HTTP client, a
+    /// config. A task fn takes it as a [`State<T>`](crate::State) argument
+    /// (or looks it up with [`Context::state`](crate::Context::state)).
+    ///
+    /// Several types may be registered, one value per type; registering a
+    /// type again replaces the earlier value. [`build`](Self::build)
+    /// refuses a worker whose tasks take a `State<T>` it was not given,
+    /// naming the task, where it is defined and the type.
+    ///
+    /// Each attempt gets a clone of the value, so share what must be
+    /// shared through an `Arc` (bb8 pools and most clients already are).
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Welcome { user_id: i64 }
+    /// use jobq::State;
+    ///
+    /// #[derive(Clone)]
+    /// struct Mailer;
+    ///
+    /// #[jobq::task]
+    /// async fn send_welcome(State(mailer): State<Mailer>, job: Welcome) -> Result<(), jobq::TaskError> {
+    ///     let _ = (mailer, job.user_id);
+    ///     Ok(())
+    /// }
+    ///
+    /// # async fn f() -> Result<(), jobq::Error> {
+    /// jobq::Worker::builder().state(Mailer).build().await?.run().await
+    /// # }
+    /// ```
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
+    /// Runs at most `limit` attempts of task `task` at once in this worker
+    /// process, instead of the attribute's `concurrency`
+    /// (environment: `JOBQ_TASK_CONCURRENCY="send_welcome=8,reports.nightly=2"`).
+    /// [`build`](Self::build) refuses a name that is not a task of this
+    /// binary, listing the ones there are, and a limit outside 1 to
+    /// `i32::MAX`.
+    pub fn task_concurrency(mut self, task: impl Into<String>, limit: u32) -> Self {
+        self.overrides.concurrency.insert(task.into(), limit);
+        self
+    }
+
+    /// Limits each attempt of task `task` to `timeout`, instead of the
+    /// attribute's `timeout` (environment:
+    /// `JOBQ_TASK_TIMEOUT="reports.nightly=10m"`). Must be longer than zero.
+    pub fn task_timeout(mut self, task: impl Into<String>, timeout: Duration) -> Self {
+        self.overrides.timeout.insert(task.into(), timeout);
+        self
+    }
+
+    /// Uses `base` as the backoff base between attempts of task `task`,
+    /// instead of the attribute's `retry` (environment:
+    /// `JOBQ_TASK_RETRY="send_welcome=30s"`). Must be longer than zero.
+    pub fn task_retry(mut self, task: impl Into<String>, base: Duration) -> Self {
+        self.overrides.retry.insert(task.into(), base);
+        self
+    }
+
+    /// Whether [`build`](Self::build) installs or upgrades jobq's schema
+    /// (default on, `JOBQ_MIGRATE`). Off, for deployments where a separate
+    /// step runs [`crate::migrate`], it only reads the schema's version and
+    /// refuses to start when the schema is missing or older than this
+    /// binary needs ([`Error::SchemaNotReady`]), or newer than it knows.
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = Some(migrate);
+        self
+    }
+
+    /// How long completed jobs stay in the table before the maintenance
+    /// pass deletes them (default 1 minute, `JOBQ_RETENTION_COMPLETED`).
+    /// Until then [`crate::job`] shows them; afterwards it returns `None`.
+    ///
+    /// The short default keeps a busy queue's table at about (jobs per
+    /// second × one minute) finished rows. Raise it to keep a longer
+    /// history in the table; claims stay as fast, since they only look at
+    /// pending jobs.
+    pub fn retention_completed(mut self, retention: Duration) -> Self {
+        self.retention_completed = Some(retention);
+        self
+    }
+
+    /// How long failed and cancelled jobs stay in the table, for people
+    /// to inspect (default 7 days, `JOBQ_RETENTION_FAILED`).
+    pub fn retention_failed(mut self, retention: Duration) -> Self {
+        self.retention_failed = Some(retention);
+        self
+    }
+}
+
+/// For a worker that does not migrate: the schema must be exactly what this
+/// binary needs, or newer is refused as [`crate::migrate`] refuses it.
+async fn check_schema(conn: &mut jobq_diesel::AsyncPgConnection) -> Result<(), Error> {
+    let needed = jobq_diesel::LATEST_VERSION;
+    match jobq_diesel::schema_version(conn).await? {
+        Some(found) if found == needed => Ok(()),
+        Some(found) if found > needed => {
+            Err(Error::Migrate(jobq_diesel::MigrateError::SchemaTooNew {
+                found,
+                supported: needed,
+            }))
+        }
+        found => Err(Error::SchemaNotReady { found, needed }),
     }
 }
 

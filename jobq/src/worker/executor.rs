@@ -140,9 +140,17 @@ async fn attempt_outcome(
     queue: Arc<str>,
     cancel: CancellationToken,
 ) -> (OutcomeKind, Option<String>) {
-    let descriptor = shared.tasks[task_index].descriptor;
+    let served = &shared.tasks[task_index];
+    let descriptor = served.descriptor;
     let attempt = u32::try_from(job.attempt).unwrap_or(1);
-    let ctx = Context::new(JobId::from(job.id), attempt, descriptor.name, queue, cancel);
+    let ctx = Context::new(
+        JobId::from(job.id),
+        attempt,
+        descriptor.name,
+        queue,
+        cancel,
+        served.states.clone(),
+    );
     let decoded = catch_unwind(AssertUnwindSafe(|| (descriptor.handler)(ctx, &job.payload)));
     let future = match decoded {
         Ok(Ok(future)) => future,
@@ -165,7 +173,7 @@ async fn attempt_outcome(
         }
     };
     tracing::debug!("attempt started");
-    let limit = descriptor.options.time_limit();
+    let limit = served.timeout;
     let guarded = async move {
         match limit {
             Some(limit) => tokio::time::timeout(limit, future).await.map_err(|_| limit),
@@ -173,7 +181,7 @@ async fn attempt_outcome(
         }
     };
     let retry = |message: String| {
-        let delay = backoff(descriptor.options.retry_base(), attempt);
+        let delay = backoff(served.retry_base, attempt);
         let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         (OutcomeKind::Retry { delay_ms }, Some(message))
     };

@@ -24,6 +24,7 @@ mod listen;
 mod maintenance;
 mod message;
 mod outcome_writer;
+mod overrides;
 mod running;
 mod shutdown;
 mod state;
@@ -40,7 +41,6 @@ use tokio_util::sync::CancellationToken;
 
 use self::config::Config;
 use self::state::{ServedTask, Shared};
-use crate::registry::Registry;
 use crate::Error;
 
 /// A configured worker, ready to run. Build one with [`Worker::builder`].
@@ -48,7 +48,8 @@ use crate::Error;
 pub struct Worker {
     pool: Pool,
     config: Config,
-    registry: Registry,
+    /// Every task of the binary with its effective settings, by name.
+    tasks: Vec<ServedTask>,
     queues: Vec<String>,
 }
 
@@ -61,7 +62,7 @@ impl Worker {
     fn new(
         pool: Pool,
         config: Config,
-        registry: Registry,
+        tasks: Vec<ServedTask>,
         queues: Vec<String>,
     ) -> Result<Self, Error> {
         if queues.is_empty() {
@@ -69,7 +70,7 @@ impl Worker {
                 "no queue to serve: register a task with #[jobq::task] or pass .queues(..)".into(),
             ));
         }
-        if registry.iter().next().is_none() {
+        if tasks.is_empty() {
             return Err(Error::NoTasks(
                 "no task is registered in this binary; annotate an async fn with #[jobq::task]"
                     .into(),
@@ -78,7 +79,7 @@ impl Worker {
         Ok(Self {
             pool,
             config,
-            registry,
+            tasks,
             queues,
         })
     }
@@ -110,16 +111,7 @@ impl Worker {
                 .await
                 .map_err(Error::db("registering the worker"))?
         };
-        let mut tasks: Vec<ServedTask> = self
-            .registry
-            .iter()
-            .map(|descriptor| ServedTask {
-                descriptor,
-                limit: descriptor.options.concurrency_limit(),
-            })
-            .collect();
-        tasks.sort_by_key(|t| t.descriptor.name);
-        let shared = Shared::new_arc(self.pool, self.config, worker_id, self.queues, tasks);
+        let shared = Shared::new_arc(self.pool, self.config, worker_id, self.queues, self.tasks);
         report_unknown_tasks(&shared).await;
         tracing::info!(
             worker.id = worker_id,
@@ -143,6 +135,7 @@ impl Worker {
     /// handle.shutdown().await?;
     /// # Ok(()) }
     /// ```
+    #[must_use = "dropping the handle leaves the worker running with no way to stop it gracefully; call .shutdown().await on it"]
     pub fn spawn(self) -> ShutdownHandle {
         let stop = CancellationToken::new();
         let signal = stop.clone();

@@ -39,6 +39,7 @@ pub(crate) async fn signal() {
 
 /// Stops a worker started with [`crate::Worker::spawn`].
 #[derive(Debug)]
+#[must_use = "the worker runs until .shutdown().await is called on this handle"]
 pub struct ShutdownHandle {
     stop: CancellationToken,
     join: JoinHandle<Result<(), Error>>,

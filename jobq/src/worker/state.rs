@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use jobq_diesel::{Outcome, Pool};
 use rustc_hash::FxHashMap;
@@ -14,12 +14,22 @@ use super::attempts::Attempts;
 use super::backlog::Backlog;
 use super::config::Config;
 use crate::registry::TaskDescriptor;
+use crate::state::States;
 
-/// A task this worker serves, with its slot accounting.
+/// A task this worker serves, with its effective settings: the
+/// attribute's, or the operator's overrides (see `overrides.rs`).
 #[derive(Debug)]
 pub(crate) struct ServedTask {
     pub(crate) descriptor: &'static TaskDescriptor,
+    /// Attempts of this task running at once.
     pub(crate) limit: u32,
+    /// Time limit of one attempt.
+    pub(crate) timeout: Option<Duration>,
+    /// Base of the exponential backoff between attempts.
+    pub(crate) retry_base: Duration,
+    /// The worker's states, handed to each attempt's `Context` (one `Arc`
+    /// shared by every task).
+    pub(crate) states: States,
 }
 
 /// An outcome on its way to the completer, with the claim its job came

@@ -24,7 +24,14 @@ async fn signup(conn: &mut AsyncPgConnection) -> Result<Vec<JobId>, jobq::Error>
     )
     .await?;
     let mut ids = send_welcome::enqueue_many(conn, &[Welcome { user_id: 9 }]).await?;
+    let more = send_welcome::enqueue_many_with(
+        conn,
+        &[Welcome { user_id: 10 }],
+        EnqueueOptions::new().queue("other"),
+    )
+    .await?;
     ids.extend([first, second]);
+    ids.extend(more);
     Ok(ids)
 }
 
