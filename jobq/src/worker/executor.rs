@@ -107,7 +107,8 @@ async fn run_attempt(
     cancel: CancellationToken,
 ) -> (OutcomeKind, Option<String>) {
     let descriptor = shared.tasks[task_index].descriptor;
-    let attempt = u32::try_from(job.attempt).unwrap_or(1);
+    // The number users see (hand-backs not counted), not the fencing one.
+    let attempt = u32::try_from(job.number()).unwrap_or(1);
     let ctx = Context::new(JobId::from(job.id), attempt, descriptor.name, queue, cancel);
     let future = match (descriptor.handler)(ctx, &job.payload) {
         Ok(future) => future,

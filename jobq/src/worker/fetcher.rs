@@ -8,12 +8,17 @@
 //! so that batches stay large); claiming goes on until batches come back
 //! short. A lost notification therefore costs at most one poll interval,
 //! never a job.
+//!
+//! Every claim statement carries a key of its own (a counter). A claim
+//! call that fails may still have committed (a connection cut while the
+//! reply was on its way): its key is kept, and the claim's jobs are handed
+//! back by that key, exactly, before the next claim and until it works.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobq_diesel::{ClaimRequest, ClaimedJob};
+use jobq_diesel::{ClaimRequest, ClaimedJob, Outcome, OutcomeKind};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error_text::error_chain;
@@ -21,13 +26,19 @@ use super::executor;
 use super::state::{lock, Finished, Shared};
 
 pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>) {
+    let mut keys = ClaimKeys::default();
     let mut failures = 0u32;
     loop {
         if shared.stopping.is_cancelled() {
-            return;
+            break;
         }
-        match claim_round(&shared, &outcomes).await {
-            Ok(()) => failures = 0,
+        let released = release_lost(&shared, &mut keys).await;
+        if let Err(e) = &released {
+            tracing::warn!(error = %e, "handing back a claim whose reply was lost failed; retrying");
+        }
+        match claim_round(&shared, &outcomes, &mut keys).await {
+            Ok(()) if released.is_ok() => failures = 0,
+            Ok(()) => failures += 1,
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %e, "claiming jobs failed; retrying");
@@ -38,9 +49,67 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>
             _ = shared.wake.notified() => {}
             _ = shared.slot_freed.notified() => gather_freed_slots(&shared).await,
             _ = tokio::time::sleep_until(deadline.into()) => {}
-            _ = shared.stopping.cancelled() => return,
+            _ = shared.stopping.cancelled() => break,
         }
     }
+    // A last try, bounded, so that shutdown does not wait on a database
+    // that is down. If it fails, the jobs stay running under this worker
+    // and are rescued once its row goes (which uses an attempt).
+    if !keys.lost.is_empty() {
+        match tokio::time::timeout(LAST_RELEASE_TIMEOUT, release_lost(&shared, &mut keys)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not hand back a claim whose reply was lost; its jobs will be rescued"),
+            Err(_) => tracing::warn!("handing back a claim whose reply was lost timed out; its jobs will be rescued"),
+        }
+    }
+}
+
+/// How long the fetcher's last release at shutdown may take.
+const LAST_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The keys of this worker's claim statements.
+#[derive(Debug, Default)]
+struct ClaimKeys {
+    /// The last key used; keys are never reused, which the database
+    /// enforces (unique per worker).
+    last: i64,
+    /// Keys of claims whose call failed after they may have committed,
+    /// oldest first: their jobs would otherwise run under this worker,
+    /// unknown to it, for as long as it heartbeats.
+    lost: Vec<i64>,
+}
+
+impl ClaimKeys {
+    fn next(&mut self) -> i64 {
+        self.last += 1;
+        self.last
+    }
+}
+
+/// Hands back the jobs of every claim whose reply was lost. A claim that
+/// never committed has nothing to hand back; one still in flight is waited
+/// for (see [`jobq_diesel::release_claim`]). A key is forgotten only once
+/// its release has run.
+async fn release_lost(shared: &Shared, keys: &mut ClaimKeys) -> Result<(), String> {
+    if keys.lost.is_empty() {
+        return Ok(());
+    }
+    let mut conn = shared.pool.get().await.map_err(|e| error_chain(&e))?;
+    while let Some(&key) = keys.lost.first() {
+        let released = jobq_diesel::release_claim(&mut conn, shared.worker_id, key)
+            .await
+            .map_err(|e| format!("releasing claim {key}: {e}"))?;
+        for id in released {
+            tracing::warn!(
+                job.id = id,
+                claim.key = key,
+                "handed back a job this worker claimed but never received (the claim's reply \
+                 was lost); it did not use up an attempt"
+            );
+        }
+        keys.lost.remove(0);
+    }
+    Ok(())
 }
 
 /// Longest a freed slot waits for others before the fetcher claims for it.
@@ -99,6 +168,7 @@ fn next_wake(shared: &Shared, failures: u32) -> Instant {
 async fn claim_round(
     shared: &Arc<Shared>,
     outcomes: &UnboundedSender<Finished>,
+    keys: &mut ClaimKeys,
 ) -> Result<(), String> {
     let (tasks, slots, indices) = {
         let s = lock(&shared.slots);
@@ -131,19 +201,23 @@ async fn claim_round(
             queues: &shared.queues,
             tasks: &tasks,
             slots: &slots,
+            claim_key: keys.next(),
         };
-        shared.claiming.store(true, Ordering::Release);
         match jobq_diesel::claim(&mut conn, &request).await {
             Ok(claimed) => claimed,
             Err(e) => {
-                shared.claiming.store(false, Ordering::Release);
+                // Whatever the error, the claim may have committed (the
+                // reply is the last thing to arrive): release it by key.
+                // One that did not commit costs a statement that finds
+                // nothing.
+                keys.lost.push(request.claim_key);
                 return Err(e.to_string());
             }
         }
     };
-    // Every job counts towards its claim, also one that cannot be started:
-    // the claim's row must stay while any of its jobs runs under this
-    // worker, so that the heartbeat can find and hand such a job back.
+    // Every job counts towards its claim, also one that cannot be started
+    // (it is handed back through the completer like any outcome): the
+    // claim's row must stay while any of its jobs runs under this worker.
     let mut claims: Vec<(i64, u32)> = Vec::new();
     for job in &claimed {
         match claims.last_mut() {
@@ -175,10 +249,9 @@ async fn claim_round(
             Some((task, queue)) => {
                 executor::spawn(shared, job, task, &shared.queue_names[queue], outcomes)
             }
-            None => unreachable_task(&job),
+            None => unreachable_task(shared, &job, outcomes),
         }
     }
-    shared.claiming.store(false, Ordering::Release);
     Ok(())
 }
 
@@ -201,13 +274,27 @@ fn place(shared: &Shared, tasks_asked: &[usize], job: &ClaimedJob) -> Option<(us
     Some((task, queue))
 }
 
-fn unreachable_task(job: &ClaimedJob) {
+fn unreachable_task(shared: &Shared, job: &ClaimedJob, outcomes: &UnboundedSender<Finished>) {
     // The claim only asks for tasks and queues this worker serves; log
-    // rather than panic if the database ever returns something else.
+    // rather than panic if the database ever returns something else, and
+    // hand the job back untried rather than leave it running here.
     tracing::error!(
         job.id = job.id,
         job.task = job.task.as_deref(),
         job.queue = job.queue.as_deref(),
-        "claimed a job of a task or queue this worker does not serve"
+        "claimed a job of a task or queue this worker does not serve; handing it back"
     );
+    shared.unwritten.fetch_add(1, Ordering::AcqRel);
+    let finished = Finished {
+        outcome: Outcome {
+            id: job.id,
+            attempt: job.attempt,
+            kind: OutcomeKind::Released,
+            message: Some("claimed by a worker that does not serve its task or queue; handed back".into()),
+        },
+        claim: Some(job.claim),
+    };
+    if outcomes.send(finished).is_err() {
+        shared.unwritten.fetch_sub(1, Ordering::AcqRel);
+    }
 }

@@ -39,7 +39,7 @@ impl Running {
             completer_give_up.clone(),
         ));
         let mut background = vec![
-            tokio::spawn(heartbeat::run(Arc::clone(&shared), info, tx.clone())),
+            tokio::spawn(heartbeat::run(Arc::clone(&shared), info)),
             tokio::spawn(maintenance::run(Arc::clone(&shared))),
         ];
         if shared.config.listen {

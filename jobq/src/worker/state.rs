@@ -1,7 +1,7 @@
 //! What the worker's loops share: the pool, the tasks served, and the
 //! attempts in flight.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -85,9 +85,6 @@ pub(crate) struct Shared {
     pub(crate) stopping: CancellationToken,
     /// Signalled when the last attempt in flight finishes.
     pub(crate) idle: Notify,
-    /// True from the start of a claim until its jobs are registered in
-    /// `in_flight`.
-    pub(crate) claiming: AtomicBool,
     /// Outcomes handed to the completer and not yet written (or given up).
     pub(crate) unwritten: AtomicUsize,
 }
@@ -197,7 +194,6 @@ impl Shared {
             next_due: Mutex::new(None),
             stopping: CancellationToken::new(),
             idle: Notify::new(),
-            claiming: AtomicBool::new(false),
             unwritten: AtomicUsize::new(0),
         })
     }
