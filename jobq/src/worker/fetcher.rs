@@ -58,8 +58,12 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>
     if !keys.lost.is_empty() {
         match tokio::time::timeout(LAST_RELEASE_TIMEOUT, release_lost(&shared, &mut keys)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not hand back a claim whose reply was lost; its jobs will be rescued"),
-            Err(_) => tracing::warn!("handing back a claim whose reply was lost timed out; its jobs will be rescued"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not hand back a claim whose reply was lost; its jobs will be rescued")
+            }
+            Err(_) => tracing::warn!(
+                "handing back a claim whose reply was lost timed out; its jobs will be rescued"
+            ),
         }
     }
 }
@@ -290,7 +294,9 @@ fn unreachable_task(shared: &Shared, job: &ClaimedJob, outcomes: &UnboundedSende
             id: job.id,
             attempt: job.attempt,
             kind: OutcomeKind::Released,
-            message: Some("claimed by a worker that does not serve its task or queue; handed back".into()),
+            message: Some(
+                "claimed by a worker that does not serve its task or queue; handed back".into(),
+            ),
         },
         claim: Some(job.claim),
     };
