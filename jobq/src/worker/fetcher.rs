@@ -32,7 +32,13 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>
         if shared.stopping.is_cancelled() {
             break;
         }
-        let released = release_lost(&shared, &mut keys).await;
+        // Waiting for a connection may take long while the database is
+        // down; shutdown must not wait for it (a release cut short is
+        // rolled back, and tried again below).
+        let released = tokio::select! {
+            released = release_lost(&shared, &mut keys) => released,
+            _ = shared.stopping.cancelled() => break,
+        };
         if let Err(e) = &released {
             tracing::warn!(error = %e, "handing back a claim whose reply was lost failed; retrying");
         }
@@ -68,8 +74,9 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>
     }
 }
 
-/// How long the fetcher's last release at shutdown may take.
-const LAST_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the fetcher's last release at shutdown may take (only when a
+/// claim's reply was lost and not released yet).
+const LAST_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The keys of this worker's claim statements.
 #[derive(Debug, Default)]
@@ -213,8 +220,12 @@ async fn claim_round(
                 // Whatever the error, the claim may have committed (the
                 // reply is the last thing to arrive): release it by key.
                 // One that did not commit costs a statement that finds
-                // nothing.
-                keys.lost.push(request.claim_key);
+                // nothing. Except a clash on the key itself: that claim
+                // failed, and the key's row belongs to another claim (or
+                // to the tombstone of a release), not to be touched.
+                if !is_key_clash(&e) {
+                    keys.lost.push(request.claim_key);
+                }
                 return Err(e.to_string());
             }
         }
@@ -257,6 +268,13 @@ async fn claim_round(
         }
     }
     Ok(())
+}
+
+fn is_key_clash(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+    )
 }
 
 /// A claimed job's task and queue, as indices into what this worker
