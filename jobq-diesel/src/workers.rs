@@ -58,16 +58,17 @@ pub async fn register_worker(
 /// What a heartbeat learns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeartbeatReply {
-    /// False when the row had been removed by a rescue (the worker was
-    /// presumed dead); the heartbeat re-created it, but the jobs it held
-    /// were rescued and their outcomes will be fenced out.
+    /// False when the row had been removed (by a rescue: the worker was
+    /// presumed dead); the heartbeat re-created it. The jobs rescued
+    /// meanwhile are missing from `held`, and their outcomes will be fenced
+    /// out.
     pub was_alive: bool,
     /// Jobs this worker runs whose cancellation was requested: the
     /// fallback for a missed cancel notification.
     pub cancel_requested: Vec<i64>,
     /// Every job the database says this worker is running, as
-    /// (id, attempt): lets the worker find jobs it claimed but never heard
-    /// of (a claim whose reply was lost).
+    /// (id, attempt): an attempt the worker runs that is missing here was
+    /// rescued from it.
     pub held: Vec<(i64, i32)>,
     /// Claims of this worker removed because none of their jobs runs under
     /// it any more (their jobs were rescued).
