@@ -28,20 +28,26 @@ pub async fn drain_on(
             hostname: "bench".into(),
             pid: 0,
             queues: vec!["default".into()],
+            // This loop never heartbeats, and claims need a heartbeat
+            // within the lease: one longer than any run.
+            lease: std::time::Duration::from_secs(7 * 24 * 3600),
         },
     )
     .await?;
     let queues = vec!["default".to_owned()];
     let tasks = vec![task.to_owned()];
     let slots = vec![BATCH];
-    let request = ClaimRequest {
-        worker_id,
-        queues: &queues,
-        tasks: &tasks,
-        slots: &slots,
-    };
     let mut done = 0usize;
+    let mut claim_key = 0;
     while until.is_none_or(|n| done < n) {
+        claim_key += 1;
+        let request = ClaimRequest {
+            worker_id,
+            queues: &queues,
+            tasks: &tasks,
+            slots: &slots,
+            claim_key,
+        };
         let claimed = jobq_diesel::claim(conn, &request).await?;
         if claimed.is_empty() {
             break;

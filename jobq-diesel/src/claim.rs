@@ -5,7 +5,7 @@ use diesel::deserialize::{self, FromSql, QueryableByName};
 use diesel::pg::Pg;
 use diesel::row::{Field, NamedRow, Row};
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::prepared::prepared;
 
@@ -21,6 +21,11 @@ pub struct ClaimRequest<'a> {
     pub tasks: &'a [String],
     /// Free slots of each task, same order as `tasks`.
     pub slots: &'a [i32],
+    /// This claim's identity among the worker's claims, chosen by the
+    /// worker and never reused by it (a counter): if the call fails after
+    /// the claim may have committed, [`release_claim`] with the same key
+    /// hands exactly its jobs back.
+    pub claim_key: i64,
 }
 
 /// A job now running under the claiming worker: what its attempt needs.
@@ -41,7 +46,9 @@ pub struct ClaimedJob {
     pub queue: Option<String>,
     /// Payload as JSON text.
     pub payload: String,
-    /// This attempt's number (already incremented).
+    /// This attempt's fencing number (already incremented): every claim
+    /// increments it, so it identifies the attempt in outcomes. Not the
+    /// number to show: see [`ClaimedJob::number`].
     pub attempt: i32,
     /// Whether someone asked to cancel the job before it was claimed.
     pub cancel_requested: bool,
@@ -49,6 +56,18 @@ pub struct ClaimedJob {
     /// worker until the outcome of the claim's last job is written (pass
     /// it to [`crate::write_outcomes`] then).
     pub claim: i64,
+    /// Times the job was handed back untried before this attempt (at a
+    /// shutdown, or after a claim whose reply was lost).
+    pub handbacks: i32,
+}
+
+impl ClaimedJob {
+    /// The attempt's number as handlers and users see it, starting at 1:
+    /// the attempts the job has used, hand-backs not counted. Never more
+    /// than the job's `max_attempts`.
+    pub fn number(&self) -> i32 {
+        self.attempt.saturating_sub(self.handbacks)
+    }
 }
 
 impl QueryableByName<Pg> for ClaimedJob {
@@ -64,6 +83,7 @@ impl QueryableByName<Pg> for ClaimedJob {
             attempt: column::<Integer, _>(row, 4)?,
             cancel_requested: column::<Bool, _>(row, 5)?,
             claim: column::<BigInt, _>(row, 6)?,
+            handbacks: column::<Integer, _>(row, 7)?,
         })
     }
 }
@@ -78,12 +98,23 @@ fn column<'a, ST, T: FromSql<ST, Pg>>(
 }
 
 /// The claim statement; `$1` queues, `$2` tasks, `$3` free slots per task,
-/// `$4` the worker. Public so that tests can `EXPLAIN` the real thing.
+/// `$4` the worker, `$5` the claim key. Public so that tests can `EXPLAIN`
+/// the real thing.
 ///
 /// The task and queue names come back only when the request named more
 /// than one: the planner folds the CASEs to NULL otherwise, so a worker of
 /// one task and one queue, the busiest kind, gets no text per job to
 /// format, send and decode.
+///
+/// Liveness (the `EXISTS` on `jobq.workers`): only a worker whose row
+/// exists and whose heartbeat is within its own lease claims anything. A
+/// worker presumed dead (its row removed by a rescue) gets nothing until
+/// its heartbeat has registered it again. The check is uncorrelated, so it
+/// is planned as a one-time filter: one primary-key lookup per claim, and
+/// nothing else runs when it fails.
+///
+/// Claim key (`$5`): stored with the claim's row, unique per worker, so
+/// that [`release_claim`] can find the claim if its reply is lost.
 #[doc(hidden)]
 pub const CLAIM_SQL: &str = "WITH picked AS ( \
              SELECT j.id \
@@ -96,9 +127,12 @@ pub const CLAIM_SQL: &str = "WITH picked AS ( \
                  LIMIT w.slots \
                  FOR UPDATE SKIP LOCKED \
              ) j \
+             WHERE EXISTS ( \
+                 SELECT 1 FROM jobq.workers me WHERE me.id = $4 \
+                   AND me.heartbeat_at >= now() - me.lease_ms * interval '1 millisecond') \
          ), claim AS ( \
-             INSERT INTO jobq.claims (worker_id, jobs) \
-             SELECT $4, range_agg(int8range(id, id, '[]')) FROM picked HAVING count(*) > 0 \
+             INSERT INTO jobq.claims (worker_id, claim_key, jobs) \
+             SELECT $4, $5, range_agg(int8range(id, id, '[]')) FROM picked HAVING count(*) > 0 \
              RETURNING id \
          ) \
          UPDATE jobq.jobs SET state = 'running', attempt = attempt + 1, started_at = now(), \
@@ -108,7 +142,7 @@ pub const CLAIM_SQL: &str = "WITH picked AS ( \
              CASE WHEN cardinality($2::text[]) > 1 THEN task END AS task, \
              CASE WHEN cardinality($1::text[]) > 1 THEN queue END AS queue, \
              payload::text AS payload, attempt, cancel_requested, \
-             (SELECT id FROM claim) AS claim";
+             (SELECT id FROM claim) AS claim, handbacks";
 
 /// Claims due jobs: per task, the highest priority first, then the earliest
 /// `run_at`, then the lowest id, skipping rows other workers hold locked.
@@ -127,8 +161,99 @@ pub async fn claim(
         .bind::<Array<Text>, _>(request.queues)
         .bind::<Array<Text>, _>(request.tasks)
         .bind::<Array<Integer>, _>(request.slots)
-        .bind::<BigInt, _>(request.worker_id);
+        .bind::<BigInt, _>(request.worker_id)
+        .bind::<BigInt, _>(request.claim_key);
     // Kept prepared: an idle worker runs it the moment a notification
     // arrives, and planning it was a quarter of the pickup latency.
     prepared(query).load(conn).await
+}
+
+/// Makes sure that no claim of `worker_id` under `claim_key` can commit
+/// any more: a claim still in flight is waited for, one that never reached
+/// the database will fail. An empty row under the key (a tombstone, which
+/// lasts as long as the worker) does it; when the claim committed, its
+/// own row is there and nothing is inserted.
+const FENCE_CLAIM_SQL: &str = "INSERT INTO jobq.claims (worker_id, claim_key, jobs) \
+    VALUES ($1, $2, '{}') ON CONFLICT (worker_id, claim_key) DO NOTHING";
+
+/// Hands back the jobs of the claim `$2` of worker `$1`: those still
+/// running under that worker in the attempt that claim started. The
+/// attempt fence here is the claim's own time (`claimed_at` and the jobs'
+/// `started_at` are the same `now()` of the claim's transaction) and that
+/// no other claim of the worker holds the job: a job rescued since and
+/// claimed again, by this worker or another, is left alone. The jobs go
+/// back to pending, keeping their place in the queue, with a hand-back
+/// counted instead of an attempt; the claim's row is emptied (it stays as
+/// the key's tombstone).
+const RELEASE_CLAIM_SQL: &str = "WITH c AS ( \
+        SELECT id, jobs, claimed_at FROM jobq.claims WHERE worker_id = $1 AND claim_key = $2 \
+    ), claimed AS ( \
+        SELECT g.id FROM c \
+        CROSS JOIN LATERAL unnest(c.jobs) AS r(ids) \
+        CROSS JOIN LATERAL generate_series(lower(r.ids), upper(r.ids) - 1) AS g(id) \
+    ), released AS ( \
+        UPDATE jobq.jobs j SET \
+            state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'pending' END)::jobq.job_state, \
+            finished_at = CASE WHEN j.cancel_requested THEN now() END, \
+            handbacks = j.handbacks + 1, \
+            worker_id = NULL, \
+            errors = j.errors || jsonb_build_array(jsonb_build_object( \
+                'attempt', j.attempt - j.handbacks, 'at', now(), 'message', \
+                'claimed by worker ' || $1 || ', which never received it ' \
+                || '(the claim''s reply was lost); handed back untried')) \
+        WHERE j.id = ANY(ARRAY(SELECT id FROM claimed)) \
+          AND j.state = 'running' AND j.worker_id = $1 \
+          AND j.started_at = (SELECT claimed_at FROM c) \
+          AND NOT EXISTS ( \
+              SELECT 1 FROM jobq.claims o \
+              WHERE o.worker_id = $1 AND o.id <> (SELECT id FROM c) AND o.jobs @> j.id) \
+        RETURNING j.id, j.queue, j.state \
+    ), emptied AS ( \
+        UPDATE jobq.claims SET jobs = '{}' WHERE id = (SELECT id FROM c) \
+    ), woken AS ( \
+        SELECT count(pg_notify('jobq_jobs', '0 ' || queue)) AS n \
+        FROM (SELECT DISTINCT queue FROM released WHERE state = 'pending') q \
+    ) \
+    SELECT r.id FROM released r LEFT JOIN (SELECT n FROM woken) w ON true";
+
+#[derive(QueryableByName)]
+struct ReleasedId {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// Hands back the jobs of a claim whose reply the worker never received
+/// (the call failed after the claim may have committed: a connection cut
+/// mid-reply). Returns the ids handed back: none when the claim never
+/// committed.
+///
+/// Exact, not a guess: the claim is found by its key, a claim still in
+/// flight is waited for and one that has not reached the database yet is
+/// made to fail, and only jobs still running the attempt that claim
+/// started are touched. Each goes back to pending where it was in the
+/// queue, without using up an attempt (a hand-back is counted instead),
+/// and the reason goes to its error history. Safe to call again after an
+/// error: two statements in one short transaction.
+pub async fn release_claim(
+    conn: &mut AsyncPgConnection,
+    worker_id: i64,
+    claim_key: i64,
+) -> diesel::QueryResult<Vec<i64>> {
+    let released: Vec<ReleasedId> = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            diesel::sql_query(FENCE_CLAIM_SQL)
+                .bind::<BigInt, _>(worker_id)
+                .bind::<BigInt, _>(claim_key)
+                .execute(conn)
+                .await?;
+            // A new snapshot (READ COMMITTED): a claim the fence waited for
+            // is visible now.
+            diesel::sql_query(RELEASE_CLAIM_SQL)
+                .bind::<BigInt, _>(worker_id)
+                .bind::<BigInt, _>(claim_key)
+                .load(conn)
+                .await
+        })
+        .await?;
+    Ok(released.into_iter().map(|r| r.id).collect())
 }

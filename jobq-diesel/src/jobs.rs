@@ -23,7 +23,8 @@ pub struct JobRow {
     /// Higher runs first.
     #[diesel(sql_type = SmallInt)]
     pub priority: i16,
-    /// Attempts started so far.
+    /// Attempts used so far, the running one included; claims handed back
+    /// untried (at shutdown, or after a lost claim reply) do not count.
     #[diesel(sql_type = Integer)]
     pub attempt: i32,
     /// Attempts allowed in all.
@@ -58,7 +59,8 @@ pub async fn find_job(
     id: i64,
 ) -> diesel::QueryResult<Option<JobRow>> {
     diesel::sql_query(
-        "SELECT id, task, queue, state::text AS state, priority, attempt, max_attempts, run_at, \
+        "SELECT id, task, queue, state::text AS state, priority, \
+             attempt - handbacks AS attempt, max_attempts, run_at, \
              created_at, started_at, finished_at, dedupe_key, payload::text AS payload, \
              errors::text AS errors \
          FROM jobq.jobs WHERE id = $1",

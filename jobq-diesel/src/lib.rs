@@ -24,7 +24,7 @@ pub mod schema;
 mod vacuum;
 mod workers;
 
-pub use claim::{claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
+pub use claim::{claim, release_claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
 pub use enqueue::{insert_job, insert_jobs, NewJob, NewJobs};
 pub use jobs::{cancel, find_job, pending_unknown_tasks, CancelResult, JobRow, UnknownTask};
 pub use listener::{send_probe, Listener, ListenerError, Notification};

@@ -21,7 +21,8 @@ pub struct RescuedJob {
     /// Job id.
     #[diesel(sql_type = BigInt)]
     pub id: i64,
-    /// The attempt that was lost.
+    /// The attempt that was lost, as users count them (hand-backs not
+    /// included).
     #[diesel(sql_type = Integer)]
     pub attempt: i32,
     /// The job's task.
@@ -37,14 +38,21 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// The rescue statement; `$1` the advisory lock's key, `$2` the lease in
-/// milliseconds. Public so that tests can `EXPLAIN` the real thing.
+/// milliseconds for worker rows that have none (written by an older jobq).
+/// Public so that tests can `EXPLAIN` the real thing.
+///
+/// Each worker is judged by its own lease (`lease_ms` in its row), never
+/// by the rescuer's: workers with different settings never rescue each
+/// other's live jobs. A rescue uses up the lost attempt (it may be the job
+/// that killed its worker), so a job on its last attempt, counted without
+/// hand-backs, fails.
 #[doc(hidden)]
 pub const RESCUE_SQL: &str = "WITH lock AS (SELECT pg_try_advisory_xact_lock($1) AS held), \
          dead AS ( \
              DELETE FROM jobq.workers w \
              WHERE (SELECT held FROM lock) \
-               AND w.heartbeat_at < now() - $2 * interval '1 millisecond' \
-             RETURNING w.id \
+               AND w.heartbeat_at < now() - coalesce(w.lease_ms, $2) * interval '1 millisecond' \
+             RETURNING w.id, coalesce(w.lease_ms, $2) AS lease_ms \
          ), orphans AS ( \
              SELECT c.id, c.worker_id, c.jobs FROM jobq.claims c \
              WHERE (SELECT held FROM lock) \
@@ -61,8 +69,9 @@ pub const RESCUE_SQL: &str = "WITH lock AS (SELECT pg_try_advisory_xact_lock($1)
          ), lost AS ( \
              SELECT j.id, \
                  CASE WHEN j.cancel_requested THEN 'cancelled' \
-                      WHEN j.attempt >= j.max_attempts THEN 'failed' \
-                      ELSE 'pending' END AS new_state \
+                      WHEN j.attempt - j.handbacks >= j.max_attempts THEN 'failed' \
+                      ELSE 'pending' END AS new_state, \
+                 (SELECT d.lease_ms FROM dead d WHERE d.id = j.worker_id) AS lease_ms \
              FROM jobq.jobs j \
              WHERE j.id = ANY(ARRAY(SELECT id FROM claimed)) AND j.state = 'running' \
                AND j.worker_id IN (SELECT worker_id FROM orphans) \
@@ -79,14 +88,18 @@ pub const RESCUE_SQL: &str = "WITH lock AS (SELECT pg_try_advisory_xact_lock($1)
                  run_at = now(), \
                  finished_at = CASE WHEN lost.new_state = 'pending' THEN NULL ELSE now() END, \
                  errors = j.errors || jsonb_build_array(jsonb_build_object( \
-                     'attempt', j.attempt, 'at', now(), 'message', \
+                     'attempt', j.attempt - j.handbacks, 'at', now(), 'message', \
                      'rescued: worker ' || coalesce(j.worker_id::text, 'unknown') \
-                     || ' stopped heartbeating for longer than the lease of ' \
-                     || $2 || ' ms while running this attempt')), \
+                     || CASE WHEN lost.lease_ms IS NULL \
+                         THEN ' stopped heartbeating (its row is gone)' \
+                         ELSE ' stopped heartbeating for longer than its lease of ' \
+                             || lost.lease_ms || ' ms' END \
+                     || ' while running this attempt')), \
                  worker_id = NULL \
              FROM lost \
              WHERE j.id = lost.id AND j.state = 'running' \
-             RETURNING j.id, j.attempt, j.task, j.queue, j.state::text AS state \
+             RETURNING j.id, j.attempt - j.handbacks AS attempt, j.task, j.queue, \
+                 j.state::text AS state \
          ), woken AS ( \
              SELECT count(pg_notify('jobq_jobs', '0 ' || queue)) AS n \
              FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'pending') q \
@@ -94,11 +107,13 @@ pub const RESCUE_SQL: &str = "WITH lock AS (SELECT pg_try_advisory_xact_lock($1)
          SELECT r.id, r.attempt, r.task, r.state FROM rescued r \
          LEFT JOIN (SELECT n FROM woken) w ON true";
 
-/// Removes workers whose heartbeat is older than `lease` and takes back
-/// the running jobs of workers that are gone: pending again (due now), or
-/// failed when out of attempts, cancelled when cancellation was asked for;
-/// each with the reason in its error history. Returns nothing when another
-/// worker is doing the same right now.
+/// Removes workers whose heartbeat is older than their own lease (`lease`
+/// stands in for rows without one, written by an older jobq) and takes
+/// back the running jobs of workers that are gone: pending again (due
+/// now), or failed when out of attempts, cancelled when cancellation was
+/// asked for; each with the reason in its error history. The lost attempt
+/// counts as used. Returns nothing when another worker is doing the same
+/// right now.
 ///
 /// A gone worker's jobs are found through its claims, by primary key (a
 /// join on the id ranges would be planned on statistics that see no

@@ -31,6 +31,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "claims",
         up: include_str!("../../migrations/2026-11-26-000001_claims/up.sql"),
     },
+    Migration {
+        version: 20261130000002,
+        name: "liveness",
+        up: include_str!("../../migrations/2026-11-30-000002_liveness/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.

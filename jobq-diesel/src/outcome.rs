@@ -20,7 +20,8 @@ pub enum OutcomeKind {
     /// The attempt failed and must not be retried.
     Failed,
     /// The worker gives the job back untried (shutdown): pending again,
-    /// due now.
+    /// due now, without using up an attempt (a hand-back is counted
+    /// instead; see `handbacks` in the schema).
     Released,
     /// The job was cancelled while running.
     Cancelled,
@@ -264,7 +265,9 @@ const COMPLETE_PACKED_SQL: &str = complete_sql!(
 /// in ms}}`, `$4` the settled claims to remove. A job goes back to
 /// pending when it is released, or when it failed with attempts left; the
 /// three CASEs spell out that one rule for state, run_at and finished_at (SET sees the old row, so the new state
-/// cannot be reused). Returns the outcomes written (this path is the
+/// cannot be reused). Attempts left and the attempt recorded with an
+/// error count without hand-backs (`attempt - handbacks`); a release
+/// counts a hand-back, so it uses no attempt. Returns the outcomes written (this path is the
 /// uncommon one); joining `woken` makes its notifications happen, and
 /// only when something was written.
 const OUTCOME_SQL: &str = "\
@@ -275,14 +278,14 @@ const OUTCOME_SQL: &str = "\
                 WHEN j.cancel_requested THEN 'cancelled' \
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' THEN 'pending' \
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'completed' THEN 'completed' \
-                WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'retry' AND j.attempt < j.max_attempts \
+                WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'retry' AND j.attempt - j.handbacks < j.max_attempts \
                     THEN 'pending' \
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'cancelled' THEN 'cancelled' \
                 ELSE 'failed' END)::jobq.job_state, \
             run_at = CASE \
                 WHEN j.cancel_requested THEN j.run_at \
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' THEN now() \
-                WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'retry' AND j.attempt < j.max_attempts \
+                WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'retry' AND j.attempt - j.handbacks < j.max_attempts \
                     THEN now() + ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'd')::bigint \
                         * interval '1 millisecond' \
                 ELSE j.run_at END, \
@@ -290,13 +293,17 @@ const OUTCOME_SQL: &str = "\
                 WHEN NOT j.cancel_requested \
                     AND ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' \
                          OR ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'retry' \
-                             AND j.attempt < j.max_attempts)) \
+                             AND j.attempt - j.handbacks < j.max_attempts)) \
                     THEN NULL \
                 ELSE now() END, \
             worker_id = NULL, \
+            handbacks = j.handbacks + CASE \
+                WHEN NOT j.cancel_requested \
+                    AND $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' THEN 1 \
+                ELSE 0 END, \
             errors = CASE WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'm' IS NULL THEN j.errors \
                 ELSE j.errors || jsonb_build_array(jsonb_build_object( \
-                    'attempt', j.attempt, 'at', now(), \
+                    'attempt', j.attempt - j.handbacks, 'at', now(), \
                     'message', $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'm')) END \
         WHERE j.id = ANY($1) AND j.state = 'running' \
           AND (j.id::text || ':' || j.attempt::text) = ANY($2::text[]) \

@@ -47,5 +47,6 @@ diesel::table! {
         queues -> Array<Text>,
         started_at -> Timestamptz,
         heartbeat_at -> Timestamptz,
+        lease_ms -> Nullable<Int8>,
     }
 }

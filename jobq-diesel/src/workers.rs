@@ -1,6 +1,8 @@
 //! Worker rows: registration, heartbeats (the lease of every job a worker
 //! holds) and deregistration.
 
+use std::time::Duration;
+
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -16,6 +18,17 @@ pub struct WorkerInfo {
     pub pid: i32,
     /// Queues served.
     pub queues: Vec<String>,
+    /// The worker's lease: how long it may go without heartbeating before
+    /// its jobs are rescued. Stored in its row, so that every rescuer
+    /// judges it by its own setting, and its claims need a heartbeat
+    /// within it.
+    pub lease: Duration,
+}
+
+impl WorkerInfo {
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 #[derive(QueryableByName)]
@@ -30,11 +43,13 @@ pub async fn register_worker(
     info: &WorkerInfo,
 ) -> diesel::QueryResult<i64> {
     let row: Id = diesel::sql_query(
-        "INSERT INTO jobq.workers (hostname, pid, queues) VALUES ($1, $2, $3) RETURNING id",
+        "INSERT INTO jobq.workers (hostname, pid, queues, lease_ms) VALUES ($1, $2, $3, $4) \
+         RETURNING id",
     )
     .bind::<Text, _>(&info.hostname)
     .bind::<Integer, _>(info.pid)
     .bind::<Array<Text>, _>(&info.queues)
+    .bind::<BigInt, _>(info.lease_ms())
     .get_result(conn)
     .await?;
     Ok(row.id)
@@ -43,19 +58,20 @@ pub async fn register_worker(
 /// What a heartbeat learns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeartbeatReply {
-    /// False when the row had been removed by a rescue (the worker was
-    /// presumed dead); the heartbeat re-created it, but the jobs it held
-    /// were rescued and their outcomes will be fenced out.
+    /// False when the row had been removed (by a rescue: the worker was
+    /// presumed dead); the heartbeat re-created it. The jobs rescued
+    /// meanwhile are missing from `held`, and their outcomes will be fenced
+    /// out.
     pub was_alive: bool,
     /// Jobs this worker runs whose cancellation was requested: the
     /// fallback for a missed cancel notification.
     pub cancel_requested: Vec<i64>,
     /// Every job the database says this worker is running, as
-    /// (id, attempt): lets the worker find jobs it claimed but never heard
-    /// of (a claim whose reply was lost).
+    /// (id, attempt): an attempt the worker runs that is missing here was
+    /// rescued from it.
     pub held: Vec<(i64, i32)>,
     /// Claims of this worker removed because none of their jobs runs under
-    /// it any more (their jobs were rescued, or handed back unknown).
+    /// it any more (their jobs were rescued).
     pub dropped_claims: Vec<i64>,
 }
 
@@ -74,11 +90,17 @@ struct HeartbeatRow {
 }
 
 /// The heartbeat statement; `$1` the worker, `$2` host, `$3` pid, `$4`
-/// queues. Public so that tests can `EXPLAIN` the real thing.
+/// queues, `$5` lease in milliseconds. Public so that tests can `EXPLAIN`
+/// the real thing.
+///
+/// Empty claim rows are kept: they are the tombstones of released claim
+/// keys (see [`crate::release_claim`]), which must outlive any claim
+/// under that key that might still arrive.
 #[doc(hidden)]
 pub const HEARTBEAT_SQL: &str = "WITH before AS (SELECT id FROM jobq.workers WHERE id = $1), \
          beat AS ( \
-             INSERT INTO jobq.workers (id, hostname, pid, queues) VALUES ($1, $2, $3, $4) \
+             INSERT INTO jobq.workers (id, hostname, pid, queues, lease_ms) \
+             VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = now() \
              RETURNING id), \
          claimed AS ( \
@@ -93,7 +115,7 @@ pub const HEARTBEAT_SQL: &str = "WITH before AS (SELECT id FROM jobq.workers WHE
                AND j.worker_id = $1 AND j.state = 'running' \
          ), dropped AS ( \
              DELETE FROM jobq.claims c \
-             WHERE c.worker_id = $1 \
+             WHERE c.worker_id = $1 AND NOT isempty(c.jobs) \
                AND c.id NOT IN (SELECT claim FROM claimed WHERE id IN (SELECT id FROM held)) \
              RETURNING c.id \
          ) \
@@ -131,6 +153,7 @@ pub async fn heartbeat(
                 .bind::<Text, _>(&info.hostname)
                 .bind::<Integer, _>(info.pid)
                 .bind::<Array<Text>, _>(&info.queues)
+                .bind::<BigInt, _>(info.lease_ms())
                 .get_result(conn)
                 .await
         })

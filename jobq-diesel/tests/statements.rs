@@ -1,6 +1,7 @@
 //! The statements against a real database: the attempt fence, the claim's
 //! plan on a table full of finished jobs, and rescue.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use diesel::sql_types::{Array, BigInt, Integer, Text};
@@ -21,7 +22,15 @@ fn info() -> WorkerInfo {
         hostname: "test".into(),
         pid: 1,
         queues: vec!["default".into()],
+        lease: Duration::from_secs(30),
     }
+}
+
+/// A fresh claim key: keys are unique per worker, so the tests never
+/// reuse one.
+fn claim_key() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    LAST.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 fn job(task: &str) -> NewJob<'_> {
@@ -50,6 +59,7 @@ async fn claim_up_to(
         queues: &queues,
         tasks: &tasks,
         slots: &[slots],
+        claim_key: claim_key(),
     };
     jobq_diesel::claim(conn, &request).await.unwrap()
 }
@@ -205,6 +215,7 @@ async fn the_claim_is_an_index_scan_on_a_table_of_finished_jobs() {
         .bind::<Array<Text>, _>(&tasks[..])
         .bind::<Array<Integer>, _>(&[10][..])
         .bind::<BigInt, _>(1i64)
+        .bind::<BigInt, _>(1i64)
         .load(&mut conn)
         .await
         .unwrap();
@@ -218,6 +229,12 @@ async fn the_claim_is_an_index_scan_on_a_table_of_finished_jobs() {
     assert!(
         !plan.iter().any(|l| l.contains("Seq Scan")),
         "{}",
+        plan.join("\n")
+    );
+    // The worker's liveness is checked once, before anything is locked.
+    assert!(
+        plan.iter().any(|l| l.contains("One-Time Filter")),
+        "the worker check is not a one-time filter:\n{}",
         plan.join("\n")
     );
 
@@ -332,6 +349,7 @@ async fn the_claim_names_the_task_and_queue_only_when_asked_for_several() {
             queues: &queues,
             tasks: &tasks,
             slots: &slots[..1],
+            claim_key: claim_key(),
         },
     )
     .await
@@ -351,6 +369,7 @@ async fn the_claim_names_the_task_and_queue_only_when_asked_for_several() {
             queues: &queues,
             tasks: &tasks,
             slots: &slots,
+            claim_key: claim_key(),
         },
     )
     .await
@@ -495,6 +514,7 @@ async fn heartbeat_and_rescue_find_running_jobs_by_primary_key_in_a_big_table() 
             .bind::<Text, _>("test")
             .bind::<Integer, _>(1)
             .bind::<Array<Text>, _>(&queues[..])
+            .bind::<BigInt, _>(30_000i64)
             .load(&mut conn)
             .await
             .unwrap();
@@ -562,4 +582,296 @@ async fn claims_and_inserts_stay_prepared_and_outcomes_do_not() {
     // A cached generic plan would turn the attempt fence's hashed `= ANY`
     // into a linear search (outcome.rs): outcome statements stay unnamed.
     assert_eq!(count("WITH settled AS"), 0, "{prepared:#?}");
+}
+
+/// A job's attempt counter and hand-backs as stored (`find_job` shows the
+/// attempts used, their difference).
+async fn attempt_and_handbacks(conn: &mut AsyncPgConnection, id: i64) -> (i32, i32) {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Integer)]
+        attempt: i32,
+        #[diesel(sql_type = Integer)]
+        handbacks: i32,
+    }
+    let row: Row = diesel::sql_query("SELECT attempt, handbacks FROM jobq.jobs WHERE id = $1")
+        .bind::<BigInt, _>(id)
+        .get_result(conn)
+        .await
+        .unwrap();
+    (row.attempt, row.handbacks)
+}
+
+async fn claim_with_key(
+    conn: &mut AsyncPgConnection,
+    worker_id: i64,
+    claim_key: i64,
+) -> diesel::QueryResult<Vec<jobq_diesel::ClaimedJob>> {
+    let queues = ["default".to_owned()];
+    let tasks = ["t".to_owned()];
+    jobq_diesel::claim(
+        conn,
+        &ClaimRequest {
+            worker_id,
+            queues: &queues,
+            tasks: &tasks,
+            slots: &[10],
+            claim_key,
+        },
+    )
+    .await
+}
+
+async fn state_of(conn: &mut AsyncPgConnection, id: i64) -> (String, i32) {
+    let row = jobq_diesel::find_job(conn, id).await.unwrap().unwrap();
+    (row.state, row.attempt)
+}
+
+#[tokio::test]
+async fn a_claim_whose_reply_was_lost_is_handed_back_by_its_key_without_using_an_attempt() {
+    let (_db, mut conn) = setup().await;
+    let a = jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    let b = jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    // The claim commits; say its reply never reached the worker.
+    let lost = claim_with_key(&mut conn, worker, 7).await.unwrap();
+    assert_eq!(lost.len(), 2);
+
+    let mut released = jobq_diesel::release_claim(&mut conn, worker, 7)
+        .await
+        .unwrap();
+    released.sort_unstable();
+    assert_eq!(released, [a, b]);
+    for id in [a, b] {
+        // Pending, no attempt used (the counter still moved, for the fence).
+        assert_eq!(state_of(&mut conn, id).await, ("pending".to_owned(), 0));
+        assert_eq!(attempt_and_handbacks(&mut conn, id).await, (1, 1));
+        let errors = jobq_diesel::find_job(&mut conn, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .errors;
+        assert!(errors.contains("reply was lost"), "{errors}");
+    }
+    // The claim's row holds nothing any more (it stays as the key's
+    // tombstone), and releasing again is a no-op.
+    let Count { n } =
+        diesel::sql_query("SELECT count(*) AS n FROM jobq.claims WHERE NOT isempty(jobs)")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(n, 0);
+    assert!(jobq_diesel::release_claim(&mut conn, worker, 7)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The next claim is attempt 1 as users count, 2 for the fence.
+    let again = claim_with_key(&mut conn, worker, 8).await.unwrap();
+    assert_eq!(again.len(), 2);
+    assert!(
+        again.iter().all(|j| (j.attempt, j.number()) == (2, 1)),
+        "{again:?}"
+    );
+
+    // A key that never committed releases nothing and touches no job...
+    assert!(jobq_diesel::release_claim(&mut conn, worker, 9)
+        .await
+        .unwrap()
+        .is_empty());
+    for id in [a, b] {
+        assert_eq!(state_of(&mut conn, id).await, ("running".to_owned(), 1));
+    }
+    // ... and a claim under it that arrives after its release claims
+    // nothing: exact even when the claim reaches the server late.
+    jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    assert!(claim_with_key(&mut conn, worker, 9).await.is_err());
+    let Count { n } =
+        diesel::sql_query("SELECT count(*) AS n FROM jobq.jobs WHERE state = 'pending'")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn releasing_a_lost_claim_leaves_its_jobs_alone_once_they_run_another_attempt() {
+    let (_db, mut conn) = setup().await;
+    let id = jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    assert_eq!(claim_with_key(&mut conn, worker, 1).await.unwrap().len(), 1);
+    // Presumed dead before it could release claim 1: the job is rescued.
+    // Its heartbeat registers it again, and it claims the job anew.
+    let rescued = stop_heartbeating_and_rescue(&mut conn, worker).await;
+    assert_eq!(rescued.len(), 1);
+    let beat = jobq_diesel::heartbeat(&mut conn, worker, &info())
+        .await
+        .unwrap();
+    assert!(!beat.was_alive);
+    let live = claim_with_key(&mut conn, worker, 2).await.unwrap();
+    assert_eq!((live[0].id, live[0].attempt), (id, 2));
+
+    assert!(jobq_diesel::release_claim(&mut conn, worker, 1)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(attempt_and_handbacks(&mut conn, id).await, (2, 0));
+    assert_eq!(state_of(&mut conn, id).await, ("running".to_owned(), 2));
+}
+
+#[tokio::test]
+async fn hand_backs_do_not_use_up_attempts_and_rescues_do() {
+    let (_db, mut conn) = setup().await;
+    let mut two_tries = job("t");
+    two_tries.max_attempts = 2;
+    let id = jobq_diesel::insert_job(&mut conn, &two_tries)
+        .await
+        .unwrap();
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    // Handed back at shutdown, twice: no attempt used.
+    for round in 1..=2 {
+        let claimed = claim_one(&mut conn, worker, "t").await;
+        assert_eq!((claimed[0].attempt, claimed[0].number()), (round, 1));
+        let released = Outcome {
+            id,
+            attempt: claimed[0].attempt,
+            kind: OutcomeKind::Released,
+            message: Some("worker shutting down".into()),
+        };
+        let rejected = jobq_diesel::write_outcomes(&mut conn, &[released], &[])
+            .await
+            .unwrap();
+        assert!(rejected.is_empty());
+        assert_eq!(state_of(&mut conn, id).await, ("pending".to_owned(), 0));
+    }
+    // Its worker dies in attempt 1: the rescue uses it up, one is left.
+    let claimed = claim_one(&mut conn, worker, "t").await;
+    assert_eq!((claimed[0].attempt, claimed[0].number()), (3, 1));
+    let rescued = stop_heartbeating_and_rescue(&mut conn, worker).await;
+    assert_eq!(
+        rescued
+            .iter()
+            .map(|r| (r.id, r.attempt, r.state.as_str()))
+            .collect::<Vec<_>>(),
+        [(id, 1, "pending")]
+    );
+    // Attempt 2 is its last: a worker dying in it fails the job.
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let claimed = claim_one(&mut conn, worker, "t").await;
+    assert_eq!((claimed[0].attempt, claimed[0].number()), (4, 2));
+    let rescued = stop_heartbeating_and_rescue(&mut conn, worker).await;
+    assert_eq!(
+        rescued
+            .iter()
+            .map(|r| (r.id, r.attempt, r.state.as_str()))
+            .collect::<Vec<_>>(),
+        [(id, 2, "failed")]
+    );
+    let row = jobq_diesel::find_job(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!((row.state.as_str(), row.attempt), ("failed", 2));
+    // The history numbers attempts as users count them.
+    let errors: serde_json::Value = serde_json::from_str(&row.errors).unwrap();
+    let numbers: Vec<i64> = errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["attempt"].as_i64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 1, 1, 2]);
+}
+
+#[tokio::test]
+async fn rescue_judges_each_worker_by_its_own_lease() {
+    let (_db, mut conn) = setup().await;
+    let short_job = jobq_diesel::insert_job(&mut conn, &job("s")).await.unwrap();
+    jobq_diesel::insert_job(&mut conn, &job("l")).await.unwrap();
+    jobq_diesel::insert_job(&mut conn, &job("o")).await.unwrap();
+    let with_lease = |secs| WorkerInfo {
+        lease: Duration::from_secs(secs),
+        ..info()
+    };
+    let short = jobq_diesel::register_worker(&mut conn, &with_lease(2))
+        .await
+        .unwrap();
+    let long = jobq_diesel::register_worker(&mut conn, &with_lease(3600))
+        .await
+        .unwrap();
+    let old = jobq_diesel::register_worker(&mut conn, &with_lease(2))
+        .await
+        .unwrap();
+    claim_one(&mut conn, short, "s").await;
+    claim_one(&mut conn, long, "l").await;
+    claim_one(&mut conn, old, "o").await;
+    // Like a row of an older jobq, without a lease: judged by the
+    // rescuer's.
+    conn.batch_execute(&format!(
+        "UPDATE jobq.workers SET lease_ms = NULL WHERE id = {old}"
+    ))
+    .await
+    .unwrap();
+    // All three stopped heartbeating ten seconds ago; the rescuer's own
+    // lease is 30 s.
+    conn.batch_execute("UPDATE jobq.workers SET heartbeat_at = now() - interval '10 s'")
+        .await
+        .unwrap();
+    let rescued = jobq_diesel::rescue(&mut conn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        rescued.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [short_job]
+    );
+    let errors = jobq_diesel::find_job(&mut conn, short_job)
+        .await
+        .unwrap()
+        .unwrap()
+        .errors;
+    assert!(errors.contains("its lease of 2000 ms"), "{errors}");
+    let Count { n } = diesel::sql_query("SELECT count(*) AS n FROM jobq.workers")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "the long-lease worker and the old one stay");
+    // With a shorter lease of the rescuer's, the old row goes too.
+    let rescued = jobq_diesel::rescue(&mut conn, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(rescued.len(), 1);
+}
+
+#[tokio::test]
+async fn a_worker_claims_only_while_its_row_is_alive() {
+    let (_db, mut conn) = setup().await;
+    let id = jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    // Heartbeat older than its lease (30 s): presumed dead, not yet rescued.
+    conn.batch_execute(&format!(
+        "UPDATE jobq.workers SET heartbeat_at = now() - interval '31 s' WHERE id = {worker}"
+    ))
+    .await
+    .unwrap();
+    assert!(claim_one(&mut conn, worker, "t").await.is_empty());
+    // Row gone (a rescue removed it).
+    jobq_diesel::deregister_worker(&mut conn, worker)
+        .await
+        .unwrap();
+    assert!(claim_one(&mut conn, worker, "t").await.is_empty());
+    assert_eq!(state_of(&mut conn, id).await, ("pending".to_owned(), 0));
+    assert_eq!(claim_rows(&mut conn).await, 0);
+    // Its heartbeat registers it again; then it claims.
+    let beat = jobq_diesel::heartbeat(&mut conn, worker, &info())
+        .await
+        .unwrap();
+    assert!(!beat.was_alive);
+    assert_eq!(claim_one(&mut conn, worker, "t").await.len(), 1);
 }

@@ -176,9 +176,13 @@ impl Attempts {
             .collect()
     }
 
-    /// The attempt of job `id` running here, if any.
-    pub(crate) fn running(&self, id: i64) -> Option<i32> {
-        self.lock().running.get(&id).map(|e| e.attempt.attempt)
+    /// Every attempt running now, as (job id, attempt).
+    pub(crate) fn snapshot(&self) -> Vec<(i64, i32)> {
+        self.lock()
+            .running
+            .values()
+            .map(|e| (e.attempt.id, e.attempt.attempt))
+            .collect()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -221,7 +225,7 @@ mod tests {
     fn the_handler_that_returns_owns_its_outcome_once() {
         let attempts = Attempts::default();
         assert_eq!(attempts.start(job(1, 1), CancellationToken::new()), None);
-        assert_eq!(attempts.running(1), Some(1));
+        assert_eq!(attempts.snapshot(), [(1, 1)]);
         assert_eq!(attempts.finish(&job(1, 1)), Some(Owned(job(1, 1))));
         assert_eq!(attempts.finish(&job(1, 1)), None);
         assert!(attempts.is_empty());
@@ -249,7 +253,7 @@ mod tests {
         assert!(first.is_cancelled());
         // The earlier handler returns late: not its outcome to write.
         assert_eq!(attempts.finish(&job(1, 1)), None);
-        assert_eq!(attempts.running(1), Some(2));
+        assert_eq!(attempts.snapshot(), [(1, 2)]);
         assert_eq!(attempts.finish(&job(1, 2)), Some(Owned(job(1, 2))));
     }
 

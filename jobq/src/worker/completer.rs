@@ -125,10 +125,8 @@ pub(crate) async fn run(
 /// Adds an outcome; when it is the last open job of its claim, the
 /// claim's row goes with it.
 fn push(shared: &Shared, batch: &mut BatchWrite, finished: Finished) {
-    let settles = finished
-        .claim
-        .is_some_and(|claim| shared.settle_claim_job(claim));
-    batch.push(Entry::new(finished.outcome, finished.claim, settles));
+    let settles = shared.settle_claim_job(finished.claim);
+    batch.push(Entry::new(finished.outcome, Some(finished.claim), settles));
 }
 
 /// Writes one batch, trying again with backoff while the database is

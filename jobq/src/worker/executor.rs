@@ -95,7 +95,7 @@ pub(crate) fn send(
             kind,
             message,
         },
-        claim: Some(attempt.claim),
+        claim: attempt.claim,
     };
     if outcomes.send(finished).is_err() {
         shared.backlog.done(1);
@@ -142,7 +142,8 @@ async fn attempt_outcome(
 ) -> (OutcomeKind, Option<String>) {
     let served = &shared.tasks[task_index];
     let descriptor = served.descriptor;
-    let attempt = u32::try_from(job.attempt).unwrap_or(1);
+    // The number users see (hand-backs not counted), not the fencing one.
+    let attempt = u32::try_from(job.number()).unwrap_or(1);
     let ctx = Context::new(
         JobId::from(job.id),
         attempt,

@@ -8,12 +8,16 @@
 //! so that batches stay large); claiming goes on until batches come back
 //! short. A lost notification therefore costs at most one poll interval,
 //! never a job.
+//!
+//! Every claim statement carries a key of its own (a counter). A claim
+//! call that fails may still have committed (a connection cut while the
+//! reply was on its way): its key is kept, and the claim's jobs are handed
+//! back by that key, exactly, before the next claim and until it works.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobq_diesel::{ClaimRequest, ClaimedJob};
+use jobq_diesel::{ClaimRequest, ClaimedJob, Outcome, OutcomeKind};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::backoff::Backoff;
@@ -25,15 +29,27 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>
     // Back off while the database is unreachable, but never past the poll
     // interval, which is the promise made for missed wake-ups.
     let mut backoff = Backoff::new(Duration::from_millis(50), shared.config.poll_interval);
+    let mut keys = ClaimKeys::default();
     loop {
         if shared.stopping.is_cancelled() {
-            return;
+            break;
         }
-        let poll = match claim_round(&shared, &outcomes).await {
-            Ok(()) => {
+        // Waiting for a connection may take long while the database is
+        // down; shutdown must not wait for it (a release cut short is
+        // rolled back, and tried again below).
+        let released = tokio::select! {
+            released = release_lost(&shared, &mut keys) => released,
+            _ = shared.stopping.cancelled() => break,
+        };
+        if let Err(e) = &released {
+            tracing::warn!(error = %e, "handing back a claim whose reply was lost failed; retrying");
+        }
+        let poll = match claim_round(&shared, &outcomes, &mut keys).await {
+            Ok(()) if released.is_ok() => {
                 backoff.reset();
                 shared.config.poll_interval
             }
+            Ok(()) => backoff.next_delay(),
             Err(e) => {
                 let retry_in = backoff.next_delay();
                 tracing::warn!(error = %e, ?retry_in, "claiming jobs failed; retrying");
@@ -45,9 +61,72 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>
             _ = shared.wake.notified() => {}
             _ = shared.slot_freed.notified() => gather_freed_slots(&shared).await,
             _ = tokio::time::sleep_until(deadline.into()) => {}
-            _ = shared.stopping.cancelled() => return,
+            _ = shared.stopping.cancelled() => break,
         }
     }
+    // A last try, bounded, so that shutdown does not wait on a database
+    // that is down. If it fails, the jobs stay running under this worker
+    // and are rescued once its row goes (which uses an attempt).
+    if !keys.lost.is_empty() {
+        match tokio::time::timeout(LAST_RELEASE_TIMEOUT, release_lost(&shared, &mut keys)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not hand back a claim whose reply was lost; its jobs will be rescued")
+            }
+            Err(_) => tracing::warn!(
+                "handing back a claim whose reply was lost timed out; its jobs will be rescued"
+            ),
+        }
+    }
+}
+
+/// How long the fetcher's last release at shutdown may take (only when a
+/// claim's reply was lost and not released yet).
+const LAST_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The keys of this worker's claim statements.
+#[derive(Debug, Default)]
+struct ClaimKeys {
+    /// The last key used; keys are never reused, which the database
+    /// enforces (unique per worker).
+    last: i64,
+    /// Keys of claims whose call failed after they may have committed,
+    /// oldest first: their jobs would otherwise run under this worker,
+    /// unknown to it, for as long as it heartbeats.
+    lost: Vec<i64>,
+}
+
+impl ClaimKeys {
+    fn next(&mut self) -> i64 {
+        self.last += 1;
+        self.last
+    }
+}
+
+/// Hands back the jobs of every claim whose reply was lost. A claim that
+/// never committed has nothing to hand back; one still in flight is waited
+/// for (see [`jobq_diesel::release_claim`]). A key is forgotten only once
+/// its release has run.
+async fn release_lost(shared: &Shared, keys: &mut ClaimKeys) -> Result<(), String> {
+    if keys.lost.is_empty() {
+        return Ok(());
+    }
+    let mut conn = shared.pool.get().await.map_err(|e| error_chain(&e))?;
+    while let Some(&key) = keys.lost.first() {
+        let released = jobq_diesel::release_claim(&mut conn, shared.worker_id, key)
+            .await
+            .map_err(|e| format!("releasing claim {key}: {e}"))?;
+        for id in released {
+            tracing::warn!(
+                job.id = id,
+                claim.key = key,
+                "handed back a job this worker claimed but never received (the claim's reply \
+                 was lost); it did not use up an attempt"
+            );
+        }
+        keys.lost.remove(0);
+    }
+    Ok(())
 }
 
 /// Longest a freed slot waits for others before the fetcher claims for it.
@@ -100,6 +179,7 @@ fn next_wake(shared: &Shared, poll: Duration) -> Instant {
 async fn claim_round(
     shared: &Arc<Shared>,
     outcomes: &UnboundedSender<Finished>,
+    keys: &mut ClaimKeys,
 ) -> Result<(), String> {
     let (tasks, slots, indices) = {
         let s = lock(&shared.slots);
@@ -141,19 +221,27 @@ async fn claim_round(
             queues: &shared.queues,
             tasks: &tasks,
             slots: &slots,
+            claim_key: keys.next(),
         };
-        shared.claiming.store(true, Ordering::Release);
         match jobq_diesel::claim(&mut conn, &request).await {
             Ok(claimed) => claimed,
             Err(e) => {
-                shared.claiming.store(false, Ordering::Release);
+                // Whatever the error, the claim may have committed (the
+                // reply is the last thing to arrive): release it by key.
+                // One that did not commit costs a statement that finds
+                // nothing. Except a clash on the key itself: that claim
+                // failed, and the key's row belongs to another claim (or
+                // to the tombstone of a release), not to be touched.
+                if !is_key_clash(&e) {
+                    keys.lost.push(request.claim_key);
+                }
                 return Err(e.to_string());
             }
         }
     };
-    // Every job counts towards its claim, also one that cannot be started:
-    // the claim's row must stay while any of its jobs runs under this
-    // worker, so that the heartbeat can find and hand such a job back.
+    // Every job counts towards its claim, also one that cannot be started
+    // (it is handed back through the completer like any outcome): the
+    // claim's row must stay while any of its jobs runs under this worker.
     let mut claims: Vec<(i64, u32)> = Vec::new();
     for job in &claimed {
         match claims.last_mut() {
@@ -185,11 +273,17 @@ async fn claim_round(
             Some((task, queue)) => {
                 executor::spawn(shared, job, task, &shared.queue_names[queue], outcomes)
             }
-            None => unreachable_task(&job),
+            None => unreachable_task(shared, &job, outcomes),
         }
     }
-    shared.claiming.store(false, Ordering::Release);
     Ok(())
+}
+
+fn is_key_clash(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+    )
 }
 
 /// A claimed job's task and queue, as indices into what this worker
@@ -211,13 +305,29 @@ fn place(shared: &Shared, tasks_asked: &[usize], job: &ClaimedJob) -> Option<(us
     Some((task, queue))
 }
 
-fn unreachable_task(job: &ClaimedJob) {
+fn unreachable_task(shared: &Shared, job: &ClaimedJob, outcomes: &UnboundedSender<Finished>) {
     // The claim only asks for tasks and queues this worker serves; log
-    // rather than panic if the database ever returns something else.
+    // rather than panic if the database ever returns something else, and
+    // hand the job back untried rather than leave it running here.
     tracing::error!(
         job.id = job.id,
         job.task = job.task.as_deref(),
         job.queue = job.queue.as_deref(),
-        "claimed a job of a task or queue this worker does not serve"
+        "claimed a job of a task or queue this worker does not serve; handing it back"
     );
+    shared.backlog.add();
+    let finished = Finished {
+        outcome: Outcome {
+            id: job.id,
+            attempt: job.attempt,
+            kind: OutcomeKind::Released,
+            message: Some(
+                "claimed by a worker that does not serve its task or queue; handed back".into(),
+            ),
+        },
+        claim: job.claim,
+    };
+    if outcomes.send(finished).is_err() {
+        shared.backlog.done(1);
+    }
 }

@@ -1,28 +1,24 @@
 //! The heartbeat loop: one statement per interval keeps the lease of every
 //! job this worker holds, picks up cancellations whose notification was
-//! missed, and hands back jobs this worker claimed without ever hearing of
-//! them.
+//! missed, and stops attempts whose jobs were rescued from this worker.
 
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use jobq_diesel::{Outcome, OutcomeKind, WorkerInfo};
-use tokio::sync::mpsc::UnboundedSender;
+use jobq_diesel::WorkerInfo;
+use rustc_hash::FxHashSet;
 
 use super::error_text::error_chain;
-use super::state::{Finished, Shared};
+use super::state::Shared;
 
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    info: WorkerInfo,
-    outcomes: UnboundedSender<Finished>,
-) {
-    let mut suspects: HashSet<(i64, i32)> = HashSet::new();
+pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo) {
     let mut ticker = tokio::time::interval(shared.config.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        // Taken before the statement: each of these attempts was claimed by
+        // a statement that had committed before the heartbeat's began, so
+        // the heartbeat sees its job (see `stop_rescued`).
+        let running = shared.attempts.snapshot();
         let reply = match shared.pool.get().await {
             Ok(mut conn) => jobq_diesel::heartbeat(&mut conn, shared.worker_id, &info)
                 .await
@@ -34,21 +30,12 @@ pub(crate) async fn run(
                 if !reply.was_alive {
                     tracing::warn!(
                         worker.id = shared.worker_id,
-                        "this worker had been presumed dead (no heartbeat within the lease) \
-                         and its jobs rescued; it is registered again"
+                        "this worker had been presumed dead (no heartbeat within its lease) \
+                         and its row removed; it is registered again and claims again"
                     );
-                    // Their outcomes would be fenced out anyway: stop them.
-                    let held: HashSet<(i64, i32)> = reply.held.iter().copied().collect();
-                    for a in shared
-                        .attempts
-                        .cancel_unless(|a| held.contains(&(a.id, a.attempt)))
-                    {
-                        tracing::warn!(
-                            job.id = a.id,
-                            job.attempt = a.attempt,
-                            "stopping an attempt whose job was rescued from this worker"
-                        );
-                    }
+                    // Claims found nothing while the row was gone; there
+                    // may be work waiting.
+                    shared.wake.notify_one();
                 }
                 for id in &reply.cancel_requested {
                     if shared.attempts.cancel(*id) {
@@ -56,7 +43,7 @@ pub(crate) async fn run(
                     }
                 }
                 shared.forget_claims(&reply.dropped_claims);
-                suspects = hand_back_unknown(&shared, &reply.held, suspects, &outcomes);
+                stop_rescued(&shared, &running, &reply.held);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat failed; the lease runs out if this goes on")
@@ -65,58 +52,34 @@ pub(crate) async fn run(
     }
 }
 
-/// Jobs the database says this worker runs but that it is not running: a
-/// claim committed whose reply never arrived (connection cut mid-reply).
-/// Nothing else would ever release them while this worker heartbeats.
+/// Stops the attempts whose jobs the database no longer has running under
+/// this worker: they were rescued while it was presumed dead (and may run
+/// elsewhere by now). Their outcomes would be fenced out anyway; stopping
+/// them frees the handler's resources and says what happened.
 ///
-/// A job claimed or finished around the heartbeat can look unknown for a
-/// moment, so a job is handed back only when it looks unknown at two
-/// heartbeats in a row, and never while a claim is being registered or
-/// outcomes wait to be written. Handing back goes through the completer,
-/// fenced by attempt like any outcome, so a mistake costs a repeated run,
-/// never a lost job. Returns the jobs to check again next time.
-fn hand_back_unknown(
-    shared: &Shared,
-    held: &[(i64, i32)],
-    previous: HashSet<(i64, i32)>,
-    outcomes: &UnboundedSender<Finished>,
-) -> HashSet<(i64, i32)> {
-    if shared.claiming.load(Ordering::Acquire) || !shared.backlog.is_empty() {
-        return HashSet::new();
+/// Exact, not a guess: `running` are the attempts in flight before the
+/// heartbeat statement began, whose claims it therefore sees. One of them
+/// still in flight afterwards has no outcome written, so its job is
+/// running under this worker in that attempt unless a rescue took it;
+/// `held` is what the heartbeat found running under this worker.
+fn stop_rescued(shared: &Shared, running: &[(i64, i32)], held: &[(i64, i32)]) {
+    if running.is_empty() {
+        return;
     }
-    let unknown: HashSet<(i64, i32)> = held
-        .iter()
-        .copied()
-        .filter(|(id, attempt)| shared.attempts.running(*id) != Some(*attempt))
-        .collect();
-    let mut next = HashSet::new();
-    for job in unknown {
-        if !previous.contains(&job) {
-            next.insert(job);
-            continue;
-        }
-        let (id, attempt) = job;
+    let held: FxHashSet<(i64, i32)> = held.iter().copied().collect();
+    let before: FxHashSet<(i64, i32)> = running.iter().copied().collect();
+    // An attempt that started after the snapshot may not be in `held` yet;
+    // one that finished meanwhile is no longer among the attempts.
+    let stopped = shared.attempts.cancel_unless(|a| {
+        let key = (a.id, a.attempt);
+        !before.contains(&key) || held.contains(&key)
+    });
+    for a in stopped {
         tracing::warn!(
-            job.id = id,
-            job.attempt = attempt,
-            "handing back a job this worker claimed but never received (the claim's reply was lost)"
+            job.id = a.id,
+            job.attempt = a.attempt,
+            "this job was rescued from this worker (presumed dead: no heartbeat within its \
+             lease); stopping the attempt, whose outcome will be discarded"
         );
-        shared.backlog.add();
-        let released = Outcome {
-            id,
-            attempt,
-            kind: OutcomeKind::Released,
-            message: Some("claimed by a worker that never received it (the claim's reply was lost); handed back".into()),
-        };
-        // Its claim is not one this worker knows; the claim's row goes with
-        // a later heartbeat, once nothing of it runs here.
-        let finished = Finished {
-            outcome: released,
-            claim: None,
-        };
-        if outcomes.send(finished).is_err() {
-            shared.backlog.done(1);
-        }
     }
-    next
 }

@@ -100,6 +100,7 @@ impl Worker {
             hostname: hostname(),
             pid: i32::try_from(std::process::id()).unwrap_or(0),
             queues: self.queues.clone(),
+            lease: self.config.lease,
         };
         let worker_id = {
             let mut conn = self

@@ -49,7 +49,7 @@ impl Running {
             completer_give_up.clone(),
         ));
         let mut background = vec![
-            tokio::spawn(heartbeat::run(Arc::clone(&shared), info, tx.clone())),
+            tokio::spawn(heartbeat::run(Arc::clone(&shared), info)),
             tokio::spawn(maintenance::run(Arc::clone(&shared))),
         ];
         if shared.config.listen {
@@ -111,8 +111,8 @@ impl Running {
             );
         }
         drop(self.outcomes);
-        // Nothing runs any more: the heartbeat (which may also hand jobs
-        // to the completer) stops before the completer's last round.
+        // Nothing runs any more: the background loops stop before the
+        // completer's last round.
         for task in &self.background {
             task.abort();
         }

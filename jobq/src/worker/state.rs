@@ -1,7 +1,6 @@
 //! What the worker's loops share: the pool, the tasks served, the
 //! attempts in flight and the claims they came from.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -33,12 +32,11 @@ pub(crate) struct ServedTask {
 }
 
 /// An outcome on its way to the completer, with the claim its job came
-/// from when this worker knows it (it does not for a job it hands back
-/// because it never heard of it).
+/// from.
 #[derive(Debug)]
 pub(crate) struct Finished {
     pub(crate) outcome: Outcome,
-    pub(crate) claim: Option<i64>,
+    pub(crate) claim: i64,
 }
 
 #[derive(Debug, Default)]
@@ -80,9 +78,6 @@ pub(crate) struct Shared {
     pub(crate) next_due: Mutex<Option<Instant>>,
     /// Fires when shutdown begins.
     pub(crate) stopping: CancellationToken,
-    /// True from the start of a claim until its jobs are registered in
-    /// `in_flight`.
-    pub(crate) claiming: AtomicBool,
     /// Outcomes handed to the completer and not yet written.
     pub(crate) backlog: Backlog,
 }
@@ -195,7 +190,6 @@ impl Shared {
             slot_freed: Notify::new(),
             next_due: Mutex::new(None),
             stopping: CancellationToken::new(),
-            claiming: AtomicBool::new(false),
             backlog: Backlog::new(backlog_limit),
         })
     }
