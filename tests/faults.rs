@@ -280,6 +280,150 @@ async fn a_ten_second_outage_mid_run_loses_nothing() {
     }
 }
 
+/// Handler starts per job id of `held`, across the tests of this binary.
+static STARTED: Mutex<Option<HashMap<i64, u32>>> = Mutex::new(None);
+
+/// Opened by the outage test once the database is back.
+static GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+static GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Counts its start, then holds its job until the gate opens.
+#[jobq::task(name = "faults.held", concurrency = 2)]
+async fn held(ctx: jobq::Context, job: Work) -> Result<(), TaskError> {
+    let _ = job;
+    *STARTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .entry(ctx.job_id().get())
+        .or_default() += 1;
+    loop {
+        let opened = GATE.notified();
+        if GATE_OPEN.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        opened.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_lease_is_not_the_death_of_live_workers() {
+    capture_logs();
+    let server = PrivateServer::start().await.expect("server");
+    let url = server.url().to_owned();
+    let pool = pool_on(&url);
+    {
+        let mut conn = pool.get().await.expect("connection");
+        jobq::migrate(&mut conn).await.expect("migrate");
+    }
+    // Two live workers, each holding jobs, with a 2 s lease.
+    let workers: Vec<jobq::ShutdownHandle> = {
+        let mut workers = Vec::new();
+        for _ in 0..2 {
+            workers.push(
+                fast(jobq::Worker::builder())
+                    .pool(pool_on(&url))
+                    .queues(["default"])
+                    .build()
+                    .await
+                    .expect("worker")
+                    .spawn(),
+            );
+        }
+        workers
+    };
+    let ids = {
+        let mut conn = pool.get().await.expect("connection");
+        let payloads: Vec<Work> = (0..4).map(|n| Work { n, sleep_ms: 0 }).collect();
+        held::enqueue_many(&mut conn, &payloads)
+            .await
+            .expect("enqueue")
+    };
+    let started = || {
+        STARTED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    };
+    wait_until("all four jobs running", support::SOON, || async {
+        ids.iter().all(|id| started().contains_key(&id.get()))
+    })
+    .await;
+    let holders: Vec<i64> = {
+        let mut conn = pool.get().await.expect("connection");
+        let mut holders = Vec::new();
+        for &id in &ids {
+            let info = jobq::job(&mut conn, id).await.unwrap().unwrap();
+            assert_eq!(info.state, JobState::Running);
+            holders.push(
+                support_count(
+                    &pool,
+                    &format!(
+                        "SELECT c.worker_id AS n FROM jobq.claims c WHERE c.jobs @> {}::bigint",
+                        id.get()
+                    ),
+                )
+                .await,
+            );
+        }
+        holders
+    };
+    assert!(
+        holders.iter().any(|&w| w != holders[0]),
+        "both workers hold jobs: {holders:?}"
+    );
+
+    // Three leases without a database, then back.
+    server.stop().await.expect("stop");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    server.start_again().await.expect("start again");
+    // Long enough after the database is back for any (wrong) rescue to
+    // happen: two leases of heartbeats and maintenance passes.
+    wait_until("both workers heartbeating again", support::SOON, || async {
+        support_count(
+            &pool,
+            "SELECT count(*) AS n FROM jobq.workers WHERE heartbeat_at > now() - interval '1 second'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    GATE_OPEN.store(true, std::sync::atomic::Ordering::SeqCst);
+    GATE.notify_waiters();
+    wait_until("every job completed", support::SOON, || async {
+        let mut done = 0;
+        for &id in &ids {
+            done += usize::from(
+                job_state(&pool, id)
+                    .await
+                    .is_some_and(|j| j.state == JobState::Completed),
+            );
+        }
+        done == ids.len()
+    })
+    .await;
+    for handle in workers {
+        handle.shutdown().await.expect("shutdown");
+    }
+    let started = started();
+    let mut conn = pool.get().await.expect("connection");
+    for &id in &ids {
+        let info = jobq::job(&mut conn, id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                started.get(&id.get()).copied(),
+                info.attempt,
+                info.errors.len()
+            ),
+            (Some(1), 1, 0),
+            "job {id} ran more than once: {info:#?}"
+        );
+    }
+}
+
 async fn finished_count(pool: &jobq::Pool, ids: &[jobq::JobId]) -> usize {
     let Ok(mut conn) = pool.get().await else {
         return 0;

@@ -410,7 +410,7 @@ async fn a_worker_presumed_dead_stops_its_rescued_attempts_and_claims_again_only
         .transaction::<_, diesel::result::Error, _>(async |c| {
             c.batch_execute(&format!("DELETE FROM jobq.workers WHERE id = {worker}"))
                 .await?;
-            jobq_diesel::rescue(c, Duration::from_secs(4)).await
+            jobq_diesel::rescue(c, -1, Duration::from_secs(4), Duration::MAX).await
         })
         .await
         .unwrap();

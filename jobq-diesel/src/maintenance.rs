@@ -38,8 +38,10 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// The rescue statement; `$1` the advisory lock's key, `$2` the lease in
-/// milliseconds for worker rows that have none (written by an older jobq).
-/// Public so that tests can `EXPLAIN` the real thing.
+/// milliseconds for worker rows that have none (written by an older jobq),
+/// `$3` the rescuing worker, which never rescues itself, `$4` how long (in
+/// milliseconds) the rescuer has seen the database without a break. Public
+/// so that tests can `EXPLAIN` the real thing.
 ///
 /// Each worker is judged by its own lease (`lease_ms` in its row), never
 /// by the rescuer's: workers with different settings never rescue each
@@ -50,12 +52,13 @@ fn millis(d: Duration) -> i64 {
 pub const RESCUE_SQL: &str = "WITH lock AS (SELECT pg_try_advisory_xact_lock($1) AS held), \
          dead AS ( \
              DELETE FROM jobq.workers w \
-             WHERE (SELECT held FROM lock) \
+             WHERE (SELECT held FROM lock) AND w.id <> $3 \
                AND w.heartbeat_at < now() - coalesce(w.lease_ms, $2) * interval '1 millisecond' \
+               AND $4 >= coalesce(w.lease_ms, $2) \
              RETURNING w.id, coalesce(w.lease_ms, $2) AS lease_ms \
          ), orphans AS ( \
              SELECT c.id, c.worker_id, c.jobs FROM jobq.claims c \
-             WHERE (SELECT held FROM lock) \
+             WHERE (SELECT held FROM lock) AND c.worker_id <> $3 \
                AND (c.worker_id IN (SELECT id FROM dead) \
                     OR NOT EXISTS (SELECT 1 FROM jobq.workers w WHERE w.id = c.worker_id)) \
          ), claimed AS ( \
@@ -115,6 +118,13 @@ pub const RESCUE_SQL: &str = "WITH lock AS (SELECT pg_try_advisory_xact_lock($1)
 /// counts as used. Returns nothing when another worker is doing the same
 /// right now.
 ///
+/// A database that was away is not a worker that died: the `rescuer` is
+/// left alone whatever its heartbeat says (it runs this, so it lives), and
+/// another worker is judged dead only when the rescuer has seen the
+/// database for at least that worker's lease without a break
+/// (`seen_for`), i.e. when the other had the time to heartbeat. Workers
+/// whose row is already gone are rescued at once.
+///
 /// A gone worker's jobs are found through its claims, by primary key (a
 /// join on the id ranges would be planned on statistics that see no
 /// running job, as a scan of the whole table). A claim row goes only once
@@ -123,13 +133,17 @@ pub const RESCUE_SQL: &str = "WITH lock AS (SELECT pg_try_advisory_xact_lock($1)
 /// late outcome holds its row lock is still found next time.
 pub async fn rescue(
     conn: &mut AsyncPgConnection,
+    rescuer: i64,
     lease: Duration,
+    seen_for: Duration,
 ) -> diesel::QueryResult<Vec<RescuedJob>> {
     conn.transaction::<_, diesel::result::Error, _>(async |conn| {
         conn.batch_execute(NO_JIT).await?;
         diesel::sql_query(RESCUE_SQL)
             .bind::<BigInt, _>(RESCUE_LOCK)
             .bind::<BigInt, _>(millis(lease))
+            .bind::<BigInt, _>(rescuer)
+            .bind::<BigInt, _>(millis(seen_for))
             .load(conn)
             .await
     })

@@ -10,6 +10,13 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use jobq_diesel::{ClaimRequest, NewJob, Outcome, OutcomeKind, WorkerInfo};
 use jobq_testkit::TestDatabase;
 
+/// A rescuer id no worker has: these tests rescue as an outsider.
+const NO_RESCUER: i64 = -1;
+
+/// A rescuer that has seen the database for ever, so that only the
+/// workers' leases decide.
+const ALWAYS: Duration = Duration::MAX;
+
 async fn setup() -> (TestDatabase, AsyncPgConnection) {
     let db = TestDatabase::create().await.unwrap();
     let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
@@ -82,7 +89,7 @@ async fn stop_heartbeating_and_rescue(
     ))
     .await
     .unwrap();
-    jobq_diesel::rescue(conn, Duration::from_secs(30))
+    jobq_diesel::rescue(conn, NO_RESCUER, Duration::from_secs(30), ALWAYS)
         .await
         .unwrap()
 }
@@ -96,7 +103,7 @@ async fn rescued_and_claimed_again(conn: &mut AsyncPgConnection) -> i64 {
 
     // The first worker dies: its row goes, and rescue takes the job back.
     jobq_diesel::deregister_worker(conn, first).await.unwrap();
-    let rescued = jobq_diesel::rescue(conn, Duration::from_secs(30))
+    let rescued = jobq_diesel::rescue(conn, NO_RESCUER, Duration::from_secs(30), ALWAYS)
         .await
         .unwrap();
     assert_eq!(
@@ -481,7 +488,7 @@ async fn claim_rows_nobody_settles_go_with_the_heartbeat_or_after_a_rescue() {
         (lost[0].id, "pending")
     );
     assert_eq!(claim_rows(&mut conn).await, 1);
-    let again = jobq_diesel::rescue(&mut conn, Duration::from_secs(30))
+    let again = jobq_diesel::rescue(&mut conn, NO_RESCUER, Duration::from_secs(30), ALWAYS)
         .await
         .unwrap();
     assert!(again.is_empty());
@@ -521,6 +528,8 @@ async fn heartbeat_and_rescue_find_running_jobs_by_primary_key_in_a_big_table() 
     let rescue: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN {}", jobq_diesel::RESCUE_SQL))
         .bind::<BigInt, _>(1i64)
         .bind::<BigInt, _>(30_000i64)
+        .bind::<BigInt, _>(NO_RESCUER)
+        .bind::<BigInt, _>(i64::MAX)
         .load(&mut conn)
         .await
         .unwrap();
@@ -822,7 +831,7 @@ async fn rescue_judges_each_worker_by_its_own_lease() {
     conn.batch_execute("UPDATE jobq.workers SET heartbeat_at = now() - interval '10 s'")
         .await
         .unwrap();
-    let rescued = jobq_diesel::rescue(&mut conn, Duration::from_secs(30))
+    let rescued = jobq_diesel::rescue(&mut conn, NO_RESCUER, Duration::from_secs(30), ALWAYS)
         .await
         .unwrap();
     assert_eq!(
@@ -841,7 +850,7 @@ async fn rescue_judges_each_worker_by_its_own_lease() {
         .unwrap();
     assert_eq!(n, 2, "the long-lease worker and the old one stay");
     // With a shorter lease of the rescuer's, the old row goes too.
-    let rescued = jobq_diesel::rescue(&mut conn, Duration::from_secs(5))
+    let rescued = jobq_diesel::rescue(&mut conn, NO_RESCUER, Duration::from_secs(5), ALWAYS)
         .await
         .unwrap();
     assert_eq!(rescued.len(), 1);
@@ -874,4 +883,58 @@ async fn a_worker_claims_only_while_its_row_is_alive() {
         .unwrap();
     assert!(!beat.was_alive);
     assert_eq!(claim_one(&mut conn, worker, "t").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_worker_never_rescues_its_own_jobs_however_late_its_heartbeat() {
+    let (_db, mut conn) = setup().await;
+    let id = jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    let me = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    assert_eq!(claim_one(&mut conn, me, "t").await[0].id, id);
+    // The database was away for longer than the lease: the heartbeat is
+    // old, but the worker running the rescue is alive.
+    conn.batch_execute(&format!(
+        "UPDATE jobq.workers SET heartbeat_at = now() - interval '1 hour' WHERE id = {me}"
+    ))
+    .await
+    .unwrap();
+    let rescued = jobq_diesel::rescue(&mut conn, me, Duration::from_secs(30), ALWAYS)
+        .await
+        .unwrap();
+    assert!(rescued.is_empty(), "{rescued:?}");
+    // Anyone else does rescue it.
+    let rescued = jobq_diesel::rescue(&mut conn, NO_RESCUER, Duration::from_secs(30), ALWAYS)
+        .await
+        .unwrap();
+    assert_eq!(rescued.iter().map(|r| r.id).collect::<Vec<_>>(), [id]);
+}
+
+#[tokio::test]
+async fn after_an_outage_a_rescuer_waits_out_the_others_lease_before_judging_them() {
+    let (_db, mut conn) = setup().await;
+    let id = jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    let other = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    assert_eq!(claim_one(&mut conn, other, "t").await[0].id, id);
+    conn.batch_execute(&format!(
+        "UPDATE jobq.workers SET heartbeat_at = now() - interval '1 hour' WHERE id = {other}"
+    ))
+    .await
+    .unwrap();
+    // The rescuer itself is back for less than the other's lease (30 s in
+    // `info()`): the other may simply not have heartbeated again yet.
+    let lease = Duration::from_secs(30);
+    for seen_for in [Duration::ZERO, Duration::from_secs(29)] {
+        let rescued = jobq_diesel::rescue(&mut conn, NO_RESCUER, lease, seen_for)
+            .await
+            .unwrap();
+        assert!(rescued.is_empty(), "seen for {seen_for:?}: {rescued:?}");
+    }
+    let rescued = jobq_diesel::rescue(&mut conn, NO_RESCUER, lease, lease)
+        .await
+        .unwrap();
+    assert_eq!(rescued.iter().map(|r| r.id).collect::<Vec<_>>(), [id]);
 }

@@ -25,6 +25,9 @@ pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo) {
                 .map_err(|e| e.to_string()),
             Err(e) => Err(error_chain(&e)),
         };
+        shared
+            .standing
+            .heartbeat(reply.is_ok(), std::time::Instant::now());
         match reply {
             Ok(reply) => {
                 if !reply.was_alive {

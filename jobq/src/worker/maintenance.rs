@@ -54,7 +54,10 @@ async fn tick(shared: &Shared) -> Result<Option<Vacuum>, String> {
 }
 
 async fn rescue(shared: &Shared, conn: &mut PooledConnection<'_>) -> Result<(), String> {
-    let rescued = jobq_diesel::rescue(conn, shared.config.lease)
+    // Back from an outage (or just started), the others may not have
+    // heartbeated again yet: see `standing`.
+    let seen_for = shared.standing.unbroken_for(std::time::Instant::now());
+    let rescued = jobq_diesel::rescue(conn, shared.worker_id, shared.config.lease, seen_for)
         .await
         .map_err(|e| format!("rescue: {e}"))?;
     for job in &rescued {

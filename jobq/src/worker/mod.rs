@@ -27,6 +27,7 @@ mod outcome_writer;
 mod overrides;
 mod running;
 mod shutdown;
+mod standing;
 mod state;
 mod url;
 

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::attempts::Attempts;
 use super::backlog::Backlog;
 use super::config::Config;
+use super::standing::Standing;
 use crate::registry::TaskDescriptor;
 use crate::state::States;
 
@@ -80,6 +81,9 @@ pub(crate) struct Shared {
     pub(crate) stopping: CancellationToken,
     /// Outcomes handed to the completer and not yet written.
     pub(crate) backlog: Backlog,
+    /// Whether this worker's heartbeats go through well enough that it may
+    /// judge others dead.
+    pub(crate) standing: Standing,
 }
 
 /// Locks a mutex, recovering from poisoning: the data here stays
@@ -191,6 +195,7 @@ impl Shared {
             next_due: Mutex::new(None),
             stopping: CancellationToken::new(),
             backlog: Backlog::new(backlog_limit),
+            standing: Standing::default(),
         })
     }
 }
