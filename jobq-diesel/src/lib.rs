@@ -30,7 +30,9 @@ pub use jobs::{cancel, find_job, pending_unknown_tasks, CancelResult, JobRow, Un
 pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention, RESCUE_SQL};
 pub use migrations::{migrate, schema_version, MigrateError, LATEST_VERSION};
-pub use outcome::{write_outcomes, Outcome, OutcomeKind, RejectedOutcome};
+pub use outcome::{
+    write_outcomes, write_outcomes_around_locks, NotWritten, Outcome, OutcomeKind, RejectedOutcome,
+};
 pub use ping::ping;
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};
 pub use vacuum::{vacuum, Vacuum};

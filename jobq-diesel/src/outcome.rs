@@ -136,21 +136,7 @@ pub async fn write_outcomes(
             .await;
     }
     let keys: Vec<String> = outcomes.iter().map(fence_key).collect();
-    // Keyed by attempt, not by job: a batch may hold a rescued attempt's
-    // late outcome next to the live attempt's of the same job.
-    let details: serde_json::Map<String, serde_json::Value> = outcomes
-        .iter()
-        .zip(&keys)
-        .map(|(o, key)| {
-            let delay_ms = match o.kind {
-                OutcomeKind::Retry { delay_ms } => delay_ms,
-                _ => 0,
-            };
-            let detail = serde_json::json!({ "k": o.kind.as_sql(), "m": o.message, "d": delay_ms });
-            (key.clone(), detail)
-        })
-        .collect();
-    let details = serde_json::Value::Object(details).to_string();
+    let details = details(outcomes, &keys);
     let written: Vec<Written> = diesel::sql_query(OUTCOME_SQL)
         .bind::<Array<BigInt>, _>(&ids)
         .bind::<Array<Text>, _>(&keys)
@@ -170,6 +156,100 @@ pub async fn write_outcomes(
             attempt: o.attempt,
         })
         .collect())
+}
+
+/// The per-attempt details of [`OUTCOME_SQL`]'s `$3`, keyed by attempt,
+/// not by job: a batch may hold a rescued attempt's late outcome next to
+/// the live attempt's of the same job.
+fn details(outcomes: &[Outcome], keys: &[String]) -> String {
+    let details: serde_json::Map<String, serde_json::Value> = outcomes
+        .iter()
+        .zip(keys)
+        .map(|(o, key)| {
+            let delay_ms = match o.kind {
+                OutcomeKind::Retry { delay_ms } => delay_ms,
+                _ => 0,
+            };
+            let detail = serde_json::json!({ "k": o.kind.as_sql(), "m": o.message, "d": delay_ms });
+            (key.clone(), detail)
+        })
+        .collect();
+    serde_json::Value::Object(details).to_string()
+}
+
+/// What [`write_outcomes_around_locks`] did not write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotWritten {
+    /// Outcomes the attempt fence turned away (their job was rescued).
+    pub rejected: Vec<RejectedOutcome>,
+    /// Outcomes whose job row another transaction holds locked: still
+    /// running in their attempt, to be written later.
+    pub locked: Vec<RejectedOutcome>,
+}
+
+/// The row filter of [`OUTCOME_SQL`], and the same filter skipping rows
+/// other transactions hold locked.
+const ROW_FILTER: &str = "WHERE j.id = ANY($1) AND j.state = 'running'";
+const ROW_FILTER_SKIPPING_LOCKED: &str = "WHERE j.id = ANY(ARRAY( \
+        SELECT id FROM jobq.jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED)) \
+      AND j.state = 'running'";
+
+/// Writes outcomes like [`write_outcomes`], but never waits for a row lock
+/// (an application transaction that locked a job row, a long `jobq::cancel`
+/// in a transaction): the outcomes of locked rows are returned as
+/// [`NotWritten::locked`] instead, so that one held row delays only its own
+/// outcome. Slower than `write_outcomes` (every row is looked up twice),
+/// so it is the path of batches that already failed, not the hot one.
+/// Settles no claim.
+pub async fn write_outcomes_around_locks(
+    conn: &mut AsyncPgConnection,
+    outcomes: &[Outcome],
+) -> diesel::QueryResult<NotWritten> {
+    if outcomes.is_empty() {
+        return Ok(NotWritten::default());
+    }
+    let ids: Vec<i64> = outcomes.iter().map(|o| o.id).collect();
+    let keys: Vec<String> = outcomes.iter().map(fence_key).collect();
+    let details = details(outcomes, &keys);
+    let sql = OUTCOME_SQL.replace(ROW_FILTER, ROW_FILTER_SKIPPING_LOCKED);
+    let written: Vec<Written> = diesel::sql_query(sql)
+        .bind::<Array<BigInt>, _>(&ids)
+        .bind::<Array<Text>, _>(&keys)
+        .bind::<Text, _>(&details)
+        .bind::<Array<BigInt>, _>(&[] as &[i64])
+        .load(conn)
+        .await?;
+    if written.len() == outcomes.len() {
+        return Ok(NotWritten::default());
+    }
+    let written: HashSet<(i64, i32)> = written.iter().map(|w| (w.id, w.attempt)).collect();
+    let left: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| !written.contains(&(o.id, o.attempt)))
+        .collect();
+    // Still running in their attempt: skipped for a lock. Anything else
+    // lost its job to a rescue. (A plain read never waits for row locks.)
+    let left_ids: Vec<i64> = left.iter().map(|o| o.id).collect();
+    let running: Vec<Written> = diesel::sql_query(
+        "SELECT id, attempt FROM jobq.jobs WHERE id = ANY($1) AND state = 'running'",
+    )
+    .bind::<Array<BigInt>, _>(&left_ids)
+    .load(conn)
+    .await?;
+    let running: HashSet<(i64, i32)> = running.iter().map(|r| (r.id, r.attempt)).collect();
+    let mut not_written = NotWritten::default();
+    for o in left {
+        let r = RejectedOutcome {
+            id: o.id,
+            attempt: o.attempt,
+        };
+        if running.contains(&(o.id, o.attempt)) {
+            not_written.locked.push(r);
+        } else {
+            not_written.rejected.push(r);
+        }
+    }
+    Ok(not_written)
 }
 
 /// A row [`OUTCOME_SQL`] changed.
@@ -320,6 +400,13 @@ const OUTCOME_SQL: &str = "\
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outcome_statement_has_the_row_filter_the_lock_skipping_variant_replaces() {
+        assert_eq!(OUTCOME_SQL.matches(ROW_FILTER).count(), 1);
+        let variant = OUTCOME_SQL.replace(ROW_FILTER, ROW_FILTER_SKIPPING_LOCKED);
+        assert!(variant.contains("FOR UPDATE SKIP LOCKED"));
+    }
 
     fn done(id: i64, attempt: i32) -> Outcome {
         Outcome {

@@ -34,17 +34,13 @@ pub(crate) async fn run(
     give_up: CancellationToken,
 ) {
     let mut batch = BatchWrite::default();
-    // Outcomes the database refused in every form, tried again on their
-    // own from time to time (see `outcome_writer`).
-    let mut parked: Vec<Entry> = Vec::new();
-    let mut parked_backoff = Backoff::new(Duration::from_secs(1), MAX_PARKED_DELAY);
-    let mut parked_due: Option<tokio::time::Instant> = None;
+    let mut parked = Parked::default();
     let mut last_round = false;
     let limit = shared.config.outcome_batch;
     loop {
         if batch.is_empty() && !last_round {
             let parked_wait = async {
-                match parked_due {
+                match parked.due {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
@@ -59,13 +55,16 @@ pub(crate) async fn run(
                 _ = parked_wait => {}
             }
         }
-        let parked_now =
-            last_round || parked_due.is_some_and(|at| at <= tokio::time::Instant::now());
-        if parked_now && !parked.is_empty() {
-            for entry in parked.drain(..) {
-                batch.push(entry);
-            }
-            parked_due = None;
+        if let Some(entries) = parked.take_due(last_round) {
+            // On their own and around row locks, so that a lock still held
+            // holds up nothing else.
+            let mut retry = BatchWrite::retrying(entries);
+            let n = retry.len();
+            let Some(again) = write(&shared, &mut retry, &give_up).await else {
+                shared.backlog.done(n);
+                return;
+            };
+            parked.put_back(&shared, n, again, last_round);
         }
         while batch.len() < limit {
             match rx.try_recv() {
@@ -97,28 +96,71 @@ pub(crate) async fn run(
             );
             return;
         };
-        // A parked outcome stays in the backlog until it is written.
-        let settled = n - newly_parked.len();
-        if shared.backlog.done(settled) {
+        parked.put_back(&shared, n, newly_parked, last_round);
+        if last_round && rx.is_empty() && parked.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Outcomes parked by `outcome_writer` (the database refused every form
+/// of them, or their row stays locked), tried again on their own from
+/// time to time. They stay in the backlog until they are written.
+struct Parked {
+    entries: Vec<Entry>,
+    due: Option<tokio::time::Instant>,
+    backoff: Backoff,
+}
+
+impl Default for Parked {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            due: None,
+            backoff: Backoff::new(Duration::from_secs(1), MAX_PARKED_DELAY),
+        }
+    }
+}
+
+impl Parked {
+    /// The parked outcomes, when it is time to try them again (always on
+    /// the last round).
+    fn take_due(&mut self, last_round: bool) -> Option<Vec<Entry>> {
+        let due = last_round || self.due.is_some_and(|at| at <= tokio::time::Instant::now());
+        if !due || self.entries.is_empty() {
+            return None;
+        }
+        self.due = None;
+        Some(std::mem::take(&mut self.entries))
+    }
+
+    /// After a write of `n` outcomes of which `again` were parked: the
+    /// others leave the backlog; the parked ones wait for their next try,
+    /// or are given up on the last round.
+    fn put_back(&mut self, shared: &Shared, n: usize, again: Vec<Entry>, last_round: bool) {
+        if shared.backlog.done(n - again.len()) {
             // The fetcher stopped claiming at the bound; it may go on.
             shared.wake.notify_one();
         }
-        if newly_parked.is_empty() {
-            parked_backoff.reset();
+        if again.is_empty() {
+            if self.entries.is_empty() {
+                self.backoff.reset();
+            }
         } else if last_round {
-            shared.backlog.done(newly_parked.len());
+            shared.backlog.done(again.len());
             tracing::error!(
-                outcomes = newly_parked.len(),
+                outcomes = again.len(),
                 "gave up outcomes the database refuses, at shutdown; their jobs are rescued once \
                  this worker is gone"
             );
         } else {
-            parked.extend(newly_parked);
-            parked_due = Some(tokio::time::Instant::now() + parked_backoff.next_delay());
+            self.entries.extend(again);
+            self.due = Some(tokio::time::Instant::now() + self.backoff.next_delay());
         }
-        if last_round && rx.is_empty() && parked.is_empty() {
-            return;
-        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 

@@ -3,10 +3,11 @@
 //! A batch goes in one statement. When the database is away, the write
 //! is tried again later, from where it stopped. When the server answers
 //! the statement with an error, some outcome of the batch may be the
-//! cause (the database may refuse a message, or a rule of the
-//! application's may refuse a row): the batch is split in halves until
-//! the outcomes it refuses stand alone, and every other outcome is
-//! written. An outcome refused on its own is tried again a few times (a
+//! cause (a row another transaction keeps locked past `lock_timeout`, a
+//! message the database refuses, a rule of the application's that refuses
+//! a row): the batch is written again without waiting for row locks, and
+//! split in halves until the outcomes it refuses stand alone, so that
+//! every other outcome is written. Outcomes of locked rows are parked. An outcome refused on its own is tried again a few times (a
 //! lock timeout looks the same from here), then written with less: its
 //! message replaced by a note, then without a message. One that is
 //! refused even then (a row lock held for long, a rule that refuses the
@@ -17,7 +18,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use jobq_diesel::{Outcome, Pool, RejectedOutcome};
+use jobq_diesel::{NotWritten, Outcome, Pool, RejectedOutcome};
 
 use super::backoff::Backoff;
 use super::error_text::error_chain;
@@ -44,6 +45,13 @@ pub(crate) trait OutcomeStore {
         settled_claims: &[i64],
     ) -> impl Future<Output = Result<Vec<RejectedOutcome>, WriteError>> + Send;
 
+    /// Writes `outcomes` without waiting for row locks: the outcomes of
+    /// rows another transaction holds come back as `locked`.
+    fn write_around_locks(
+        &mut self,
+        outcomes: &[Outcome],
+    ) -> impl Future<Output = Result<NotWritten, WriteError>> + Send;
+
     /// Whether the database answers at all.
     fn ping(&mut self) -> impl Future<Output = bool> + Send;
 }
@@ -63,6 +71,17 @@ impl OutcomeStore for PoolStore<'_> {
             .await
             .map_err(|e| WriteError::Unavailable(error_chain(&e)))?;
         jobq_diesel::write_outcomes(&mut conn, outcomes, settled_claims)
+            .await
+            .map_err(classify)
+    }
+
+    async fn write_around_locks(&mut self, outcomes: &[Outcome]) -> Result<NotWritten, WriteError> {
+        let mut conn = self
+            .0
+            .get()
+            .await
+            .map_err(|e| WriteError::Unavailable(error_chain(&e)))?;
+        jobq_diesel::write_outcomes_around_locks(&mut conn, outcomes)
             .await
             .map_err(classify)
     }
@@ -102,6 +121,8 @@ pub(crate) struct Entry {
     /// once it is written.
     pub(crate) settles_claim: bool,
     state: EntryState,
+    /// Why it was parked, when it was.
+    parked_because: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +139,7 @@ impl Entry {
             claim,
             settles_claim,
             state: EntryState::Unwritten,
+            parked_because: String::new(),
         }
     }
 }
@@ -142,11 +164,19 @@ pub(crate) struct BatchWrite {
     pub(crate) entries: Vec<Entry>,
     isolating: bool,
     report: Report,
-    /// The last refusal of each parked entry, in the entries' order.
-    refusals: Vec<String>,
 }
 
 impl BatchWrite {
+    /// A batch of parked outcomes: written around row locks from the
+    /// start, so that a lock still held costs no wait.
+    pub(crate) fn retrying(entries: Vec<Entry>) -> Self {
+        Self {
+            entries,
+            isolating: true,
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn push(&mut self, entry: Entry) {
         self.entries.push(entry);
     }
@@ -206,13 +236,11 @@ impl BatchWrite {
     fn finish(&mut self) -> Report {
         self.isolating = false;
         let mut report = std::mem::take(&mut self.report);
-        let mut refusals = std::mem::take(&mut self.refusals).into_iter();
         for mut entry in self.entries.drain(..) {
             if entry.state == EntryState::Parked {
                 entry.state = EntryState::Unwritten;
-                report
-                    .parked
-                    .push((entry, refusals.next().unwrap_or_default()));
+                let why = std::mem::take(&mut entry.parked_because);
+                report.parked.push((entry, why));
             }
         }
         report
@@ -233,13 +261,8 @@ impl BatchWrite {
                         .iter()
                         .map(|&i| self.entries[i].outcome.clone())
                         .collect();
-                    match store.write(&outcomes, &[]).await {
-                        Ok(rejected) => {
-                            self.report.rejected.extend(rejected);
-                            for &i in &unwritten {
-                                self.entries[i].state = EntryState::Written;
-                            }
-                        }
+                    match store.write_around_locks(&outcomes).await {
+                        Ok(not_written) => self.settle(&unwritten, not_written),
                         Err(WriteError::Unavailable(e)) => return Err(e),
                         Err(WriteError::Refused(_)) => {
                             let mid = unwritten[n / 2];
@@ -253,6 +276,27 @@ impl BatchWrite {
         Ok(())
     }
 
+    /// Records what a write around locks did with the entries `indices`:
+    /// written, turned away by the fence (written, as far as this batch
+    /// goes), or parked because another transaction holds the row.
+    fn settle(&mut self, indices: &[usize], not_written: NotWritten) {
+        for &i in indices {
+            let o = &self.entries[i].outcome;
+            let locked = not_written
+                .locked
+                .iter()
+                .any(|l| l.id == o.id && l.attempt == o.attempt);
+            if locked {
+                self.entries[i].state = EntryState::Parked;
+                self.entries[i].parked_because =
+                    "another transaction holds the job's row locked".into();
+            } else {
+                self.entries[i].state = EntryState::Written;
+            }
+        }
+        self.report.rejected.extend(not_written.rejected);
+    }
+
     /// One outcome the server refused as part of a group: tried again as
     /// it is, then with its message replaced by a note, then without one.
     async fn write_alone<S: OutcomeStore>(
@@ -264,10 +308,12 @@ impl BatchWrite {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         let mut refusal = String::new();
         for try_number in 1..=SINGLE_TRIES {
-            match store.write(std::slice::from_ref(&original), &[]).await {
-                Ok(rejected) => {
-                    self.report.rejected.extend(rejected);
-                    self.entries[i].state = EntryState::Written;
+            match store
+                .write_around_locks(std::slice::from_ref(&original))
+                .await
+            {
+                Ok(not_written) => {
+                    self.settle(&[i], not_written);
                     return Ok(());
                 }
                 Err(WriteError::Unavailable(e)) => return Err(e),
@@ -297,13 +343,17 @@ impl BatchWrite {
             });
         }
         for outcome in lesser {
-            match store.write(std::slice::from_ref(&outcome), &[]).await {
-                Ok(rejected) => {
-                    self.report.rejected.extend(rejected);
-                    self.report
-                        .degraded
-                        .push((original.id, original.attempt, refusal));
-                    self.entries[i].state = EntryState::Written;
+            match store
+                .write_around_locks(std::slice::from_ref(&outcome))
+                .await
+            {
+                Ok(not_written) => {
+                    if not_written.locked.is_empty() {
+                        self.report
+                            .degraded
+                            .push((original.id, original.attempt, refusal));
+                    }
+                    self.settle(&[i], not_written);
                     return Ok(());
                 }
                 Err(WriteError::Unavailable(e)) => return Err(e),
@@ -311,7 +361,7 @@ impl BatchWrite {
             }
         }
         self.entries[i].state = EntryState::Parked;
-        self.refusals.push(refusal);
+        self.entries[i].parked_because = refusal;
         Ok(())
     }
 }
@@ -328,6 +378,9 @@ mod tests {
     /// what it wrote.
     struct Fake {
         refuse: Box<dyn Fn(&Outcome) -> bool + Send>,
+        /// Rows another transaction holds locked: a plain write waits for
+        /// them until the lock timeout, one around locks skips them.
+        locked: HashSet<i64>,
         down_for: u32,
         written: Vec<Outcome>,
         deleted_claims: Vec<i64>,
@@ -338,6 +391,7 @@ mod tests {
         fn new(refuse: impl Fn(&Outcome) -> bool + Send + 'static) -> Self {
             Self {
                 refuse: Box::new(refuse),
+                locked: HashSet::new(),
                 down_for: 0,
                 written: Vec::new(),
                 deleted_claims: Vec::new(),
@@ -361,12 +415,37 @@ mod tests {
                 self.down_for -= 1;
                 return Err(WriteError::Unavailable("connection refused".into()));
             }
+            if outcomes.iter().any(|o| self.locked.contains(&o.id)) {
+                return Err(WriteError::Refused(
+                    "canceling statement due to lock timeout".into(),
+                ));
+            }
             if outcomes.iter().any(|o| (self.refuse)(o)) {
                 return Err(WriteError::Refused("invalid input".into()));
             }
             self.written.extend_from_slice(outcomes);
             self.deleted_claims.extend_from_slice(settled_claims);
             Ok(Vec::new())
+        }
+
+        async fn write_around_locks(
+            &mut self,
+            outcomes: &[Outcome],
+        ) -> Result<NotWritten, WriteError> {
+            let (locked, free): (Vec<&Outcome>, Vec<&Outcome>) =
+                outcomes.iter().partition(|o| self.locked.contains(&o.id));
+            let free: Vec<Outcome> = free.into_iter().cloned().collect();
+            self.write(&free, &[]).await?;
+            Ok(NotWritten {
+                rejected: Vec::new(),
+                locked: locked
+                    .into_iter()
+                    .map(|o| RejectedOutcome {
+                        id: o.id,
+                        attempt: o.attempt,
+                    })
+                    .collect(),
+            })
         }
 
         async fn ping(&mut self) -> bool {
@@ -505,5 +584,34 @@ mod tests {
         // Nothing written twice.
         assert_eq!(store.written.len(), 10);
         assert_eq!(store.written_ids().len(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_locked_row_parks_its_outcome_alone_at_once_and_costs_no_wait_later() {
+        let mut store = Fake::new(|_| false);
+        store.locked.insert(4);
+        let mut b = batch(10);
+        let mut report = b.write(&mut store).await.unwrap();
+        assert_eq!(store.written_ids(), (0..10).filter(|&i| i != 4).collect());
+        assert!(report.degraded.is_empty(), "a lock is not the data's fault");
+        let (parked, why) = report.parked.pop().unwrap();
+        assert!(why.contains("locked"), "{why}");
+        assert_eq!(parked.outcome.message.as_deref(), Some("boom"));
+        // The whole batch, one statement around the locks (no bisection,
+        // no single tries), and the settled claims.
+        assert_eq!(store.statements, 3);
+        // Tried again while still locked: parked again, without a plain
+        // write that would wait for the lock.
+        let mut retry = BatchWrite::retrying(vec![parked]);
+        let statements = store.statements;
+        let report = retry.write(&mut store).await.unwrap();
+        assert_eq!(report.parked.len(), 1);
+        assert_eq!(store.statements, statements + 1);
+        // Once the lock is gone, it is written as it was.
+        store.locked.clear();
+        let (parked, _) = report.parked.into_iter().next().unwrap();
+        let mut retry = BatchWrite::retrying(vec![parked]);
+        assert!(retry.write(&mut store).await.unwrap().parked.is_empty());
+        assert_eq!(store.written.len(), 10);
     }
 }
