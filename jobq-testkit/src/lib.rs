@@ -49,3 +49,4 @@ mod watchdog;
 pub use database::TestDatabase;
 pub use error::TestkitError;
 pub use private::PrivateServer;
+pub use server::ServerTls;
