@@ -165,7 +165,7 @@ async fn passwords_of_every_form_stay_out_of_errors() {
             vec!["s3cret"],
         ),
         (
-            format!("postgres://jobq:s3cret-badport@127.0.0.1:notaport/x"),
+            "postgres://jobq:s3cret-badport@127.0.0.1:notaport/x".to_owned(),
             vec!["s3cret"],
         ),
     ];

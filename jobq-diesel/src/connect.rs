@@ -491,3 +491,97 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_keepalives_and_a_name_unless_the_string_does() {
+        let options = ConnectOptions::parse("postgres://u@h/db").unwrap();
+        let config = options.config();
+        assert!(config.get_keepalives());
+        assert_eq!(config.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(config.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(config.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert_eq!(config.get_application_name(), Some("jobq"));
+        assert_eq!(options.ssl_mode(), SslMode::Prefer);
+
+        let options = ConnectOptions::parse(
+            "host=h keepalives_idle=5 keepalives_interval=2 keepalives_retries=9 \
+             connect_timeout=3 application_name=app sslmode=disable",
+        )
+        .unwrap();
+        let config = options.config();
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(5));
+        assert_eq!(
+            config.get_keepalives_interval(),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(config.get_keepalives_retries(), Some(9));
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(config.get_application_name(), Some("app"));
+        assert_eq!(options.ssl_mode(), SslMode::Disable);
+    }
+
+    #[test]
+    fn sends_jobqs_timeouts_before_the_strings_own_options() {
+        let mut options =
+            ConnectOptions::parse("postgres://h/db?options=-c%20statement_timeout%3D0").unwrap();
+        assert_eq!(
+            options.startup_options(true).as_deref(),
+            Some("-c statement_timeout=0")
+        );
+        options.session_timeouts(
+            Some(Duration::from_secs(5)),
+            Some(Duration::from_millis(1500)),
+        );
+        // PostgreSQL applies -c settings in order: the string's win.
+        assert_eq!(
+            options.startup_options(true).as_deref(),
+            Some("-c lock_timeout=5000 -c statement_timeout=1500 -c statement_timeout=0")
+        );
+        assert_eq!(
+            options.startup_options(false).as_deref(),
+            Some("-c statement_timeout=0")
+        );
+        options.session_timeouts(Some(Duration::ZERO), None);
+        assert!(!options.has_timeouts());
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_honour() {
+        for (bad, says) in [
+            ("postgres://h/db?sslmode=allow", "sslmode=allow"),
+            ("postgres://h/db?sslmode=verify", "not one of"),
+            ("host=h sslcert=/c.pem", "sslcert"),
+            ("host=h sslcrl=/crl.pem", "sslcrl"),
+            (
+                "host=h sslmode=verify-full sslrootcert=/nonexistent/root.crt",
+                "/nonexistent/root.crt",
+            ),
+            ("host=h bogus=1", "unknown option"),
+        ] {
+            let err = ConnectOptions::parse(bad)
+                .map(drop)
+                .unwrap_err()
+                .to_string();
+            #[cfg(not(feature = "tls"))]
+            if bad.contains("sslrootcert") {
+                continue;
+            }
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_tls_require_is_refused_and_prefer_goes_plain() {
+        let err = ConnectOptions::parse("postgres://h/db?sslmode=require")
+            .map(drop)
+            .unwrap_err();
+        assert!(err.to_string().contains("`tls` feature"), "{err}");
+        assert!(ConnectOptions::parse("postgres://h/db?sslmode=prefer").is_ok());
+    }
+}

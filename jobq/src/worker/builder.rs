@@ -360,7 +360,10 @@ impl WorkerBuilder {
                 let pool = build_pool(connector.clone(), config.pool_size);
                 // Migrations may rightly run longer than the statement
                 // timeout: the first connection goes without it.
-                (pool, First::Connector(connector.without_timeouts()))
+                (
+                    pool,
+                    First::Connector(Box::new(connector.without_timeouts())),
+                )
             }
         };
         let mut conn = connect(&first, config.connect_timeout).await?;
@@ -387,7 +390,7 @@ enum First {
     /// A dedicated connection of the application's pool.
     Pool(Pool),
     /// jobq's own connector, without its timeouts.
-    Connector(Connector),
+    Connector(Box<Connector>),
 }
 
 impl First {
