@@ -180,6 +180,14 @@ impl ConnectOptions {
             .to_key_values()
             .parse()
             .map_err(|e: tokio_postgres::Error| fail(error_chain(&e)))?;
+        if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+            // libpq would try its default Unix socket; tokio-postgres
+            // cannot guess one.
+            return Err(fail(
+                "it names no host (for a Unix socket, give its directory: host=/var/run/postgresql)"
+                    .to_owned(),
+            ));
+        }
         if !settings.has("keepalives_idle") {
             config.keepalives_idle(KEEPALIVES_IDLE);
         }
@@ -562,6 +570,8 @@ mod tests {
                 "/nonexistent/root.crt",
             ),
             ("host=h bogus=1", "unknown option"),
+            ("postgres://", "no host"),
+            ("dbname=x", "no host"),
         ] {
             let err = ConnectOptions::parse(bad)
                 .map(drop)
