@@ -410,3 +410,121 @@ async fn the_statement_timeout_never_cuts_the_listeners_wait() {
     assert_eq!(still.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![pid]);
     handle.shutdown().await.expect("clean shutdown");
 }
+
+// ------------------------------------------------------------- PgBouncer
+
+/// A session-pooling PgBouncer in front of `port`, that refuses the
+/// `options` startup parameter as PgBouncer does unless told otherwise.
+/// Stopped and removed on drop.
+struct Bouncer {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pgbouncer_binary() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    ["/usr/sbin", "/usr/bin", "/usr/local/bin"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join("pgbouncer"))
+        .find(|p| p.exists())
+}
+
+fn start_bouncer(bin: &std::path::Path, server_port: u16) -> Bouncer {
+    use std::os::unix::fs::PermissionsExt;
+    let port = dead_port();
+    let dir = std::env::temp_dir().join(format!(
+        "jobq-connect-pgbouncer-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).expect("pgbouncer dir");
+    // PgBouncer runs as `postgres` when we are root, and writes its log here.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let ini = dir.join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n* = host=127.0.0.1 port={server_port} user=postgres\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = any\npool_mode = session\nmax_client_conn = 100\n\
+             ignore_startup_parameters = extra_float_digits\nlogfile = {}\n",
+            dir.join("pgbouncer.log").display()
+        ),
+    )
+    .expect("pgbouncer.ini");
+    let mut command = std::process::Command::new(bin);
+    // /proc/self belongs to this process's user.
+    let root =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("/proc/self"))
+            == 0;
+    if root {
+        command.args(["-u", "postgres"]);
+    }
+    let child = command
+        .arg(&ini)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting pgbouncer");
+    Bouncer { child, dir, port }
+}
+
+/// PgBouncer drops or refuses startup `options`: jobq connects without its
+/// timeouts, says so once, and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_pgbouncer_refusing_startup_options_the_worker_connects_without_them() {
+    capture_logs();
+    let Some(bin) = pgbouncer_binary() else {
+        println!("SKIPPED: pgbouncer is not installed (apt-get install pgbouncer)");
+        return;
+    };
+    let server = jobq_testkit::PrivateServer::start().await.expect("server");
+    let bouncer = start_bouncer(&bin, server.port());
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+        bouncer.port
+    );
+    let handle = jobq::Worker::builder()
+        .database_url(&url)
+        .queues(&["connect"])
+        // PgBouncer may take a moment to listen.
+        .connect_timeout(support::SOON)
+        .build()
+        .await
+        .expect("worker through PgBouncer")
+        .spawn();
+    let mut app = AsyncPgConnection::establish(server.url())
+        .await
+        .expect("connect");
+    let id = ping::enqueue(&mut app, &Ping { n: 3 })
+        .await
+        .expect("enqueue");
+    let deadline = Instant::now() + support::SOON;
+    while !jobq::job(&mut app, id)
+        .await
+        .expect("lookup")
+        .is_some_and(|j| j.state == JobState::Completed)
+    {
+        assert!(Instant::now() < deadline, "the job did not complete");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.shutdown().await.expect("clean shutdown");
+    let port = format!(":{}/", bouncer.port);
+    let warnings: Vec<String> = logs()
+        .lines()
+        .filter(|l| l.contains("refused the startup `options`") && l.contains(&port))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+}
