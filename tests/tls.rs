@@ -269,63 +269,127 @@ async fn a_worker_runs_jobs_over_tls_on_every_connection_it_opens() {
     let server = tls_server(&ca).await;
     let root = format!("sslrootcert={}", ca.path().display());
     let worker_url = url(&server, &format!("sslmode=verify-full&{root}"));
-    // The listener has a URL of its own, named so that it can be found.
+    let worker = || {
+        jobq::Worker::builder()
+            .database_url(&worker_url)
+            .queues(&["tls"])
+            // Only a notification can start a job in time.
+            .poll_interval(Duration::from_secs(60))
+            .shutdown_timeout(Duration::from_secs(5))
+    };
+    // One worker's listener is a dedicated connection of its pool...
+    let pooled = worker().build().await.expect("worker over TLS").spawn();
+    // ...the other's has a URL of its own, named so that it can be found.
     let listen_url = url(
         &server,
         &format!("sslmode=verify-full&{root}&application_name=jobq_listener"),
     );
-    let handle = jobq::Worker::builder()
-        .database_url(&worker_url)
+    let own_url = worker()
         .listen_url(&listen_url)
-        .queues(&["tls"])
-        // Only a notification can start the job in time.
-        .poll_interval(Duration::from_secs(60))
-        .shutdown_timeout(Duration::from_secs(5))
         .build()
         .await
-        .expect("worker over TLS")
+        .expect("worker over TLS, listener with its own URL")
         .spawn();
 
     let mut app = connect(&url(&server, "sslmode=disable&application_name=test"))
         .await
         .expect("test connection");
-    // The listener is up once its LISTEN ran.
+    // Both listeners are up once their LISTEN ran.
     let deadline = Instant::now() + support::SOON;
-    while !backends(&mut app)
-        .await
-        .iter()
-        .any(|b| b.application_name == "jobq_listener" && b.query.starts_with("LISTEN"))
-    {
-        assert!(Instant::now() < deadline, "no LISTEN connection");
+    loop {
+        let listening: Vec<String> = backends(&mut app)
+            .await
+            .into_iter()
+            .filter(|b| b.query.starts_with("LISTEN"))
+            .map(|b| b.application_name)
+            .collect();
+        if listening.iter().any(|a| a == "jobq") && listening.iter().any(|a| a == "jobq_listener") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "listening: {listening:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let id = greet_over_tls::enqueue(&mut app, &Greeting { to: "tls".into() })
-        .await
-        .expect("enqueue");
-    // Well before the 60 s poll: the notification came over TLS.
-    let deadline = Instant::now() + support::SOON;
-    while !jobq::job(&mut app, id)
-        .await
-        .expect("job lookup")
-        .is_some_and(|j| j.state == JobState::Completed)
-    {
-        assert!(Instant::now() < deadline, "the job did not complete");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let to = format!("tls {n}");
+        ids.push(
+            greet_over_tls::enqueue(&mut app, &Greeting { to })
+                .await
+                .expect("enqueue"),
+        );
+    }
+    // Well before the 60 s poll: the notifications came over TLS.
+    for id in ids {
+        while !jobq::job(&mut app, id)
+            .await
+            .expect("job lookup")
+            .is_some_and(|j| j.state == JobState::Completed)
+        {
+            assert!(Instant::now() < deadline, "job {id:?} did not complete");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     let backends = backends(&mut app).await;
     assert!(
-        backends.iter().any(|b| b.application_name == "jobq"),
-        "{backends:?}"
-    );
-    assert!(
         backends
             .iter()
-            .any(|b| b.application_name == "jobq_listener"),
-        "{backends:?}"
+            .filter(|b| b.application_name == "jobq")
+            .count()
+            >= 3,
+        "two pools and a listener: {backends:?}"
     );
     assert!(backends.iter().all(|b| b.ssl), "{backends:?}");
-    handle.shutdown().await.expect("clean shutdown");
+    pooled.shutdown().await.expect("clean shutdown");
+    own_url.shutdown().await.expect("clean shutdown");
+}
+
+/// A connect hook with a rustls configuration of its own: the hook's
+/// trust decides, not the URL's `sslmode=require` (which alone would
+/// accept any certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_hook_can_bring_its_own_rustls_configuration() {
+    support::init_tracing();
+    let ca = Ca::new("jobq test CA");
+    let other_ca = Ca::new("someone else's CA");
+    let server = tls_server(&ca).await;
+    let trusting = |ca: &Ca| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ca.issuer.der().clone())
+            .expect("the CA certificate");
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tokio_postgres_rustls::MakeRustlsConnect::new(config)
+    };
+    let build = |tls: tokio_postgres_rustls::MakeRustlsConnect| {
+        jobq::Worker::builder()
+            .database_url(url(&server, "sslmode=require"))
+            .queues(&["tls"])
+            .connect_timeout(Duration::from_secs(30))
+            .connect_with(move |options: ConnectOptions| {
+                let tls = tls.clone();
+                async move { options.connect_with_tls(tls).await }
+            })
+            .build()
+    };
+    let err = build(trusting(&other_ca))
+        .await
+        .expect_err("the hook trusts another CA");
+    let chain = support_chain(&err);
+    assert!(chain.contains("invalid peer certificate"), "{chain}");
+    assert!(
+        matches!(err, jobq::Error::Connect { attempts: 1, .. }),
+        "{err:?}"
+    );
+    build(trusting(&ca))
+        .await
+        .expect("the hook trusts the server's CA");
 }
 
 /// The server's backends opened by jobq (the pool's and the listener's).

@@ -298,7 +298,10 @@ impl ConnectOptions {
     pub async fn connect(&self) -> Result<AsyncPgConnection, ConnectionError> {
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
-            return self.connect_with_tls(tls.clone()).await;
+            return self
+                .connect_via(tls.clone())
+                .await
+                .map_err(|e| ConnectionError::BadConnection(self.describe(&e)));
         }
         self.connect_with_tls(tokio_postgres::NoTls).await
     }
@@ -309,6 +312,20 @@ impl ConnectOptions {
     /// decides whether TLS is tried (`prefer`) or required (`require`
     /// and the verify modes); what is checked is up to `tls`.
     pub async fn connect_with_tls<T>(&self, tls: T) -> Result<AsyncPgConnection, ConnectionError>
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync,
+        T::Stream: TlsStream + Unpin + Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as tokio_postgres::tls::TlsConnect<Socket>>::Future: Send,
+    {
+        self.connect_via(tls)
+            .await
+            .map_err(|e| ConnectionError::BadConnection(e.message()))
+    }
+
+    /// Connects with jobq's timeouts unless a server refused them before
+    /// (then without, saying so once).
+    async fn connect_via<T>(&self, tls: T) -> Result<AsyncPgConnection, ConnectFailure>
     where
         T: MakeTlsConnect<Socket> + Clone + Send + Sync,
         T::Stream: TlsStream + Unpin + Send + 'static,
@@ -332,7 +349,6 @@ impl ConnectOptions {
             }
             other => other,
         }
-        .map_err(|e| ConnectionError::BadConnection(self.describe(&e)))
     }
 
     async fn connect_once<T>(
@@ -356,13 +372,11 @@ impl ConnectOptions {
             .map_err(ConnectFailure::Setup)
     }
 
-    /// The message of a failed connection: the driver's whole chain, and
-    /// for a refused certificate, what it was checked against.
+    /// The message of a connection that failed with jobq's TLS set-up:
+    /// for a refused certificate, it adds what it was checked against.
+    #[cfg(feature = "tls")]
     fn describe(&self, failure: &ConnectFailure) -> String {
-        let message = match failure {
-            ConnectFailure::Driver(e) => error_chain(e),
-            ConnectFailure::Setup(e) => error_chain(e),
-        };
+        let message = failure.message();
         if !message.contains("invalid peer certificate") {
             return message;
         }
@@ -382,6 +396,16 @@ impl ConnectOptions {
 enum ConnectFailure {
     Driver(tokio_postgres::Error),
     Setup(ConnectionError),
+}
+
+impl ConnectFailure {
+    /// The driver's whole chain: its own message names no cause.
+    fn message(&self) -> String {
+        match self {
+            ConnectFailure::Driver(e) => error_chain(e),
+            ConnectFailure::Setup(e) => error_chain(e),
+        }
+    }
 }
 
 /// PgBouncer's answer to startup `options` it does not know.
