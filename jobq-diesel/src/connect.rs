@@ -89,6 +89,13 @@ const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVES_RETRIES: u32 = 3;
 
+/// How long sent data may go unacknowledged before the connection is
+/// dropped (`tcp_user_timeout`, Linux): keepalives only probe an idle
+/// connection, and a statement sent to a vanished server would otherwise
+/// wait out TCP's retransmissions, about a quarter of an hour. A minute
+/// matches the keepalives' 30 s + 3 × 10 s.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long a connection attempt may take when the string does not say
 /// (`connect_timeout`): an unanswered SYN otherwise waits for minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,7 +110,8 @@ const UNREADABLE: &str = "(unreadable, not shown)";
 /// Both forms libpq takes are read: `postgres://user:password@host:5432/db?sslmode=verify-full`
 /// and `host=h user=u password='a b' dbname=db sslmode=require`. On top
 /// of the string's own settings, jobq sets (unless the string does):
-/// keepalives after 30 s idle, every 10 s, 3 probes; a 10 s connect
+/// keepalives after 30 s idle, every 10 s, 3 probes; unacknowledged data
+/// dropping the connection after 60 s (`tcp_user_timeout`); a 10 s connect
 /// timeout; `application_name=jobq`.
 ///
 /// Its `Display` and `Debug` never show the password.
@@ -196,6 +204,9 @@ impl ConnectOptions {
         }
         if !settings.has("keepalives_retries") {
             config.keepalives_retries(KEEPALIVES_RETRIES);
+        }
+        if !settings.has("tcp_user_timeout") {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
         }
         if !settings.has("connect_timeout") {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -536,13 +547,14 @@ mod tests {
         assert_eq!(config.get_keepalives_idle(), KEEPALIVES_IDLE);
         assert_eq!(config.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
         assert_eq!(config.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
         assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
         assert_eq!(config.get_application_name(), Some("jobq"));
         assert_eq!(options.ssl_mode(), SslMode::Prefer);
 
         let options = ConnectOptions::parse(
             "host=h keepalives_idle=5 keepalives_interval=2 keepalives_retries=9 \
-             connect_timeout=3 application_name=app sslmode=disable",
+             connect_timeout=3 tcp_user_timeout=4 application_name=app sslmode=disable",
         )
         .unwrap();
         let config = options.config();
@@ -553,6 +565,7 @@ mod tests {
         );
         assert_eq!(config.get_keepalives_retries(), Some(9));
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&Duration::from_secs(4)));
         assert_eq!(config.get_application_name(), Some("app"));
         assert_eq!(options.ssl_mode(), SslMode::Disable);
     }
