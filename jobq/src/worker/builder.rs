@@ -44,8 +44,9 @@ use crate::Error;
 /// connect, with backoff from 100 ms up to 5 s, for the connect timeout,
 /// logging each failure as a warning and the success as info; then it
 /// fails with [`Error::Connect`]. Errors that waiting cannot fix (failed
-/// authentication, unknown database or role, no `pg_hba.conf` entry) fail
-/// at once. `connect_timeout(Duration::ZERO)` fails fast on the first
+/// authentication, unknown database or role, no `pg_hba.conf` entry, a
+/// refused TLS certificate, a server without TLS under `sslmode=require`)
+/// fail at once. `connect_timeout(Duration::ZERO)` fails fast on the first
 /// error. Once running, a worker rides out outages by itself: it retries
 /// claims, outcome writes and heartbeats, and reconnects its listener.
 ///
@@ -441,7 +442,12 @@ async fn connect(first: &First, timeout: Duration) -> Result<AsyncPgConnection, 
             }
             Err(source) => source,
         };
-        let message = error_chain(&source);
+        // bb8's wrapper shows its inner error and gives it as its source
+        // too: the inner one alone says it once.
+        let message = match &source {
+            bb8::RunError::User(inner) => error_chain(inner),
+            other => error_chain(other),
+        };
         let waited = started.elapsed();
         if is_permanent(&message) || waited >= timeout {
             return Err(Error::Connect {
