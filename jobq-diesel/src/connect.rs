@@ -158,11 +158,23 @@ impl ConnectOptions {
             shown: shown.clone(),
             reason,
         };
+        let ssl_root_cert = settings.take("sslrootcert").map(PathBuf::from);
+        // As in libpq 16: the well-known roots serve any certificate of a
+        // public CA, so only a check of the host name makes them safe.
+        let system_roots = ssl_root_cert
+            .as_deref()
+            .is_some_and(|p| p.as_os_str() == "system");
         let ssl_mode = match settings.take("sslmode") {
             Some(mode) => SslMode::parse(&mode).map_err(fail)?,
+            None if system_roots => SslMode::VerifyFull,
             None => SslMode::Prefer,
         };
-        let ssl_root_cert = settings.take("sslrootcert").map(PathBuf::from);
+        if system_roots && ssl_mode != SslMode::VerifyFull {
+            return Err(fail(format!(
+                "sslmode={} may not be used with sslrootcert=system; use sslmode=verify-full",
+                ssl_mode.as_str()
+            )));
+        }
         for key in ["sslcert", "sslkey", "sslpassword", "sslcrl", "sslcrldir"] {
             if settings.has(key) {
                 return Err(fail(format!(
@@ -570,6 +582,13 @@ mod tests {
         assert_eq!(options.ssl_mode(), SslMode::Disable);
     }
 
+    #[cfg(feature = "tls")]
+    #[test]
+    fn system_roots_mean_verify_full_as_in_libpq() {
+        let options = ConnectOptions::parse("host=h sslrootcert=system").unwrap();
+        assert_eq!(options.ssl_mode(), SslMode::VerifyFull);
+    }
+
     #[test]
     fn sends_jobqs_timeouts_before_the_strings_own_options() {
         let mut options =
@@ -608,6 +627,10 @@ mod tests {
             ),
             ("host=h bogus=1", "unknown option"),
             ("postgres://", "no host"),
+            (
+                "host=h sslrootcert=system sslmode=require",
+                "use sslmode=verify-full",
+            ),
             ("dbname=x", "no host"),
         ] {
             let err = ConnectOptions::parse(bad)

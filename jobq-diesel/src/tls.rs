@@ -9,8 +9,8 @@
 //!
 //! libpq would refuse the verify modes without a root certificate file;
 //! the Mozilla roots (the `webpki-roots` crate) serve managed databases
-//! whose certificates chain to a public CA, and `sslrootcert=system` says
-//! so explicitly.
+//! whose certificates chain to a public CA. `sslrootcert=system` asks for
+//! them explicitly, and then (as in libpq) only with `verify-full`.
 
 use std::path::Path;
 use std::sync::Arc;
