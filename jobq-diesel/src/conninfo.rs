@@ -51,12 +51,10 @@ impl Settings {
 
     fn from_url(s: &str) -> Result<Settings, String> {
         let url = url::Url::parse(s).map_err(|e| {
-            let hint = if s.contains(',') {
-                " (for several hosts use the key-value form: host=a,b port=5432,5433 ...)"
-            } else {
-                ""
-            };
-            format!("it is not a valid URL: {e}{hint}")
+            format!(
+                "it is not a valid URL: {e} (for several hosts or a Unix socket without \
+                 a host, use the key-value form: host=a,b port=5432,5433 or host=/tmp ...)"
+            )
         })?;
         let mut settings = Settings::default();
         let decode = |what: &str, raw: &str| -> Result<String, String> {
@@ -294,6 +292,21 @@ mod tests {
                 ("dbname", "db")
             ])
         );
+        // Unix sockets, the ways libpq's documentation writes them.
+        assert_eq!(
+            pairs("postgresql:///db?host=/var/run/postgresql"),
+            kv(&[("dbname", "db"), ("host", "/var/run/postgresql")])
+        );
+        assert_eq!(
+            pairs("postgresql://%2Fvar%2Frun%2Fpostgresql/db"),
+            kv(&[("host", "/var/run/postgresql"), ("dbname", "db")])
+        );
+        // What the url crate cannot read, the key-value form can; the
+        // error says so.
+        for url in ["postgres://u@/db?host=/tmp", "postgres://h1:1,h2:2/db"] {
+            let err = Settings::parse(url).map(drop).unwrap_err();
+            assert!(err.contains("use the key-value form"), "{url}: {err}");
+        }
         assert_eq!(
             pairs("postgres://[::1]:5432/x?host=%2Ftmp"),
             kv(&[("host", "/tmp"), ("port", "5432"), ("dbname", "x")])
