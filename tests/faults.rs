@@ -441,29 +441,6 @@ async fn finished_count(pool: &jobq::Pool, ids: &[jobq::JobId]) -> usize {
 
 // ------------------------------------------------------------- PgBouncer
 
-/// The installed PgBouncer, or `None` (with the skip line printed) when
-/// it is missing and CI did not ask for it (see `support::required_tool`).
-fn pgbouncer_binary(test: &str) -> Option<std::path::PathBuf> {
-    let found = [
-        "/usr/sbin/pgbouncer",
-        "/usr/bin/pgbouncer",
-        "/usr/local/bin/pgbouncer",
-    ]
-    .into_iter()
-    .map(std::path::PathBuf::from)
-    .chain(
-        std::env::var_os("PATH")
-            .map(|path| {
-                std::env::split_paths(&path)
-                    .map(|dir| dir.join("pgbouncer"))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default(),
-    )
-    .find(|p| p.exists());
-    support::required_tool("pgbouncer", test, "apt-get install pgbouncer", found)
-}
-
 /// `pgbouncer --version` as (major, minor).
 fn pgbouncer_version(bin: &std::path::Path) -> (u32, u32) {
     let out = std::process::Command::new(bin)
@@ -611,7 +588,7 @@ async fn through_bouncer(job: Work) -> Result<(), TaskError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_warning() {
-    let Some(bin) = pgbouncer_binary(
+    let Some(bin) = support::pgbouncer(
         "behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_warning",
     ) else {
         return;
@@ -672,7 +649,7 @@ async fn behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_war
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_pgbouncer_a_direct_listen_url_keeps_notifications() {
-    let Some(bin) = pgbouncer_binary("behind_pgbouncer_a_direct_listen_url_keeps_notifications")
+    let Some(bin) = support::pgbouncer("behind_pgbouncer_a_direct_listen_url_keeps_notifications")
     else {
         return;
     };

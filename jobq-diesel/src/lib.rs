@@ -10,6 +10,8 @@
 //! say otherwise, so none holds locks while a handler runs.
 
 mod claim;
+mod connect;
+mod conninfo;
 mod enqueue;
 mod jobs;
 mod listener;
@@ -21,10 +23,15 @@ mod ping;
 mod pool;
 mod prepared;
 pub mod schema;
+#[cfg(feature = "tls")]
+mod tls;
 mod vacuum;
 mod workers;
 
 pub use claim::{claim, release_claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
+pub use connect::{
+    redact, ConnectFuture, ConnectHook, ConnectOptions, ConnectOptionsError, Connector, SslMode,
+};
 pub use enqueue::{insert_job, insert_jobs, NewJob, NewJobs};
 pub use jobs::{cancel, find_job, pending_unknown_tasks, CancelResult, JobRow, UnknownTask};
 pub use listener::{send_probe, Listener, ListenerError, Notification};
@@ -42,3 +49,6 @@ pub use workers::{
 
 /// The connection type every function here takes.
 pub use diesel_async::AsyncPgConnection;
+/// The driver under diesel-async, for [`ConnectOptions::config_mut`] and
+/// [`ConnectOptions::connect_with_tls`].
+pub use tokio_postgres;

@@ -7,7 +7,9 @@
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::StreamExt;
 
-use crate::Pool;
+use diesel_async::pooled_connection::PoolError;
+
+use crate::{ConnectOptions, Connector, Pool};
 
 /// A wake-up delivered by PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +66,14 @@ impl std::fmt::Debug for Listener {
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
     /// Connecting failed.
-    #[error("opening the LISTEN connection failed")]
-    Connect(#[source] diesel_async::pooled_connection::PoolError),
+    #[error("opening the LISTEN connection to {url} failed")]
+    Connect {
+        /// Where to (the password masked), or "the pool's database".
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: PoolError,
+    },
     /// A statement or the connection failed.
     #[error("the LISTEN connection failed")]
     Connection(#[source] diesel::result::Error),
@@ -77,19 +85,36 @@ impl Listener {
         let conn = pool
             .dedicated_connection()
             .await
-            .map_err(ListenerError::Connect)?;
+            .map_err(|source| ListenerError::Connect {
+                url: "the pool's database".to_owned(),
+                source,
+            })?;
         Self::listen_on(conn).await
     }
 
     /// Opens a connection to `url` (e.g. straight to PostgreSQL while the
-    /// pool goes through PgBouncer) and LISTENs.
+    /// pool goes through PgBouncer) and LISTENs. The URL is read as
+    /// [`ConnectOptions`] do (TLS, keepalives).
     pub async fn connect_url(url: &str) -> Result<Listener, ListenerError> {
-        use diesel_async::AsyncConnection;
-        let conn = AsyncPgConnection::establish(url).await.map_err(|e| {
-            ListenerError::Connect(diesel_async::pooled_connection::PoolError::ConnectionError(
-                e,
-            ))
+        let options = ConnectOptions::parse(url).map_err(|e| ListenerError::Connect {
+            url: e.shown.clone(),
+            source: PoolError::ConnectionError(diesel::ConnectionError::InvalidConnectionUrl(
+                e.reason,
+            )),
         })?;
+        Self::connect_with(&Connector::new(options)).await
+    }
+
+    /// Opens a connection with `connector` (its options and hook) and
+    /// LISTENs.
+    pub async fn connect_with(connector: &Connector) -> Result<Listener, ListenerError> {
+        let conn = connector
+            .connect()
+            .await
+            .map_err(|e| ListenerError::Connect {
+                url: connector.options().to_string(),
+                source: PoolError::ConnectionError(e),
+            })?;
         Self::listen_on(conn).await
     }
 

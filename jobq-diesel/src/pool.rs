@@ -1,7 +1,11 @@
 //! The bb8 pool of `AsyncPgConnection`s.
 
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, PoolError as ManagerError};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, PoolError as ManagerError,
+};
 use diesel_async::AsyncPgConnection;
+
+use crate::Connector;
 
 /// A bb8 pool of diesel-async PostgreSQL connections; share your app's pool
 /// with jobq or let jobq build one.
@@ -14,10 +18,18 @@ pub type PooledConnection<'a> =
 /// The error of checking a connection out of a [`Pool`].
 pub type PoolError = bb8::RunError<ManagerError>;
 
-/// Builds a pool of at most `max_size` connections to `url`, without
-/// connecting yet: the first checkout connects.
-pub fn build_pool(url: &str, max_size: u32) -> Pool {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+/// Builds a pool of at most `max_size` connections made by `connector`
+/// (TLS, keepalives, timeouts, the application's hook), without
+/// connecting yet: the first checkout connects. Its dedicated connections
+/// (`Pool::dedicated_connection`) are made the same way.
+pub fn build_pool(connector: Connector, max_size: u32) -> Pool {
+    let shown = connector.options().to_string();
+    let mut config = ManagerConfig::default();
+    // The manager hands the callback its URL; the connector already holds
+    // the parsed options, so the URL given it is the masked one, kept
+    // only for diesel-async's own bookkeeping.
+    config.custom_setup = Box::new(move |_masked_url| connector.connect());
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(shown, config);
     bb8::Pool::builder()
         .max_size(max_size)
         // No ping per checkout: it would double the round trips of the hot

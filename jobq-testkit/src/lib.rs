@@ -26,6 +26,8 @@
 //!
 //! Tests that stop or restart the database use a [`PrivateServer`] of
 //! their own, which is private even when `DATABASE_URL` is set.
+//! [`PrivateServer::start_with_tls`] starts one with `ssl = on` and a
+//! certificate the test supplies ([`ServerTls`]).
 //!
 //! When running as root (containers, CI), PostgreSQL is run as the
 //! `postgres` system user, because it refuses to run as root.
@@ -49,3 +51,4 @@ mod watchdog;
 pub use database::TestDatabase;
 pub use error::TestkitError;
 pub use private::PrivateServer;
+pub use server::ServerTls;

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::server::ServerProcess;
+use crate::server::{ServerProcess, ServerTls};
 use crate::{blocking, connect, url, TestkitError};
 
 /// A private PostgreSQL server owned by one test, for tests that stop,
@@ -22,7 +22,32 @@ pub struct PrivateServer {
 impl PrivateServer {
     /// Creates and starts a new server; returns once it accepts connections.
     pub async fn start() -> Result<PrivateServer, TestkitError> {
-        let server = blocking::run("starting a private PostgreSQL", ServerProcess::start).await?;
+        Self::start_with(None).await
+    }
+
+    /// Creates and starts a new server with `ssl = on`, presenting `tls`'s
+    /// certificate (the test makes its own CA, e.g. with `rcgen`). It
+    /// still accepts connections without TLS.
+    ///
+    /// ```no_run
+    /// # async fn f(cert_pem: String, key_pem: String) -> Result<(), jobq_testkit::TestkitError> {
+    /// let server = jobq_testkit::PrivateServer::start_with_tls(jobq_testkit::ServerTls {
+    ///     cert_pem,
+    ///     key_pem,
+    /// })
+    /// .await?;
+    /// let url = format!("{}?sslmode=require", server.url());
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_with_tls(tls: ServerTls) -> Result<PrivateServer, TestkitError> {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<ServerTls>) -> Result<PrivateServer, TestkitError> {
+        let server = blocking::run("starting a private PostgreSQL", move || {
+            ServerProcess::start(tls)
+        })
+        .await?;
         let server = PrivateServer {
             server: Arc::new(server),
         };

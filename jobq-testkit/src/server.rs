@@ -30,6 +30,22 @@ max_connections = 300
 listen_addresses = '127.0.0.1'
 ";
 
+/// A certificate and its private key, PEM-encoded, for a server with
+/// `ssl = on`.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The server's certificate, followed by any intermediates.
+    pub cert_pem: String,
+    /// The certificate's private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
 /// One private PostgreSQL server living in a temporary directory.
 #[derive(Debug)]
 pub(crate) struct ServerProcess {
@@ -40,12 +56,14 @@ pub(crate) struct ServerProcess {
     log_file: PathBuf,
     port: u16,
     url: String,
+    tls: Option<ServerTls>,
     watchdog: Mutex<Option<Child>>,
 }
 
 impl ServerProcess {
-    /// Creates a new cluster in a fresh temporary directory and starts it.
-    pub(crate) fn start() -> Result<ServerProcess, TestkitError> {
+    /// Creates a new cluster in a fresh temporary directory and starts it,
+    /// with `ssl = on` and this certificate when `tls` is given.
+    pub(crate) fn start(tls: Option<ServerTls>) -> Result<ServerProcess, TestkitError> {
         let bins = PgBinaries::find()?;
         let run_as = RunAs::detect()?;
         let dir = create_temp_dir()?;
@@ -57,6 +75,7 @@ impl ServerProcess {
             dir,
             port: 0,
             url: String::new(),
+            tls,
             watchdog: Mutex::new(None),
         };
         match server.init_and_start() {
@@ -89,6 +108,11 @@ impl ServerProcess {
             "postgresql.conf",
             "\n# added by jobq-testkit\ninclude 'jobq_testkit.conf'\n",
         )?;
+        if let Some(tls) = &self.tls {
+            self.write_private_file("server.crt", &tls.cert_pem)?;
+            // PostgreSQL refuses a key readable by anyone but its owner.
+            self.write_private_file("server.key", &tls.key_pem)?;
+        }
 
         let mut attempt = 0;
         loop {
@@ -110,12 +134,32 @@ impl ServerProcess {
 
     fn write_settings(&self) -> Result<(), TestkitError> {
         let path = self.data_dir.join("jobq_testkit.conf");
-        let contents = format!(
+        let mut contents = format!(
             "{SETTINGS}port = {}\nunix_socket_directories = '{}'\n",
             self.port,
             self.dir.display().to_string().replace('\'', "''")
         );
+        if self.tls.is_some() {
+            // Relative paths are read from the data directory.
+            contents
+                .push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
         std::fs::write(&path, contents)
+            .map_err(|e| TestkitError::io(format!("writing {}", path.display()), e))?;
+        self.run_as.give(&path)
+    }
+
+    /// Writes `contents` to `name` in the data directory, readable by the
+    /// server's user only.
+    fn write_private_file(&self, name: &str, contents: &str) -> Result<(), TestkitError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.data_dir.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(contents.as_bytes()))
             .map_err(|e| TestkitError::io(format!("writing {}", path.display()), e))?;
         self.run_as.give(&path)
     }

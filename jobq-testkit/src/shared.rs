@@ -21,10 +21,9 @@ static SHARED: OnceCell<Result<ServerProcess, Arc<TestkitError>>> = OnceCell::co
 pub(crate) async fn url() -> Result<&'static str, TestkitError> {
     let started = SHARED
         .get_or_init(|| async {
-            let server = blocking::run(
-                "starting the shared private PostgreSQL",
-                ServerProcess::start,
-            )
+            let server = blocking::run("starting the shared private PostgreSQL", || {
+                ServerProcess::start(None)
+            })
             .await
             .map_err(Arc::new)?;
             connect::wait_until_ready(server.url(), server.log_file())

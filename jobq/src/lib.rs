@@ -61,3 +61,5 @@ pub use state::State;
 pub use task::{Task, TaskOptions};
 pub use task_error::TaskError;
 pub use worker::{run, Pool, ShutdownHandle, Worker, WorkerBuilder};
+// Connection set-up (TLS, the connect hook): see WorkerBuilder::connect_with.
+pub use jobq_diesel::{ConnectOptions, SslMode};

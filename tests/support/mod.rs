@@ -161,3 +161,16 @@ pub fn required_tool<T>(tool: &str, test: &str, install: &str, found: Option<T>)
     );
     None
 }
+
+/// The installed PgBouncer, or `None` (with the skip line printed) when
+/// it is missing and CI did not ask for it (see [`required_tool`]).
+pub fn pgbouncer(test: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = ["/usr/sbin", "/usr/bin", "/usr/local/bin"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join("pgbouncer"))
+        .find(|p| p.exists());
+    required_tool("pgbouncer", test, "apt-get install pgbouncer", found)
+}

@@ -1,8 +1,10 @@
 //! [`WorkerBuilder`]: configuring and starting a worker.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobq_diesel::{build_pool, Pool};
+use jobq_diesel::{build_pool, AsyncPgConnection, ConnectHook, ConnectOptions, Connector, Pool};
 
 use super::config::{env_bool, env_duration, env_list, Config};
 use super::error_text::error_chain;
@@ -37,6 +39,9 @@ use crate::Error;
 /// | [`task_timeout`](Self::task_timeout) | `JOBQ_TASK_TIMEOUT` | the attribute's `timeout` |
 /// | [`task_retry`](Self::task_retry) | `JOBQ_TASK_RETRY` | the attribute's `retry` |
 /// | [`state`](Self::state) | | none |
+/// | [`lock_timeout`](Self::lock_timeout) (own pool) | `JOBQ_LOCK_TIMEOUT` | 5 s |
+/// | [`statement_timeout`](Self::statement_timeout) (own pool) | `JOBQ_STATEMENT_TIMEOUT` | 60 s |
+/// | [`connect_with`](Self::connect_with) | | jobq connects by itself |
 ///
 /// The per-task variables hold `task=value` entries separated by commas,
 /// e.g. `JOBQ_TASK_CONCURRENCY="send_welcome=8,reports.nightly=2"` or
@@ -44,12 +49,18 @@ use crate::Error;
 /// `=`, so names with dots work. A setting made on the builder wins over
 /// the environment, which wins over the attribute.
 ///
+/// **TLS.** The URL's `sslmode` (`disable`, `prefer` — the default —,
+/// `require`, `verify-ca`, `verify-full`) and `sslrootcert` work as in
+/// libpq; see [`ConnectOptions`] and the README's "TLS and connection
+/// settings".
+///
 /// **Database down at start-up.** [`build`](Self::build) keeps trying to
 /// connect, with backoff from 100 ms up to 5 s, for the connect timeout,
 /// logging each failure as a warning and the success as info; then it
 /// fails with [`Error::Connect`]. Errors that waiting cannot fix (failed
-/// authentication, unknown database or role, no `pg_hba.conf` entry) fail
-/// at once. `connect_timeout(Duration::ZERO)` fails fast on the first
+/// authentication, unknown database or role, no `pg_hba.conf` entry, a
+/// refused TLS certificate, a server without TLS under `sslmode=require`)
+/// fail at once. `connect_timeout(Duration::ZERO)` fails fast on the first
 /// error. Once running, a worker rides out outages by itself: it retries
 /// claims, outcome writes and heartbeats, and reconnects its listener.
 ///
@@ -95,6 +106,19 @@ pub struct WorkerBuilder {
     migrate: Option<bool>,
     retention_completed: Option<Duration>,
     retention_failed: Option<Duration>,
+    connect_hook: Hook,
+    lock_timeout: Option<Duration>,
+    statement_timeout: Option<Duration>,
+}
+
+/// The application's connection hook, if any (a closure has no `Debug`).
+#[derive(Default, Clone)]
+struct Hook(Option<ConnectHook>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
 }
 
 impl WorkerBuilder {
@@ -207,6 +231,62 @@ impl WorkerBuilder {
         self
     }
 
+    // ---- connection set-up: the hook and the server-side timeouts ----
+
+    /// Opens every connection jobq makes (its own pool's and the LISTEN
+    /// connection, `listen_url`'s included) with `hook` instead of by
+    /// itself: for IAM tokens as passwords, client certificates, or a
+    /// rustls configuration of your own. The hook gets the options jobq
+    /// read from the URL (TLS settings, keepalives, timeouts) and returns
+    /// a connection; [`ConnectOptions::connect`] and
+    /// [`ConnectOptions::connect_with_tls`] do the work. A shared
+    /// [`pool`](Self::pool) is not affected: its connections, and the
+    /// LISTEN connection made by its manager, are made as that pool says.
+    ///
+    /// ```no_run
+    /// # async fn fresh_token() -> String { String::new() }
+    /// # async fn f() -> Result<(), jobq::Error> {
+    /// let worker = jobq::Worker::builder()
+    ///     .database_url("postgres://app@db.example.com/app?sslmode=verify-full")
+    ///     .connect_with(|mut options: jobq::ConnectOptions| async move {
+    ///         // A short-lived token, fetched for each new connection.
+    ///         options.config_mut().password(fresh_token().await);
+    ///         options.connect().await
+    ///     })
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn connect_with<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(ConnectOptions) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<AsyncPgConnection, diesel::ConnectionError>> + Send + 'static,
+    {
+        self.connect_hook = Hook(Some(Arc::new(move |options| Box::pin(hook(options)))));
+        self
+    }
+
+    /// The server-side `lock_timeout` of the connections jobq opens itself
+    /// (default 5 s, `JOBQ_LOCK_TIMEOUT`; zero leaves the server's). An
+    /// application transaction that holds a job's row then delays one of
+    /// jobq's writes by at most this long; the write fails and is retried.
+    /// A shared [`pool`](Self::pool) keeps its own settings.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = Some(timeout);
+        self
+    }
+
+    /// The server-side `statement_timeout` of the connections jobq opens
+    /// itself (default 60 s, `JOBQ_STATEMENT_TIMEOUT`; zero leaves the
+    /// server's). Schema migrations run without it. A shared
+    /// [`pool`](Self::pool) keeps its own settings.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = Some(timeout);
+        self
+    }
+
+    // ---- end of connection set-up ----
+
     /// Checks the settings and the task registry, connects, and installs or
     /// upgrades the schema (or, with [`migrate(false)`](Self::migrate),
     /// checks its version).
@@ -227,7 +307,7 @@ impl WorkerBuilder {
             None => env_bool("JOBQ_MIGRATE")?.unwrap_or(true),
         };
         let defaults = Config::default();
-        let config = Config {
+        let mut config = Config {
             poll_interval: or_env(
                 self.poll_interval,
                 "JOBQ_POLL_INTERVAL",
@@ -269,20 +349,37 @@ impl WorkerBuilder {
                 "JOBQ_CONNECT_TIMEOUT",
                 defaults.connect_timeout,
             )?,
-            listen_url: match self
-                .listen_url
-                .or_else(|| std::env::var("JOBQ_LISTEN_URL").ok())
-            {
-                Some(u) if !u.trim().is_empty() => {
-                    url::check(&u)?;
-                    Some(super::config::ListenUrl(u))
-                }
-                _ => None,
-            },
+            listen_url: None,
+            lock_timeout: nonzero(or_env(
+                self.lock_timeout,
+                "JOBQ_LOCK_TIMEOUT",
+                defaults.lock_timeout.unwrap_or_default(),
+            )?),
+            statement_timeout: nonzero(or_env(
+                self.statement_timeout,
+                "JOBQ_STATEMENT_TIMEOUT",
+                defaults.statement_timeout.unwrap_or_default(),
+            )?),
+        };
+        let hook = self.connect_hook.0;
+        let (lock_timeout, statement_timeout) = (config.lock_timeout, config.statement_timeout);
+        // Every connection jobq opens from a URL: TLS and keepalives from
+        // the URL, jobq's timeouts, the application's hook.
+        let connector = |url: &str| -> Result<Connector, Error> {
+            let mut options = url::parse(url)?;
+            options.session_timeouts(lock_timeout, statement_timeout);
+            Ok(Connector::new(options).with_hook(hook.clone()))
+        };
+        config.listen_url = match self
+            .listen_url
+            .or_else(|| std::env::var("JOBQ_LISTEN_URL").ok())
+        {
+            Some(u) if !u.trim().is_empty() => Some(super::config::ListenUrl(connector(&u)?)),
+            _ => None,
         };
         config.validate()?;
-        let (pool, shown_url) = match self.pool {
-            Some(pool) => (pool, "the given pool".to_owned()),
+        let (pool, first) = match self.pool {
+            Some(pool) => (pool.clone(), First::Pool(pool)),
             None => {
                 let url = match self.url {
                     Some(url) => url,
@@ -293,11 +390,17 @@ impl WorkerBuilder {
                                 .into(),
                     })?,
                 };
-                url::check(&url)?;
-                (build_pool(&url, config.pool_size), url::redact(&url))
+                let connector = connector(&url)?;
+                let pool = build_pool(connector.clone(), config.pool_size);
+                // Migrations may rightly run longer than the statement
+                // timeout: the first connection goes without it.
+                (
+                    pool,
+                    First::Connector(Box::new(connector.without_timeouts())),
+                )
             }
         };
-        let mut conn = connect(&pool, &shown_url, config.connect_timeout).await?;
+        let mut conn = connect(&first, config.connect_timeout).await?;
         if migrate {
             crate::migrate(&mut conn).await?;
         } else {
@@ -431,21 +534,49 @@ async fn check_schema(conn: &mut jobq_diesel::AsyncPgConnection) -> Result<(), E
     }
 }
 
+/// How the first connection (the one that migrates) is made.
+enum First {
+    /// A dedicated connection of the application's pool.
+    Pool(Pool),
+    /// jobq's own connector, without its timeouts.
+    Connector(Box<Connector>),
+}
+
+impl First {
+    fn shown(&self) -> String {
+        match self {
+            First::Pool(_) => "the given pool".to_owned(),
+            First::Connector(c) => c.options().to_string(),
+        }
+    }
+
+    async fn connect(&self) -> Result<AsyncPgConnection, jobq_diesel::PoolError> {
+        match self {
+            First::Pool(pool) => pool
+                .dedicated_connection()
+                .await
+                .map_err(bb8::RunError::User),
+            First::Connector(c) => c.connect().await.map_err(|e| {
+                bb8::RunError::User(diesel_async::pooled_connection::PoolError::ConnectionError(
+                    e,
+                ))
+            }),
+        }
+    }
+}
+
 /// A dedicated connection, retried with backoff while the database is
 /// unreachable, up to `timeout`. A dedicated connection reports the
 /// driver's own error at once, where a pool checkout would wait out its
 /// timeout first.
-async fn connect(
-    pool: &Pool,
-    shown_url: &str,
-    timeout: Duration,
-) -> Result<jobq_diesel::AsyncPgConnection, Error> {
+async fn connect(first: &First, timeout: Duration) -> Result<AsyncPgConnection, Error> {
+    let shown_url = first.shown();
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let source = match pool.dedicated_connection().await {
+        let source = match first.connect().await {
             Ok(conn) => {
                 if attempts > 1 {
                     tracing::info!(
@@ -459,14 +590,19 @@ async fn connect(
             }
             Err(source) => source,
         };
-        let message = error_chain(&source);
+        // bb8's wrapper shows its inner error and gives it as its source
+        // too: the inner one alone says it once.
+        let message = match &source {
+            bb8::RunError::User(inner) => error_chain(inner),
+            other => error_chain(other),
+        };
         let waited = started.elapsed();
         if is_permanent(&message) || waited >= timeout {
             return Err(Error::Connect {
-                url: shown_url.to_owned(),
+                url: shown_url,
                 attempts,
                 waited,
-                source: bb8::RunError::User(source),
+                source,
             });
         }
         let pause = delay.min(timeout - waited);
@@ -495,9 +631,19 @@ fn is_permanent(message: &str) -> bool {
         "invalid connection string",
         "invalid configuration",
         "unknown host",
+        // TLS: a refused certificate, a server without TLS under
+        // sslmode=require, an unreadable sslrootcert.
+        "invalid peer certificate",
+        "server does not support tls",
+        "sslrootcert",
     ]
     .iter()
     .any(|p| m.contains(p))
+}
+
+/// Zero means "leave the server's setting".
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
 }
 
 fn or_env(

@@ -23,18 +23,17 @@ pub(crate) struct Config {
     pub(crate) outcome_batch: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) listen_url: Option<ListenUrl>,
+    /// Server-side `lock_timeout` of the connections jobq opens itself.
+    pub(crate) lock_timeout: Option<Duration>,
+    /// Server-side `statement_timeout` of the connections jobq opens
+    /// itself.
+    pub(crate) statement_timeout: Option<Duration>,
 }
 
-/// A database URL for the LISTEN connection; its `Debug` hides the
-/// password.
-#[derive(Clone)]
-pub(crate) struct ListenUrl(pub(crate) String);
-
-impl std::fmt::Debug for ListenUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&super::url::redact(&self.0))
-    }
-}
+/// How the LISTEN connection is made when it has a URL of its own (its
+/// `Debug` hides the password).
+#[derive(Clone, Debug)]
+pub(crate) struct ListenUrl(pub(crate) jobq_diesel::Connector);
 
 impl Default for Config {
     fn default() -> Self {
@@ -58,6 +57,11 @@ impl Default for Config {
             outcome_batch: 1000,
             connect_timeout: Duration::from_secs(30),
             listen_url: None,
+            // An application transaction holding a job's row makes one of
+            // jobq's writes fail after 5 s (and be retried) rather than
+            // stall the batch behind it; a minute bounds any statement.
+            lock_timeout: Some(Duration::from_secs(5)),
+            statement_timeout: Some(Duration::from_secs(60)),
         }
     }
 }

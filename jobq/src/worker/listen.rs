@@ -24,7 +24,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let mut verified = false;
     loop {
         let connected = match &shared.config.listen_url {
-            Some(url) => Listener::connect_url(&url.0).await,
+            Some(url) => Listener::connect_with(&url.0).await,
             None => Listener::connect(&shared.pool).await,
         };
         let mut listener = match connected {

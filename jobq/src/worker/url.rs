@@ -1,61 +1,24 @@
-//! Checking database URLs and keeping passwords out of messages.
+//! Reading database URLs for the worker, with errors that never show the
+//! password. The reading itself is jobq-diesel's [`ConnectOptions`], the
+//! one place that parses connection strings.
+
+use jobq_diesel::ConnectOptions;
 
 use crate::Error;
 
-/// The URL with any password replaced by `***`, fit for logs and errors.
-/// Handles both URL (`postgres://user:pw@host/db`) and key-value
-/// (`host=... password=...`) forms.
-pub(crate) fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        // The userinfo ends at the last '@' before the path.
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        let authority = &rest[..authority_end];
-        if let Some(at) = authority.rfind('@') {
-            let userinfo = &authority[..at];
-            if let Some((user, _password)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***@{}", &rest[at + 1..]);
-            }
-        }
-        return url.to_owned();
-    }
-    url.split_whitespace()
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Rejects URLs that cannot name a PostgreSQL database, before any
-/// connection attempt, with a message that says what is wrong.
-pub(crate) fn check(url: &str) -> Result<(), Error> {
-    let invalid = |reason: &str| Error::InvalidUrl {
-        url: redact(url),
-        reason: reason.to_owned(),
-    };
+/// Reads `url` (a `postgres://` URL or a key-value string) or says what is
+/// wrong with it, before any connection attempt.
+pub(crate) fn parse(url: &str) -> Result<ConnectOptions, Error> {
     if url.trim().is_empty() {
-        return Err(invalid(
-            "it is empty; set DATABASE_URL or call WorkerBuilder::database_url",
-        ));
+        return Err(Error::InvalidUrl {
+            url: String::new(),
+            reason: "it is empty; set DATABASE_URL or call WorkerBuilder::database_url".into(),
+        });
     }
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if scheme != "postgres" && scheme != "postgresql" {
-            return Err(invalid(&format!(
-                "the scheme is {scheme:?}; expected postgres:// or postgresql://"
-            )));
-        }
-        if rest.is_empty() {
-            return Err(invalid("it names no host"));
-        }
-        return Ok(());
-    }
-    if url.contains('=') {
-        return Ok(());
-    }
-    Err(invalid(
-        "expected postgres://user:password@host:port/database or host=... dbname=...",
-    ))
+    ConnectOptions::parse(url).map_err(|e| Error::InvalidUrl {
+        url: e.shown,
+        reason: e.reason,
+    })
 }
 
 #[cfg(test)]
@@ -63,28 +26,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("postgres://u:p%40ss@h/db"), "postgres://u:***@h/db");
-        assert_eq!(
-            redact("host=h password=secret dbname=d"),
-            "host=h password=*** dbname=d"
-        );
-    }
-
-    #[test]
-    fn rejects_malformed_urls() {
-        assert!(check("").is_err());
-        assert!(check("mysql://h/db").is_err());
-        assert!(check("not a url").is_err());
-        assert!(check("postgres://").is_err());
-        assert!(check("postgres://u:p@h/db").is_ok());
-        assert!(check("host=localhost dbname=x").is_ok());
-        let msg = check("mysql://u:secret@h/db").unwrap_err().to_string();
-        assert!(!msg.contains("secret"), "{msg}");
+    fn rejects_malformed_urls_without_showing_the_password() {
+        for bad in [
+            "",
+            "mysql://u:secret@h/db",
+            "not a url",
+            "postgres://u:secret@h:port/db",
+            "postgres://u@h/db?password=secret&sslmode=sometimes",
+            "host=h password='secret",
+        ] {
+            let err = parse(bad).expect_err(bad);
+            let msg = format!("{err} {err:?}");
+            assert!(!msg.contains("secret"), "{bad}: {msg}");
+            assert!(matches!(err, Error::InvalidUrl { .. }), "{bad}: {msg}");
+        }
+        assert!(parse("postgres://u:p@h/db").is_ok());
+        assert!(parse("host=localhost dbname=x").is_ok());
     }
 }
