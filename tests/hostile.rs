@@ -421,3 +421,68 @@ async fn an_outcome_refused_in_every_form_waits_aside_and_is_written_once_accept
     assert_eq!(info.attempt, 1, "written as it was, not run again");
     handle.shutdown().await.unwrap();
 }
+
+static ROW_GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+static ROW_GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Waits for the test to open its gate, then succeeds.
+#[jobq::task(name = "hostile.behind_gate")]
+async fn behind_gate(job: Say) -> Result<(), TaskError> {
+    let _ = job;
+    loop {
+        let opened = ROW_GATE.notified();
+        if ROW_GATE_OPEN.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        opened.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_row_the_application_keeps_locked_delays_only_its_own_outcome() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let env = support::env().await;
+    // jobq's own pool, with a short lock timeout.
+    let handle = jobq::Worker::builder()
+        .database_url(env.db.url())
+        .lock_timeout(Duration::from_millis(300))
+        .poll_interval(Duration::from_millis(200))
+        .lease(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(200))
+        .maintenance_interval(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap()
+        .spawn();
+    let held = {
+        let mut conn = env.conn().await;
+        behind_gate::enqueue(
+            &mut conn,
+            &Say {
+                message: "held".into(),
+            },
+        )
+        .await
+        .unwrap()
+    };
+    env.wait_job(held, "running", |j| j.state == JobState::Running)
+        .await;
+    // The application locks the running job's row in a transaction of its
+    // own (as a `jobq::cancel` inside a long transaction would).
+    let mut app = AsyncPgConnection::establish(env.db.url()).await.unwrap();
+    app.batch_execute(&format!(
+        "BEGIN; SELECT 1 FROM jobq.jobs WHERE id = {held} FOR UPDATE"
+    ))
+    .await
+    .unwrap();
+    ROW_GATE_OPEN.store(true, std::sync::atomic::Ordering::SeqCst);
+    ROW_GATE.notify_waiters();
+    // Its outcome waits; everyone else's goes through meanwhile.
+    fine_jobs_complete(&env, 30).await;
+    assert_eq!(env.job(held).await.state, JobState::Running);
+    app.batch_execute("COMMIT").await.unwrap();
+    let info = env.wait_state(held, JobState::Completed).await;
+    assert_eq!(info.attempt, 1);
+    assert!(info.errors.is_empty(), "{info:#?}");
+    handle.shutdown().await.unwrap();
+}
