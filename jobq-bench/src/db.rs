@@ -41,7 +41,7 @@ struct Settings {
 /// (`SHOW fsync, synchronous_commit`, ...).
 pub async fn print_server() -> anyhow::Result<()> {
     let source = match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.trim().is_empty() => format!("DATABASE_URL ({})", redact(&url)),
+        Ok(url) if !url.trim().is_empty() => format!("DATABASE_URL ({})", jobq_diesel::redact(&url)),
         _ => "private throwaway server from jobq-testkit (tuned for speed, NOT durable)".into(),
     };
     let db = TestDatabase::create().await?;
@@ -80,20 +80,6 @@ pub async fn print_server() -> anyhow::Result<()> {
     );
     println!();
     Ok(())
-}
-
-/// The URL without its password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Size and dead tuples of the jobs table.

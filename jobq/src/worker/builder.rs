@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use jobq_diesel::{build_pool, AsyncPgConnection, ConnectHook, ConnectOptions, Connector, Pool};
 
 use super::config::{env_bool, env_duration, env_list, Config};
+use super::backoff::Backoff;
 use super::error_text::error_chain;
 use super::overrides::{self, TaskOverrides};
 use super::url;
@@ -572,7 +573,7 @@ impl First {
 async fn connect(first: &First, timeout: Duration) -> Result<AsyncPgConnection, Error> {
     let shown_url = first.shown();
     let started = Instant::now();
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), MAX_CONNECT_DELAY);
     let mut attempts = 0u32;
     loop {
         attempts += 1;
@@ -605,7 +606,7 @@ async fn connect(first: &First, timeout: Duration) -> Result<AsyncPgConnection, 
                 source,
             });
         }
-        let pause = delay.min(timeout - waited);
+        let pause = backoff.next_delay().min(timeout - waited);
         tracing::warn!(
             url = %shown_url,
             error = %message,
@@ -614,7 +615,6 @@ async fn connect(first: &First, timeout: Duration) -> Result<AsyncPgConnection, 
             "the database is unreachable; retrying"
         );
         tokio::time::sleep(pause).await;
-        delay = (delay * 2).min(MAX_CONNECT_DELAY);
     }
 }
 
