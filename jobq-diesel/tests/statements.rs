@@ -32,6 +32,7 @@ fn job(task: &str) -> NewJob<'_> {
         priority: 0,
         max_attempts: 5,
         delay_ms: 0,
+        run_at: None,
         dedupe_key: None,
     }
 }

@@ -8,6 +8,13 @@
 //! so that batches stay large); claiming goes on until batches come back
 //! short. A lost notification therefore costs at most one poll interval,
 //! never a job.
+//!
+//! Jobs due later wait as `scheduled`, outside the claim's index. Before
+//! claiming, the fetcher promotes the due ones of its queues to pending
+//! when a due time it knows of has passed, and at least once per poll
+//! interval (for due times it never heard of); each promotion also tells
+//! it the next due time of its queues, so delayed jobs and retries start
+//! within a few milliseconds of their `run_at`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,11 +29,22 @@ use super::state::{lock, Finished, Shared};
 
 pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>) {
     let mut failures = 0u32;
+    // Promote at start-up: jobs may have fallen due while no worker ran.
+    let mut promote_by = Instant::now();
     loop {
         if shared.stopping.is_cancelled() {
             return;
         }
-        match claim_round(&shared, &outcomes).await {
+        let round = async {
+            if promotion_due(&shared, promote_by) {
+                // Not yet done until it succeeds.
+                promote_by = Instant::now();
+                promote(&shared).await?;
+                promote_by = Instant::now() + shared.config.poll_interval;
+            }
+            claim_round(&shared, &outcomes).await
+        };
+        match round.await {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
@@ -81,16 +99,60 @@ fn next_wake(shared: &Shared, failures: u32) -> Instant {
         Duration::from_millis(50u64 << failures.min(6)).min(shared.config.poll_interval)
     };
     let mut at = now + poll;
-    let mut next_due = lock(&shared.next_due);
-    if let Some(due) = *next_due {
-        if due <= now {
-            // Being handled by this wake; forget it.
-            *next_due = None;
-        } else if due < at {
-            at = due;
-        }
+    if let Some(due) = *lock(&shared.next_due) {
+        // A due time that passed during the round is handled by the next
+        // one, at once (promotion_due takes it).
+        at = at.min(due.max(now));
     }
     at
+}
+
+/// Jobs promoted per queue and statement; more due than this are promoted
+/// by further statements before the claim.
+const PROMOTE_BATCH: i64 = 5_000;
+
+/// Whether this round promotes first: a known due time has passed (it is
+/// taken), or a poll interval went by since the last promotion. Busy
+/// workers, woken by freed slots and never by their poll timer, promote
+/// thus once per poll interval too.
+fn promotion_due(shared: &Shared, promote_by: Instant) -> bool {
+    let now = Instant::now();
+    let mut next_due = lock(&shared.next_due);
+    if next_due.is_some_and(|due| due <= now) {
+        *next_due = None;
+        return true;
+    }
+    now >= promote_by
+}
+
+/// Promotes every due scheduled job of the served queues (in batches), so
+/// that the claim that follows sees them in exact priority order, and
+/// records the next due time.
+async fn promote(shared: &Shared) -> Result<(), String> {
+    let mut conn = tokio::select! {
+        conn = shared.pool.get() => conn.map_err(|e| error_chain(&e))?,
+        _ = shared.stopping.cancelled() => return Ok(()),
+    };
+    loop {
+        let promotion = jobq_diesel::promote(&mut conn, &shared.queues, PROMOTE_BATCH)
+            .await
+            .map_err(|e| format!("promoting due scheduled jobs: {e}"))?;
+        if promotion.promoted > 0 {
+            tracing::trace!(jobs = promotion.promoted, "promoted due scheduled jobs");
+        }
+        if promotion.more && !shared.stopping.is_cancelled() {
+            continue;
+        }
+        if let Some(us) = promotion.next_due_in_us {
+            let at = Instant::now() + Duration::from_micros(u64::try_from(us).unwrap_or(0));
+            // No wake-up needed: the fetcher computes its deadline next.
+            let mut next_due = lock(&shared.next_due);
+            if next_due.is_none_or(|n| at < n) {
+                *next_due = Some(at);
+            }
+        }
+        return Ok(());
+    }
 }
 
 /// One claim for every task with free slots. A task whose batch came back
