@@ -309,7 +309,7 @@ const OUTCOME_SQL: &str = "\
     ), woken AS ( \
         SELECT count(pg_notify('jobq_jobs', \
             CASE WHEN q.due > now() \
-                THEN (extract(epoch FROM q.due) * 1000)::bigint ELSE 0 END \
+                THEN ceil(extract(epoch FROM q.due) * 1000)::bigint ELSE 0 END \
             || ' ' || q.queue)) AS n \
         FROM (SELECT queue, min(run_at) AS due FROM done \
               WHERE state IN ('pending', 'scheduled') GROUP BY queue, state) q \

@@ -47,7 +47,8 @@ CREATE TRIGGER jobs_file_inserted
 
 -- Wakes workers on commit, once per statement, queue and kind: "0 <queue>"
 -- when jobs due now were inserted, "<due> <queue>" with the epoch
--- milliseconds of the earliest run_at when scheduled ones were (a
+-- milliseconds of the earliest run_at, rounded up so that no worker wakes
+-- before it, when scheduled ones were (a
 -- statement inserting both sends both, so no worker misses the due time).
 CREATE OR REPLACE FUNCTION jobq.notify_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
@@ -62,7 +63,7 @@ BEGIN
         END IF;
         IF r.later IS NOT NULL THEN
             PERFORM pg_notify('jobq_jobs',
-                (extract(epoch FROM r.later) * 1000)::bigint || ' ' || r.queue);
+                ceil(extract(epoch FROM r.later) * 1000)::bigint || ' ' || r.queue);
         END IF;
     END LOOP;
     RETURN NULL;

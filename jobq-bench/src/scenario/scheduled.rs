@@ -56,7 +56,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
     let empty = measure(options, None).await?;
     let same = measure(options, Some((rows, 0))).await?;
     let higher = measure(options, Some((rows, 10))).await?;
-    let empty_p50 = ms(percentile(&empty.pickup, 50.0));
+    let empty_p50 = ms(median(&empty.pickup));
     let empty_drain = empty.drain_jobs_per_sec;
     let mut results = Vec::new();
     for (label, figures) in [
