@@ -28,6 +28,9 @@ pub enum Command {
     Backlog(Options),
     /// Every scenario above, in that order
     All(Options),
+    /// Pickup latency, delayed-job start and drain with a million jobs due
+    /// later vs an empty table (not part of `all`: minutes of set-up)
+    Scheduled(Options),
     /// A worker process started by `drain` and `sustained`.
     #[command(hide = true)]
     Worker(WorkerOptions),
@@ -57,6 +60,9 @@ pub struct Options {
     /// Pending rows and finished rows of the backlog table
     #[arg(long, default_value_t = 1_000_000)]
     pub backlog_rows: u64,
+    /// Future-dated rows of the scheduled scenario
+    #[arg(long, default_value_t = 1_000_000)]
+    pub future_rows: u64,
     /// Worker process counts of the drain scenario
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     pub workers: Vec<usize>,

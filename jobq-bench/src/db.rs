@@ -41,7 +41,9 @@ struct Settings {
 /// (`SHOW fsync, synchronous_commit`, ...).
 pub async fn print_server() -> anyhow::Result<()> {
     let source = match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.trim().is_empty() => format!("DATABASE_URL ({})", jobq_diesel::redact(&url)),
+        Ok(url) if !url.trim().is_empty() => {
+            format!("DATABASE_URL ({})", jobq_diesel::redact(&url))
+        }
         _ => "private throwaway server from jobq-testkit (tuned for speed, NOT durable)".into(),
     };
     let db = TestDatabase::create().await?;

@@ -5,4 +5,5 @@ pub mod backlog;
 pub mod drain;
 pub mod enqueue;
 pub mod latency;
+pub mod scheduled;
 pub mod sustained;

@@ -60,3 +60,29 @@ pub async fn probe(job: Probe) -> Result<(), jobq::TaskError> {
         .push((job.n, now));
     Ok(())
 }
+
+/// Task name of [`timed()`].
+pub const TIMED: &str = "bench.timed";
+
+/// Payload of the timed task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Timed {
+    /// Index of the sample.
+    pub n: u64,
+}
+
+/// Handler start times of [`timed()`] jobs in this process.
+pub static TIMED_STARTS: Mutex<Vec<(u64, Instant)>> = Mutex::new(Vec::new());
+
+/// Records when its handler started; as many in flight as the no-op task,
+/// so the `scheduled` scenario can both time single jobs and drain a
+/// backlog with one task (whose claims then meet the future-dated rows).
+#[jobq::task(name = "bench.timed", concurrency = 1000)]
+pub async fn timed(job: Timed) -> Result<(), jobq::TaskError> {
+    let now = Instant::now();
+    TIMED_STARTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((job.n, now));
+    Ok(())
+}

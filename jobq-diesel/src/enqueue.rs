@@ -1,15 +1,21 @@
 //! Inserting jobs. Each insert is a plain statement on the caller's
 //! connection, so it commits or rolls back with the caller's transaction;
 //! the insert trigger sends the wake-up, which PostgreSQL delivers at commit.
+//!
+//! A job due later is inserted `scheduled`, one due now `pending`: only
+//! pending rows are in the claim's index, so waiting jobs never slow a
+//! claim. (The insert trigger files rows inserted by raw SQL the same way.)
 
-use diesel::sql_types::{Array, BigInt, Integer, Nullable, SmallInt, Text};
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, SmallInt, Text, Timestamptz};
 use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::prepared::prepared;
 
 /// One job to insert. `payload` is JSON text; `delay_ms` is added to the
-/// database's `now()`, so clocks of app servers never matter.
+/// database's `now()`, so clocks of app servers never matter, unless
+/// `run_at` names the time itself.
 #[derive(Debug, Clone, Copy)]
 pub struct NewJob<'a> {
     /// Task name.
@@ -24,8 +30,11 @@ pub struct NewJob<'a> {
     pub max_attempts: i32,
     /// Milliseconds from now before the job may run.
     pub delay_ms: i64,
-    /// While a job of the same task with this key is pending or running,
-    /// inserting returns that job's id instead of a new job.
+    /// When the job may run, instead of `delay_ms`; a time already past
+    /// means now.
+    pub run_at: Option<DateTime<Utc>>,
+    /// While a job of the same task with this key is scheduled, pending or
+    /// running, inserting returns that job's id instead of a new job.
     pub dedupe_key: Option<&'a str>,
 }
 
@@ -44,6 +53,26 @@ pub struct NewJobs<'a> {
     pub max_attempts: i32,
     /// Milliseconds from now before the jobs may run.
     pub delay_ms: i64,
+    /// When the jobs may run, instead of `delay_ms`.
+    pub run_at: Option<DateTime<Utc>>,
+}
+
+/// The `run_at, state` columns of an `INSERT ... SELECT` and, after them,
+/// its `FROM` item: the due time is `$run_at` when given, else now plus
+/// `$delay_ms`, and the state follows from it. Rows jobq inserts are thus
+/// filed right, and the insert trigger's filing (for raw SQL) has nothing
+/// to do.
+macro_rules! due {
+    ($delay_ms:literal, $run_at:literal) => {
+        concat!(
+            "d.run_at, (CASE WHEN d.run_at > now() THEN 'scheduled' ELSE 'pending' END)::jobq.job_state \
+             FROM (SELECT coalesce(",
+            $run_at,
+            "::timestamptz, now() + ",
+            $delay_ms,
+            " * interval '1 millisecond') AS run_at) d"
+        )
+    };
 }
 
 #[derive(QueryableByName)]
@@ -59,17 +88,19 @@ pub async fn insert_job(
     job: &NewJob<'_>,
 ) -> diesel::QueryResult<i64> {
     let Some(key) = job.dedupe_key else {
-        let query = diesel::sql_query(
-            "INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at) \
-             VALUES ($1, $2, $3::jsonb, $4, $5, now() + $6 * interval '1 millisecond') \
-             RETURNING id",
-        )
+        let query = diesel::sql_query(concat!(
+            "INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at, state) \
+             SELECT $1, $2, $3::jsonb, $4, $5, ",
+            due!("$6", "$7"),
+            " RETURNING id"
+        ))
         .bind::<Text, _>(job.task)
         .bind::<Text, _>(job.queue)
         .bind::<Text, _>(job.payload)
         .bind::<SmallInt, _>(job.priority)
         .bind::<Integer, _>(job.max_attempts)
-        .bind::<BigInt, _>(job.delay_ms);
+        .bind::<BigInt, _>(job.delay_ms)
+        .bind::<Nullable<Timestamptz>, _>(job.run_at);
         let row: Id = prepared(query).get_result(conn).await?;
         return Ok(row.id);
     };
@@ -79,27 +110,30 @@ pub async fn insert_job(
     // by the next round. Under REPEATABLE READ the snapshot never moves, so
     // the rounds are bounded and the caller gets NotFound.
     for _ in 0..DEDUPE_ROUNDS {
-        let query = diesel::sql_query(
+        let query = diesel::sql_query(concat!(
             "WITH inserted AS ( \
-                 INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at, dedupe_key) \
-                 VALUES ($1, $2, $3::jsonb, $4, $5, now() + $6 * interval '1 millisecond', $7) \
-                 ON CONFLICT (task, dedupe_key) \
-                     WHERE dedupe_key IS NOT NULL AND state IN ('pending', 'running') \
+                 INSERT INTO jobq.jobs \
+                     (task, queue, payload, priority, max_attempts, dedupe_key, run_at, state) \
+                 SELECT $1, $2, $3::jsonb, $4, $5, $7, ",
+            due!("$6", "$8"),
+            " ON CONFLICT (task, dedupe_key) \
+                     WHERE dedupe_key IS NOT NULL AND state IN ('scheduled', 'pending', 'running') \
                  DO NOTHING \
                  RETURNING id) \
              SELECT id FROM inserted \
              UNION ALL \
              SELECT id FROM jobq.jobs \
-             WHERE task = $1 AND dedupe_key = $7 AND state IN ('pending', 'running') \
-             LIMIT 1",
-        )
+             WHERE task = $1 AND dedupe_key = $7 AND state IN ('scheduled', 'pending', 'running') \
+             LIMIT 1"
+        ))
         .bind::<Text, _>(job.task)
         .bind::<Text, _>(job.queue)
         .bind::<Text, _>(job.payload)
         .bind::<SmallInt, _>(job.priority)
         .bind::<Integer, _>(job.max_attempts)
         .bind::<BigInt, _>(job.delay_ms)
-        .bind::<Nullable<Text>, _>(Some(key));
+        .bind::<Nullable<Text>, _>(Some(key))
+        .bind::<Nullable<Timestamptz>, _>(job.run_at);
         let row: Option<Id> = prepared(query).get_result(conn).await.optional()?;
         if let Some(row) = row {
             return Ok(row.id);
@@ -121,19 +155,21 @@ pub async fn insert_jobs(
     if jobs.payloads.is_empty() {
         return Ok(Vec::new());
     }
-    let query = diesel::sql_query(
-        "INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at) \
-         SELECT $1, $2, p.payload::jsonb, $4, $5, now() + $6 * interval '1 millisecond' \
-         FROM unnest($3::text[]) WITH ORDINALITY AS p(payload, n) \
+    let query = diesel::sql_query(concat!(
+        "INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at, state) \
+         SELECT $1, $2, p.payload::jsonb, $4, $5, ",
+        due!("$6", "$7"),
+        ", unnest($3::text[]) WITH ORDINALITY AS p(payload, n) \
          ORDER BY p.n \
-         RETURNING id",
-    )
+         RETURNING id"
+    ))
     .bind::<Text, _>(jobs.task)
     .bind::<Text, _>(jobs.queue)
     .bind::<Array<Text>, _>(jobs.payloads)
     .bind::<SmallInt, _>(jobs.priority)
     .bind::<Integer, _>(jobs.max_attempts)
-    .bind::<BigInt, _>(jobs.delay_ms);
+    .bind::<BigInt, _>(jobs.delay_ms)
+    .bind::<Nullable<Timestamptz>, _>(jobs.run_at);
     let rows: Vec<Id> = prepared(query).load(conn).await?;
     // Identity values are drawn in insertion order, which follows `n`, so
     // sorting restores the order of `payloads` whatever order RETURNING uses.

@@ -17,7 +17,7 @@ pub struct JobRow {
     /// Queue name.
     #[diesel(sql_type = Text)]
     pub queue: String,
-    /// pending, running, completed, failed or cancelled.
+    /// scheduled, pending, running, completed, failed or cancelled.
     #[diesel(sql_type = Text)]
     pub state: String,
     /// Higher runs first.
@@ -74,7 +74,7 @@ pub async fn find_job(
 /// What [`cancel`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelResult {
-    /// The job was pending and is now cancelled.
+    /// The job was scheduled or pending and is now cancelled.
     Cancelled,
     /// The job is running; its worker was asked to stop it and will record
     /// it as cancelled.
@@ -89,16 +89,18 @@ struct StateRow {
     state: String,
 }
 
-/// Cancels a pending job at once, or flags a running one and notifies its
-/// worker. Runs on the caller's connection, so it is transactional too.
+/// Cancels a scheduled or pending job at once, or flags a running one and
+/// notifies its worker. Runs on the caller's connection, so it is transactional too.
 pub async fn cancel(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<CancelResult> {
     let row: Option<StateRow> = diesel::sql_query(
         "WITH changed AS ( \
              UPDATE jobq.jobs SET \
-                 state = CASE WHEN state = 'pending' THEN 'cancelled'::jobq.job_state ELSE state END, \
-                 finished_at = CASE WHEN state = 'pending' THEN now() ELSE finished_at END, \
+                 state = CASE WHEN state IN ('scheduled', 'pending') \
+                     THEN 'cancelled'::jobq.job_state ELSE state END, \
+                 finished_at = CASE WHEN state IN ('scheduled', 'pending') \
+                     THEN now() ELSE finished_at END, \
                  cancel_requested = true \
-             WHERE id = $1 AND state IN ('pending', 'running') \
+             WHERE id = $1 AND state IN ('scheduled', 'pending', 'running') \
              RETURNING id, state::text AS state \
          ) \
          SELECT state, (SELECT count(pg_notify('jobq_cancel', id::text)) \
@@ -116,18 +118,19 @@ pub async fn cancel(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResul
     })
 }
 
-/// Pending jobs of tasks absent from `known`, counted per task.
+/// Waiting (pending or scheduled) jobs of tasks absent from `known`,
+/// counted per task.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
 pub struct UnknownTask {
     /// The task name no registered task has.
     #[diesel(sql_type = Text)]
     pub task: String,
-    /// Pending jobs of it.
+    /// Its pending and scheduled jobs.
     #[diesel(sql_type = BigInt)]
     pub pending: i64,
 }
 
-/// Pending jobs in `queues` whose task is not in `known`: a start-up
+/// Pending and scheduled jobs in `queues` whose task is not in `known`: a start-up
 /// diagnostic for typos and for jobs of tasks removed from the code.
 pub async fn pending_unknown_tasks(
     conn: &mut AsyncPgConnection,
@@ -136,7 +139,7 @@ pub async fn pending_unknown_tasks(
 ) -> diesel::QueryResult<Vec<UnknownTask>> {
     diesel::sql_query(
         "SELECT task, count(*) AS pending FROM jobq.jobs \
-         WHERE state = 'pending' AND queue = ANY($1) AND NOT (task = ANY($2)) \
+         WHERE state IN ('pending', 'scheduled') AND queue = ANY($1) AND NOT (task = ANY($2)) \
          GROUP BY task ORDER BY task",
     )
     .bind::<Array<Text>, _>(queues)

@@ -1,10 +1,10 @@
 //! PostgreSQL storage of jobq on diesel and diesel-async.
 //!
-//! Every SQL statement jobq runs lives in this crate: enqueue, claim,
-//! outcomes, heartbeats, rescue, pruning, vacuuming, cancel and status
-//! lookups, the schema migrations and the LISTEN connection. It knows
-//! nothing of task functions, payload types or the dispatcher: payloads are
-//! JSON text here.
+//! Every SQL statement jobq runs lives in this crate: enqueue, promotion
+//! of scheduled jobs, claim, outcomes, heartbeats, rescue, pruning,
+//! vacuuming, cancel and status lookups, the schema migrations and the
+//! LISTEN connection. It knows nothing of task functions, payload types or
+//! the dispatcher: payloads are JSON text here.
 //!
 //! Each function is one statement (one short transaction) unless its docs
 //! say otherwise, so none holds locks while a handler runs.
@@ -22,6 +22,7 @@ mod outcome;
 mod ping;
 mod pool;
 mod prepared;
+mod promote;
 pub mod schema;
 #[cfg(feature = "tls")]
 mod tls;
@@ -42,6 +43,7 @@ pub use outcome::{
 };
 pub use ping::ping;
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};
+pub use promote::{promote, Promotion, PROMOTE_SQL};
 pub use vacuum::{vacuum, Vacuum};
 pub use workers::{
     deregister_worker, heartbeat, register_worker, HeartbeatReply, WorkerInfo, HEARTBEAT_SQL,

@@ -8,6 +8,13 @@
 //! application's `__diesel_schema_migrations`), a lock that makes
 //! concurrent worker start-ups safe, and a refusal to run against a schema
 //! written by a newer jobq.
+//!
+//! Each migration is applied and recorded in a transaction of its own,
+//! all under one session-level advisory lock: PostgreSQL cannot use an
+//! enum value in the transaction that added it (`ALTER TYPE ... ADD
+//! VALUE`), so a migration that adds one must commit before the next one
+//! uses it. A failure leaves the migrations before it applied and
+//! recorded, and the next start carries on from there.
 
 use diesel::sql_types::{BigInt, Text};
 use diesel::QueryableByName;
@@ -32,16 +39,26 @@ const MIGRATIONS: &[Migration] = &[
         up: include_str!("../../migrations/2026-11-26-000001_claims/up.sql"),
     },
     Migration {
+        version: 20261130000001,
+        name: "scheduled_state",
+        up: include_str!("../../migrations/2026-11-30-000001_scheduled_state/up.sql"),
+    },
+    Migration {
         version: 20261130000002,
+        name: "scheduled_jobs",
+        up: include_str!("../../migrations/2026-11-30-000002_scheduled_jobs/up.sql"),
+    },
+    Migration {
+        version: 20261130000003,
         name: "liveness",
-        up: include_str!("../../migrations/2026-11-30-000002_liveness/up.sql"),
+        up: include_str!("../../migrations/2026-11-30-000003_liveness/up.sql"),
     },
 ];
 
 /// The newest schema version this build knows.
 pub const LATEST_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 
-/// Key of the transaction-scoped advisory lock that serialises migrations.
+/// Key of the session-level advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x6a6f_6271_6d69_6772; // "jobqmigr"
 
 /// Why [`migrate`] failed.
@@ -93,7 +110,8 @@ struct Version {
     version: i64,
 }
 
-/// Brings the `jobq` schema up to [`LATEST_VERSION`], in one transaction.
+/// Brings the `jobq` schema up to [`LATEST_VERSION`], one transaction per
+/// migration.
 ///
 /// Idempotent, and safe when several workers start at once: they queue on
 /// an advisory lock and the later ones find nothing left to do. Returns the
@@ -125,42 +143,58 @@ pub async fn migrate(conn: &mut AsyncPgConnection) -> Result<Vec<i64>, MigrateEr
         Some(found) if found == LATEST_VERSION => return Ok(Vec::new()),
         _ => {}
     }
-    conn.transaction::<_, MigrateError, _>(async |conn| {
-        diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
-            .bind::<BigInt, _>(MIGRATION_LOCK)
-            .execute(conn)
-            .await
-            .map_err(MigrateError::History)?;
-        conn.batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS jobq;
-             CREATE TABLE IF NOT EXISTS jobq.schema_migrations (
-                 version bigint PRIMARY KEY,
-                 name text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             );",
-        )
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK)
+        .execute(conn)
         .await
         .map_err(MigrateError::History)?;
-        let applied: Vec<i64> = diesel::sql_query("SELECT version FROM jobq.schema_migrations")
-            .load::<Version>(conn)
-            .await
-            .map_err(MigrateError::History)?
-            .into_iter()
-            .map(|v| v.version)
-            .collect();
-        if let Some(&found) = applied.iter().max() {
-            if found > LATEST_VERSION {
-                return Err(MigrateError::SchemaTooNew {
-                    found,
-                    supported: LATEST_VERSION,
-                });
-            }
+    let result = migrate_locked(conn).await;
+    // A session lock outlives errors and transactions: give it back on
+    // every path, or the connection (pooled, maybe) would keep it.
+    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK)
+        .execute(conn)
+        .await;
+    match (result, unlocked) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(MigrateError::History(e)),
+        (Ok(done), Ok(_)) => Ok(done),
+    }
+}
+
+/// The work of [`migrate`] once it holds the migration lock.
+async fn migrate_locked(conn: &mut AsyncPgConnection) -> Result<Vec<i64>, MigrateError> {
+    conn.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS jobq;
+         CREATE TABLE IF NOT EXISTS jobq.schema_migrations (
+             version bigint PRIMARY KEY,
+             name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );",
+    )
+    .await
+    .map_err(MigrateError::History)?;
+    let applied: Vec<i64> = diesel::sql_query("SELECT version FROM jobq.schema_migrations")
+        .load::<Version>(conn)
+        .await
+        .map_err(MigrateError::History)?
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
+    if let Some(&found) = applied.iter().max() {
+        if found > LATEST_VERSION {
+            return Err(MigrateError::SchemaTooNew {
+                found,
+                supported: LATEST_VERSION,
+            });
         }
-        let mut done = Vec::new();
-        for migration in MIGRATIONS {
-            if applied.contains(&migration.version) {
-                continue;
-            }
+    }
+    let mut done = Vec::new();
+    for migration in MIGRATIONS {
+        if applied.contains(&migration.version) {
+            continue;
+        }
+        conn.transaction::<_, MigrateError, _>(async |conn| {
             let apply_err = |source| MigrateError::Apply {
                 version: migration.version,
                 name: migration.name,
@@ -173,11 +207,12 @@ pub async fn migrate(conn: &mut AsyncPgConnection) -> Result<Vec<i64>, MigrateEr
                 .execute(conn)
                 .await
                 .map_err(apply_err)?;
-            done.push(migration.version);
-        }
-        Ok(done)
-    })
-    .await
+            Ok(())
+        })
+        .await?;
+        done.push(migration.version);
+    }
+    Ok(done)
 }
 
 /// The newest schema version applied to this database, `None` when jobq's

@@ -11,8 +11,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 pub enum OutcomeKind {
     /// The handler succeeded.
     Completed,
-    /// The attempt failed; retry after `delay_ms` if attempts remain,
-    /// otherwise fail.
+    /// The attempt failed; retry after `delay_ms` if attempts remain
+    /// (the job waits as `scheduled` meanwhile, or is `pending` at once
+    /// for no delay), otherwise fail.
     Retry {
         /// Backoff before the next attempt.
         delay_ms: i64,
@@ -347,9 +348,12 @@ const COMPLETE_PACKED_SQL: &str = complete_sql!(
 /// three CASEs spell out that one rule for state, run_at and finished_at (SET sees the old row, so the new state
 /// cannot be reused). Attempts left and the attempt recorded with an
 /// error count without hand-backs (`attempt - handbacks`); a release
-/// counts a hand-back, so it uses no attempt. Returns the outcomes written (this path is the
+/// counts a hand-back, so it uses no attempt. A retry with a backoff waits
+/// as `scheduled`, outside the claim's index, until promotion makes it
+/// pending when due. Returns the outcomes written (this path is the
 /// uncommon one); joining `woken` makes its notifications happen, and
-/// only when something was written.
+/// only when something was written: one per queue and state, so that a
+/// batch with jobs due now and retries due later wakes workers for both.
 const OUTCOME_SQL: &str = "\
     WITH settled AS (DELETE FROM jobq.claims WHERE id = ANY($4)), \
     done AS ( \
@@ -359,7 +363,8 @@ const OUTCOME_SQL: &str = "\
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' THEN 'pending' \
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'completed' THEN 'completed' \
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'retry' AND j.attempt - j.handbacks < j.max_attempts \
-                    THEN 'pending' \
+                    THEN CASE WHEN ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'd')::bigint > 0 \
+                        THEN 'scheduled' ELSE 'pending' END \
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'cancelled' THEN 'cancelled' \
                 ELSE 'failed' END)::jobq.job_state, \
             run_at = CASE \
@@ -391,9 +396,10 @@ const OUTCOME_SQL: &str = "\
     ), woken AS ( \
         SELECT count(pg_notify('jobq_jobs', \
             CASE WHEN q.due > now() \
-                THEN (extract(epoch FROM q.due) * 1000)::bigint ELSE 0 END \
+                THEN ceil(extract(epoch FROM q.due) * 1000)::bigint ELSE 0 END \
             || ' ' || q.queue)) AS n \
-        FROM (SELECT queue, min(run_at) AS due FROM done WHERE state = 'pending' GROUP BY queue) q \
+        FROM (SELECT queue, min(run_at) AS due FROM done \
+              WHERE state IN ('pending', 'scheduled') GROUP BY queue, state) q \
     ) \
     SELECT d.id, d.attempt FROM done d CROSS JOIN woken";
 

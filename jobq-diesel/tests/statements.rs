@@ -48,6 +48,7 @@ fn job(task: &str) -> NewJob<'_> {
         priority: 0,
         max_attempts: 5,
         delay_ms: 0,
+        run_at: None,
         dedupe_key: None,
     }
 }
@@ -257,6 +258,206 @@ async fn the_claim_is_an_index_scan_on_a_table_of_finished_jobs() {
             .await
             .unwrap();
     assert_eq!(n, 100);
+}
+
+/// Adds 200,000 jobs of task "t" due in an hour to the table of
+/// [`finished_jobs_and_a_hundred_pending`]: half at the pending jobs'
+/// priority, half at a higher one (which the claim's order puts first).
+/// Half of them are inserted the way raw SQL would, leaving the state to
+/// its default for the insert trigger to file. Analyzed.
+async fn and_two_hundred_thousand_due_in_an_hour(conn: &mut AsyncPgConnection) {
+    conn.batch_execute(
+        "INSERT INTO jobq.jobs (task, payload, priority, run_at) \
+         SELECT 't', '{}', 0, now() + interval '1 hour' FROM generate_series(1, 100000); \
+         INSERT INTO jobq.jobs (task, payload, priority, run_at, state) \
+         SELECT 't', '{}', 10, now() + interval '1 hour', 'scheduled' \
+         FROM generate_series(1, 100000); \
+         ANALYZE jobq.jobs;",
+    )
+    .await
+    .unwrap();
+}
+
+/// `EXPLAIN (ANALYZE, BUFFERS)` of `sql` with its binds applied by `bind`,
+/// run in a transaction that is rolled back: the plan's lines.
+async fn explain_analyze<F>(conn: &mut AsyncPgConnection, run: F) -> Vec<String>
+where
+    F: for<'c> FnOnce(
+        &'c mut AsyncPgConnection,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = diesel::QueryResult<Vec<PlanLine>>> + Send + 'c>,
+    >,
+{
+    conn.batch_execute("BEGIN").await.unwrap();
+    let plan = run(conn).await.unwrap();
+    conn.batch_execute("ROLLBACK").await.unwrap();
+    plan.into_iter().map(|p| p.line).collect()
+}
+
+/// Shared buffers (hit and read) the whole statement touched: the first
+/// `Buffers:` line of a plan is its top node's, which counts its children.
+fn buffers(plan: &[String]) -> u64 {
+    let line = plan
+        .iter()
+        .find(|l| l.trim_start().starts_with("Buffers:"))
+        .unwrap_or_else(|| panic!("no Buffers line:\n{}", plan.join("\n")));
+    ["hit=", "read="]
+        .iter()
+        .filter_map(|key| {
+            let at = line.find(key)? + key.len();
+            line[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn the_claim_never_visits_jobs_due_later() {
+    let (_db, mut conn) = setup().await;
+    finished_jobs_and_a_hundred_pending(&mut conn).await;
+    and_two_hundred_thousand_due_in_an_hour(&mut conn).await;
+    let Count { n } =
+        diesel::sql_query("SELECT count(*) AS n FROM jobq.jobs WHERE state = 'scheduled'")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        n, 200_000,
+        "the insert trigger filed raw inserts as scheduled"
+    );
+
+    // The real claim, asking for more jobs than are due: it must find the
+    // 100 due ones without walking the 200,000 due later, the higher
+    // priority ones included (walking them touches a buffer per row or
+    // more; finding the 100 due ones, about one each).
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let plan = explain_analyze(&mut conn, |c| {
+        Box::pin(async move {
+            let queues = ["default".to_owned()];
+            let tasks = ["t".to_owned()];
+            diesel::sql_query(format!(
+                "EXPLAIN (ANALYZE, BUFFERS) {}",
+                jobq_diesel::CLAIM_SQL
+            ))
+            .bind::<Array<Text>, _>(&queues[..])
+            .bind::<Array<Text>, _>(&tasks[..])
+            .bind::<Array<Integer>, _>(&[1000][..])
+            .bind::<BigInt, _>(worker)
+            .bind::<BigInt, _>(claim_key())
+            .load(c)
+            .await
+        })
+    })
+    .await;
+    let text = plan.join("\n");
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Index Scan using jobs_claim_idx")),
+        "not an index scan on jobs_claim_idx:\n{text}"
+    );
+    assert!(!text.contains("Seq Scan"), "{text}");
+    assert!(
+        !text.contains("Rows Removed by Filter"),
+        "the claim filtered rows out instead of never meeting them:\n{text}"
+    );
+    let walk = plan
+        .iter()
+        .position(|l| l.contains("Index Scan using jobs_claim_idx"))
+        .map(|at| buffers(&plan[at..]))
+        .unwrap_or(u64::MAX);
+    assert!(
+        walk < 500,
+        "the claim's index scan touched {walk} buffers:\n{text}"
+    );
+    assert_eq!(claim_up_to(&mut conn, worker, "t", 1000).await.len(), 100);
+
+    // Promotion finds there is nothing due, and when the next job is, by
+    // its index and without walking the rows either.
+    let plan = explain_analyze(&mut conn, |c| {
+        Box::pin(async move {
+            let queues = ["default".to_owned()];
+            diesel::sql_query(format!(
+                "EXPLAIN (ANALYZE, BUFFERS) {}",
+                jobq_diesel::PROMOTE_SQL
+            ))
+            .bind::<Array<Text>, _>(&queues[..])
+            .bind::<BigInt, _>(5_000i64)
+            .load(c)
+            .await
+        })
+    })
+    .await;
+    let text = plan.join("\n");
+    let scans: Vec<&String> = plan
+        .iter()
+        .filter(|l| l.contains("Scan") && l.contains(" on jobs "))
+        .collect();
+    assert!(
+        scans.iter().any(|l| l.contains("jobs_scheduled_idx"))
+            && scans
+                .iter()
+                .all(|l| l.contains("jobs_scheduled_idx") || l.contains("jobs_pkey")),
+        "promotion reads jobq.jobs otherwise than by jobs_scheduled_idx (and the \
+         primary key for the rows it promotes):\n{text}"
+    );
+    assert!(buffers(&plan) < 100, "{} buffers:\n{text}", buffers(&plan));
+    let promotion = jobq_diesel::promote(&mut conn, &["default".to_owned()], 5_000)
+        .await
+        .unwrap();
+    assert_eq!((promotion.promoted, promotion.more), (0, false));
+    let ahead = Duration::from_micros(promotion.next_due_in_us.unwrap().try_into().unwrap());
+    assert!(
+        ahead > Duration::from_secs(3500) && ahead <= Duration::from_secs(3600),
+        "{ahead:?}"
+    );
+}
+
+#[tokio::test]
+async fn promotion_makes_due_jobs_pending_in_batches_and_only_of_its_queues() {
+    let (_db, mut conn) = setup().await;
+    conn.batch_execute(
+        "INSERT INTO jobq.jobs (task, queue, payload, run_at) \
+         SELECT 't', q, '{}', now() + n * interval '1 hour' \
+         FROM generate_series(1, 5) AS n, unnest(ARRAY['a', 'b']) AS q; \
+         UPDATE jobq.jobs SET run_at = run_at - interval '1 day'; \
+         INSERT INTO jobq.jobs (task, queue, payload, run_at) \
+         VALUES ('t', 'a', '{}', now() + interval '10 seconds');",
+    )
+    .await
+    .unwrap();
+    let a = ["a".to_owned()];
+    let first = jobq_diesel::promote(&mut conn, &a, 3).await.unwrap();
+    assert_eq!((first.promoted, first.more), (3, true));
+    // The earliest due go first.
+    let Count { n } = diesel::sql_query(
+        "SELECT count(*) AS n FROM jobq.jobs p WHERE p.queue = 'a' AND p.state = 'pending' \
+         AND p.run_at < (SELECT min(run_at) FROM jobq.jobs s \
+                         WHERE s.queue = 'a' AND s.state = 'scheduled')",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(n, 3);
+    let second = jobq_diesel::promote(&mut conn, &a, 3).await.unwrap();
+    assert_eq!((second.promoted, second.more), (2, false));
+    let next = Duration::from_micros(second.next_due_in_us.unwrap().try_into().unwrap());
+    assert!(
+        next <= Duration::from_secs(10) && next > Duration::from_secs(5),
+        "{next:?}"
+    );
+    let Count { n } = diesel::sql_query(
+        "SELECT count(*) AS n FROM jobq.jobs \
+         WHERE (queue = 'a' AND state = 'pending') OR (queue = 'b' AND state = 'scheduled')",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(n, 10, "queue a promoted, queue b left alone");
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
 use jobq_diesel::{NewJob, NewJobs};
 
@@ -23,6 +24,7 @@ use crate::{Error, JobId, Task};
 pub struct EnqueueOptions {
     priority: Option<i16>,
     delay: Option<Duration>,
+    run_at: Option<DateTime<Utc>>,
     queue: Option<String>,
     max_attempts: Option<u32>,
     dedupe_key: Option<String>,
@@ -50,9 +52,29 @@ impl EnqueueOptions {
     /// Run no earlier than this long after the enqueue (measured by the
     /// database's clock). A negative delay cannot be expressed
     /// ([`Duration`] is unsigned): to run a job now, leave the delay unset.
+    /// Replaces an earlier [`Self::run_at`].
+    ///
+    /// A delayed job is `scheduled` until due, then runs within a few
+    /// milliseconds of its time when a worker of its queue is idle.
     #[must_use = "the options are returned, not changed in place"]
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
+        self.run_at = None;
+        self
+    }
+
+    /// Run no earlier than this time, compared with the database's clock;
+    /// a time already past means now. Replaces an earlier [`Self::delay`].
+    ///
+    /// ```
+    /// let tomorrow = chrono::Utc::now() + chrono::Duration::days(1);
+    /// let options = jobq::EnqueueOptions::new().run_at(tomorrow);
+    /// # let _ = options;
+    /// ```
+    #[must_use = "the options are returned, not changed in place"]
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.run_at = Some(at);
+        self.delay = None;
         self
     }
 
@@ -70,8 +92,8 @@ impl EnqueueOptions {
         self
     }
 
-    /// While a job of the same task with this key is pending or running,
-    /// enqueueing again inserts nothing and returns that job's id.
+    /// While a job of the same task with this key is scheduled, pending or
+    /// running, enqueueing again inserts nothing and returns that job's id.
     #[must_use = "the options are returned, not changed in place"]
     pub fn dedupe_key(mut self, key: impl Into<String>) -> Self {
         self.dedupe_key = Some(key.into());
@@ -95,6 +117,7 @@ struct Resolved<'a> {
     priority: i16,
     max_attempts: i32,
     delay_ms: i64,
+    run_at: Option<DateTime<Utc>>,
     dedupe_key: Option<&'a str>,
     max_payload_size: usize,
 }
@@ -137,6 +160,7 @@ fn resolve<'a, T: Task>(options: &'a EnqueueOptions) -> Result<Resolved<'a>, Err
         priority: options.priority.unwrap_or(T::OPTIONS.default_priority()),
         max_attempts,
         delay_ms,
+        run_at: options.run_at,
         dedupe_key: options.dedupe_key.as_deref(),
         max_payload_size: options
             .max_payload_size
@@ -200,6 +224,7 @@ pub async fn enqueue_with<T: Task>(
         priority: resolved.priority,
         max_attempts: resolved.max_attempts,
         delay_ms: resolved.delay_ms,
+        run_at: resolved.run_at,
         dedupe_key: resolved.dedupe_key,
     };
     let id = jobq_diesel::insert_job(conn, &job)
@@ -246,6 +271,7 @@ pub async fn enqueue_many_with<T: Task>(
         priority: resolved.priority,
         max_attempts: resolved.max_attempts,
         delay_ms: resolved.delay_ms,
+        run_at: resolved.run_at,
     };
     let ids = jobq_diesel::insert_jobs(conn, &jobs)
         .await

@@ -6,11 +6,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, JobId};
 
-/// Where a job is in its life.
+/// Where a job is in its life: `Scheduled` (if due later) → `Pending` →
+/// `Running` → `Completed`, `Failed` or `Cancelled`; a failed attempt with
+/// attempts left goes back to `Scheduled` for its backoff.
+///
+/// New states may be added, so a `match` needs a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum JobState {
-    /// Waiting for its `run_at` and a free worker slot.
+    /// Waiting for its `run_at`, which lies in the future: a delayed job,
+    /// or a retry waiting on its backoff. When due it becomes `Pending`
+    /// (workers promote due jobs in bulk, at the due time they learn from
+    /// notifications and at every poll).
+    Scheduled,
+    /// Due, waiting for a free worker slot.
     Pending,
     /// Claimed by a worker; an attempt is under way.
     Running,
@@ -33,6 +43,7 @@ impl JobState {
 
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
+            "scheduled" => JobState::Scheduled,
             "pending" => JobState::Pending,
             "running" => JobState::Running,
             "completed" => JobState::Completed,
@@ -44,7 +55,10 @@ impl JobState {
 }
 
 /// One entry of a job's error history.
+///
+/// Fields may be added, so it is read, never built, outside jobq.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ErrorRecord {
     /// The attempt that failed.
     pub attempt: u32,
@@ -136,10 +150,10 @@ pub async fn job(conn: &mut AsyncPgConnection, id: JobId) -> Result<Option<JobIn
     }))
 }
 
-/// Cancels a job: a pending job becomes cancelled at once; a running one is
-/// asked to stop through [`crate::Context::cancelled`] and ends cancelled.
-/// Returns whether the job was pending or running (false when it had
-/// already finished or does not exist).
+/// Cancels a job: a scheduled or pending job becomes cancelled at once; a
+/// running one is asked to stop through [`crate::Context::cancelled`] and
+/// ends cancelled. Returns whether the job was scheduled, pending or
+/// running (false when it had already finished or does not exist).
 ///
 /// Runs on `conn`, so inside a transaction it takes effect at commit.
 pub async fn cancel(conn: &mut AsyncPgConnection, id: JobId) -> Result<bool, Error> {

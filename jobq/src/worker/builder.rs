@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use jobq_diesel::{build_pool, AsyncPgConnection, ConnectHook, ConnectOptions, Connector, Pool};
 
-use super::config::{env_bool, env_duration, env_list, Config};
 use super::backoff::Backoff;
+use super::config::{env_bool, env_duration, env_list, Config};
 use super::error_text::error_chain;
 use super::overrides::{self, TaskOverrides};
 use super::url;

@@ -13,6 +13,13 @@
 //! call that fails may still have committed (a connection cut while the
 //! reply was on its way): its key is kept, and the claim's jobs are handed
 //! back by that key, exactly, before the next claim and until it works.
+//!
+//! Jobs due later wait as `scheduled`, outside the claim's index. Before
+//! claiming, the fetcher promotes the due ones of its queues to pending
+//! when a due time it knows of has passed, and at least once per poll
+//! interval (for due times it never heard of); each promotion also tells
+//! it the next due time of its queues, so delayed jobs and retries start
+//! within a few milliseconds of their `run_at`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +37,8 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>
     // interval, which is the promise made for missed wake-ups.
     let mut backoff = Backoff::new(Duration::from_millis(50), shared.config.poll_interval);
     let mut keys = ClaimKeys::default();
+    // Promote at start-up: jobs may have fallen due while no worker ran.
+    let mut promote_by = Instant::now();
     loop {
         if shared.stopping.is_cancelled() {
             break;
@@ -44,7 +53,16 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>
         if let Err(e) = &released {
             tracing::warn!(error = %e, "handing back a claim whose reply was lost failed; retrying");
         }
-        let poll = match claim_round(&shared, &outcomes, &mut keys).await {
+        let round = async {
+            if promotion_due(&shared, promote_by) {
+                // Not yet done until it succeeds.
+                promote_by = Instant::now();
+                promote(&shared).await?;
+                promote_by = Instant::now() + shared.config.poll_interval;
+            }
+            claim_round(&shared, &outcomes, &mut keys).await
+        };
+        let poll = match round.await {
             Ok(()) if released.is_ok() => {
                 backoff.reset();
                 shared.config.poll_interval
@@ -161,16 +179,60 @@ fn all_free(shared: &Shared) -> bool {
 fn next_wake(shared: &Shared, poll: Duration) -> Instant {
     let now = Instant::now();
     let mut at = now + poll;
-    let mut next_due = lock(&shared.next_due);
-    if let Some(due) = *next_due {
-        if due <= now {
-            // Being handled by this wake; forget it.
-            *next_due = None;
-        } else if due < at {
-            at = due;
-        }
+    if let Some(due) = *lock(&shared.next_due) {
+        // A due time that passed during the round is handled by the next
+        // one, at once (promotion_due takes it).
+        at = at.min(due.max(now));
     }
     at
+}
+
+/// Jobs promoted per queue and statement; more due than this are promoted
+/// by further statements before the claim.
+const PROMOTE_BATCH: i64 = 5_000;
+
+/// Whether this round promotes first: a known due time has passed (it is
+/// taken), or a poll interval went by since the last promotion. Busy
+/// workers, woken by freed slots and never by their poll timer, promote
+/// thus once per poll interval too.
+fn promotion_due(shared: &Shared, promote_by: Instant) -> bool {
+    let now = Instant::now();
+    let mut next_due = lock(&shared.next_due);
+    if next_due.is_some_and(|due| due <= now) {
+        *next_due = None;
+        return true;
+    }
+    now >= promote_by
+}
+
+/// Promotes every due scheduled job of the served queues (in batches), so
+/// that the claim that follows sees them in exact priority order, and
+/// records the next due time.
+async fn promote(shared: &Shared) -> Result<(), String> {
+    let mut conn = tokio::select! {
+        conn = shared.pool.get() => conn.map_err(|e| error_chain(&e))?,
+        _ = shared.stopping.cancelled() => return Ok(()),
+    };
+    loop {
+        let promotion = jobq_diesel::promote(&mut conn, &shared.queues, PROMOTE_BATCH)
+            .await
+            .map_err(|e| format!("promoting due scheduled jobs: {e}"))?;
+        if promotion.promoted > 0 {
+            tracing::trace!(jobs = promotion.promoted, "promoted due scheduled jobs");
+        }
+        if promotion.more && !shared.stopping.is_cancelled() {
+            continue;
+        }
+        if let Some(us) = promotion.next_due_in_us {
+            let at = Instant::now() + Duration::from_micros(u64::try_from(us).unwrap_or(0));
+            // No wake-up needed: the fetcher computes its deadline next.
+            let mut next_due = lock(&shared.next_due);
+            if next_due.is_none_or(|n| at < n) {
+                *next_due = Some(at);
+            }
+        }
+        return Ok(());
+    }
 }
 
 /// One claim for every task with free slots. A task whose batch came back

@@ -126,8 +126,13 @@ fn handle(shared: &Shared, notification: Notification) {
             if !shared.serves_queue(&queue) {
                 return;
             }
-            match due_at_ms.and_then(instant_of_epoch_ms) {
-                Some(at) => shared.schedule_wake(at),
+            match due_at_ms {
+                // Scheduled jobs: wake to promote them when due, or at
+                // once when that time has already passed (it has when
+                // their delay was shorter than the notification's trip).
+                Some(ms) => {
+                    shared.schedule_wake(instant_of_epoch_ms(ms).unwrap_or_else(Instant::now))
+                }
                 None => shared.wake.notify_one(),
             }
         }

@@ -1,0 +1,122 @@
+//! Upgrading a database that holds jobs to the current schema.
+
+use diesel::sql_types::{BigInt, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use jobq_testkit::TestDatabase;
+
+#[derive(QueryableByName, Debug, PartialEq, Eq)]
+struct StateCount {
+    #[diesel(sql_type = Text)]
+    task: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+async fn states(conn: &mut AsyncPgConnection) -> Vec<StateCount> {
+    diesel::sql_query(
+        "SELECT task, state::text AS state, count(*) AS n FROM jobq.jobs \
+         GROUP BY task, state ORDER BY task, state",
+    )
+    .load(conn)
+    .await
+    .unwrap()
+}
+
+fn count(task: &str, state: &str, n: i64) -> StateCount {
+    StateCount {
+        task: task.into(),
+        state: state.into(),
+        n,
+    }
+}
+
+#[tokio::test]
+async fn upgrading_to_the_scheduled_state_keeps_every_job_and_files_waiting_ones() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
+    // The schema as the previous release left it, with jobs in it.
+    conn.batch_execute(include_str!(
+        "../../migrations/2026-11-25-000001_create_jobq/up.sql"
+    ))
+    .await
+    .unwrap();
+    conn.batch_execute(include_str!(
+        "../../migrations/2026-11-26-000001_claims/up.sql"
+    ))
+    .await
+    .unwrap();
+    conn.batch_execute(
+        "CREATE TABLE jobq.schema_migrations ( \
+             version bigint PRIMARY KEY, name text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now()); \
+         INSERT INTO jobq.schema_migrations (version, name) \
+             VALUES (20261125000001, 'create_jobq'), (20261126000001, 'claims'); \
+         INSERT INTO jobq.jobs (task, payload, run_at) \
+             SELECT 'due', '{}', now() - interval '1 minute' FROM generate_series(1, 3); \
+         INSERT INTO jobq.jobs (task, payload, run_at, dedupe_key) \
+             SELECT 'later', '{}', now() + interval '1 hour', 'k' || n \
+             FROM generate_series(1, 4) AS n; \
+         INSERT INTO jobq.jobs (task, payload, state, attempt, worker_id) \
+             VALUES ('busy', '{}', 'running', 1, 1); \
+         INSERT INTO jobq.jobs (task, payload, state, finished_at) \
+             VALUES ('done', '{}', 'completed', now());",
+    )
+    .await
+    .unwrap();
+
+    let applied = jobq_diesel::migrate(&mut conn).await.unwrap();
+    assert_eq!(applied, [20261130000001, 20261130000002, 20261130000003]);
+    assert_eq!(
+        states(&mut conn).await,
+        [
+            count("busy", "running", 1),
+            count("done", "completed", 1),
+            count("due", "pending", 3),
+            count("later", "scheduled", 4),
+        ]
+    );
+    // The waiting jobs keep their dedupe keys.
+    let dup = conn
+        .batch_execute(
+            "INSERT INTO jobq.jobs (task, payload, dedupe_key) VALUES ('later', '{}', 'k1')",
+        )
+        .await;
+    assert!(dup.is_err(), "a scheduled job's dedupe key was not held");
+    // Idempotent.
+    assert!(jobq_diesel::migrate(&mut conn).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn workers_starting_together_migrate_once() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut a = AsyncPgConnection::establish(db.url()).await.unwrap();
+    let mut b = AsyncPgConnection::establish(db.url()).await.unwrap();
+    let (ra, rb) = tokio::join!(jobq_diesel::migrate(&mut a), jobq_diesel::migrate(&mut b));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    // One of them applied everything, the other found nothing to do.
+    let mut applied = [ra.len(), rb.len()];
+    applied.sort_unstable();
+    assert_eq!(applied[0], 0, "{ra:?} {rb:?}");
+    assert_eq!(
+        ra.last().or(rb.last()).copied(),
+        Some(jobq_diesel::LATEST_VERSION)
+    );
+    // Neither keeps the migration lock: a third migrate returns at once,
+    // and the lock is free.
+    #[derive(QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let Held { n } = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .get_result(&mut a)
+    .await
+    .unwrap();
+    assert_eq!(n, 0);
+}
