@@ -140,7 +140,7 @@ impl Parked {
     fn put_back(&mut self, shared: &Shared, n: usize, again: Vec<Entry>, last_round: bool) {
         if shared.backlog.done(n - again.len()) {
             // The fetcher stopped claiming at the bound; it may go on.
-            shared.wake.notify_one();
+            shared.wake.now();
         }
         if again.is_empty() {
             if self.entries.is_empty() {
@@ -167,7 +167,7 @@ impl Parked {
 /// Adds an outcome; when it is the last open job of its claim, the
 /// claim's row goes with it.
 fn push(shared: &Shared, batch: &mut BatchWrite, finished: Finished) {
-    let settles = shared.settle_claim_job(finished.claim);
+    let settles = shared.claims.settle(finished.claim);
     batch.push(Entry::new(finished.outcome, Some(finished.claim), settles));
 }
 
@@ -239,7 +239,7 @@ async fn write(
     }
     if let Some(delay_ms) = retry_in {
         let delay = Duration::from_millis(u64::try_from(delay_ms).unwrap_or(0));
-        shared.schedule_wake(Instant::now() + delay);
+        shared.wake.at(Instant::now() + delay);
     }
     Some(parked)
 }

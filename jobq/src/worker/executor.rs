@@ -59,8 +59,8 @@ pub(crate) fn spawn(
         // It no longer owns its outcome, so it will not free its slot, nor
         // settle its claim (whose row goes with a heartbeat or the rescue,
         // once nothing of it runs here).
-        shared.release_slot(old.task_index);
-        shared.settle_claim_job(old.claim);
+        shared.slots.release(old.task_index);
+        shared.claims.settle(old.claim);
     }
     let task = Arc::clone(shared);
     let queue = Arc::clone(queue);
@@ -70,7 +70,7 @@ pub(crate) fn spawn(
     let attempt_future = Box::pin(async move {
         let (kind, message) = run_attempt(&task, job, task_index, queue, cancel).await;
         if let Some(owned) = task.attempts.finish(&attempt) {
-            task.release_slot(task_index);
+            task.slots.release(task_index);
             send(&task, &tx, owned, kind, message);
         }
     });

@@ -30,7 +30,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::backoff::Backoff;
 use super::error_text::error_chain;
 use super::executor;
-use super::state::{lock, Finished, Shared};
+use super::state::{Finished, Shared};
 
 pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>) {
     // Back off while the database is unreachable, but never past the poll
@@ -77,7 +77,7 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>
         let deadline = next_wake(&shared, poll);
         tokio::select! {
             _ = shared.wake.notified() => {}
-            _ = shared.slot_freed.notified() => gather_freed_slots(&shared).await,
+            _ = shared.slots.freed() => gather_freed_slots(&shared).await,
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = shared.stopping.cancelled() => break,
         }
@@ -158,19 +158,14 @@ const GATHER_WINDOW: Duration = Duration::from_millis(5);
 /// whole; long or uneven ones are claimed for at most one window later.
 async fn gather_freed_slots(shared: &Shared) {
     let until = tokio::time::Instant::now() + GATHER_WINDOW;
-    while !all_free(shared) {
+    while !shared.slots.a_saturated_task_is_idle() {
         tokio::select! {
-            _ = shared.slot_freed.notified() => {}
+            _ = shared.slots.freed() => {}
             _ = shared.wake.notified() => return,
             _ = tokio::time::sleep_until(until) => return,
             _ = shared.stopping.cancelled() => return,
         }
     }
-}
-
-fn all_free(shared: &Shared) -> bool {
-    let s = lock(&shared.slots);
-    (0..shared.tasks.len()).any(|i| s.saturated[i] && s.running[i] == 0)
 }
 
 /// When to look again without being woken: after `poll` (the poll
@@ -179,7 +174,7 @@ fn all_free(shared: &Shared) -> bool {
 fn next_wake(shared: &Shared, poll: Duration) -> Instant {
     let now = Instant::now();
     let mut at = now + poll;
-    if let Some(due) = *lock(&shared.next_due) {
+    if let Some(due) = shared.wake.earliest() {
         // A due time that passed during the round is handled by the next
         // one, at once (promotion_due takes it).
         at = at.min(due.max(now));
@@ -197,12 +192,7 @@ const PROMOTE_BATCH: i64 = 5_000;
 /// thus once per poll interval too.
 fn promotion_due(shared: &Shared, promote_by: Instant) -> bool {
     let now = Instant::now();
-    let mut next_due = lock(&shared.next_due);
-    if next_due.is_some_and(|due| due <= now) {
-        *next_due = None;
-        return true;
-    }
-    now >= promote_by
+    shared.wake.take_due(now) || now >= promote_by
 }
 
 /// Promotes every due scheduled job of the served queues (in batches), so
@@ -226,10 +216,7 @@ async fn promote(shared: &Shared) -> Result<(), String> {
         if let Some(us) = promotion.next_due_in_us {
             let at = Instant::now() + Duration::from_micros(u64::try_from(us).unwrap_or(0));
             // No wake-up needed: the fetcher computes its deadline next.
-            let mut next_due = lock(&shared.next_due);
-            if next_due.is_none_or(|n| at < n) {
-                *next_due = Some(at);
-            }
+            shared.wake.remember(at);
         }
         return Ok(());
     }
@@ -243,21 +230,16 @@ async fn claim_round(
     outcomes: &UnboundedSender<Finished>,
     keys: &mut ClaimKeys,
 ) -> Result<(), String> {
-    let (tasks, slots, indices) = {
-        let s = lock(&shared.slots);
-        let mut tasks = Vec::new();
-        let mut slots = Vec::new();
-        let mut indices = Vec::new();
-        for (i, task) in shared.tasks.iter().enumerate() {
-            let free = task.limit.saturating_sub(s.running[i]);
-            if free > 0 {
-                tasks.push(shared.task_names[i].clone());
-                slots.push(i32::try_from(free).unwrap_or(i32::MAX));
-                indices.push(i);
-            }
-        }
-        (tasks, slots, indices)
-    };
+    let asked = shared.slots.free(shared.tasks.iter().map(|t| t.limit));
+    let tasks: Vec<String> = asked
+        .iter()
+        .map(|&(i, _)| shared.task_names[i].clone())
+        .collect();
+    let slots: Vec<i32> = asked
+        .iter()
+        .map(|&(_, free)| i32::try_from(free).unwrap_or(i32::MAX))
+        .collect();
+    let indices: Vec<usize> = asked.iter().map(|&(i, _)| i).collect();
     if tasks.is_empty() {
         return Ok(());
     }
@@ -312,24 +294,17 @@ async fn claim_round(
         }
     }
     for (claim, jobs) in claims {
-        shared.open_claim(claim, jobs);
+        shared.claims.open(claim, jobs);
     }
     let places: Vec<Option<(usize, usize)>> = claimed
         .iter()
         .map(|job| place(shared, &indices, job))
         .collect();
     let mut per_task = vec![0u32; shared.tasks.len()];
-    {
-        let mut s = lock(&shared.slots);
-        for &(i, _) in places.iter().flatten() {
-            per_task[i] += 1;
-            s.running[i] += 1;
-        }
-        for (k, &i) in indices.iter().enumerate() {
-            s.saturated[i] = i64::from(per_task[i]) >= i64::from(slots[k]);
-            s.woke_fetcher[i] = false;
-        }
+    for &(i, _) in places.iter().flatten() {
+        per_task[i] += 1;
     }
+    shared.slots.claimed(&asked, &per_task);
     for (job, place) in claimed.into_iter().zip(places) {
         match place {
             Some((task, queue)) => {

@@ -38,14 +38,14 @@ pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo) {
                     );
                     // Claims found nothing while the row was gone; there
                     // may be work waiting.
-                    shared.wake.notify_one();
+                    shared.wake.now();
                 }
                 for id in &reply.cancel_requested {
                     if shared.attempts.cancel(*id) {
                         tracing::info!(job.id = id, "cancellation requested");
                     }
                 }
-                shared.forget_claims(&reply.dropped_claims);
+                shared.claims.forget(&reply.dropped_claims);
                 stop_rescued(&shared, &running, &reply.held);
             }
             Err(e) => {

@@ -67,7 +67,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         backoff.reset();
         // Anything committed while we were not listening sent its
         // notification to nobody: look once now.
-        shared.wake.notify_one();
+        shared.wake.now();
         loop {
             match listener.next().await {
                 Some(Ok(notification)) => handle(&shared, notification),
@@ -130,10 +130,10 @@ fn handle(shared: &Shared, notification: Notification) {
                 // Scheduled jobs: wake to promote them when due, or at
                 // once when that time has already passed (it has when
                 // their delay was shorter than the notification's trip).
-                Some(ms) => {
-                    shared.schedule_wake(instant_of_epoch_ms(ms).unwrap_or_else(Instant::now))
-                }
-                None => shared.wake.notify_one(),
+                Some(ms) => shared
+                    .wake
+                    .at(instant_of_epoch_ms(ms).unwrap_or_else(Instant::now)),
+                None => shared.wake.now(),
             }
         }
         Notification::Cancel { job_id } => {

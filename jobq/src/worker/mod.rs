@@ -23,13 +23,16 @@ mod heartbeat;
 mod listen;
 mod maintenance;
 mod message;
+mod open_claims;
 mod outcome_writer;
 mod overrides;
 mod running;
 mod shutdown;
+mod slots;
 mod standing;
 mod state;
 mod url;
+mod wakeups;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,18 +1,20 @@
-//! What the worker's loops share: the pool, the tasks served, the
-//! attempts in flight and the claims they came from.
+//! What the worker's loops share: who the worker is and what it serves,
+//! and one small type per concern (attempts, claims, slots, wake-ups,
+//! outcome backlog, standing), each the only way to change its state.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use jobq_diesel::{Outcome, Pool};
-use rustc_hash::FxHashMap;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::attempts::Attempts;
 use super::backlog::Backlog;
 use super::config::Config;
+use super::open_claims::OpenClaims;
+use super::slots::Slots;
 use super::standing::Standing;
+use super::wakeups::Wakeups;
 use crate::registry::TaskDescriptor;
 use crate::state::States;
 
@@ -40,18 +42,6 @@ pub(crate) struct Finished {
     pub(crate) claim: i64,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Slots {
-    /// Attempts running per task, indexed like [`Shared::tasks`].
-    pub(crate) running: Vec<u32>,
-    /// Tasks whose last claim filled every free slot: more work may wait,
-    /// so a freed slot is worth a claim.
-    pub(crate) saturated: Vec<bool>,
-    /// Tasks one of whose freed slots has woken the fetcher since their
-    /// last claim (see [`Shared::release_slot`]).
-    pub(crate) woke_fetcher: Vec<bool>,
-}
-
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) pool: Pool,
@@ -64,19 +54,12 @@ pub(crate) struct Shared {
     pub(crate) task_names: Vec<String>,
     /// The attempts running, and who writes each one's outcome.
     pub(crate) attempts: Attempts,
-    /// Jobs of each claim whose outcome is not written yet. A claim's row
-    /// holds its jobs for this worker (heartbeats and rescue find them
-    /// through it), so it goes with the outcome of its last job.
-    pub(crate) open_claims: Mutex<FxHashMap<i64, u32>>,
-    pub(crate) slots: Mutex<Slots>,
-    /// Wakes the fetcher to claim at once: notifications, reconnects, due
-    /// times.
-    pub(crate) wake: Notify,
-    /// Wakes the fetcher when a task that may have work waiting frees a
-    /// slot; the fetcher gathers a few before claiming.
-    pub(crate) slot_freed: Notify,
-    /// The earliest known future `run_at`, from notifications.
-    pub(crate) next_due: Mutex<Option<Instant>>,
+    /// The jobs of each claim whose outcome is not written yet.
+    pub(crate) claims: OpenClaims,
+    /// The slots of each task.
+    pub(crate) slots: Slots,
+    /// What wakes the fetcher besides freed slots.
+    pub(crate) wake: Wakeups,
     /// Fires when shutdown begins.
     pub(crate) stopping: CancellationToken,
     /// Outcomes handed to the completer and not yet written.
@@ -86,74 +69,7 @@ pub(crate) struct Shared {
     pub(crate) standing: Standing,
 }
 
-/// Locks a mutex, recovering from poisoning: the data here stays
-/// consistent across a panic in another holder (counters and maps updated
-/// in single steps), and a worker must keep running.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Shared {
-    /// Frees a slot of `task_index` and wakes the fetcher when that task
-    /// may have work waiting.
-    pub(crate) fn release_slot(&self, task_index: usize) {
-        let wake = {
-            let mut slots = lock(&self.slots);
-            let running = slots.running[task_index].saturating_sub(1);
-            slots.running[task_index] = running;
-            // The first freed slot starts the fetcher's gather window and
-            // the last one ends it; the ones between change nothing it
-            // does, and waking it for each of a thousand jobs of a batch
-            // cost a busy worker measurably.
-            let wake =
-                slots.saturated[task_index] && (running == 0 || !slots.woke_fetcher[task_index]);
-            slots.woke_fetcher[task_index] |= wake;
-            wake
-        };
-        if wake {
-            self.slot_freed.notify_one();
-        }
-    }
-
-    /// Records a future due time learnt from a notification.
-    pub(crate) fn schedule_wake(&self, at: Instant) {
-        let mut next = lock(&self.next_due);
-        if next.is_none_or(|n| at < n) {
-            *next = Some(at);
-            drop(next);
-            self.wake.notify_one();
-        }
-    }
-
-    /// Counts the jobs of a claim as open.
-    pub(crate) fn open_claim(&self, claim: i64, jobs: u32) {
-        *lock(&self.open_claims).entry(claim).or_default() += jobs;
-    }
-
-    /// One job of `claim` is settled; true when it was the claim's last.
-    pub(crate) fn settle_claim_job(&self, claim: i64) -> bool {
-        let mut open = lock(&self.open_claims);
-        match open.get_mut(&claim) {
-            Some(left) if *left > 1 => {
-                *left -= 1;
-                false
-            }
-            Some(_) => {
-                open.remove(&claim);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Forgets claims whose rows are gone.
-    pub(crate) fn forget_claims(&self, claims: &[i64]) {
-        let mut open = lock(&self.open_claims);
-        for claim in claims {
-            open.remove(claim);
-        }
-    }
-
     pub(crate) fn serves_queue(&self, queue: &str) -> bool {
         self.queue_index(queue).is_some()
     }
@@ -184,15 +100,9 @@ impl Shared {
             task_names: tasks.iter().map(|t| t.descriptor.name.to_owned()).collect(),
             tasks,
             attempts: Attempts::default(),
-            open_claims: Mutex::new(FxHashMap::default()),
-            slots: Mutex::new(Slots {
-                running: vec![0; n],
-                saturated: vec![false; n],
-                woke_fetcher: vec![false; n],
-            }),
-            wake: Notify::new(),
-            slot_freed: Notify::new(),
-            next_due: Mutex::new(None),
+            claims: OpenClaims::default(),
+            slots: Slots::new(n),
+            wake: Wakeups::default(),
             stopping: CancellationToken::new(),
             backlog: Backlog::new(backlog_limit),
             standing: Standing::default(),
