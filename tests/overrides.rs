@@ -208,8 +208,8 @@ async fn timeout_and_retry_overrides_reach_the_attempts() {
 
     // The default base is 1 s; with the override the retry waits an hour.
     let flaky_job = env
-        .wait_job(flaky_id, "back to pending after one failure", |j| {
-            j.state == JobState::Pending && j.attempt == 1
+        .wait_job(flaky_id, "waiting for its retry after one failure", |j| {
+            j.state == JobState::Scheduled && j.attempt == 1
         })
         .await;
     let wait = flaky_job.run_at - flaky_job.errors[0].at;
