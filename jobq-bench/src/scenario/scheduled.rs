@@ -1,8 +1,8 @@
 //! `scheduled`: do jobs waiting for a later time slow down the work that is
 //! due? (Invariant 8: a claim's cost follows due work.)
 //!
-//! Three fresh databases, measured alike: one holding nothing else
-//! ("empty"), one holding `--future-rows` jobs of the measured task due in
+//! Four fresh databases, measured alike: one holding nothing else
+//! ("empty", measured first and again last), one holding `--future-rows` jobs of the measured task due in
 //! an hour at the same priority as the measured jobs, and one holding as
 //! many at a higher priority (which the claim's order puts first). The
 //! future rows are inserted by raw SQL with the default state, as another
@@ -20,8 +20,8 @@
 //!   process with default settings runs them (as in `drain`), timed by
 //!   the rows' own timestamps.
 //!
-//! Ratios are to the empty database of the same run, so that 1.0 means no
-//! slowdown: for pickup the empty database's p50 over this one's, for
+//! Ratios are to the empty databases of the same run (both measurements
+//! pooled), so that 1.0 means no slowdown: for pickup the empty database's p50 over this one's, for
 //! drain this one's jobs/s over the empty one's. Not part of `all`: it
 //! fills two tables of a million rows, minutes on a small machine.
 
@@ -53,14 +53,27 @@ struct Figures {
 pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
     println!("== scheduled");
     let rows = options.future_rows;
-    let empty = measure(options, None).await?;
+    // The empty table is measured first and last, and the baseline pools
+    // both: a shared machine drifts over the minutes a run takes, and a
+    // baseline taken at one end only would charge the drift to the rows.
+    let first = measure(options, None).await?;
     let same = measure(options, Some((rows, 0))).await?;
     let higher = measure(options, Some((rows, 10))).await?;
+    let last = measure(options, None).await?;
+    let empty = Figures {
+        pickup: [first.pickup, last.pickup].concat(),
+        delayed: [first.delayed, last.delayed].concat(),
+        drain_jobs_per_sec: (first.drain_jobs_per_sec + last.drain_jobs_per_sec) / 2.0,
+    };
+    println!(
+        "  empty table: drain {:.0} jobs/s first, {:.0} jobs/s last",
+        first.drain_jobs_per_sec, last.drain_jobs_per_sec
+    );
     let empty_p50 = ms(median(&empty.pickup));
     let empty_drain = empty.drain_jobs_per_sec;
     let mut results = Vec::new();
     for (label, figures) in [
-        ("empty table".to_owned(), empty),
+        ("empty table (first and last)".to_owned(), empty),
         (format!("{rows} due in 1 h, same priority"), same),
         (format!("{rows} due in 1 h, higher priority"), higher),
     ] {
