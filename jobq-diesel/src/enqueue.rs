@@ -61,11 +61,13 @@ pub struct NewJobs<'a> {
 /// its `FROM` item: the due time is `$run_at` when given, else now plus
 /// `$delay_ms`, and the state follows from it. Rows jobq inserts are thus
 /// filed right, and the insert trigger's filing (for raw SQL) has nothing
-/// to do.
+/// to do. The state literals are typed: an untyped CASE cast to the enum
+/// would parse the enum's text for every row.
 macro_rules! due {
     ($delay_ms:literal, $run_at:literal) => {
         concat!(
-            "d.run_at, (CASE WHEN d.run_at > now() THEN 'scheduled' ELSE 'pending' END)::jobq.job_state \
+            "d.run_at, CASE WHEN d.run_at > now() THEN 'scheduled'::jobq.job_state \
+                 ELSE 'pending'::jobq.job_state END \
              FROM (SELECT coalesce(",
             $run_at,
             "::timestamptz, now() + ",

@@ -1,5 +1,3 @@
-DROP TRIGGER jobs_file_inserted ON jobq.jobs;
-DROP FUNCTION jobq.file_inserted();
 CREATE OR REPLACE FUNCTION jobq.notify_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE

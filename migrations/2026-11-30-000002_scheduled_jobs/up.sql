@@ -23,40 +23,29 @@ CREATE UNIQUE INDEX jobs_dedupe_idx ON jobq.jobs (task, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND state IN ('scheduled', 'pending', 'running');
 
 -- A job inserted by raw SQL (psql, another service) names its run_at and
--- leaves the state to its default, 'pending'. This files each inserted row
--- by its run_at, so raw inserts stay first-class jobs. A row trigger rather
--- than an UPDATE from the statement trigger below: it changes the row
--- before it is written, so no dead tuple or dead claim-index entry is
--- left behind, and its WHEN clause is evaluated without calling the
--- function, so rows already filed right (every insert jobq makes) cost a
--- comparison.
-CREATE FUNCTION jobq.file_inserted() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
-BEGIN
-    NEW.state := CASE WHEN NEW.run_at > now() THEN 'scheduled' ELSE 'pending' END;
-    RETURN NEW;
-END
-$fn$;
-
-CREATE TRIGGER jobs_file_inserted
-    BEFORE INSERT ON jobq.jobs
-    FOR EACH ROW
-    WHEN (NEW.state IN ('pending', 'scheduled')
-          AND (NEW.state = 'scheduled') IS DISTINCT FROM (NEW.run_at > now()))
-    EXECUTE FUNCTION jobq.file_inserted();
-
+-- leaves the state to its default, 'pending' (or says 'scheduled' of a job
+-- due now). The statement trigger below files such rows by their run_at,
+-- so raw inserts stay first-class jobs.
+-- It is the statement trigger that already reads the inserted rows for
+-- the notifications, and it updates rows only when there are misfiled ones
+-- (raw inserts due later): a row trigger, even one whose WHEN clause is
+-- false, cost every insert of jobq's own, which files its rows right
+-- (measured: enqueue_many 14 % slower, jobq-bench enqueue).
+--
 -- Wakes workers on commit, once per statement, queue and kind: "0 <queue>"
 -- when jobs due now were inserted, "<due> <queue>" with the epoch
 -- milliseconds of the earliest run_at, rounded up so that no worker wakes
--- before it, when scheduled ones were (a
--- statement inserting both sends both, so no worker misses the due time).
+-- before it, when jobs due later were (a statement inserting both sends
+-- both, so no worker misses the due time).
 CREATE OR REPLACE FUNCTION jobq.notify_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
     r record;
+    misfiled boolean := false;
 BEGIN
-    FOR r IN SELECT queue, bool_or(state = 'pending') AS due,
-                    min(run_at) FILTER (WHERE state = 'scheduled') AS later
+    FOR r IN SELECT queue, bool_or(run_at <= now()) AS due,
+                    min(run_at) FILTER (WHERE run_at > now()) AS later,
+                    bool_or((state = 'scheduled') <> (run_at > now())) AS misfiled
              FROM inserted WHERE state IN ('pending', 'scheduled') GROUP BY queue LOOP
         IF r.due THEN
             PERFORM pg_notify('jobq_jobs', '0 ' || r.queue);
@@ -65,7 +54,16 @@ BEGIN
             PERFORM pg_notify('jobq_jobs',
                 ceil(extract(epoch FROM r.later) * 1000)::bigint || ' ' || r.queue);
         END IF;
+        misfiled := misfiled OR r.misfiled;
     END LOOP;
+    IF misfiled THEN
+        UPDATE jobq.jobs
+        SET state = CASE WHEN run_at > now() THEN 'scheduled'::jobq.job_state
+                         ELSE 'pending'::jobq.job_state END
+        WHERE id = ANY(ARRAY(SELECT id FROM inserted
+                             WHERE (state = 'scheduled') <> (run_at > now())))
+          AND state IN ('pending', 'scheduled');
+    END IF;
     RETURN NULL;
 END
 $fn$;
