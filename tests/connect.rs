@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,35 +14,15 @@ use serde::{Deserialize, Serialize};
 
 // ------------------------------------------------------------- log capture
 
-static LOGS: Mutex<String> = Mutex::new(String::new());
-
-struct Capture;
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_str(&String::from_utf8_lossy(buf));
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Captures every log line of this binary at debug level, so that a
 /// password printed anywhere, at any level, is caught. Every test calls
 /// it first: the first subscriber installed wins.
 fn capture_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
-        .with_ansi(false)
-        .with_writer(|| Capture)
-        .try_init();
+    support::logs::capture("debug");
 }
 
 fn logs() -> String {
-    LOGS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    support::logs::all()
 }
 
 /// A port on 127.0.0.1 that nothing listens on.

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,39 +17,14 @@ use serde::{Deserialize, Serialize};
 
 // ------------------------------------------------------------- log capture
 
-static LOGS: Mutex<String> = Mutex::new(String::new());
-
-struct Capture;
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_str(&String::from_utf8_lossy(buf));
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Captures jobq's logs of every test in this binary (they share one
 /// subscriber); tests look for lines naming their own server's port.
 fn capture_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,jobq=info"))
-        .with_ansi(false)
-        .with_writer(|| Capture)
-        .try_init();
+    support::logs::capture("warn,jobq=info");
 }
 
 fn log_lines(containing: &[&str]) -> Vec<String> {
-    LOGS.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .lines()
-        .filter(|l| containing.iter().all(|c| l.contains(c)))
-        .map(str::to_owned)
-        .collect()
+    support::logs::lines(containing)
 }
 
 fn pool_on(url: &str) -> jobq::Pool {
