@@ -4,6 +4,7 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, PoolError as ManagerError,
 };
 use diesel_async::AsyncPgConnection;
+use std::time::Duration;
 
 use crate::Connector;
 
@@ -21,8 +22,9 @@ pub type PoolError = bb8::RunError<ManagerError>;
 /// Builds a pool of at most `max_size` connections made by `connector`
 /// (TLS, keepalives, timeouts, the application's hook), without
 /// connecting yet: the first checkout connects. Its dedicated connections
-/// (`Pool::dedicated_connection`) are made the same way.
-pub fn build_pool(connector: Connector, max_size: u32) -> Pool {
+/// (`Pool::dedicated_connection`) are made the same way. A checkout waits
+/// at most `checkout_timeout` for a connection.
+pub fn build_pool(connector: Connector, max_size: u32, checkout_timeout: Duration) -> Pool {
     let shown = connector.options().to_string();
     let mut config = ManagerConfig::default();
     // The manager hands the callback its URL; the connector already holds
@@ -40,5 +42,6 @@ pub fn build_pool(connector: Connector, max_size: u32) -> Pool {
         // backends (FIFO rotated it over all of them and left the machine
         // measurably idler in a drain), and the rest can age out.
         .queue_strategy(bb8::QueueStrategy::Lifo)
+        .connection_timeout(checkout_timeout)
         .build_unchecked(manager)
 }

@@ -392,7 +392,12 @@ impl WorkerBuilder {
                     })?,
                 };
                 let connector = connector(&url)?;
-                let pool = build_pool(connector.clone(), config.pool_size);
+                // Shorter than the lease: a loop waiting for a connection
+                // while the database is away tries again (and heartbeats)
+                // well within it, instead of after bb8's default 30 s.
+                let checkout =
+                    (config.lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
+                let pool = build_pool(connector.clone(), config.pool_size, checkout);
                 // Migrations may rightly run longer than the statement
                 // timeout: the first connection goes without it.
                 (

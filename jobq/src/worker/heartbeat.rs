@@ -3,18 +3,25 @@
 //! missed, and stops attempts whose jobs were rescued from this worker.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jobq_diesel::WorkerInfo;
 use rustc_hash::FxHashSet;
 
+use super::backoff::Backoff;
 use super::error_text::error_chain;
 use super::state::Shared;
 
 pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo) {
-    let mut ticker = tokio::time::interval(shared.config.heartbeat_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let interval = shared.config.heartbeat_interval;
+    // After a failed heartbeat, try again soon rather than a whole interval
+    // later: once the database is back, the worker's row is fresh (and it
+    // claims again, claims needing a live row) within a fraction of a
+    // second.
+    let mut retry = Backoff::new(Duration::from_millis(100), interval);
+    let mut pause = Duration::ZERO;
     loop {
-        ticker.tick().await;
+        tokio::time::sleep(pause).await;
         // Taken before the statement: each of these attempts was claimed by
         // a statement that had committed before the heartbeat's began, so
         // the heartbeat sees its job (see `stop_rescued`).
@@ -28,6 +35,12 @@ pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo) {
         shared
             .standing
             .heartbeat(reply.is_ok(), std::time::Instant::now());
+        pause = if reply.is_ok() {
+            retry.reset();
+            interval
+        } else {
+            retry.next_delay()
+        };
         match reply {
             Ok(reply) => {
                 if !reply.was_alive {
