@@ -596,12 +596,8 @@ async fn connect(first: &First, timeout: Duration) -> Result<AsyncPgConnection, 
             }
             Err(source) => source,
         };
-        // bb8's wrapper shows its inner error and gives it as its source
-        // too: the inner one alone says it once.
-        let message = match &source {
-            bb8::RunError::User(inner) => error_chain(inner),
-            other => error_chain(other),
-        };
+        // error_chain says the message bb8's wrapper repeats only once.
+        let message = error_chain(&source);
         let waited = started.elapsed();
         if is_permanent(&message) || waited >= timeout {
             return Err(Error::Connect {
