@@ -10,6 +10,7 @@ use super::backoff::Backoff;
 use super::config::{env_bool, env_duration, env_list, Config};
 use super::error_text::error_chain;
 use super::overrides::{self, TaskOverrides};
+use super::state::Pools;
 use super::url;
 use super::Worker;
 use crate::registry::Registry;
@@ -226,7 +227,8 @@ impl WorkerBuilder {
     }
 
     /// Connections of the pool the worker opens itself (ignored with
-    /// [`pool`](Self::pool)).
+    /// [`pool`](Self::pool)). The worker opens one more for its claims,
+    /// and one for LISTEN.
     pub fn pool_size(mut self, size: u32) -> Self {
         self.pool_size = Some(size);
         self
@@ -379,8 +381,14 @@ impl WorkerBuilder {
             _ => None,
         };
         config.validate()?;
-        let (pool, first) = match self.pool {
-            Some(pool) => (pool.clone(), First::Pool(pool)),
+        let (pools, first) = match self.pool {
+            Some(pool) => (
+                Pools {
+                    main: pool.clone(),
+                    claims: pool.clone(),
+                },
+                First::Pool(pool),
+            ),
             None => {
                 let url = match self.url {
                     Some(url) => url,
@@ -397,11 +405,16 @@ impl WorkerBuilder {
                 // well within it, instead of after bb8's default 30 s.
                 let checkout =
                     (config.lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
-                let pool = build_pool(connector.clone(), config.pool_size, checkout);
+                let pools = Pools {
+                    main: build_pool(connector.clone(), config.pool_size, checkout),
+                    // The fetcher claims and promotes one statement at a
+                    // time.
+                    claims: build_pool(connector.with_generic_plans(), 1, checkout),
+                };
                 // Migrations may rightly run longer than the statement
                 // timeout: the first connection goes without it.
                 (
-                    pool,
+                    pools,
                     First::Connector(Box::new(connector.without_timeouts())),
                 )
             }
@@ -425,7 +438,7 @@ impl WorkerBuilder {
                 queues.dedup();
                 queues
             });
-        Worker::new(pool, config, tasks, queues)
+        Worker::new(pools, config, tasks, queues)
     }
 }
 

@@ -200,7 +200,7 @@ fn promotion_due(shared: &Shared, promote_by: Instant) -> bool {
 /// records the next due time.
 async fn promote(shared: &Shared) -> Result<(), String> {
     let mut conn = tokio::select! {
-        conn = shared.pool.get() => conn.map_err(|e| error_chain(&e))?,
+        conn = shared.claim_pool.get() => conn.map_err(|e| error_chain(&e))?,
         _ = shared.stopping.cancelled() => return Ok(()),
     };
     loop {
@@ -257,7 +257,7 @@ async fn claim_round(
         // down; shutdown must not wait for it. The claim itself is never
         // abandoned half-way: its jobs would be claimed and never run.
         let mut conn = tokio::select! {
-            conn = shared.pool.get() => conn.map_err(|e| error_chain(&e))?,
+            conn = shared.claim_pool.get() => conn.map_err(|e| error_chain(&e))?,
             _ = shared.stopping.cancelled() => return Ok(()),
         };
         let request = ClaimRequest {

@@ -44,13 +44,13 @@ pub use shutdown::ShutdownHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::config::Config;
-use self::state::{ServedTask, Shared};
+use self::state::{Pools, ServedTask, Shared};
 use crate::Error;
 
 /// A configured worker, ready to run. Build one with [`Worker::builder`].
 #[derive(Debug)]
 pub struct Worker {
-    pool: Pool,
+    pools: Pools,
     config: Config,
     /// Every task of the binary with its effective settings, by name.
     tasks: Vec<ServedTask>,
@@ -64,7 +64,7 @@ impl Worker {
     }
 
     fn new(
-        pool: Pool,
+        pools: Pools,
         config: Config,
         tasks: Vec<ServedTask>,
         queues: Vec<String>,
@@ -81,7 +81,7 @@ impl Worker {
             ));
         }
         Ok(Self {
-            pool,
+            pools,
             config,
             tasks,
             queues,
@@ -108,7 +108,8 @@ impl Worker {
         };
         let worker_id = {
             let mut conn = self
-                .pool
+                .pools
+                .main
                 .get()
                 .await
                 .map_err(Error::pool("registering the worker"))?;
@@ -116,7 +117,7 @@ impl Worker {
                 .await
                 .map_err(Error::db("registering the worker"))?
         };
-        let shared = Shared::new_arc(self.pool, self.config, worker_id, self.queues, self.tasks);
+        let shared = Shared::new_arc(self.pools, self.config, worker_id, self.queues, self.tasks);
         report_unknown_tasks(&shared).await;
         tracing::info!(
             worker.id = worker_id,
