@@ -418,3 +418,46 @@ async fn without_migrating_an_older_schema_is_refused_and_a_current_one_runs() {
     env.wait_state(id, JobState::Failed).await;
     handle.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_told_to_serve_some_tasks_leaves_the_others_jobs_alone() {
+    let _env_lock = ENV_LOCK.lock().await;
+    let env = support::env().await;
+    let mut conn = env.conn().await;
+    let flaky_id = flaky::enqueue(&mut conn, &Work { n: 1 }).await.unwrap();
+    let stuck_id = stuck::enqueue(&mut conn, &Work { n: 2 }).await.unwrap();
+    drop(conn);
+    // From the environment, the way a deployment splits its workers;
+    // the concurrency override names a task this worker does not serve,
+    // which another deployment of the binary does: no mistake.
+    let _tasks = EnvVar::set("JOBQ_TASKS", "overrides.stuck");
+    let handle = env
+        .worker()
+        .task_concurrency("overrides.flaky", 3)
+        .build()
+        .await
+        .unwrap()
+        .spawn();
+    env.wait_state(stuck_id, JobState::Running).await;
+    handle.shutdown().await.unwrap();
+    let mut conn = env.conn().await;
+    let flaky_job = jobq::job(&mut conn, flaky_id).await.unwrap().unwrap();
+    assert_eq!(
+        (flaky_job.state, flaky_job.attempt),
+        (JobState::Pending, 0),
+        "a task the worker does not serve was claimed"
+    );
+}
+
+#[tokio::test]
+async fn serving_a_task_the_binary_lacks_is_refused_naming_it() {
+    let _env_lock = ENV_LOCK.lock().await;
+    support::init_tracing();
+    let message = build_error(offline().tasks(["overrides.gauge", "overrides.gaug"])).await;
+    assert!(
+        message.contains("\"overrides.gaug\"") && message.contains("overrides.stuck"),
+        "{message}"
+    );
+    let message = build_error(offline().tasks(Vec::<String>::new())).await;
+    assert!(message.contains("empty"), "{message}");
+}

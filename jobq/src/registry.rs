@@ -125,6 +125,32 @@ impl Registry {
         Ok(())
     }
 
+    /// The same registry restricted to the tasks `names` (a worker told to
+    /// serve some of the binary's tasks); refuses a name no task has,
+    /// listing those there are.
+    pub(crate) fn only(&self, names: &[String]) -> Result<Registry, Error> {
+        let mut tasks = HashMap::new();
+        for name in names {
+            let Some((&key, &descriptor)) = self.tasks.get_key_value(name.as_str()) else {
+                return Err(Error::invalid(
+                    "tasks",
+                    format!(
+                        "no task named {name:?} is registered in this binary (registered: {})",
+                        self.names().join(", ")
+                    ),
+                ));
+            };
+            tasks.insert(key, descriptor);
+        }
+        if tasks.is_empty() {
+            return Err(Error::invalid(
+                "tasks",
+                "the list of tasks to serve is empty",
+            ));
+        }
+        Ok(Registry { tasks })
+    }
+
     /// The names of the tasks, sorted.
     pub(crate) fn names(&self) -> Vec<&'static str> {
         let mut names: Vec<&'static str> = self.tasks.keys().copied().collect();

@@ -91,6 +91,7 @@ pub struct WorkerBuilder {
     url: Option<String>,
     pool: Option<Pool>,
     queues: Option<Vec<String>>,
+    tasks: Option<Vec<String>>,
     poll_interval: Option<Duration>,
     shutdown_timeout: Option<Duration>,
     lease: Option<Duration>,
@@ -147,6 +148,26 @@ impl WorkerBuilder {
         I::Item: AsRef<str>,
     {
         self.queues = Some(queues.into_iter().map(|q| q.as_ref().to_owned()).collect());
+        self
+    }
+
+    /// Serve only these of the binary's tasks (default: all of them), for
+    /// deployments that split work by task as well as by queue; also
+    /// `JOBQ_TASKS=a,b`. A name no task of the binary has is refused by
+    /// [`build`](Self::build). Without [`queues`](Self::queues), the
+    /// worker serves these tasks' queues.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), jobq::Error> {
+    /// let worker = jobq::Worker::builder().tasks(["send_welcome"]).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tasks<I>(mut self, tasks: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.tasks = Some(tasks.into_iter().map(|t| t.as_ref().to_owned()).collect());
         self
     }
 
@@ -300,11 +321,16 @@ impl WorkerBuilder {
     /// database or a schema newer than this binary. Error messages never
     /// contain the password.
     pub async fn build(self) -> Result<Worker, Error> {
-        let registry = Registry::from_inventory()?;
+        let all = Registry::from_inventory()?;
+        let subset = match self.tasks.or_else(|| env_list("JOBQ_TASKS")) {
+            Some(names) => Some(all.only(&names)?),
+            None => None,
+        };
+        let registry = subset.as_ref().unwrap_or(&all);
         // Checked before connecting: a missing state or a mistyped override
         // is a deployment mistake that no database can fix.
         registry.check_states(&self.states)?;
-        let tasks = overrides::served_tasks(&registry, &self.overrides, &self.states)?;
+        let tasks = overrides::served_tasks(&all, registry, &self.overrides, &self.states)?;
         let migrate = match self.migrate {
             Some(migrate) => migrate,
             None => env_bool("JOBQ_MIGRATE")?.unwrap_or(true),

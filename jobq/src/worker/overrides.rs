@@ -46,6 +46,7 @@ struct Source<'a, T> {
 /// tasks there are), an out-of-range value, and a malformed environment
 /// variable (naming it).
 pub(crate) fn served_tasks(
+    known: &Registry,
     registry: &Registry,
     explicit: &TaskOverrides,
     states: &States,
@@ -85,9 +86,11 @@ pub(crate) fn served_tasks(
             values: &env.retry,
         },
     ];
-    check_names(registry, &concurrency)?;
-    check_names(registry, &timeout)?;
-    check_names(registry, &retry)?;
+    // Against every task of the binary: an override for a task that
+    // another deployment of it serves is no mistake.
+    check_names(known, &concurrency)?;
+    check_names(known, &timeout)?;
+    check_names(known, &retry)?;
     for source in &concurrency {
         for (task, &n) in source.values {
             check_concurrency(source.what, task, n)?;
