@@ -31,6 +31,9 @@ pub enum Command {
     /// Pickup latency, delayed-job start and drain with a million jobs due
     /// later vs an empty table (not part of `all`: minutes of set-up)
     Scheduled(Options),
+    /// Drain of jobs spread over 100 tasks vs the same jobs of one task,
+    /// one worker process each
+    Tasks(Options),
     /// A worker process started by `drain` and `sustained`.
     #[command(hide = true)]
     Worker(WorkerOptions),
@@ -77,6 +80,10 @@ pub struct WorkerOptions {
     /// Stop once no job is pending or running (else: when stdin closes).
     #[arg(long)]
     pub until_empty: bool,
+    /// The tasks to serve (default: the bench's own three, not the
+    /// `tasks` scenario's hundred).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
 }
 
 fn at_least_one(raw: &str) -> Result<usize, String> {

@@ -25,6 +25,7 @@ mod limit;
 mod listen_limit;
 mod report;
 mod scenario;
+mod spread;
 mod sql_loop;
 mod tasks;
 mod worker;
@@ -50,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Sustained(o) => (o, vec!["sustained"]),
         Command::Backlog(o) => (o, vec!["backlog"]),
         Command::Scheduled(o) => (o, vec!["scheduled"]),
+        Command::Tasks(o) => (o, vec!["tasks"]),
         Command::All(o) => (
             o,
             vec!["enqueue", "drain", "latency", "sustained", "backlog"],
@@ -65,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
             "sustained" => scenario::sustained::run(&options).await?,
             "backlog" => scenario::backlog::run(&options).await?,
             "scheduled" => scenario::scheduled::run(&options).await?,
+            "tasks" => scenario::tasks::run(&options).await?,
             other => unreachable!("scenario {other} is not in the list above"),
         };
         results.append(&mut rows);

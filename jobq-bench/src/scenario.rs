@@ -7,3 +7,4 @@ pub mod enqueue;
 pub mod latency;
 pub mod scheduled;
 pub mod sustained;
+pub mod tasks;

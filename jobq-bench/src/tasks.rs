@@ -14,6 +14,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+/// The tasks a worker of the bench serves unless told otherwise: the
+/// binary also holds the `tasks` scenario's hundred ([`crate::spread`]),
+/// which the other scenarios' workers must not claim for.
+pub const BASE_TASKS: [&str; 3] = ["bench.noop", "bench.probe", "bench.timed"];
+
 /// Payload of the no-op task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Noop {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::cli::WorkerOptions;
 use crate::cpu;
 use crate::db;
+use crate::tasks::BASE_TASKS;
 
 /// What a worker process reports when it exits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,8 +40,14 @@ pub fn vmhwm_kib(pid: &str) -> Option<u64> {
 
 /// The `worker` subcommand.
 pub async fn child_main(options: WorkerOptions) -> anyhow::Result<()> {
+    let tasks = if options.tasks.is_empty() {
+        BASE_TASKS.iter().map(|t| t.to_string()).collect()
+    } else {
+        options.tasks
+    };
     let worker = jobq::Worker::builder()
         .database_url(&options.url)
+        .tasks(&tasks)
         .build()
         .await?
         .spawn();
@@ -91,8 +98,19 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `n` worker processes on `url` by re-executing this binary.
+    /// Starts `n` worker processes on `url` by re-executing this binary,
+    /// serving the bench's own tasks.
     pub fn start(url: &str, n: usize, until_empty: bool) -> anyhow::Result<Self> {
+        Self::start_serving(url, n, until_empty, &[])
+    }
+
+    /// The same, serving `tasks` (empty: the bench's own).
+    pub fn start_serving(
+        url: &str,
+        n: usize,
+        until_empty: bool,
+        tasks: &[String],
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding this binary to start workers")?;
         let mut children = Vec::with_capacity(n);
         for _ in 0..n {
@@ -100,6 +118,9 @@ impl Workers {
             cmd.args(["worker", "--url", url]);
             if until_empty {
                 cmd.arg("--until-empty");
+            }
+            if !tasks.is_empty() {
+                cmd.arg("--tasks").arg(tasks.join(","));
             }
             cmd.stdin(Stdio::piped())
                 .stdout(Stdio::piped())

@@ -29,6 +29,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
     let database = db::fresh().await?;
     let url = database.url().to_owned();
     let worker = jobq::Worker::builder()
+        .tasks(crate::tasks::BASE_TASKS)
         .database_url(&url)
         .build()
         .await?

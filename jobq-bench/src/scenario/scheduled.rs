@@ -143,6 +143,7 @@ async fn measure(options: &Options, future: Option<(u64, i16)>) -> anyhow::Resul
     db::settle(&mut conn).await?;
 
     let worker = jobq::Worker::builder()
+        .tasks(crate::tasks::BASE_TASKS)
         .database_url(&url)
         .build()
         .await?
