@@ -34,6 +34,10 @@ pub enum Command {
     /// Drain of jobs spread over 100 tasks vs the same jobs of one task,
     /// one worker process each
     Tasks(Options),
+    /// Two idle worker processes; the database is stopped for
+    /// `--outage-secs` and started again: how soon does each claim again?
+    /// (Always on a private server of its own, which it stops.)
+    Restart(Options),
     /// A worker process started by `drain` and `sustained`.
     #[command(hide = true)]
     Worker(WorkerOptions),
@@ -66,6 +70,9 @@ pub struct Options {
     /// Future-dated rows of the scheduled scenario
     #[arg(long, default_value_t = 1_000_000)]
     pub future_rows: u64,
+    /// How long the `restart` scenario keeps the database down, seconds
+    #[arg(long, default_value_t = 30)]
+    pub outage_secs: u64,
     /// Worker process counts of the drain scenario
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     pub workers: Vec<usize>,

@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Backlog(o) => (o, vec!["backlog"]),
         Command::Scheduled(o) => (o, vec!["scheduled"]),
         Command::Tasks(o) => (o, vec!["tasks"]),
+        Command::Restart(o) => (o, vec!["restart"]),
         Command::All(o) => (
             o,
             vec!["enqueue", "drain", "latency", "sustained", "backlog"],
@@ -68,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
             "backlog" => scenario::backlog::run(&options).await?,
             "scheduled" => scenario::scheduled::run(&options).await?,
             "tasks" => scenario::tasks::run(&options).await?,
+            "restart" => scenario::restart::run(&options).await?,
             other => unreachable!("scenario {other} is not in the list above"),
         };
         results.append(&mut rows);

@@ -5,6 +5,7 @@ pub mod backlog;
 pub mod drain;
 pub mod enqueue;
 pub mod latency;
+pub mod restart;
 pub mod scheduled;
 pub mod sustained;
 pub mod tasks;

@@ -91,3 +91,21 @@ pub async fn timed(job: Timed) -> Result<(), jobq::TaskError> {
         .push((job.n, now));
     Ok(())
 }
+
+/// Task name of [`hold()`].
+pub const HOLD: &str = "bench.hold";
+
+/// Payload of the holding task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hold {
+    /// How long the job stays running, in ms.
+    pub ms: u64,
+}
+
+/// Stays running for `ms`, so that the `restart` scenario sees which
+/// worker holds it (a running job's row names its worker).
+#[jobq::task(name = "bench.hold", concurrency = 10)]
+pub async fn hold(job: Hold) -> Result<(), jobq::TaskError> {
+    tokio::time::sleep(std::time::Duration::from_millis(job.ms)).await;
+    Ok(())
+}

@@ -434,8 +434,15 @@ impl WorkerBuilder {
                 let pools = Pools {
                     main: build_pool(connector.clone(), config.pool_size, checkout),
                     // The fetcher claims and promotes one statement at a
-                    // time.
-                    claims: build_pool(connector.with_generic_plans(), 1, checkout),
+                    // time. While the database is away, bb8 tries to
+                    // connect again after up to half the checkout timeout:
+                    // a short one has the fetcher claim within about a
+                    // second of the database's return.
+                    claims: build_pool(
+                        connector.with_generic_plans(),
+                        1,
+                        checkout.min(CLAIM_CHECKOUT),
+                    ),
                 };
                 // Migrations may rightly run longer than the statement
                 // timeout: the first connection goes without it.
@@ -467,6 +474,9 @@ impl WorkerBuilder {
         Worker::new(pools, config, tasks, queues)
     }
 }
+
+/// The claim pool's checkout timeout, at most (see where it is built).
+const CLAIM_CHECKOUT: Duration = Duration::from_secs(2);
 
 // Setters added for issue 11: handler state, per-task overrides, the
 // migrate switch and the two retentions.
