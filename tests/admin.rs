@@ -107,6 +107,20 @@ async fn retry_leaves_a_job_whose_dedupe_key_a_live_job_holds() {
     assert_eq!(jobq::retry_failed(&mut conn, "admin.k").await.unwrap(), 1);
     assert_eq!(env.job(old).await.state, JobState::Failed);
     assert_eq!(env.job(other).await.state, JobState::Pending);
+
+    // Of failed jobs sharing a free key, only the newest runs again.
+    let free = || EnqueueOptions::new().dedupe_key("free");
+    let first = jobq::enqueue_json(&mut conn, "admin.k", &json!({}), free())
+        .await
+        .unwrap();
+    fail_job(&mut conn, first).await;
+    let second = jobq::enqueue_json(&mut conn, "admin.k", &json!({}), free())
+        .await
+        .unwrap();
+    fail_job(&mut conn, second).await;
+    assert_eq!(jobq::retry_failed(&mut conn, "admin.k").await.unwrap(), 1);
+    assert_eq!(env.job(first).await.state, JobState::Failed);
+    assert_eq!(env.job(second).await.state, JobState::Pending);
 }
 
 #[tokio::test]
@@ -381,4 +395,200 @@ fn job_states_read_and_write_their_names() {
         assert_eq!(serde_json::to_value(state).unwrap(), json!(state.as_str()));
     }
     assert!("Failed ".parse::<JobState>().is_err());
+}
+
+#[derive(diesel::QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+/// A million finished jobs over the past week (one in a hundred failed,
+/// some with dedupe keys), a thousand pending and a thousand scheduled.
+/// Analyzed.
+async fn a_million_finished_jobs(conn: &mut diesel_async::AsyncPgConnection) {
+    conn.batch_execute(
+        "INSERT INTO jobq.jobs (task, queue, payload, state, finished_at, created_at, dedupe_key) \
+         SELECT 't' || (i % 10), 'q' || (i % 3), '{}', \
+                CASE WHEN i % 100 = 0 THEN 'failed' ELSE 'completed' END::jobq.job_state, \
+                now() - (1000000 - i) * interval '600 milliseconds', \
+                now() - (1000000 - i) * interval '600 milliseconds' - interval '1 second', \
+                CASE WHEN i % 1000 = 0 THEN 'key' || i END \
+         FROM generate_series(1, 1000000) i; \
+         INSERT INTO jobq.jobs (task, payload) SELECT 't1', '{}' FROM generate_series(1, 1000); \
+         INSERT INTO jobq.jobs (task, payload, state, run_at) \
+         SELECT 't1', '{}', 'scheduled', now() + interval '1 hour' FROM generate_series(1, 1000); \
+         ANALYZE jobq.jobs;",
+    )
+    .await
+    .unwrap();
+}
+
+async fn explain_list(
+    conn: &mut diesel_async::AsyncPgConnection,
+    query: &jobq_diesel::JobQuery<'_>,
+) -> String {
+    use diesel::sql_types::{BigInt, Text, Timestamptz};
+    use diesel_async::RunQueryDsl;
+    let mut q = diesel::sql_query(format!("EXPLAIN {}", jobq_diesel::list_jobs_sql(query)))
+        .into_boxed::<diesel::pg::Pg>();
+    for text in [query.state, query.task, query.queue, query.dedupe_key]
+        .into_iter()
+        .flatten()
+    {
+        q = q.bind::<Text, _>(text.to_owned());
+    }
+    if let Some(since) = query.since {
+        q = q.bind::<Timestamptz, _>(since);
+    }
+    if let Some(before) = query.before_id {
+        q = q.bind::<BigInt, _>(before);
+    }
+    let plan: Vec<PlanLine> = q.bind::<BigInt, _>(query.limit).load(conn).await.unwrap();
+    plan.into_iter()
+        .map(|p| p.line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Listing by state, by a common task or queue, since a time or before an
+/// id, and the bulk statements, all read indexes on a big table. (A task,
+/// queue or key that matches almost nothing, without a state, is planned
+/// as a scan: no index holds finished jobs by those columns; see
+/// `jobq::jobs`.)
+#[tokio::test]
+async fn listing_plans_on_a_million_finished_jobs() {
+    let env = support::env().await;
+    let mut conn = env.conn().await;
+    a_million_finished_jobs(&mut conn).await;
+    let base = jobq_diesel::JobQuery {
+        limit: 50,
+        ..Default::default()
+    };
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let cases = [
+        ("all", base.clone()),
+        (
+            "pending",
+            jobq_diesel::JobQuery {
+                state: Some("pending"),
+                ..base.clone()
+            },
+        ),
+        (
+            "scheduled",
+            jobq_diesel::JobQuery {
+                state: Some("scheduled"),
+                ..base.clone()
+            },
+        ),
+        (
+            "running",
+            jobq_diesel::JobQuery {
+                state: Some("running"),
+                ..base.clone()
+            },
+        ),
+        (
+            "failed",
+            jobq_diesel::JobQuery {
+                state: Some("failed"),
+                ..base.clone()
+            },
+        ),
+        (
+            "failed t3",
+            jobq_diesel::JobQuery {
+                state: Some("failed"),
+                task: Some("t3"),
+                ..base.clone()
+            },
+        ),
+        (
+            "completed",
+            jobq_diesel::JobQuery {
+                state: Some("completed"),
+                ..base.clone()
+            },
+        ),
+        (
+            "task",
+            jobq_diesel::JobQuery {
+                task: Some("t3"),
+                ..base.clone()
+            },
+        ),
+        (
+            "queue",
+            jobq_diesel::JobQuery {
+                queue: Some("q1"),
+                ..base.clone()
+            },
+        ),
+        (
+            "since",
+            jobq_diesel::JobQuery {
+                since: Some(hour_ago),
+                ..base.clone()
+            },
+        ),
+        (
+            "before",
+            jobq_diesel::JobQuery {
+                before_id: Some(500_000),
+                ..base.clone()
+            },
+        ),
+    ];
+    let reads_the_table = |plan: &str| plan.contains("Seq Scan on jobs");
+    for (what, query) in cases {
+        let plan = explain_list(&mut conn, &query).await;
+        assert!(
+            !reads_the_table(&plan),
+            "listing {what} reads the whole table:\n{plan}"
+        );
+        if what == "running" {
+            assert!(
+                plan.contains("claims"),
+                "running jobs not found through claims:\n{plan}"
+            );
+        }
+    }
+    use diesel::sql_types::{Array, BigInt, Text};
+    use diesel_async::RunQueryDsl;
+    let purge: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN {}", jobq_diesel::PURGE_SQL))
+        .bind::<Array<Text>, _>(vec!["completed".to_owned()])
+        .bind::<BigInt, _>(7 * 86_400_000i64)
+        .bind::<BigInt, _>(5000i64)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    let retry: Vec<PlanLine> =
+        diesel::sql_query(format!("EXPLAIN {}", jobq_diesel::retry_failed_sql()))
+            .bind::<Text, _>("t3")
+            .load(&mut conn)
+            .await
+            .unwrap();
+    let known: Vec<PlanLine> =
+        diesel::sql_query(format!("EXPLAIN {}", jobq_diesel::TASK_HAS_JOBS_SQL))
+            .bind::<Text, _>("nobody")
+            .load(&mut conn)
+            .await
+            .unwrap();
+    for (what, plan, index) in [
+        ("purge", purge, "jobs_finished_idx"),
+        ("retry_failed", retry, "jobs_failed_idx"),
+        ("task_has_jobs", known, "jobs_failed_idx"),
+    ] {
+        let plan = plan
+            .into_iter()
+            .map(|p| p.line)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            !reads_the_table(&plan),
+            "{what} reads the whole table:\n{plan}"
+        );
+        assert!(plan.contains(index), "{what} does not use {index}:\n{plan}");
+    }
 }

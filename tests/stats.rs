@@ -132,6 +132,11 @@ async fn stats_count_a_known_set_of_jobs_by_queue_task_and_state() {
     assert_eq!(stats.tasks.len(), 5, "{stats:#?}");
     assert_eq!(stats.live_workers, 1);
 
+    let running = jobq::jobs(&mut conn, &jobq::JobFilter::new().state(JobState::Running))
+        .await
+        .unwrap();
+    assert_eq!(running.iter().map(|j| j.id).collect::<Vec<_>>(), [blocked]);
+
     let workers = jobq::workers(&mut conn).await.unwrap();
     assert_eq!(workers.len(), 1, "{workers:#?}");
     assert!(workers[0].alive);

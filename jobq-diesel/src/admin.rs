@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, SmallInt, Text, Timestamptz};
 use diesel::{OptionalExtension, QueryableByName};
-use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+use crate::no_jit::NO_JIT;
 
 /// What [`retry`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,35 +74,53 @@ pub async fn retry(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult
     })
 }
 
-/// Makes every failed job of `task` pending again, as [`retry`] does, in
-/// one statement; returns how many. A job whose dedupe key another live
-/// job holds stays failed, and of several failed jobs sharing a key only
-/// the newest is retried (the key admits one live job).
-pub async fn retry_failed(conn: &mut AsyncPgConnection, task: &str) -> diesel::QueryResult<i64> {
-    let row: Count = diesel::sql_query(format!(
+/// The statement of [`retry_failed`]: `$1` the task.
+pub fn retry_failed_sql() -> String {
+    format!(
         "WITH retried AS ( \
              UPDATE jobq.jobs SET {RETRIED} \
              WHERE id = ANY(ARRAY( \
-                 SELECT j.id FROM jobq.jobs j \
-                 WHERE j.task = $1 AND j.state = 'failed' \
-                   AND (j.dedupe_key IS NULL OR ( \
-                       NOT EXISTS (SELECT 1 FROM jobq.jobs o \
-                                   WHERE o.task = j.task AND o.dedupe_key = j.dedupe_key \
-                                     AND o.state IN ('scheduled', 'pending', 'running')) \
-                       AND NOT EXISTS (SELECT 1 FROM jobq.jobs n \
-                                       WHERE n.task = j.task AND n.state = 'failed' \
-                                         AND n.dedupe_key = j.dedupe_key AND n.id > j.id))))) \
+                 SELECT f.id FROM ( \
+                     SELECT id, task, dedupe_key, row_number() OVER ( \
+                         PARTITION BY dedupe_key ORDER BY id DESC) AS newest \
+                     FROM jobq.jobs WHERE task = $1 AND state = 'failed') f \
+                 WHERE f.dedupe_key IS NULL OR (f.newest = 1 AND NOT EXISTS ( \
+                     SELECT 1 FROM jobq.jobs o \
+                     WHERE o.task = f.task AND o.dedupe_key = f.dedupe_key \
+                       AND o.state IN ('scheduled', 'pending', 'running'))))) \
                AND state = 'failed' \
              RETURNING queue) \
          SELECT (SELECT count(*) FROM retried) AS n, \
                 (SELECT count(pg_notify('jobq_jobs', '0 ' || queue)) \
                  FROM (SELECT DISTINCT queue FROM retried) q) AS woken"
-    ))
-    .bind::<Text, _>(task)
-    .get_result(conn)
-    .await?;
+    )
+}
+
+/// Makes every failed job of `task` pending again, as [`retry`] does, in
+/// one statement; returns how many. A job whose dedupe key another live
+/// job holds stays failed, and of several failed jobs sharing a key only
+/// the newest is retried (the key admits one live job).
+pub async fn retry_failed(conn: &mut AsyncPgConnection, task: &str) -> diesel::QueryResult<i64> {
+    let row: Count = diesel::sql_query(retry_failed_sql())
+        .bind::<Text, _>(task)
+        .get_result(conn)
+        .await?;
     Ok(row.n)
 }
+
+/// The statement of [`purge`]: `$1` the states (text[]), `$2` the age in
+/// milliseconds, `$3` the batch size.
+pub const PURGE_SQL: &str = "\
+    WITH gone AS ( \
+        DELETE FROM jobq.jobs WHERE id = ANY(ARRAY( \
+            SELECT id FROM jobq.jobs \
+            WHERE state IN ('completed', 'failed', 'cancelled') \
+              AND state::text = ANY($1) \
+              AND finished_at < now() - $2 * interval '1 millisecond' \
+            LIMIT $3)) \
+          AND state IN ('completed', 'failed', 'cancelled') \
+        RETURNING 1) \
+    SELECT count(*) AS n FROM gone";
 
 /// Deletes up to `limit` jobs in `states` (each one of completed, failed,
 /// cancelled) that finished more than `older_than_ms` ago, through
@@ -112,23 +132,12 @@ pub async fn purge(
     older_than_ms: i64,
     limit: i64,
 ) -> diesel::QueryResult<i64> {
-    let row: Count = diesel::sql_query(
-        "WITH gone AS ( \
-             DELETE FROM jobq.jobs WHERE id = ANY(ARRAY( \
-                 SELECT id FROM jobq.jobs \
-                 WHERE state IN ('completed', 'failed', 'cancelled') \
-                   AND state::text = ANY($1) \
-                   AND finished_at < now() - $2 * interval '1 millisecond' \
-                 LIMIT $3)) \
-               AND state IN ('completed', 'failed', 'cancelled') \
-             RETURNING 1) \
-         SELECT count(*) AS n FROM gone",
-    )
-    .bind::<Array<Text>, _>(states)
-    .bind::<BigInt, _>(older_than_ms)
-    .bind::<BigInt, _>(limit)
-    .get_result(conn)
-    .await?;
+    let row: Count = diesel::sql_query(PURGE_SQL)
+        .bind::<Array<Text>, _>(states)
+        .bind::<BigInt, _>(older_than_ms)
+        .bind::<BigInt, _>(limit)
+        .get_result(conn)
+        .await?;
     Ok(row.n)
 }
 
@@ -198,39 +207,7 @@ pub async fn list_jobs(
     conn: &mut AsyncPgConnection,
     query: &JobQuery<'_>,
 ) -> diesel::QueryResult<Vec<JobSummaryRow>> {
-    let mut sql = String::from(
-        "SELECT id, task, queue, state::text AS state, priority, \
-             attempt - handbacks AS attempt, max_attempts, run_at, created_at, finished_at, \
-             dedupe_key \
-         FROM jobq.jobs WHERE true",
-    );
-    let mut n = 0;
-    let mut next = || {
-        n += 1;
-        n
-    };
-    // The state is compared as the enum, so the partial indexes' predicates
-    // are matched.
-    if query.state.is_some() {
-        sql.push_str(&format!(" AND state = ${}::jobq.job_state", next()));
-    }
-    if query.task.is_some() {
-        sql.push_str(&format!(" AND task = ${}", next()));
-    }
-    if query.queue.is_some() {
-        sql.push_str(&format!(" AND queue = ${}", next()));
-    }
-    if query.dedupe_key.is_some() {
-        sql.push_str(&format!(" AND dedupe_key = ${}", next()));
-    }
-    if query.since.is_some() {
-        sql.push_str(&format!(" AND created_at >= ${}", next()));
-    }
-    if query.before_id.is_some() {
-        sql.push_str(&format!(" AND id < ${}", next()));
-    }
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", next()));
-    let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+    let mut q = diesel::sql_query(list_jobs_sql(query)).into_boxed::<Pg>();
     if let Some(state) = query.state {
         q = q.bind::<Text, _>(state.to_owned());
     }
@@ -250,7 +227,62 @@ pub async fn list_jobs(
         q = q.bind::<BigInt, _>(before);
     }
     q = q.bind::<BigInt, _>(query.limit);
-    q.load(conn).await
+    // The claims' ranges expanded for running jobs make estimates far
+    // above jit_above_cost: compiling would cost more than the listing.
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        conn.batch_execute(NO_JIT).await?;
+        q.load(conn).await
+    })
+    .await
+}
+
+/// The statement [`list_jobs`] runs for `query`, with a parameter for each
+/// filter given, in the order of [`JobQuery`]'s fields, the limit last
+/// (for `EXPLAIN` in tests).
+pub fn list_jobs_sql(query: &JobQuery<'_>) -> String {
+    let mut sql = String::from(
+        "SELECT id, task, queue, state::text AS state, priority, \
+             attempt - handbacks AS attempt, max_attempts, run_at, created_at, finished_at, \
+             dedupe_key \
+         FROM jobq.jobs WHERE true",
+    );
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    // The state is compared as the enum, so the partial indexes' predicates
+    // are matched.
+    if let Some(state) = query.state {
+        sql.push_str(&format!(" AND state = ${}::jobq.job_state", next()));
+        // Running jobs have no index of their own (it would cost every
+        // claim an entry), and statistics nearly always see none, which
+        // makes a scan of the table look cheap: find them through the
+        // claims that hold them and the primary key, as heartbeats do.
+        if state == "running" {
+            sql.push_str(
+                " AND id = ANY(ARRAY(SELECT generate_series(lower(r), upper(r) - 1) \
+                 FROM jobq.claims c, unnest(c.jobs) AS r))",
+            );
+        }
+    }
+    if query.task.is_some() {
+        sql.push_str(&format!(" AND task = ${}", next()));
+    }
+    if query.queue.is_some() {
+        sql.push_str(&format!(" AND queue = ${}", next()));
+    }
+    if query.dedupe_key.is_some() {
+        sql.push_str(&format!(" AND dedupe_key = ${}", next()));
+    }
+    if query.since.is_some() {
+        sql.push_str(&format!(" AND created_at >= ${}", next()));
+    }
+    if query.before_id.is_some() {
+        sql.push_str(&format!(" AND id < ${}", next()));
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", next()));
+    sql
 }
 
 #[derive(QueryableByName)]
@@ -259,18 +291,20 @@ struct Known {
     known: bool,
 }
 
+/// The statement of [`task_has_jobs`]: `$1` the task.
+pub const TASK_HAS_JOBS_SQL: &str = "\
+    SELECT EXISTS (SELECT 1 FROM jobq.jobs WHERE task = $1 AND state = 'pending') \
+        OR EXISTS (SELECT 1 FROM jobq.jobs WHERE task = $1 \
+                   AND state IN ('failed', 'cancelled')) AS known";
+
 /// Whether jobq.jobs holds a pending, failed or cancelled job of `task`
 /// (the states whose indexes find a task cheaply). Used by tools that have no task registry
 /// to warn about a mistyped task name.
 pub async fn task_has_jobs(conn: &mut AsyncPgConnection, task: &str) -> diesel::QueryResult<bool> {
-    let row: Known = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM jobq.jobs WHERE task = $1 AND state = 'pending') \
-             OR EXISTS (SELECT 1 FROM jobq.jobs WHERE task = $1 \
-                        AND state IN ('failed', 'cancelled')) AS known",
-    )
-    .bind::<Text, _>(task)
-    .get_result(conn)
-    .await?;
+    let row: Known = diesel::sql_query(TASK_HAS_JOBS_SQL)
+        .bind::<Text, _>(task)
+        .get_result(conn)
+        .await?;
     Ok(row.known)
 }
 

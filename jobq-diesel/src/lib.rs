@@ -32,8 +32,8 @@ mod vacuum;
 mod workers;
 
 pub use admin::{
-    list_jobs, purge, retry, retry_failed, task_has_jobs, uninstall, JobQuery, JobSummaryRow,
-    RetryResult,
+    list_jobs, list_jobs_sql, purge, retry, retry_failed, retry_failed_sql, task_has_jobs,
+    uninstall, JobQuery, JobSummaryRow, RetryResult, PURGE_SQL, TASK_HAS_JOBS_SQL,
 };
 pub use claim::{claim, release_claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
 pub use connect::{
@@ -51,8 +51,8 @@ pub use ping::ping;
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};
 pub use promote::{promote, Promotion, PROMOTE_SQL};
 pub use stats::{
-    completed_estimate, recent_counts, state_counts, workers, RecentCount, StateCount, WorkerRow,
-    COMPLETED_ESTIMATE_SQL, RECENT_COUNTS_SQL, STATE_COUNTS_SQL, WORKERS_SQL,
+    stats, workers, RecentCount, StateCount, StatsRows, WorkerRow, COMPLETED_ESTIMATE_SQL,
+    RECENT_COUNTS_SQL, STATE_COUNTS_SQL, WORKERS_SQL,
 };
 pub use vacuum::{vacuum, Vacuum};
 pub use workers::{

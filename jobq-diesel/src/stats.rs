@@ -20,7 +20,9 @@
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+use crate::no_jit::NO_JIT;
 
 /// Jobs of one queue, task and state.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
@@ -65,13 +67,6 @@ pub const STATE_COUNTS_SQL: &str = "\
     FROM jobq.jobs WHERE state IN ('failed', 'cancelled') GROUP BY queue, task, state \
     ORDER BY 1, 2, 3";
 
-/// See [`STATE_COUNTS_SQL`]. Running jobs are found through the claims
-/// that hold them (every claim records its jobs), so a running job written
-/// by raw SQL without a claim is not counted.
-pub async fn state_counts(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<StateCount>> {
-    diesel::sql_query(STATE_COUNTS_SQL).load(conn).await
-}
-
 /// Jobs of one queue and task that finished recently.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
 pub struct RecentCount {
@@ -112,11 +107,6 @@ pub const RECENT_COUNTS_SQL: &str = "\
     GROUP BY queue, task \
     ORDER BY queue, task";
 
-/// See [`RECENT_COUNTS_SQL`].
-pub async fn recent_counts(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<RecentCount>> {
-    diesel::sql_query(RECENT_COUNTS_SQL).load(conn).await
-}
-
 #[derive(QueryableByName)]
 struct Estimate {
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -137,14 +127,6 @@ pub const COMPLETED_ESTIMATE_SQL: &str = "\
                       AND s.attname = 'state' AND f.val = 'completed'), 0) END AS n \
     FROM pg_class c \
     WHERE c.oid = 'jobq.jobs'::regclass";
-
-/// See [`COMPLETED_ESTIMATE_SQL`].
-pub async fn completed_estimate(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Option<i64>> {
-    let row: Estimate = diesel::sql_query(COMPLETED_ESTIMATE_SQL)
-        .get_result(conn)
-        .await?;
-    Ok(row.n)
-}
 
 /// A worker process's row.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
@@ -191,8 +173,20 @@ pub const WORKERS_SQL: &str = "\
     FROM jobq.workers w \
     ORDER BY w.id";
 
-/// See [`WORKERS_SQL`]. `default_lease_ms` judges rows without a lease.
+/// Every worker row ([`WORKERS_SQL`]). `default_lease_ms` judges rows
+/// without a lease. One transaction, without JIT (see below).
 pub async fn workers(
+    conn: &mut AsyncPgConnection,
+    default_lease_ms: i64,
+) -> diesel::QueryResult<Vec<WorkerRow>> {
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        conn.batch_execute(NO_JIT).await?;
+        load_workers(conn, default_lease_ms).await
+    })
+    .await
+}
+
+async fn load_workers(
     conn: &mut AsyncPgConnection,
     default_lease_ms: i64,
 ) -> diesel::QueryResult<Vec<WorkerRow>> {
@@ -200,4 +194,48 @@ pub async fn workers(
         .bind::<BigInt, _>(default_lease_ms)
         .load(conn)
         .await
+}
+
+/// Everything `jobq::stats` reports, read in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsRows {
+    /// [`STATE_COUNTS_SQL`]. Running jobs are found through the claims
+    /// that hold them (every claim records its jobs), so a running job
+    /// written by raw SQL without a claim is not counted.
+    pub states: Vec<StateCount>,
+    /// [`RECENT_COUNTS_SQL`].
+    pub recent: Vec<RecentCount>,
+    /// [`COMPLETED_ESTIMATE_SQL`].
+    pub completed_estimate: Option<i64>,
+    /// [`WORKERS_SQL`].
+    pub workers: Vec<WorkerRow>,
+}
+
+/// Reads [`StatsRows`]: four read-only statements in one transaction (one
+/// snapshot when `conn`'s isolation is repeatable read or stricter).
+///
+/// JIT is off for the transaction: the claims' id ranges are expanded with
+/// `generate_series`, whose row estimates put the plans far above
+/// `jit_above_cost` although they touch only the running jobs, and
+/// compiling would cost more than the statements.
+pub async fn stats(
+    conn: &mut AsyncPgConnection,
+    default_lease_ms: i64,
+) -> diesel::QueryResult<StatsRows> {
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        conn.batch_execute(NO_JIT).await?;
+        let states = diesel::sql_query(STATE_COUNTS_SQL).load(conn).await?;
+        let recent = diesel::sql_query(RECENT_COUNTS_SQL).load(conn).await?;
+        let estimate: Estimate = diesel::sql_query(COMPLETED_ESTIMATE_SQL)
+            .get_result(conn)
+            .await?;
+        let workers = load_workers(conn, default_lease_ms).await?;
+        Ok(StatsRows {
+            states,
+            recent,
+            completed_estimate: estimate.n,
+            workers,
+        })
+    })
+    .await
 }

@@ -140,6 +140,14 @@ pub struct JobSummary {
 
 /// Jobs matching `filter`, newest (highest id) first.
 ///
+/// Each page reads indexes: the primary key newest first, stopping when
+/// the page is full, or the partial index of the state asked for (running
+/// jobs are found through their claims). A task, queue, dedupe key or time
+/// that matches few jobs, given without a state, is the exception: no
+/// index holds finished jobs by those columns, so PostgreSQL may read the
+/// table. Add the state (failed, pending, ...) to such a filter on a big
+/// table.
+///
 /// ```no_run
 /// # async fn f(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), jobq::Error> {
 /// let mut filter = jobq::JobFilter::new().state(jobq::JobState::Failed);

@@ -68,6 +68,10 @@ pub struct TaskStats {
     pub failed_last_hour: i64,
 }
 
+fn default_lease_ms() -> i64 {
+    i64::try_from(DEFAULT_LEASE.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn entry(
     tasks: &mut BTreeMap<(String, String), TaskStats>,
     queue: String,
@@ -98,8 +102,9 @@ fn secs<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
 /// `jobs_failed_idx` alone, recent completions through `jobs_finished_idx`
 /// from an hour ago (their cost follows the last hour's throughput), and
 /// completed jobs in all are the planner's estimate
-/// ([`Stats::completed_estimate`]). Four short read-only statements; not a
-/// single snapshot unless `conn` is in a repeatable-read transaction.
+/// ([`Stats::completed_estimate`]). Four short read-only statements in one
+/// transaction (a nested one, with a savepoint, inside yours); they see one
+/// snapshot only under repeatable read.
 ///
 /// ```no_run
 /// # async fn f(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), jobq::Error> {
@@ -110,19 +115,12 @@ fn secs<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
 /// # Ok(()) }
 /// ```
 pub async fn stats(conn: &mut AsyncPgConnection) -> Result<Stats, Error> {
-    let states = jobq_diesel::state_counts(conn)
+    let rows = jobq_diesel::stats(conn, default_lease_ms())
         .await
-        .map_err(Error::db("counting jobs by state"))?;
-    let recent = jobq_diesel::recent_counts(conn)
-        .await
-        .map_err(Error::db("counting recently finished jobs"))?;
-    let completed_estimate = jobq_diesel::completed_estimate(conn)
-        .await
-        .map_err(Error::db("estimating completed jobs"))?;
-    let live_workers = workers(conn).await?.iter().filter(|w| w.alive).count();
-
+        .map_err(Error::db("reading queue statistics"))?;
+    let live_workers = rows.workers.iter().filter(|w| w.alive).count();
     let mut tasks: BTreeMap<(String, String), TaskStats> = BTreeMap::new();
-    for row in states {
+    for row in rows.states {
         let t = entry(&mut tasks, row.queue, row.task);
         match row.state.as_str() {
             "scheduled" => t.scheduled = row.jobs,
@@ -138,7 +136,7 @@ pub async fn stats(conn: &mut AsyncPgConnection) -> Result<Stats, Error> {
             other => tracing::warn!(state = other, "stats: unexpected job state"),
         }
     }
-    for row in recent {
+    for row in rows.recent {
         let t = entry(&mut tasks, row.queue, row.task);
         t.completed_last_minute = row.completed_last_minute;
         t.failed_last_minute = row.failed_last_minute;
@@ -147,7 +145,7 @@ pub async fn stats(conn: &mut AsyncPgConnection) -> Result<Stats, Error> {
     }
     Ok(Stats {
         tasks: tasks.into_values().collect(),
-        completed_estimate,
+        completed_estimate: rows.completed_estimate,
         live_workers,
     })
 }
@@ -183,8 +181,7 @@ pub struct WorkerStatus {
 /// jobs it runs. Reads the workers table (one row per process) and each
 /// worker's running jobs by primary key.
 pub async fn workers(conn: &mut AsyncPgConnection) -> Result<Vec<WorkerStatus>, Error> {
-    let default_ms = i64::try_from(DEFAULT_LEASE.as_millis()).unwrap_or(i64::MAX);
-    let rows = jobq_diesel::workers(conn, default_ms)
+    let rows = jobq_diesel::workers(conn, default_lease_ms())
         .await
         .map_err(Error::db("listing workers"))?;
     Ok(rows
