@@ -24,6 +24,8 @@ pub enum CliError {
     /// The command line was wrong in a way clap cannot see (exit code 2).
     #[error("{0}")]
     Usage(String),
+    #[error("no job {0} (never enqueued, or finished and pruned after its retention)")]
+    NoJob(i64),
     /// Some of the jobs named could not be acted on; each was reported.
     #[error("{0}")]
     Partial(String),

@@ -166,6 +166,7 @@ async fn a_jobs_life_through_the_cli() {
     assert!(run.stdout.contains("errors:       none"), "{run:#?}");
     let run = jobq(Some(url), &["jobs", "show", "999999"]);
     assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stderr.contains("no job 999999"), "{run:#?}");
 
     // Cancel, then retry.
     jobq(Some(url), &["jobs", "cancel", &id.to_string()]).ok();
@@ -531,4 +532,56 @@ async fn a_wrong_password_is_reported_without_the_password() {
     let right = format!("postgres://{role}:the-right-one@127.0.0.1:{port}/postgres");
     let run = jobq(Some(&right), &["--json", "version"]).ok();
     assert!(!run.stdout.contains("the-right-one"), "{run:#?}");
+}
+
+#[tokio::test]
+async fn status_watch_refreshes_until_stopped() {
+    use std::io::BufRead;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let db = migrated().await;
+    let url = db.url();
+    enqueue(url, "w", "{}", &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(["--json", "status", "--watch", "--interval", "100ms"])
+        .env("DATABASE_URL", url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run jobq");
+    let stdout = child.stdout.take().expect("stdout");
+    let (send, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // JSON lines: one snapshot per refresh; the second shows a job
+    // enqueued after the first.
+    let next = || -> Value {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a refresh within 20 s")
+            .expect("a line");
+        serde_json::from_str(&line).expect("a JSON line")
+    };
+    let first = next();
+    assert_eq!(first["tasks"][0]["pending"], 1, "{first}");
+    enqueue(url, "w", "{}", &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let snapshot = next();
+        if snapshot["tasks"][0]["pending"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never refreshed: {snapshot}"
+        );
+    }
+    child.kill().expect("stop jobq");
+    child.wait().expect("reap jobq");
 }

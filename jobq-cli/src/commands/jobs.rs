@@ -99,9 +99,7 @@ pub async fn list(url: Option<&str>, json: bool, args: ListArgs) -> Result<(), C
 pub async fn show(url: Option<&str>, json: bool, id: i64) -> Result<(), CliError> {
     let mut conn = connect_ready(url).await?;
     let Some(job) = jobq::job(&mut conn, jobq::JobId::from(id)).await? else {
-        return Err(CliError::Partial(format!(
-            "no job {id} (never enqueued, or finished and pruned)"
-        )));
+        return Err(CliError::NoJob(id));
     };
     if json {
         output::json(&job);
