@@ -471,6 +471,11 @@ async fn connection_errors_are_clear_and_never_show_a_password() {
         assert!(!run.stderr.contains(SECRET), "password leaked: {run:#?}");
         let run = jobq(Some(&url), &["--help"]).ok();
         assert!(!run.stdout.contains(SECRET), "password leaked: {run:#?}");
+        // `version` still gives the binary's versions.
+        let run = jobq(Some(&url), &["version"]);
+        assert_eq!(run.code, 1, "{run:#?}");
+        assert!(run.stdout.contains(env!("CARGO_PKG_VERSION")), "{run:#?}");
+        assert!(!run.stderr.contains(SECRET), "password leaked: {run:#?}");
     }
     // Unreadable URLs are refused without echoing them.
     for url in [

@@ -104,7 +104,10 @@ fn secs<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
 /// completed jobs in all are the planner's estimate
 /// ([`Stats::completed_estimate`]). Four short read-only statements in one
 /// transaction (a nested one, with a savepoint, inside yours); they see one
-/// snapshot only under repeatable read.
+/// snapshot only under repeatable read. PostgreSQL's JIT is turned off for
+/// that transaction (`SET LOCAL jit = off`; inside your transaction, for
+/// the rest of it): the planner's estimates for the running jobs' id ranges
+/// would otherwise make it compile for longer than the queries run.
 ///
 /// ```no_run
 /// # async fn f(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), jobq::Error> {

@@ -72,14 +72,17 @@ struct Version {
 }
 
 /// Prints the versions; the installed schema's only when a database URL
-/// is given (then a connection failure is an error).
+/// is given. When that database cannot be read, the binary's versions are
+/// still printed, and the error follows (exit code 1).
 pub async fn version(url: Option<&str>, json: bool) -> Result<(), CliError> {
     let installed = match url {
-        Some(u) if !u.trim().is_empty() => {
-            let mut conn = connect(url).await?;
-            Some(jobq::schema_version(&mut conn).await?)
-        }
+        Some(u) if !u.trim().is_empty() => Some(installed_version(url).await),
         _ => None,
+    };
+    let (installed, failure) = match installed {
+        None => (None, None),
+        Some(Ok(found)) => (Some(found), None),
+        Some(Err(e)) => (None, Some(e)),
     };
     let v = Version {
         binary: env!("CARGO_PKG_VERSION"),
@@ -88,17 +91,26 @@ pub async fn version(url: Option<&str>, json: bool) -> Result<(), CliError> {
     };
     if json {
         output::json(&v);
-        return Ok(());
+    } else {
+        let mut text = format!(
+            "jobq {}\nschema supported: {}\n",
+            v.binary, v.schema_supported
+        );
+        text.push_str(&match (installed, &failure) {
+            (_, Some(_)) => "schema installed: unknown (see the error below)\n".to_owned(),
+            (None, None) => "schema installed: unknown (no database URL given)\n".to_owned(),
+            (Some(None), None) => "schema installed: none (run `jobq migrate`)\n".to_owned(),
+            (Some(Some(found)), None) => format!("schema installed: {found}\n"),
+        });
+        output::print(&text);
     }
-    let mut text = format!(
-        "jobq {}\nschema supported: {}\n",
-        v.binary, v.schema_supported
-    );
-    text.push_str(&match installed {
-        None => "schema installed: unknown (no database URL given)\n".to_owned(),
-        Some(None) => "schema installed: none (run `jobq migrate`)\n".to_owned(),
-        Some(Some(found)) => format!("schema installed: {found}\n"),
-    });
-    output::print(&text);
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn installed_version(url: Option<&str>) -> Result<Option<i64>, CliError> {
+    let mut conn = connect(url).await?;
+    Ok(jobq::schema_version(&mut conn).await?)
 }
