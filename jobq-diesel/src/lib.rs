@@ -9,6 +9,7 @@
 //! Each function is one statement (one short transaction) unless its docs
 //! say otherwise, so none holds locks while a handler runs.
 
+mod admin;
 mod claim;
 mod connect;
 mod conninfo;
@@ -24,11 +25,16 @@ mod pool;
 mod prepared;
 mod promote;
 pub mod schema;
+mod stats;
 #[cfg(feature = "tls")]
 mod tls;
 mod vacuum;
 mod workers;
 
+pub use admin::{
+    list_jobs, list_jobs_sql, purge, retry, retry_failed, retry_failed_sql, task_has_jobs,
+    uninstall, JobQuery, JobSummaryRow, RetryResult, PURGE_SQL, TASK_HAS_JOBS_SQL,
+};
 pub use claim::{claim, release_claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
 pub use connect::{
     redact, ConnectFuture, ConnectHook, ConnectOptions, ConnectOptionsError, Connector, SslMode,
@@ -44,6 +50,10 @@ pub use outcome::{
 pub use ping::ping;
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};
 pub use promote::{promote, Promotion, PROMOTE_SQL};
+pub use stats::{
+    stats, workers, RecentCount, StateCount, StatsRows, WorkerRow, COMPLETED_ESTIMATE_SQL,
+    RECENT_COUNTS_SQL, STATE_COUNTS_SQL, WORKERS_SQL,
+};
 pub use vacuum::{vacuum, Vacuum};
 pub use workers::{
     deregister_worker, heartbeat, register_worker, HeartbeatReply, WorkerInfo, HEARTBEAT_SQL,

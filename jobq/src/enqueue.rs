@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
 use jobq_diesel::{NewJob, NewJobs};
 
-use crate::{Error, JobId, Task};
+use crate::{Error, JobId, Task, TaskOptions};
 
 /// Per-job overrides of a task's defaults.
 ///
@@ -125,7 +125,16 @@ struct Resolved<'a> {
 const MAX_NAME_LEN: usize = 200;
 
 fn resolve<'a, T: Task>(options: &'a EnqueueOptions) -> Result<Resolved<'a>, Error> {
-    let queue = options.queue.as_deref().unwrap_or(T::OPTIONS.queue_name());
+    resolve_with(options, &T::OPTIONS)
+}
+
+/// [`resolve`] against a task's defaults given as a value, for jobs
+/// enqueued by task name (see [`crate::enqueue_json`]).
+fn resolve_with<'a>(
+    options: &'a EnqueueOptions,
+    defaults: &TaskOptions,
+) -> Result<Resolved<'a>, Error> {
+    let queue = options.queue.as_deref().unwrap_or(defaults.queue_name());
     if queue.is_empty() {
         return Err(Error::invalid("queue", "the queue name is empty"));
     }
@@ -135,7 +144,13 @@ fn resolve<'a, T: Task>(options: &'a EnqueueOptions) -> Result<Resolved<'a>, Err
             format!("the queue name is longer than {MAX_NAME_LEN} characters"),
         ));
     }
-    let max_attempts = options.max_attempts.unwrap_or(T::OPTIONS.attempt_limit());
+    if queue.contains('\0') {
+        return Err(Error::invalid(
+            "queue",
+            "the queue name contains the character U+0000, which PostgreSQL text cannot store",
+        ));
+    }
+    let max_attempts = options.max_attempts.unwrap_or(defaults.attempt_limit());
     if max_attempts == 0 {
         return Err(Error::invalid("max_attempts", "must be at least 1"));
     }
@@ -154,10 +169,16 @@ fn resolve<'a, T: Task>(options: &'a EnqueueOptions) -> Result<Resolved<'a>, Err
         if key.is_empty() {
             return Err(Error::invalid("dedupe_key", "the key is empty"));
         }
+        if key.contains('\0') {
+            return Err(Error::invalid(
+                "dedupe_key",
+                "the key contains the character U+0000, which PostgreSQL text cannot store",
+            ));
+        }
     }
     Ok(Resolved {
         queue,
-        priority: options.priority.unwrap_or(T::OPTIONS.default_priority()),
+        priority: options.priority.unwrap_or(defaults.default_priority()),
         max_attempts,
         delay_ms,
         run_at: options.run_at,
@@ -281,4 +302,70 @@ pub async fn enqueue_many_with<T: Task>(
             T::NAME
         )))?;
     Ok(ids.into_iter().map(JobId::from).collect())
+}
+
+/// Enqueues one job of the task named `task` with a JSON payload: for
+/// tools that have no task types, such as the `jobq` command-line tool.
+///
+/// The job is checked like any other: the payload must hold no U+0000 and
+/// fit [`EnqueueOptions::max_payload_size`], the names fit their limits
+/// (1 to 200 characters, no U+0000). Options the call leaves unset take the
+/// defaults of [`TaskOptions`] (queue `default`, 20 attempts, priority 0),
+/// not those of the task's `#[jobq::task]` attribute, which this function
+/// cannot see. Nothing checks that a worker knows the task: a worker fails
+/// a job of a task it does not have only once it is claimed, and a worker
+/// only claims tasks it has.
+///
+/// ```no_run
+/// # async fn f(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), jobq::Error> {
+/// let payload = serde_json::json!({ "user_id": 7 });
+/// let id = jobq::enqueue_json(conn, "send_welcome", &payload, jobq::EnqueueOptions::new()).await?;
+/// # let _ = id; Ok(()) }
+/// ```
+pub async fn enqueue_json(
+    conn: &mut AsyncPgConnection,
+    task: &str,
+    payload: &serde_json::Value,
+    options: EnqueueOptions,
+) -> Result<JobId, Error> {
+    if task.is_empty() || task.chars().count() > MAX_NAME_LEN || task.contains('\0') {
+        return Err(Error::invalid(
+            "task",
+            format!(
+                "a task name has 1 to {MAX_NAME_LEN} characters and no U+0000 \
+                 (got {} characters)",
+                task.chars().count()
+            ),
+        ));
+    }
+    let defaults = TaskOptions::new();
+    let resolved = resolve_with(&options, &defaults)?;
+    let invalid = |reason: String| Error::InvalidJsonPayload {
+        task: task.to_owned(),
+        reason,
+    };
+    crate::payload_check::check(payload).map_err(|p| invalid(p.0))?;
+    let json = serde_json::to_string(payload).map_err(|e| invalid(e.to_string()))?;
+    if json.len() > resolved.max_payload_size {
+        return Err(invalid(format!(
+            "its JSON text is {} bytes, over the limit of {} bytes \
+             (EnqueueOptions::max_payload_size)",
+            json.len(),
+            resolved.max_payload_size
+        )));
+    }
+    let job = NewJob {
+        task,
+        queue: resolved.queue,
+        payload: &json,
+        priority: resolved.priority,
+        max_attempts: resolved.max_attempts,
+        delay_ms: resolved.delay_ms,
+        run_at: resolved.run_at,
+        dedupe_key: resolved.dedupe_key,
+    };
+    let id = jobq_diesel::insert_job(conn, &job)
+        .await
+        .map_err(Error::db(format!("enqueueing a job of task {task:?}")))?;
+    Ok(JobId::from(id))
 }

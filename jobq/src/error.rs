@@ -84,6 +84,16 @@ pub enum Error {
         /// What is wrong, and where in the payload.
         reason: String,
     },
+    /// A payload given as JSON for a task named at run time
+    /// ([`enqueue_json`](crate::enqueue_json)) cannot be stored: the
+    /// character U+0000, or a size over the limit.
+    #[error("task {task:?}: invalid payload: {reason}")]
+    InvalidJsonPayload {
+        /// The task's name.
+        task: String,
+        /// What is wrong, and where in the payload.
+        reason: String,
+    },
     /// Enqueue options or worker settings are out of range.
     #[error("invalid {what}: {reason}")]
     InvalidOptions {

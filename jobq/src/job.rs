@@ -41,6 +41,18 @@ impl JobState {
         )
     }
 
+    /// Its name in the database and in JSON: `"pending"`, `"failed"`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "scheduled" => JobState::Scheduled,
@@ -50,6 +62,33 @@ impl JobState {
             "failed" => JobState::Failed,
             "cancelled" => JobState::Cancelled,
             _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Reads a state's name as [`JobState::as_str`] writes it.
+///
+/// ```
+/// assert_eq!("failed".parse::<jobq::JobState>().unwrap(), jobq::JobState::Failed);
+/// assert!("done".parse::<jobq::JobState>().is_err());
+/// ```
+impl std::str::FromStr for JobState {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        JobState::parse(s).ok_or_else(|| {
+            Error::invalid(
+                "job state",
+                format!(
+                    "{s:?} is not one of scheduled, pending, running, completed, failed, cancelled"
+                ),
+            )
         })
     }
 }
@@ -69,7 +108,7 @@ pub struct ErrorRecord {
 }
 
 /// A snapshot of a job row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct JobInfo {
     /// The job's id.

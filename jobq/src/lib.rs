@@ -32,6 +32,7 @@
 //! A job's life, the guarantees and the defaults are described in the
 //! repository's README.
 
+mod admin;
 mod context;
 mod enqueue;
 mod error;
@@ -42,6 +43,7 @@ mod payload_check;
 mod registry;
 mod retry;
 mod state;
+mod stats;
 mod task;
 mod task_error;
 mod worker;
@@ -50,14 +52,21 @@ mod worker;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use admin::{
+    jobs, purge, retry, retry_failed, schema_version, task_has_jobs, uninstall, JobFilter,
+    JobSummary, RetryOutcome, SCHEMA_VERSION,
+};
 pub use context::Context;
-pub use enqueue::{enqueue, enqueue_many, enqueue_many_with, enqueue_with, EnqueueOptions};
+pub use enqueue::{
+    enqueue, enqueue_json, enqueue_many, enqueue_many_with, enqueue_with, EnqueueOptions,
+};
 pub use error::Error;
 pub use job::{cancel, job, ErrorRecord, JobInfo, JobState};
 pub use job_id::JobId;
 pub use jobq_macros::task;
 pub use migrate::migrate;
 pub use state::State;
+pub use stats::{stats, workers, Stats, TaskStats, WorkerStatus};
 pub use task::{Task, TaskOptions};
 pub use task_error::TaskError;
 pub use worker::{run, Pool, ShutdownHandle, Worker, WorkerBuilder};

@@ -1,0 +1,33 @@
+//! One module per command group; each takes its parsed arguments and
+//! prints its result as a table or, with `--json`, as JSON.
+
+mod enqueue;
+mod jobs;
+mod schema;
+mod status;
+
+use crate::args::{Cli, Command, JobsCommand};
+use crate::error::CliError;
+
+/// Runs the command the user asked for.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let url = cli.database_url.as_deref();
+    let json = cli.json;
+    match cli.command {
+        Command::Migrate => schema::migrate(url, json).await,
+        Command::Uninstall { yes } => schema::uninstall(url, yes, json).await,
+        Command::Version => schema::version(url, json).await,
+        Command::Status { watch, interval } => status::status(url, json, watch, interval).await,
+        Command::Workers => status::workers(url, json).await,
+        Command::Enqueue(args) => enqueue::enqueue(url, json, args).await,
+        Command::Jobs(command) => match command {
+            JobsCommand::List(args) => jobs::list(url, json, args).await,
+            JobsCommand::Show { id } => jobs::show(url, json, id).await,
+            JobsCommand::Retry(args) => jobs::retry(url, json, args).await,
+            JobsCommand::Cancel { ids } => jobs::cancel(url, json, ids).await,
+            JobsCommand::Purge { states, older_than } => {
+                jobs::purge(url, json, &states, older_than).await
+            }
+        },
+    }
+}

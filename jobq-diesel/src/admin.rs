@@ -1,0 +1,316 @@
+//! Operators' statements: retrying failed jobs, purging finished ones,
+//! listing jobs with filters, and removing jobq's schema.
+
+use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, SmallInt, Text, Timestamptz};
+use diesel::{OptionalExtension, QueryableByName};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+use crate::no_jit::NO_JIT;
+
+/// What [`retry`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryResult {
+    /// The job is pending again.
+    Retried,
+    /// The job is not failed or cancelled (or does not exist).
+    NotRetryable,
+    /// Another job of the same task holds its dedupe key and is still
+    /// scheduled, pending or running; this one stays as it was.
+    KeyTaken(i64),
+}
+
+/// The columns a retried job gets: due now, with its used attempts reset
+/// (`attempt` itself is the fencing counter and never goes back, so the
+/// attempts used, `attempt - handbacks`, go to zero through `handbacks`),
+/// its error history kept.
+const RETRIED: &str = "state = 'pending', run_at = now(), handbacks = attempt, \
+     finished_at = NULL, started_at = NULL, worker_id = NULL, cancel_requested = false";
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// Makes a failed or cancelled job pending again, due now, and wakes the
+/// workers of its queue (at commit). One statement.
+pub async fn retry(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<RetryResult> {
+    let holder: Option<Id> = diesel::sql_query(
+        "SELECT o.id FROM jobq.jobs j JOIN jobq.jobs o \
+             ON o.task = j.task AND o.dedupe_key = j.dedupe_key \
+            AND o.state IN ('scheduled', 'pending', 'running') \
+         WHERE j.id = $1 AND j.state IN ('failed', 'cancelled') AND o.id <> j.id \
+         LIMIT 1",
+    )
+    .bind::<BigInt, _>(id)
+    .get_result(conn)
+    .await
+    .optional()?;
+    if let Some(holder) = holder {
+        return Ok(RetryResult::KeyTaken(holder.id));
+    }
+    let row: Count = diesel::sql_query(format!(
+        "WITH retried AS ( \
+             UPDATE jobq.jobs SET {RETRIED} \
+             WHERE id = $1 AND state IN ('failed', 'cancelled') \
+             RETURNING queue) \
+         SELECT count(pg_notify('jobq_jobs', '0 ' || queue)) AS n FROM retried"
+    ))
+    .bind::<BigInt, _>(id)
+    .get_result(conn)
+    .await?;
+    Ok(if row.n > 0 {
+        RetryResult::Retried
+    } else {
+        RetryResult::NotRetryable
+    })
+}
+
+/// The statement of [`retry_failed`]: `$1` the task.
+pub fn retry_failed_sql() -> String {
+    format!(
+        "WITH retried AS ( \
+             UPDATE jobq.jobs SET {RETRIED} \
+             WHERE id = ANY(ARRAY( \
+                 SELECT f.id FROM ( \
+                     SELECT id, task, dedupe_key, row_number() OVER ( \
+                         PARTITION BY dedupe_key ORDER BY id DESC) AS newest \
+                     FROM jobq.jobs WHERE task = $1 AND state = 'failed') f \
+                 WHERE f.dedupe_key IS NULL OR (f.newest = 1 AND NOT EXISTS ( \
+                     SELECT 1 FROM jobq.jobs o \
+                     WHERE o.task = f.task AND o.dedupe_key = f.dedupe_key \
+                       AND o.state IN ('scheduled', 'pending', 'running'))))) \
+               AND state = 'failed' \
+             RETURNING queue) \
+         SELECT (SELECT count(*) FROM retried) AS n, \
+                (SELECT count(pg_notify('jobq_jobs', '0 ' || queue)) \
+                 FROM (SELECT DISTINCT queue FROM retried) q) AS woken"
+    )
+}
+
+/// Makes every failed job of `task` pending again, as [`retry`] does, in
+/// one statement; returns how many. A job whose dedupe key another live
+/// job holds stays failed, and of several failed jobs sharing a key only
+/// the newest is retried (the key admits one live job).
+pub async fn retry_failed(conn: &mut AsyncPgConnection, task: &str) -> diesel::QueryResult<i64> {
+    let row: Count = diesel::sql_query(retry_failed_sql())
+        .bind::<Text, _>(task)
+        .get_result(conn)
+        .await?;
+    Ok(row.n)
+}
+
+/// The statement of [`purge`]: `$1` the states (text[]), `$2` the age in
+/// milliseconds, `$3` the batch size.
+pub const PURGE_SQL: &str = "\
+    WITH gone AS ( \
+        DELETE FROM jobq.jobs WHERE id = ANY(ARRAY( \
+            SELECT id FROM jobq.jobs \
+            WHERE state IN ('completed', 'failed', 'cancelled') \
+              AND state::text = ANY($1) \
+              AND finished_at < now() - $2 * interval '1 millisecond' \
+            LIMIT $3)) \
+          AND state IN ('completed', 'failed', 'cancelled') \
+        RETURNING 1) \
+    SELECT count(*) AS n FROM gone";
+
+/// Deletes up to `limit` jobs in `states` (each one of completed, failed,
+/// cancelled) that finished more than `older_than_ms` ago, through
+/// `jobs_finished_idx`; returns how many went. Call again while it returns
+/// `limit`.
+pub async fn purge(
+    conn: &mut AsyncPgConnection,
+    states: &[String],
+    older_than_ms: i64,
+    limit: i64,
+) -> diesel::QueryResult<i64> {
+    let row: Count = diesel::sql_query(PURGE_SQL)
+        .bind::<Array<Text>, _>(states)
+        .bind::<BigInt, _>(older_than_ms)
+        .bind::<BigInt, _>(limit)
+        .get_result(conn)
+        .await?;
+    Ok(row.n)
+}
+
+/// Which jobs [`list_jobs`] returns. Every field left `None` matches all.
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery<'a> {
+    /// Only jobs in this state.
+    pub state: Option<&'a str>,
+    /// Only jobs of this task.
+    pub task: Option<&'a str>,
+    /// Only jobs on this queue.
+    pub queue: Option<&'a str>,
+    /// Only jobs with this dedupe key.
+    pub dedupe_key: Option<&'a str>,
+    /// Only jobs created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only jobs with a smaller id (keyset paging: the last id of the
+    /// previous page).
+    pub before_id: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// One line of a job listing: a job without its payload and errors.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct JobSummaryRow {
+    /// Row id.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// Task name.
+    #[diesel(sql_type = Text)]
+    pub task: String,
+    /// Queue name.
+    #[diesel(sql_type = Text)]
+    pub queue: String,
+    /// Its state.
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    /// Higher runs first.
+    #[diesel(sql_type = SmallInt)]
+    pub priority: i16,
+    /// Attempts used.
+    #[diesel(sql_type = Integer)]
+    pub attempt: i32,
+    /// Attempts allowed.
+    #[diesel(sql_type = Integer)]
+    pub max_attempts: i32,
+    /// When it is (or was) due.
+    #[diesel(sql_type = Timestamptz)]
+    pub run_at: DateTime<Utc>,
+    /// When it was enqueued.
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    /// When it finished.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Its dedupe key.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub dedupe_key: Option<String>,
+}
+
+/// Jobs matching `query`, newest (highest id) first. Each filter is a
+/// bound parameter; only the filters given are in the statement, so the
+/// planner sees plain equalities it can match with the indexes (the
+/// primary key for the order, the partial index of the state asked for).
+pub async fn list_jobs(
+    conn: &mut AsyncPgConnection,
+    query: &JobQuery<'_>,
+) -> diesel::QueryResult<Vec<JobSummaryRow>> {
+    let mut q = diesel::sql_query(list_jobs_sql(query)).into_boxed::<Pg>();
+    if let Some(state) = query.state {
+        q = q.bind::<Text, _>(state.to_owned());
+    }
+    if let Some(task) = query.task {
+        q = q.bind::<Text, _>(task.to_owned());
+    }
+    if let Some(queue) = query.queue {
+        q = q.bind::<Text, _>(queue.to_owned());
+    }
+    if let Some(key) = query.dedupe_key {
+        q = q.bind::<Text, _>(key.to_owned());
+    }
+    if let Some(since) = query.since {
+        q = q.bind::<Timestamptz, _>(since);
+    }
+    if let Some(before) = query.before_id {
+        q = q.bind::<BigInt, _>(before);
+    }
+    q = q.bind::<BigInt, _>(query.limit);
+    // The claims' ranges expanded for running jobs make estimates far
+    // above jit_above_cost: compiling would cost more than the listing.
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        conn.batch_execute(NO_JIT).await?;
+        q.load(conn).await
+    })
+    .await
+}
+
+/// The statement [`list_jobs`] runs for `query`, with a parameter for each
+/// filter given, in the order of [`JobQuery`]'s fields, the limit last
+/// (for `EXPLAIN` in tests).
+pub fn list_jobs_sql(query: &JobQuery<'_>) -> String {
+    let mut sql = String::from(
+        "SELECT id, task, queue, state::text AS state, priority, \
+             attempt - handbacks AS attempt, max_attempts, run_at, created_at, finished_at, \
+             dedupe_key \
+         FROM jobq.jobs WHERE true",
+    );
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    // The state is compared as the enum, so the partial indexes' predicates
+    // are matched.
+    if let Some(state) = query.state {
+        sql.push_str(&format!(" AND state = ${}::jobq.job_state", next()));
+        // Running jobs have no index of their own (it would cost every
+        // claim an entry), and statistics nearly always see none, which
+        // makes a scan of the table look cheap: find them through the
+        // claims that hold them and the primary key, as heartbeats do.
+        if state == "running" {
+            sql.push_str(
+                " AND id = ANY(ARRAY(SELECT generate_series(lower(r), upper(r) - 1) \
+                 FROM jobq.claims c, unnest(c.jobs) AS r))",
+            );
+        }
+    }
+    if query.task.is_some() {
+        sql.push_str(&format!(" AND task = ${}", next()));
+    }
+    if query.queue.is_some() {
+        sql.push_str(&format!(" AND queue = ${}", next()));
+    }
+    if query.dedupe_key.is_some() {
+        sql.push_str(&format!(" AND dedupe_key = ${}", next()));
+    }
+    if query.since.is_some() {
+        sql.push_str(&format!(" AND created_at >= ${}", next()));
+    }
+    if query.before_id.is_some() {
+        sql.push_str(&format!(" AND id < ${}", next()));
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", next()));
+    sql
+}
+
+#[derive(QueryableByName)]
+struct Known {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    known: bool,
+}
+
+/// The statement of [`task_has_jobs`]: `$1` the task.
+pub const TASK_HAS_JOBS_SQL: &str = "\
+    SELECT EXISTS (SELECT 1 FROM jobq.jobs WHERE task = $1 AND state = 'pending') \
+        OR EXISTS (SELECT 1 FROM jobq.jobs WHERE task = $1 \
+                   AND state IN ('failed', 'cancelled')) AS known";
+
+/// Whether jobq.jobs holds a pending, failed or cancelled job of `task`
+/// (the states whose indexes find a task cheaply). Used by tools that have no task registry
+/// to warn about a mistyped task name.
+pub async fn task_has_jobs(conn: &mut AsyncPgConnection, task: &str) -> diesel::QueryResult<bool> {
+    let row: Known = diesel::sql_query(TASK_HAS_JOBS_SQL)
+        .bind::<Text, _>(task)
+        .get_result(conn)
+        .await?;
+    Ok(row.known)
+}
+
+/// Drops the `jobq` schema with every job, worker row and the migration
+/// history in it. Not reversible.
+pub async fn uninstall(conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
+    conn.batch_execute("DROP SCHEMA IF EXISTS jobq CASCADE")
+        .await
+}

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS jobq.jobs_failed_idx;
