@@ -38,6 +38,8 @@ pub enum Command {
     /// `--outage-secs` and started again: how soon does each claim again?
     /// (Always on a private server of its own, which it stops.)
     Restart(Options),
+    /// The same jobs drained by 1, 2, 4, ... 32 worker processes
+    Scale(Options),
     /// A worker process started by `drain` and `sustained`.
     #[command(hide = true)]
     Worker(WorkerOptions),
@@ -73,6 +75,9 @@ pub struct Options {
     /// How long the `restart` scenario keeps the database down, seconds
     #[arg(long, default_value_t = 30)]
     pub outage_secs: u64,
+    /// Worker process counts of the scale scenario
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 32])]
+    pub processes: Vec<usize>,
     /// Worker process counts of the drain scenario
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     pub workers: Vec<usize>,

@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Scheduled(o) => (o, vec!["scheduled"]),
         Command::Tasks(o) => (o, vec!["tasks"]),
         Command::Restart(o) => (o, vec!["restart"]),
+        Command::Scale(o) => (o, vec!["scale"]),
         Command::All(o) => (
             o,
             vec!["enqueue", "drain", "latency", "sustained", "backlog"],
@@ -70,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
             "scheduled" => scenario::scheduled::run(&options).await?,
             "tasks" => scenario::tasks::run(&options).await?,
             "restart" => scenario::restart::run(&options).await?,
+            "scale" => scenario::scale::run(&options).await?,
             other => unreachable!("scenario {other} is not in the list above"),
         };
         results.append(&mut rows);

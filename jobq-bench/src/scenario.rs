@@ -6,6 +6,7 @@ pub mod drain;
 pub mod enqueue;
 pub mod latency;
 pub mod restart;
+pub mod scale;
 pub mod scheduled;
 pub mod sustained;
 pub mod tasks;
