@@ -166,7 +166,8 @@ struct Count {
 }
 
 /// Deletes up to `limit` finished jobs of each kind older than their
-/// retention, in one short statement; returns how many went. Call again
+/// retention, except jobs still holding a unique key (`unique_for`,
+/// `unique_forever`), in one short statement; returns how many went. Call again
 /// while it returns a full batch.
 pub async fn prune(
     conn: &mut AsyncPgConnection,
@@ -180,11 +181,13 @@ pub async fn prune(
                  (SELECT id FROM jobq.jobs \
                   WHERE (SELECT held FROM lock) AND state = 'completed' \
                     AND finished_at < now() - $2 * interval '1 millisecond' \
+                    AND NOT coalesce(unique_until > now(), false) \
                   LIMIT $4) \
                  UNION ALL \
                  (SELECT id FROM jobq.jobs \
                   WHERE (SELECT held FROM lock) AND state IN ('failed', 'cancelled') \
                     AND finished_at < now() - $3 * interval '1 millisecond' \
+                    AND NOT coalesce(unique_until > now(), false) \
                   LIMIT $4))) \
              RETURNING 1 \
          ) \

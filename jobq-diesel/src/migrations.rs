@@ -53,6 +53,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "liveness",
         up: include_str!("../../migrations/2026-11-30-000003_liveness/up.sql"),
     },
+    Migration {
+        version: 20261201000030,
+        name: "unique_keys_and_outputs",
+        up: include_str!("../../migrations/2026-12-01-000030_unique_keys_and_outputs/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -38,12 +38,15 @@ mod error;
 mod job;
 mod job_id;
 mod migrate;
+mod output;
 mod payload_check;
 mod registry;
 mod retry;
 mod state;
 mod task;
 mod task_error;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod worker;
 
 #[doc(hidden)]
@@ -51,12 +54,16 @@ mod worker;
 pub mod __private;
 
 pub use context::Context;
-pub use enqueue::{enqueue, enqueue_many, enqueue_many_with, enqueue_with, EnqueueOptions};
+pub use enqueue::{
+    enqueue, enqueue_many, enqueue_many_with, enqueue_unique, enqueue_with, EnqueueOptions,
+    Enqueued,
+};
 pub use error::Error;
-pub use job::{cancel, job, ErrorRecord, JobInfo, JobState};
+pub use job::{cancel, job, job_by_key, ErrorRecord, JobInfo, JobState};
 pub use job_id::JobId;
 pub use jobq_macros::task;
 pub use migrate::migrate;
+pub use output::{output, MAX_OUTPUT_SIZE};
 pub use state::State;
 pub use task::{Task, TaskOptions};
 pub use task_error::TaskError;
