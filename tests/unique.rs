@@ -200,7 +200,7 @@ async fn misuse_of_the_options_is_refused_with_a_clear_error() {
             .to_string();
         assert!(error.contains(expected), "{what}: {error}");
     }
-    let error = charge::enqueue_many_with(&mut conn, &[payload.clone()], key("k"))
+    let error = charge::enqueue_many_with(&mut conn, std::slice::from_ref(&payload), key("k"))
         .await
         .expect_err("enqueue_many_with with a key")
         .to_string();
@@ -248,7 +248,7 @@ async fn hostile_keys_are_data() {
     let refused: Vec<(&str, String, &str)> = vec![
         ("empty", String::new(), "the key is empty"),
         ("nul alone", "\0".into(), "U+0000"),
-        ("nul inside", "req\0123".into(), "U+0000 (at byte 3)"),
+        ("nul inside", "req\0/123".into(), "U+0000 (at byte 3)"),
         (
             "one byte too long",
             "k".repeat(max + 1),
@@ -383,6 +383,19 @@ async fn a_holder_committed_after_a_repeatable_read_snapshot_is_still_found() {
     assert!(holder.created);
     let seen = submit(&mut late, race_while_active()).await;
     assert_eq!((seen.id, seen.created), (holder.id, false));
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let visible: N = diesel::sql_query("SELECT count(*) AS n FROM jobq.jobs")
+        .get_result(&mut late)
+        .await
+        .unwrap();
+    assert_eq!(
+        visible.n, 0,
+        "the holder's row is invisible to this transaction"
+    );
     late.batch_execute("COMMIT").await.unwrap();
     assert_eq!(jobs_with_key(&env, "race").await, 1);
 }
@@ -466,4 +479,54 @@ async fn delayed_unique_jobs_are_scheduled_and_hold_their_key() {
     assert_eq!(info.priority, 7);
     let again = submit(&mut conn, options()).await;
     assert_eq!((again.id, again.created), (job.id, false));
+}
+
+/// A REPEATABLE READ transaction whose snapshot predates two generations
+/// of a key (the first finished and pruned, the second active) cannot
+/// know the holder: it gets a serialization failure to retry, never a
+/// second active job.
+#[tokio::test]
+async fn a_snapshot_older_than_two_generations_is_told_to_retry_not_given_a_second_job() {
+    let env = support::env().await;
+    let url = env.db.url().to_owned();
+    let mut old = AsyncPgConnection::establish(&url).await.unwrap();
+    old.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .await
+        .unwrap();
+    let mut conn = env.conn().await;
+    let first = submit(&mut conn, race_while_active()).await.id;
+    finish(&env, first, "completed").await;
+    let second = submit(&mut conn, race_while_active()).await;
+    assert!(second.created);
+    assert_ne!(second.id, first);
+    // The first generation is pruned; the old snapshot sees neither.
+    diesel::sql_query("DELETE FROM jobq.jobs WHERE id = $1")
+        .bind::<BigInt, _>(first.get())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let error = charge::enqueue_unique(&mut old, &Charge { cents: 1 }, race_while_active())
+        .await
+        .expect_err("the old snapshot cannot know the holder");
+    let text = format!("{error}: {:?}", std::error::Error::source(&error));
+    assert!(text.contains("retry the transaction"), "{text}");
+    assert!(
+        matches!(
+            &error,
+            jobq::Error::Database {
+                source: diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::SerializationFailure,
+                    _
+                ),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    old.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(jobs_with_key(&env, "race").await, 1);
+    // A fresh transaction finds the holder.
+    let again = submit(&mut old, race_while_active()).await;
+    assert_eq!((again.id, again.created), (second.id, false));
 }

@@ -19,6 +19,14 @@ ALTER TABLE jobq.jobs ADD COLUMN unique_until timestamptz;
 CREATE INDEX jobs_unique_key_idx ON jobq.jobs (task, unique_key, unique_gen DESC)
     WHERE unique_key IS NOT NULL;
 
+-- At most one active job per key, whatever the submitters saw: a backstop
+-- for a REPEATABLE READ transaction whose snapshot is older than the
+-- key's last two generations (see jobq.enqueue_unique). Created after the
+-- primary key, so that a submission racing another of the same
+-- generation meets it on the primary key first.
+CREATE UNIQUE INDEX jobs_unique_active_idx ON jobq.jobs (task, unique_key)
+    WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'pending', 'running');
+
 -- The id of generation `gen` of a task's key: derived, not drawn from the
 -- identity sequence, so that two transactions submitting the same key
 -- compute the same id and meet on the primary key. That is what lets the
@@ -50,6 +58,7 @@ DECLARE
     v_constraint text;
     v_task text;
     v_key text;
+    v_holder bigint;
 BEGIN
     SELECT j.id, j.unique_gen,
            (j.state IN ('scheduled', 'pending', 'running') OR j.unique_until > now()) AS held
@@ -80,6 +89,22 @@ BEGIN
         created := true;
     EXCEPTION WHEN unique_violation THEN
         GET STACKED DIAGNOSTICS v_constraint = CONSTRAINT_NAME;
+        IF v_constraint = 'jobs_unique_active_idx' THEN
+            -- Another generation is active: this transaction's snapshot
+            -- predates it and the one before. Return the holder where it
+            -- is visible (READ COMMITTED); otherwise only a newer snapshot
+            -- can tell, so ask for the transaction to be retried.
+            SELECT j.id INTO v_holder FROM jobq.jobs j
+             WHERE j.task = p_task AND j.unique_key = p_key
+               AND j.state IN ('scheduled', 'pending', 'running');
+            IF FOUND THEN
+                job_id := v_holder;
+                created := false;
+                RETURN;
+            END IF;
+            RAISE EXCEPTION 'jobq: another job holds this unique key, created after this transaction''s snapshot; retry the transaction'
+                USING ERRCODE = 'serialization_failure';
+        END IF;
         IF v_constraint IS DISTINCT FROM 'jobs_pkey' THEN
             RAISE;
         END IF;
