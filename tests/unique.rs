@@ -188,6 +188,16 @@ async fn misuse_of_the_options_is_refused_with_a_clear_error() {
             "without a unique_key",
         ),
         (
+            "an endless window",
+            key("k").unique_for(Duration::MAX),
+            "longer than 1,000 years",
+        ),
+        (
+            "a window of two thousand years",
+            key("k").unique_for(Duration::from_secs(2000 * 366 * 86_400)),
+            "use unique_forever",
+        ),
+        (
             "both keys",
             key("k").dedupe_key("k"),
             "a unique_key or a dedupe_key, not both",
@@ -529,4 +539,17 @@ async fn a_snapshot_older_than_two_generations_is_told_to_retry_not_given_a_seco
     // A fresh transaction finds the holder.
     let again = submit(&mut old, race_while_active()).await;
     assert_eq!((again.id, again.created), (second.id, false));
+}
+
+#[tokio::test]
+async fn a_window_of_nine_hundred_years_is_stored() {
+    let env = support::env().await;
+    let mut conn = env.conn().await;
+    let window = Duration::from_secs(900 * 365 * 86_400);
+    let job = submit(&mut conn, key("long").unique_for(window)).await;
+    assert!(job.created);
+    finish(&env, job.id, "completed").await;
+    age(&env, job.id, "800 years").await;
+    let again = submit(&mut conn, key("long").unique_for(window)).await;
+    assert_eq!((again.id, again.created), (job.id, false));
 }

@@ -187,6 +187,11 @@ struct Resolved<'a> {
 
 const MAX_NAME_LEN: usize = 200;
 
+/// The longest `unique_for` window: PostgreSQL's timestamps end in the
+/// year 294276, but nobody needs more than this, and `unique_forever`
+/// says it better.
+const MAX_UNIQUE_FOR: Duration = Duration::from_secs(1000 * 366 * 24 * 60 * 60);
+
 fn resolve<'a, T: Task>(options: &'a EnqueueOptions) -> Result<Resolved<'a>, Error> {
     let queue = options.queue.as_deref().unwrap_or(T::OPTIONS.queue_name());
     if queue.is_empty() {
@@ -237,10 +242,19 @@ fn resolve<'a, T: Task>(options: &'a EnqueueOptions) -> Result<Resolved<'a>, Err
             let hold = match scope {
                 None => KeyHold::WhileActive,
                 Some(Uniqueness::Forever) => KeyHold::Forever,
-                Some(Uniqueness::For(d)) => KeyHold::ForMillis(
-                    i64::try_from(d.as_millis())
-                        .map_err(|_| Error::invalid("unique_for", format!("{d:?} is too long")))?,
-                ),
+                Some(Uniqueness::For(d)) if d > MAX_UNIQUE_FOR => {
+                    return Err(Error::invalid(
+                        "unique_for",
+                        format!(
+                            "{d:?} is longer than 1,000 years (timestamps cannot hold it); \
+                             use unique_forever"
+                        ),
+                    ))
+                }
+                Some(Uniqueness::For(d)) => {
+                    // At most 1,000 years: fits.
+                    KeyHold::ForMillis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                }
             };
             Some((key.as_str(), hold))
         }
