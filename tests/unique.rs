@@ -444,11 +444,21 @@ async fn pruning_keeps_finished_jobs_whose_key_is_still_held() {
     .await
     .id;
     let forever = submit(&mut conn, key("forever").unique_forever()).await.id;
+    let fresh = submit(&mut conn, key("fresh").unique_for(Duration::from_secs(60)))
+        .await
+        .id;
     for id in [active, windowed, expired, forever] {
         finish(&env, id, "completed").await;
         // Finished an hour ago: far past a retention of one minute.
         age(&env, id, "1 hour").await;
     }
+    // Its hold has ended, but it finished only now: within its retention.
+    finish(&env, fresh, "failed").await;
+    conn.batch_execute(&format!(
+        "UPDATE jobq.jobs SET unique_until = now() - interval '1 second' WHERE id = {fresh}"
+    ))
+    .await
+    .unwrap();
     let retention = jobq_diesel::Retention {
         completed: Duration::from_secs(60),
         failed: Duration::from_secs(60),
@@ -458,13 +468,13 @@ async fn pruning_keeps_finished_jobs_whose_key_is_still_held() {
         .unwrap();
     assert_eq!(pruned, 2, "the active-scope job and the expired window go");
     let mut left = Vec::new();
-    for id in [active, expired, windowed, forever] {
+    for id in [active, expired, windowed, forever, fresh] {
         left.push(jobq::job(&mut conn, id).await.unwrap().is_some());
     }
     assert_eq!(
         left,
-        [false, false, true, true],
-        "active, expired, windowed, forever"
+        [false, false, true, true, true],
+        "active, expired, windowed, forever, fresh"
     );
     // The kept jobs still answer for their keys.
     assert_eq!(

@@ -27,6 +27,18 @@ CREATE INDEX jobs_unique_key_idx ON jobq.jobs (task, unique_key, unique_gen DESC
 CREATE UNIQUE INDEX jobs_unique_active_idx ON jobq.jobs (task, unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'pending', 'running');
 
+-- Pruning must keep finished jobs whose key is still held, and must not
+-- walk them at every round either (a million `unique_forever` jobs would
+-- cost every prune a million index entries). The age index now holds the
+-- jobs without a hold past their end; held ones are found by the end of
+-- their hold, so that those held for good ('infinity') are never visited.
+-- Rebuilding the age index reads the table once, during the migration.
+DROP INDEX jobq.jobs_finished_idx;
+CREATE INDEX jobs_finished_idx ON jobq.jobs (finished_at)
+    WHERE state IN ('completed', 'failed', 'cancelled') AND unique_until IS NULL;
+CREATE INDEX jobs_unique_until_idx ON jobq.jobs (unique_until)
+    WHERE unique_until IS NOT NULL AND state IN ('completed', 'failed', 'cancelled');
+
 -- The id of generation `gen` of a task's key: derived, not drawn from the
 -- identity sequence, so that two transactions submitting the same key
 -- compute the same id and meet on the primary key. That is what lets the
