@@ -194,3 +194,75 @@ async fn unstorable_outputs_fail_their_attempt_and_the_rest_of_the_batch_complet
         assert!(message.len() < 2_000, "{kind}: the message is short");
     }
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Shape {
+    kind: String,
+}
+
+/// Outputs of every class of content, built by the handler (a payload
+/// could not carry some of them).
+#[jobq::task(queue = "outputs")]
+async fn shaped(job: Shape) -> Result<std::collections::BTreeMap<String, String>, jobq::TaskError> {
+    let limit = jobq::MAX_OUTPUT_SIZE;
+    // `{"k":"<value>"}` is the value plus 8 bytes.
+    let (key, value) = match job.kind.as_str() {
+        "controls" => ("k".to_owned(), "\u{1}\u{1b}[31m\r\n\t\u{7f}".to_owned()),
+        "json-looking" => ("k".to_owned(), "{\"a\":1}\\\"".to_owned()),
+        "unicode key" => ("ключ🔑\u{200b}".to_owned(), "鍵".to_owned()),
+        "at the limit" => ("k".to_owned(), "x".repeat(limit - 8)),
+        "nul in a key" => ("a\0b".to_owned(), "v".to_owned()),
+        "one byte over" => ("k".to_owned(), "x".repeat(limit - 7)),
+        other => return Err(jobq::TaskError::msg(format!("unknown kind {other}"))),
+    };
+    Ok([(key, value)].into_iter().collect())
+}
+
+#[tokio::test]
+async fn every_class_of_output_round_trips_or_fails_clearly() {
+    let env = support::env().await;
+    let mut conn = env.conn().await;
+    let stored = ["controls", "json-looking", "unicode key", "at the limit"];
+    let refused = [
+        ("nul in a key", "contains the character U+0000"),
+        (
+            "one byte over",
+            "1048577 bytes, over the limit of 1048576 bytes",
+        ),
+    ];
+    let kinds: Vec<Shape> = stored
+        .iter()
+        .chain(refused.iter().map(|(k, _)| k))
+        .map(|k| Shape { kind: (*k).into() })
+        .collect();
+    let ids = shaped::enqueue_many(&mut conn, &kinds).await.unwrap();
+    let handle = worker(&env).build().await.unwrap().spawn();
+    let mut infos = Vec::new();
+    for id in &ids {
+        infos.push(
+            env.wait_job(*id, "finished", |j| j.state.is_terminal())
+                .await,
+        );
+    }
+    handle.shutdown().await.unwrap();
+    for (kind, info) in stored.iter().zip(&infos) {
+        assert_eq!(info.state, JobState::Completed, "{kind}: {:?}", info.errors);
+        let output = shaped::output(&mut conn, info.id).await.unwrap().unwrap();
+        let expected = shaped(Shape {
+            kind: (*kind).into(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(output, expected, "{kind}");
+    }
+    for ((kind, reason), info) in refused.iter().zip(&infos[stored.len()..]) {
+        assert_eq!(info.state, JobState::Failed, "{kind}");
+        assert_eq!(info.output, None, "{kind}");
+        let message = &info.errors[0].message;
+        assert!(
+            message.contains("output cannot be stored"),
+            "{kind}: {message}"
+        );
+        assert!(message.contains(reason), "{kind}: {message}");
+    }
+}
