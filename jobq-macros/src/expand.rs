@@ -353,6 +353,21 @@ mod tests {
         );
         assert!(out.contains("async fn enqueue (conn : & mut :: jobq :: __private :: AsyncPgConnection , payload : & Welcome"), "{out}");
         assert!(out.contains("payloads : & [Welcome]"), "{out}");
+        assert!(
+            out.contains("type Output = < Result < () , jobq :: TaskError > as :: jobq :: __private :: TaskReturn > :: Output ;"),
+            "{out}"
+        );
+        assert!(out.contains("async fn enqueue_unique"), "{out}");
+        assert!(
+            out.contains(
+                "-> :: core :: result :: Result < :: jobq :: Enqueued , :: jobq :: Error >"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("async fn output (conn : & mut :: jobq :: __private :: AsyncPgConnection , id : :: jobq :: JobId ,)"),
+            "{out}"
+        );
         assert!(out.contains("let _ = ctx ;"), "{out}");
         assert!(
             out.contains(
