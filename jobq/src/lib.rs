@@ -31,6 +31,12 @@
 //!
 //! A job's life, the guarantees and the defaults are described in the
 //! repository's README.
+//!
+//! Idempotent submission: [`EnqueueOptions::unique_key`] and
+//! [`enqueue_unique`]. Typed outputs: a task fn returning `Result<T, _>`,
+//! read with [`output`]. The feature `testing` adds `jobq::testing`, a kit
+//! for tests of your own tasks (a throwaway database, `drain`,
+//! `run_inline`, `assert_enqueued`).
 
 mod context;
 mod enqueue;
