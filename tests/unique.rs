@@ -563,3 +563,48 @@ async fn a_window_of_nine_hundred_years_is_stored() {
     let again = submit(&mut conn, key("long").unique_for(window)).await;
     assert_eq!((again.id, again.created), (job.id, false));
 }
+
+/// Many transactions at READ COMMITTED and REPEATABLE READ submit one key
+/// at once: one job, one id for all, no error. (At SERIALIZABLE,
+/// PostgreSQL may abort some of a crowd of reading and writing
+/// transactions with a serialization failure, to be retried, whatever
+/// they do; that is not jobq's to promise away.)
+#[tokio::test]
+async fn a_crowd_of_submitters_agrees_on_one_job() {
+    let env = support::env().await;
+    let url = env.db.url().to_owned();
+    let levels = ["READ COMMITTED", "REPEATABLE READ"];
+    let mut conns = Vec::new();
+    for i in 0..24 {
+        let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+        conn.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL {}; SELECT 1",
+            levels[i % levels.len()]
+        ))
+        .await
+        .unwrap();
+        conns.push(conn);
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(conns.len()));
+    let submitters: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let job = charge::enqueue_unique(&mut conn, &Charge { cents: 1 }, race_for_a_day())
+                    .await
+                    .expect("every submission succeeds");
+                conn.batch_execute("COMMIT").await.expect("and commits");
+                job
+            })
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    for s in submitters {
+        jobs.push(s.await.unwrap());
+    }
+    assert_eq!(jobs.iter().filter(|j| j.created).count(), 1, "{jobs:?}");
+    assert!(jobs.iter().all(|j| j.id == jobs[0].id), "{jobs:?}");
+    assert_eq!(jobs_with_key(&env, "race").await, 1);
+}
