@@ -103,6 +103,34 @@ async fn roles_sql_gives_app_and_worker_only_what_they_need() {
         .expect("app reads status")
         .expect("job");
     assert_eq!(info.state, JobState::Pending);
+    // Idempotent submission and the reads that go with it.
+    let keyed = || {
+        EnqueueOptions::new()
+            .unique_key("client-7/req-1")
+            .unique_forever()
+    };
+    let doc = Doc {
+        text: "unique".into(),
+    };
+    let first = role_job::enqueue_unique(&mut as_app, &doc, keyed())
+        .await
+        .expect("app submits under a unique key");
+    let second = role_job::enqueue_unique(&mut as_app, &doc, keyed())
+        .await
+        .expect("app submits again");
+    assert!(first.created && !second.created);
+    assert_eq!(first.id, second.id);
+    let by_key = jobq::job_by_key(&mut as_app, "role_job", "client-7/req-1")
+        .await
+        .expect("app looks a job up by key")
+        .expect("job");
+    assert_eq!(by_key.id, first.id);
+    assert_eq!(
+        role_job::output(&mut as_app, first.id)
+            .await
+            .expect("app reads an output"),
+        None
+    );
     // ...and nothing else.
     denied(
         exec(&mut as_app, "UPDATE jobq.jobs SET state = 'completed'").await,

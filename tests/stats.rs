@@ -85,11 +85,19 @@ async fn stats_count_a_known_set_of_jobs_by_queue_task_and_state() {
     .await
     .unwrap();
 
-    // A worker runs two successes, one failure and one job it holds.
+    // A worker runs two successes (one of them holding its unique key
+    // for good, which keeps it out of the pruning index), one failure and
+    // one job it holds.
     let handle = env.worker().build().await.unwrap().spawn();
+    let held = jobq::EnqueueOptions::new()
+        .unique_key("stats/held")
+        .unique_forever();
     let oks = [
         ok::enqueue(&mut conn, &Input { n: 1 }).await.unwrap(),
-        ok::enqueue(&mut conn, &Input { n: 2 }).await.unwrap(),
+        ok::enqueue_unique(&mut conn, &Input { n: 2 }, held)
+            .await
+            .unwrap()
+            .id,
     ];
     let failed = fail::enqueue(&mut conn, &Input { n: 3 }).await.unwrap();
     let blocked = block::enqueue(&mut conn, &Input { n: 4 }).await.unwrap();

@@ -59,6 +59,7 @@ pub async fn drain_on(
                 attempt: j.attempt,
                 kind: OutcomeKind::Completed,
                 message: None,
+                output: None,
             })
             .collect();
         // Every job of the claim is settled here: its row goes too.

@@ -115,6 +115,7 @@ pub const PURGE_SQL: &str = "\
         DELETE FROM jobq.jobs WHERE id = ANY(ARRAY( \
             SELECT id FROM jobq.jobs \
             WHERE state IN ('completed', 'failed', 'cancelled') \
+              AND unique_until IS NULL \
               AND state::text = ANY($1) \
               AND finished_at < now() - $2 * interval '1 millisecond' \
             LIMIT $3)) \
@@ -124,8 +125,8 @@ pub const PURGE_SQL: &str = "\
 
 /// Deletes up to `limit` jobs in `states` (each one of completed, failed,
 /// cancelled) that finished more than `older_than_ms` ago, through
-/// `jobs_finished_idx`; returns how many went. Call again while it returns
-/// `limit`.
+/// `jobs_finished_idx` (jobs whose unique key is still held are kept);
+/// returns how many went. Call again while it returns `limit`.
 pub async fn purge(
     conn: &mut AsyncPgConnection,
     states: &[String],

@@ -144,6 +144,67 @@ pub async fn insert_job(
     Err(diesel::result::Error::NotFound)
 }
 
+/// How long a job holds its unique key (see [`insert_unique_job`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHold {
+    /// While the job is scheduled, pending or running.
+    WhileActive,
+    /// While active, and besides for this many milliseconds after the
+    /// enqueue, whatever the job's state.
+    ForMillis(i64),
+    /// For as long as the job row exists; such rows are never pruned.
+    Forever,
+}
+
+/// What [`insert_unique_job`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+pub struct UniqueInsert {
+    /// The id of the job holding the key: the new one, or the one that
+    /// already held it.
+    #[diesel(sql_type = BigInt)]
+    pub job_id: i64,
+    /// Whether this call inserted the job.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub created: bool,
+}
+
+/// Inserts a job under a unique key of its task, or returns the job that
+/// holds the key. `job.dedupe_key` is ignored.
+///
+/// Concurrent submissions of one key agree on one job whatever their
+/// isolation level: the id of a key's job is derived from the task, the
+/// key and the key's generation (`jobq.unique_job_id`), so a submission
+/// that loses the race meets the winner on the primary key and returns
+/// the same id, even under REPEATABLE READ, where the winner's row may be
+/// invisible to it. One statement (the function `jobq.enqueue_unique`).
+pub async fn insert_unique_job(
+    conn: &mut AsyncPgConnection,
+    job: &NewJob<'_>,
+    key: &str,
+    hold: KeyHold,
+) -> diesel::QueryResult<UniqueInsert> {
+    let (hold_ms, forever) = match hold {
+        KeyHold::WhileActive => (None, false),
+        KeyHold::ForMillis(ms) => (Some(ms), false),
+        KeyHold::Forever => (None, true),
+    };
+    let query = diesel::sql_query(
+        "SELECT job_id, created FROM jobq.enqueue_unique( \
+             $1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind::<Text, _>(job.task)
+    .bind::<Text, _>(job.queue)
+    .bind::<Text, _>(job.payload)
+    .bind::<SmallInt, _>(job.priority)
+    .bind::<Integer, _>(job.max_attempts)
+    .bind::<BigInt, _>(job.delay_ms)
+    .bind::<Nullable<Timestamptz>, _>(job.run_at)
+    .bind::<Text, _>(key)
+    .bind::<Nullable<BigInt>, _>(hold_ms)
+    .bind::<diesel::sql_types::Bool, _>(forever);
+    prepared(query).get_result(conn).await
+}
+
 /// Rounds of insert-or-find before giving up on a key whose holder this
 /// transaction cannot see.
 const DEDUPE_ROUNDS: usize = 5;

@@ -51,6 +51,23 @@ pub struct JobRow {
     /// `[{"attempt": n, "at": "...", "message": "..."}, ...]`
     #[diesel(sql_type = Text)]
     pub errors: String,
+    /// What the task fn returned, as JSON text, once completed.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub output: Option<String>,
+    /// The unique key it was enqueued with.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub unique_key: Option<String>,
+}
+
+/// The columns of a [`JobRow`].
+macro_rules! job_row_columns {
+    () => {
+        "SELECT id, task, queue, state::text AS state, priority, \
+             attempt - handbacks AS attempt, max_attempts, run_at, \
+             created_at, started_at, finished_at, dedupe_key, payload::text AS payload, \
+             errors::text AS errors, output::text AS output, unique_key \
+         FROM jobq.jobs "
+    };
 }
 
 /// The job with this id, if it exists (pruned jobs don't).
@@ -58,17 +75,53 @@ pub async fn find_job(
     conn: &mut AsyncPgConnection,
     id: i64,
 ) -> diesel::QueryResult<Option<JobRow>> {
-    diesel::sql_query(
-        "SELECT id, task, queue, state::text AS state, priority, \
-             attempt - handbacks AS attempt, max_attempts, run_at, \
-             created_at, started_at, finished_at, dedupe_key, payload::text AS payload, \
-             errors::text AS errors \
-         FROM jobq.jobs WHERE id = $1",
-    )
-    .bind::<BigInt, _>(id)
+    diesel::sql_query(concat!(job_row_columns!(), "WHERE id = $1"))
+        .bind::<BigInt, _>(id)
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// The job of `task` that holds, or last held, the unique key `key` (its
+/// latest generation), if any.
+pub async fn find_job_by_key(
+    conn: &mut AsyncPgConnection,
+    task: &str,
+    key: &str,
+) -> diesel::QueryResult<Option<JobRow>> {
+    diesel::sql_query(concat!(
+        job_row_columns!(),
+        "WHERE task = $1 AND unique_key = $2 ORDER BY unique_gen DESC LIMIT 1"
+    ))
+    .bind::<Text, _>(task)
+    .bind::<Text, _>(key)
     .get_result(conn)
     .await
     .optional()
+}
+
+/// A job's task and output, as read by [`find_output`].
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct OutputRow {
+    /// Task name.
+    #[diesel(sql_type = Text)]
+    pub task: String,
+    /// The output as JSON text; `None` until the job completed, and for
+    /// tasks that return `()`.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub output: Option<String>,
+}
+
+/// The task and output of the job with this id, if it exists.
+pub async fn find_output(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+) -> diesel::QueryResult<Option<OutputRow>> {
+    diesel::sql_query("SELECT task, output::text AS output FROM jobq.jobs WHERE id = $1")
+        .bind::<BigInt, _>(id)
+        .get_result(conn)
+        .await
+        .optional()
 }
 
 /// What [`cancel`] did.

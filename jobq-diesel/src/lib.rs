@@ -26,6 +26,7 @@ mod prepared;
 mod promote;
 pub mod schema;
 mod stats;
+mod testing;
 #[cfg(feature = "tls")]
 mod tls;
 mod vacuum;
@@ -39,8 +40,13 @@ pub use claim::{claim, release_claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
 pub use connect::{
     redact, ConnectFuture, ConnectHook, ConnectOptions, ConnectOptionsError, Connector, SslMode,
 };
-pub use enqueue::{insert_job, insert_jobs, NewJob, NewJobs};
-pub use jobs::{cancel, find_job, pending_unknown_tasks, CancelResult, JobRow, UnknownTask};
+pub use enqueue::{
+    insert_job, insert_jobs, insert_unique_job, KeyHold, NewJob, NewJobs, UniqueInsert,
+};
+pub use jobs::{
+    cancel, find_job, find_job_by_key, find_output, pending_unknown_tasks, CancelResult, JobRow,
+    OutputRow, UnknownTask,
+};
 pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention, RESCUE_SQL};
 pub use migrations::{migrate, schema_version, MigrateError, LATEST_VERSION};
@@ -54,6 +60,7 @@ pub use stats::{
     stats, workers, RecentCount, StateCount, StatsRows, WorkerRow, COMPLETED_ESTIMATE_SQL,
     RECENT_COUNTS_SQL, STATE_COUNTS_SQL, WORKERS_SQL,
 };
+pub use testing::{payloads_of, start_next_due, StartedJob};
 pub use vacuum::{vacuum, Vacuum};
 pub use workers::{
     deregister_worker, heartbeat, register_worker, HeartbeatReply, WorkerInfo, HEARTBEAT_SQL,

@@ -166,7 +166,9 @@ struct Count {
 }
 
 /// Deletes up to `limit` finished jobs of each kind older than their
-/// retention, in one short statement; returns how many went. Call again
+/// retention, except jobs still holding a unique key (`unique_for`,
+/// `unique_forever`; those whose hold has ended are a third kind, found
+/// by the end of their hold), in one short statement; returns how many went. Call again
 /// while it returns a full batch.
 pub async fn prune(
     conn: &mut AsyncPgConnection,
@@ -180,11 +182,21 @@ pub async fn prune(
                  (SELECT id FROM jobq.jobs \
                   WHERE (SELECT held FROM lock) AND state = 'completed' \
                     AND finished_at < now() - $2 * interval '1 millisecond' \
+                    AND unique_until IS NULL \
                   LIMIT $4) \
                  UNION ALL \
                  (SELECT id FROM jobq.jobs \
                   WHERE (SELECT held FROM lock) AND state IN ('failed', 'cancelled') \
                     AND finished_at < now() - $3 * interval '1 millisecond' \
+                    AND unique_until IS NULL \
+                  LIMIT $4) \
+                 UNION ALL \
+                 (SELECT id FROM jobq.jobs \
+                  WHERE (SELECT held FROM lock) \
+                    AND unique_until IS NOT NULL AND unique_until <= now() \
+                    AND state IN ('completed', 'failed', 'cancelled') \
+                    AND finished_at < now() - CASE WHEN state = 'completed' THEN $2 ELSE $3 END \
+                        * interval '1 millisecond' \
                   LIMIT $4))) \
              RETURNING 1 \
          ) \

@@ -58,6 +58,16 @@ const MIGRATIONS: &[Migration] = &[
         name: "stats",
         up: include_str!("../../migrations/2026-12-01-000010_stats/up.sql"),
     },
+    Migration {
+        version: 20261201000030,
+        name: "unique_keys_and_outputs",
+        up: include_str!("../../migrations/2026-12-01-000030_unique_keys_and_outputs/up.sql"),
+    },
+    Migration {
+        version: 20261201000031,
+        name: "held_finished",
+        up: include_str!("../../migrations/2026-12-01-000031_held_finished/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.

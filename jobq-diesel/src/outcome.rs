@@ -52,6 +52,10 @@ pub struct Outcome {
     pub kind: OutcomeKind,
     /// Appended to the job's error history when set.
     pub message: Option<String>,
+    /// What the task fn returned, as JSON text, stored with a completed
+    /// job. Valid JSON without U+0000 (checked by the caller); `None` for
+    /// tasks that return `()`, which keeps their batches on the cheap path.
+    pub output: Option<String>,
 }
 
 /// An outcome the attempt fence turned away: its job was rescued (and
@@ -99,7 +103,7 @@ pub async fn write_outcomes(
     let ids: Vec<i64> = outcomes.iter().map(|o| o.id).collect();
     let plain = outcomes
         .iter()
-        .all(|o| o.kind == OutcomeKind::Completed && o.message.is_none());
+        .all(|o| o.kind == OutcomeKind::Completed && o.message.is_none() && o.output.is_none());
     if plain {
         // The hot path of a busy worker: nothing to record, nothing to wake,
         // and as a rule nothing rejected, which the row count tells.
@@ -171,7 +175,17 @@ fn details(outcomes: &[Outcome], keys: &[String]) -> String {
                 OutcomeKind::Retry { delay_ms } => delay_ms,
                 _ => 0,
             };
-            let detail = serde_json::json!({ "k": o.kind.as_sql(), "m": o.message, "d": delay_ms });
+            let mut detail =
+                serde_json::json!({ "k": o.kind.as_sql(), "m": o.message, "d": delay_ms });
+            // Left out when absent, so that the row's output stays SQL NULL
+            // (an output may itself be JSON null). Text that is not JSON
+            // would be a bug of the caller's; it is stored as a string
+            // rather than fail the whole batch.
+            if let Some(output) = &o.output {
+                let value = serde_json::from_str(output)
+                    .unwrap_or_else(|_| serde_json::Value::String(output.clone()));
+                detail["o"] = value;
+            }
             (key.clone(), detail)
         })
         .collect();
@@ -343,7 +357,8 @@ const COMPLETE_PACKED_SQL: &str = complete_sql!(
 
 /// Any outcomes: `$1` ids, `$2` "id:attempt" keys, `$3` a JSON object of
 /// `{"<id>:<attempt>": {"k": kind, "m": message or null, "d": retry delay
-/// in ms}}`, `$4` the settled claims to remove. A job goes back to
+/// in ms, "o": the output, if any}}` (the output is stored only when the
+/// job ends completed), `$4` the settled claims to remove. A job goes back to
 /// pending when it is released, or when it failed with attempts left; the
 /// three CASEs spell out that one rule for state, run_at and finished_at (SET sees the old row, so the new state
 /// cannot be reused). Attempts left and the attempt recorded with an
@@ -382,6 +397,11 @@ const OUTCOME_SQL: &str = "\
                     THEN NULL \
                 ELSE now() END, \
             worker_id = NULL, \
+            output = CASE \
+                WHEN NOT j.cancel_requested \
+                    AND $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'completed' \
+                    THEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) -> 'o' \
+                ELSE j.output END, \
             handbacks = j.handbacks + CASE \
                 WHEN NOT j.cancel_requested \
                     AND $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' THEN 1 \
@@ -420,6 +440,7 @@ mod tests {
             attempt,
             kind: OutcomeKind::Completed,
             message: None,
+            output: None,
         }
     }
 

@@ -91,9 +91,18 @@ pub struct RecentCount {
 }
 
 /// Completions and failures of the last minute and hour by queue and
-/// task, through `jobs_finished_idx` from an hour ago: its cost follows
-/// the last hour's finished jobs.
+/// task, through `jobs_finished_idx` and, for jobs still holding a unique
+/// key, `jobs_held_finished_idx`, from an hour ago: its cost follows the
+/// last hour's finished jobs.
 pub const RECENT_COUNTS_SQL: &str = "\
+    WITH recent AS ( \
+        SELECT queue, task, state, finished_at FROM jobq.jobs \
+        WHERE state IN ('completed', 'failed', 'cancelled') AND unique_until IS NULL \
+          AND finished_at >= now() - interval '1 hour' \
+        UNION ALL \
+        SELECT queue, task, state, finished_at FROM jobq.jobs \
+        WHERE state IN ('completed', 'failed', 'cancelled') AND unique_until IS NOT NULL \
+          AND finished_at >= now() - interval '1 hour') \
     SELECT queue, task, \
         count(*) FILTER (WHERE state = 'completed' \
                          AND finished_at >= now() - interval '1 minute') AS completed_last_minute, \
@@ -101,9 +110,7 @@ pub const RECENT_COUNTS_SQL: &str = "\
                          AND finished_at >= now() - interval '1 minute') AS failed_last_minute, \
         count(*) FILTER (WHERE state = 'completed') AS completed_last_hour, \
         count(*) FILTER (WHERE state = 'failed') AS failed_last_hour \
-    FROM jobq.jobs \
-    WHERE state IN ('completed', 'failed', 'cancelled') \
-      AND finished_at >= now() - interval '1 hour' \
+    FROM recent \
     GROUP BY queue, task \
     ORDER BY queue, task";
 

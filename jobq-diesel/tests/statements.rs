@@ -131,12 +131,14 @@ async fn a_late_outcome_of_a_rescued_attempt_does_not_steer_the_live_one() {
         attempt: 2,
         kind: OutcomeKind::Failed,
         message: Some("boom".into()),
+        output: None,
     };
     let late = Outcome {
         id,
         attempt: 1,
         kind: OutcomeKind::Retry { delay_ms: 0 },
         message: Some("late".into()),
+        output: None,
     };
     let rejected = jobq_diesel::write_outcomes(&mut conn, &[live, late], &[])
         .await
@@ -162,6 +164,7 @@ async fn a_late_outcome_of_a_rescued_attempt_changes_nothing() {
         attempt: 1,
         kind: OutcomeKind::Completed,
         message: None,
+        output: None,
     };
     let rejected = jobq_diesel::write_outcomes(&mut conn, std::slice::from_ref(&late), &[])
         .await
@@ -176,6 +179,7 @@ async fn a_late_outcome_of_a_rescued_attempt_changes_nothing() {
         attempt: 2,
         kind: OutcomeKind::Completed,
         message: None,
+        output: None,
     };
     // In one batch with the late one, as a completer may send them.
     let rejected = jobq_diesel::write_outcomes(&mut conn, &[late, live], &[])
@@ -513,6 +517,7 @@ async fn successes_of_jobs_with_huge_ids_are_fenced_too() {
         attempt,
         kind: OutcomeKind::Completed,
         message: None,
+        output: None,
     };
     let rejected = jobq_diesel::write_outcomes(&mut conn, &[outcome(2), outcome(1)], &[])
         .await
@@ -604,6 +609,7 @@ fn done(job: &jobq_diesel::ClaimedJob) -> Outcome {
         attempt: job.attempt,
         kind: OutcomeKind::Completed,
         message: None,
+        output: None,
     }
 }
 
@@ -953,6 +959,7 @@ async fn hand_backs_do_not_use_up_attempts_and_rescues_do() {
             attempt: claimed[0].attempt,
             kind: OutcomeKind::Released,
             message: Some("worker shutting down".into()),
+            output: None,
         };
         let rejected = jobq_diesel::write_outcomes(&mut conn, &[released], &[])
             .await

@@ -68,7 +68,12 @@ async fn upgrading_to_the_scheduled_state_keeps_every_job_and_files_waiting_ones
     .unwrap();
 
     let applied = jobq_diesel::migrate(&mut conn).await.unwrap();
-    assert_eq!(applied, [20261130000001, 20261130000002, 20261130000003]);
+    // Later migrations follow; these three must be among what was applied.
+    assert_eq!(
+        applied[..3],
+        [20261130000001, 20261130000002, 20261130000003]
+    );
+    assert_eq!(applied.last().copied(), Some(jobq_diesel::LATEST_VERSION));
     assert_eq!(
         states(&mut conn).await,
         [
@@ -87,6 +92,86 @@ async fn upgrading_to_the_scheduled_state_keeps_every_job_and_files_waiting_ones
     assert!(dup.is_err(), "a scheduled job's dedupe key was not held");
     // Idempotent.
     assert!(jobq_diesel::migrate(&mut conn).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn upgrading_to_unique_keys_and_outputs_keeps_every_job() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
+    // The schema as of the liveness migration, with jobs in every state.
+    for up in [
+        include_str!("../../migrations/2026-11-25-000001_create_jobq/up.sql"),
+        include_str!("../../migrations/2026-11-26-000001_claims/up.sql"),
+        include_str!("../../migrations/2026-11-30-000001_scheduled_state/up.sql"),
+        include_str!("../../migrations/2026-11-30-000002_scheduled_jobs/up.sql"),
+        include_str!("../../migrations/2026-11-30-000003_liveness/up.sql"),
+    ] {
+        conn.batch_execute(up).await.unwrap();
+    }
+    conn.batch_execute(
+        "CREATE TABLE jobq.schema_migrations ( \
+             version bigint PRIMARY KEY, name text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now()); \
+         INSERT INTO jobq.schema_migrations (version, name) VALUES \
+             (20261125000001, 'create_jobq'), (20261126000001, 'claims'), \
+             (20261130000001, 'scheduled_state'), (20261130000002, 'scheduled_jobs'), \
+             (20261130000003, 'liveness'); \
+         INSERT INTO jobq.jobs (task, payload) SELECT 'due', '{}' FROM generate_series(1, 3); \
+         INSERT INTO jobq.jobs (task, payload, run_at, dedupe_key) \
+             VALUES ('later', '{}', now() + interval '1 hour', 'k1'); \
+         INSERT INTO jobq.jobs (task, payload, state, attempt) VALUES ('busy', '{}', 'running', 1); \
+         INSERT INTO jobq.jobs (task, payload, state, finished_at) \
+             VALUES ('done', '{}', 'completed', now());",
+    )
+    .await
+    .unwrap();
+
+    let applied = jobq_diesel::migrate(&mut conn).await.unwrap();
+    assert!(applied.contains(&20261201000030), "{applied:?}");
+    assert_eq!(
+        states(&mut conn).await,
+        [
+            count("busy", "running", 1),
+            count("done", "completed", 1),
+            count("due", "pending", 3),
+            count("later", "scheduled", 1),
+        ]
+    );
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let set: N = diesel::sql_query(
+        "SELECT count(*) AS n FROM jobq.jobs \
+         WHERE output IS NOT NULL OR unique_key IS NOT NULL OR unique_until IS NOT NULL",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(set.n, 0, "existing jobs have no output and no unique key");
+    // The old jobs are readable, and a keyed job goes in beside them.
+    assert!(jobq_diesel::find_job(&mut conn, 1).await.unwrap().is_some());
+    let job = jobq_diesel::NewJob {
+        task: "due",
+        queue: "default",
+        payload: "{}",
+        priority: 0,
+        max_attempts: 3,
+        delay_ms: 0,
+        run_at: None,
+        dedupe_key: None,
+    };
+    let first =
+        jobq_diesel::insert_unique_job(&mut conn, &job, "k", jobq_diesel::KeyHold::WhileActive)
+            .await
+            .unwrap();
+    let again =
+        jobq_diesel::insert_unique_job(&mut conn, &job, "k", jobq_diesel::KeyHold::WhileActive)
+            .await
+            .unwrap();
+    assert!(first.created && !again.created);
+    assert_eq!(first.job_id, again.job_id);
 }
 
 #[tokio::test]

@@ -74,7 +74,8 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
 
     let struct_doc = format!(
         "The jobq task `{name}`, run by the function `{fn_name}`.\n\n\
-         Enqueue a job with `{fn_name}::enqueue` (or `enqueue_with`, `enqueue_many`, `enqueue_many_with`); \
+         Enqueue a job with `{fn_name}::enqueue` (or `enqueue_with`, `enqueue_unique`, `enqueue_many`, `enqueue_many_with`); \
+         read a completed job's output with `{fn_name}::output`; \
          the name, payload type and options are on its `jobq::Task` implementation."
     );
 
@@ -86,6 +87,7 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
     let payload_arg = local("payload", Span::call_site());
     let payloads = local("payloads", Span::call_site());
     let enqueue_options = local("options", Span::call_site());
+    let job_id = local("id", Span::call_site());
     let context_span = sig
         .extractors
         .iter()
@@ -136,11 +138,18 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
     // are what a wrong task fn violates; rustc reports them at the callee's
     // name, so give it the return type's span to land in the user's code.
     let prepare = quote_spanned! {sig.output.span()=>
-        ::jobq::__private::prepare::<#payload, _, _>(#payload_arg, move |#job| #call)
+        ::jobq::__private::prepare::<#payload, _, _, _>(#name, #payload_arg, move |#job| #call)
     };
     // `Task::Payload` carries the serde bounds; a payload type without them
     // is reported at the payload type.
     let payload_assoc = quote_spanned! {payload.span()=> type Payload = #payload;};
+    // The success type of the fn's `Result<T, E>`, through a trait so that
+    // type aliases of `Result` work too; a `T` without the serde bounds is
+    // reported at the return type.
+    let output_ty = &sig.output;
+    let output_assoc = quote_spanned! {sig.output.span()=>
+        type Output = <#output_ty as ::jobq::__private::TaskReturn>::Output;
+    };
     // `line!()` spanned at the fn name gives the fn's own line for the
     // duplicate-name error, not the attribute's.
     let site = quote_spanned! {ident.span()=>
@@ -161,6 +170,7 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
         #(#cfgs)*
         impl ::jobq::Task for #ident {
             #payload_assoc
+            #output_assoc
             const NAME: &'static str = #name;
             const OPTIONS: ::jobq::TaskOptions = #options;
         }
@@ -186,6 +196,32 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
                 #enqueue_options: ::jobq::EnqueueOptions,
             ) -> ::core::result::Result<::jobq::JobId, ::jobq::Error> {
                 ::jobq::__private::enqueue_with::<Self>(#conn, #payload_arg, #enqueue_options).await
+            }
+
+            /// Submits one job idempotently under the unique key of
+            /// `options` (`EnqueueOptions::unique_key`): creates it unless a
+            /// job of this task holds the key, and returns the id of the
+            /// job holding it, with whether this call created it.
+            #[allow(dead_code)]
+            #vis async fn enqueue_unique(
+                #conn: &mut ::jobq::__private::AsyncPgConnection,
+                #payload_arg: &#payload,
+                #enqueue_options: ::jobq::EnqueueOptions,
+            ) -> ::core::result::Result<::jobq::Enqueued, ::jobq::Error> {
+                ::jobq::__private::enqueue_unique::<Self>(#conn, #payload_arg, #enqueue_options).await
+            }
+
+            /// The output of job `id` of this task, decoded: `None` until
+            /// the job completed (or if it does not exist).
+            #[allow(dead_code)]
+            #vis async fn output(
+                #conn: &mut ::jobq::__private::AsyncPgConnection,
+                #job_id: ::jobq::JobId,
+            ) -> ::core::result::Result<
+                ::core::option::Option<<Self as ::jobq::Task>::Output>,
+                ::jobq::Error,
+            > {
+                ::jobq::__private::output::<Self>(#conn, #job_id).await
             }
 
             /// Enqueues one job per payload on `conn` in a single statement,
@@ -317,10 +353,25 @@ mod tests {
         );
         assert!(out.contains("async fn enqueue (conn : & mut :: jobq :: __private :: AsyncPgConnection , payload : & Welcome"), "{out}");
         assert!(out.contains("payloads : & [Welcome]"), "{out}");
+        assert!(
+            out.contains("type Output = < Result < () , jobq :: TaskError > as :: jobq :: __private :: TaskReturn > :: Output ;"),
+            "{out}"
+        );
+        assert!(out.contains("async fn enqueue_unique"), "{out}");
+        assert!(
+            out.contains(
+                "-> :: core :: result :: Result < :: jobq :: Enqueued , :: jobq :: Error >"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("async fn output (conn : & mut :: jobq :: __private :: AsyncPgConnection , id : :: jobq :: JobId ,)"),
+            "{out}"
+        );
         assert!(out.contains("let _ = ctx ;"), "{out}");
         assert!(
             out.contains(
-                "prepare :: < Welcome , _ , _ > (payload , move | job | send_welcome (job))"
+                "prepare :: < Welcome , _ , _ , _ > (\"send_welcome\" , payload , move | job | send_welcome (job))"
             ),
             "{out}"
         );

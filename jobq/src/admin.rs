@@ -281,6 +281,9 @@ const PURGE_BATCH: i64 = 5_000;
 ///
 /// Workers prune finished jobs on their own after their retention
 /// ([`crate::WorkerBuilder::retention`]); this is for clearing up sooner.
+/// A job whose [unique key](crate::EnqueueOptions::unique_key) is still
+/// held is kept until its hold ends: purging it would let the key be
+/// submitted again.
 ///
 /// ```no_run
 /// # async fn f(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), jobq::Error> {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
-use jobq_diesel::{NewJob, NewJobs};
+use jobq_diesel::{KeyHold, NewJob, NewJobs};
 
 use crate::{Error, JobId, Task, TaskOptions};
 
@@ -29,6 +29,15 @@ pub struct EnqueueOptions {
     max_attempts: Option<u32>,
     dedupe_key: Option<String>,
     max_payload_size: Option<usize>,
+    unique_key: Option<String>,
+    uniqueness: Option<Uniqueness>,
+}
+
+/// How long a unique key stays taken (see [`EnqueueOptions::unique_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Uniqueness {
+    For(Duration),
+    Forever,
 }
 
 impl EnqueueOptions {
@@ -36,6 +45,10 @@ impl EnqueueOptions {
     /// Job rows are read by every claim and kept until pruned; large data
     /// belongs in the application's tables, with its key in the payload.
     pub const DEFAULT_MAX_PAYLOAD_SIZE: usize = 1024 * 1024;
+
+    /// The longest [unique key](Self::unique_key), in bytes of UTF-8. Keys
+    /// are indexed, and PostgreSQL limits the size of an index entry.
+    pub const MAX_UNIQUE_KEY_BYTES: usize = 1024;
 
     /// No overrides: the task's defaults apply.
     pub fn new() -> Self {
@@ -100,6 +113,55 @@ impl EnqueueOptions {
         self
     }
 
+    /// Submits the job idempotently under `key`, unique per task: while a
+    /// job of the same task holds the key, submitting again creates
+    /// nothing and returns that job (use [`crate::enqueue_unique`], or a
+    /// task's `enqueue_unique`, to learn whether the job was created).
+    ///
+    /// By default the job holds its key while it is scheduled, pending or
+    /// running, like [`Self::dedupe_key`]; [`Self::unique_for`] and
+    /// [`Self::unique_forever`] hold it past the job's end. The scope is
+    /// the holding job's: it is fixed when the job is created.
+    ///
+    /// A key is any text of 1 to [`Self::MAX_UNIQUE_KEY_BYTES`] bytes
+    /// without the character U+0000 (which PostgreSQL's `text` cannot
+    /// hold); others are refused before anything is sent to the database.
+    /// Hash longer keys yourself if you need them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = jobq::EnqueueOptions::new()
+    ///     .unique_key("client-7/req-123")
+    ///     .unique_for(Duration::from_secs(86_400));
+    /// # let _ = options;
+    /// ```
+    #[must_use = "the options are returned, not changed in place"]
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Holds the [unique key](Self::unique_key) for this long after the
+    /// enqueue, whether the job has finished or not (and while it is
+    /// still active, in any case): a client retrying within the window
+    /// gets the same job, even a completed or failed one. Pruning keeps
+    /// the job until the window has passed. Replaces an earlier
+    /// [`Self::unique_forever`].
+    #[must_use = "the options are returned, not changed in place"]
+    pub fn unique_for(mut self, window: Duration) -> Self {
+        self.uniqueness = Some(Uniqueness::For(window));
+        self
+    }
+
+    /// Holds the [unique key](Self::unique_key) for good: the key names
+    /// this one job from now on, and pruning never deletes it. Replaces
+    /// an earlier [`Self::unique_for`].
+    #[must_use = "the options are returned, not changed in place"]
+    pub fn unique_forever(mut self) -> Self {
+        self.uniqueness = Some(Uniqueness::Forever);
+        self
+    }
+
     /// Refuse payloads whose JSON text is larger than this many bytes
     /// (default [`Self::DEFAULT_MAX_PAYLOAD_SIZE`]). The check happens
     /// before anything is sent to the database, and the error names the
@@ -120,9 +182,15 @@ struct Resolved<'a> {
     run_at: Option<DateTime<Utc>>,
     dedupe_key: Option<&'a str>,
     max_payload_size: usize,
+    unique: Option<(&'a str, KeyHold)>,
 }
 
 const MAX_NAME_LEN: usize = 200;
+
+/// The longest `unique_for` window: PostgreSQL's timestamps end in the
+/// year 294276, but nobody needs more than this, and `unique_forever`
+/// says it better.
+const MAX_UNIQUE_FOR: Duration = Duration::from_secs(1000 * 366 * 24 * 60 * 60);
 
 fn resolve<'a, T: Task>(options: &'a EnqueueOptions) -> Result<Resolved<'a>, Error> {
     resolve_with(options, &T::OPTIONS)
@@ -176,7 +244,44 @@ fn resolve_with<'a>(
             ));
         }
     }
+    let unique = match (&options.unique_key, options.uniqueness) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                "unique_key",
+                "unique_for or unique_forever was given without a unique_key",
+            ))
+        }
+        (Some(key), scope) => {
+            check_unique_key(key)?;
+            if options.dedupe_key.is_some() {
+                return Err(Error::invalid(
+                    "unique_key",
+                    "a job takes a unique_key or a dedupe_key, not both",
+                ));
+            }
+            let hold = match scope {
+                None => KeyHold::WhileActive,
+                Some(Uniqueness::Forever) => KeyHold::Forever,
+                Some(Uniqueness::For(d)) if d > MAX_UNIQUE_FOR => {
+                    return Err(Error::invalid(
+                        "unique_for",
+                        format!(
+                            "{d:?} is longer than 1,000 years (timestamps cannot hold it); \
+                             use unique_forever"
+                        ),
+                    ))
+                }
+                Some(Uniqueness::For(d)) => {
+                    // At most 1,000 years: fits.
+                    KeyHold::ForMillis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                }
+            };
+            Some((key.as_str(), hold))
+        }
+    };
     Ok(Resolved {
+        unique,
         queue,
         priority: options.priority.unwrap_or(defaults.default_priority()),
         max_attempts,
@@ -187,6 +292,33 @@ fn resolve_with<'a>(
             .max_payload_size
             .unwrap_or(EnqueueOptions::DEFAULT_MAX_PAYLOAD_SIZE),
     })
+}
+
+fn check_unique_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() {
+        return Err(Error::invalid("unique_key", "the key is empty"));
+    }
+    if key.len() > EnqueueOptions::MAX_UNIQUE_KEY_BYTES {
+        return Err(Error::invalid(
+            "unique_key",
+            format!(
+                "the key is {} bytes long, over the limit of {} bytes \
+                 (EnqueueOptions::MAX_UNIQUE_KEY_BYTES); hash longer keys",
+                key.len(),
+                EnqueueOptions::MAX_UNIQUE_KEY_BYTES
+            ),
+        ));
+    }
+    if let Some(at) = key.find('\0') {
+        return Err(Error::invalid(
+            "unique_key",
+            format!(
+                "the key contains the character U+0000 (at byte {at}), \
+                 which PostgreSQL's text cannot store"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The payload as JSON text, refused with the task named when JSON or
@@ -236,6 +368,11 @@ pub async fn enqueue_with<T: Task>(
     payload: &T::Payload,
     options: EnqueueOptions,
 ) -> Result<JobId, Error> {
+    if options.unique_key.is_some() {
+        return enqueue_unique::<T>(conn, payload, options)
+            .await
+            .map(|e| e.id);
+    }
     let resolved = resolve::<T>(&options)?;
     let json = to_json::<T>(payload, resolved.max_payload_size, None)?;
     let job = NewJob {
@@ -277,6 +414,12 @@ pub async fn enqueue_many_with<T: Task>(
         return Err(Error::invalid(
             "dedupe_key",
             "enqueue_many_with inserts many jobs; a dedupe key holds for one job, use enqueue_with",
+        ));
+    }
+    if options.unique_key.is_some() || options.uniqueness.is_some() {
+        return Err(Error::invalid(
+            "unique_key",
+            "enqueue_many_with inserts many jobs; a unique key holds for one job, use enqueue_unique",
         ));
     }
     let resolved = resolve::<T>(&options)?;
@@ -364,8 +507,89 @@ pub async fn enqueue_json(
         run_at: resolved.run_at,
         dedupe_key: resolved.dedupe_key,
     };
-    let id = jobq_diesel::insert_job(conn, &job)
-        .await
-        .map_err(Error::db(format!("enqueueing a job of task {task:?}")))?;
+    let context = || format!("enqueueing a job of task {task:?}");
+    let id = match resolved.unique {
+        Some((key, hold)) => {
+            jobq_diesel::insert_unique_job(conn, &job, key, hold)
+                .await
+                .map_err(Error::db(context()))?
+                .job_id
+        }
+        None => jobq_diesel::insert_job(conn, &job)
+            .await
+            .map_err(Error::db(context()))?,
+    };
     Ok(JobId::from(id))
+}
+
+/// What [`enqueue_unique`] did: the id of the job holding the key, and
+/// whether this call created it (an HTTP handler answers 201 or 200).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[must_use]
+pub struct Enqueued {
+    /// The job holding the key.
+    pub id: JobId,
+    /// Whether this call created the job; `false` when a job of the same
+    /// task already held the key.
+    pub created: bool,
+}
+
+/// Submits one job of task `T` idempotently, under the
+/// [unique key](EnqueueOptions::unique_key) of `options` (which must have
+/// one): creates the job unless a job of `T` holds the key, and returns
+/// the id of the job holding it either way.
+///
+/// Concurrent submissions of one key, in transactions at READ COMMITTED
+/// or REPEATABLE READ, end with one job: each waits for the other's
+/// transaction on the key, and all get the same id without error. The
+/// ids of keyed jobs are derived from the task, the key and how many jobs
+/// held the key before (a large number, above those of other jobs).
+///
+/// ```no_run
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge { cents: u64 }
+/// #[jobq::task]
+/// async fn charge(job: Charge) -> Result<(), jobq::TaskError> {
+///     Ok(())
+/// }
+///
+/// # async fn f(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), jobq::Error> {
+/// let options = jobq::EnqueueOptions::new().unique_key("client-7/req-123");
+/// let job = charge::enqueue_unique(conn, &Charge { cents: 500 }, options).await?;
+/// let status = if job.created { 201 } else { 200 };
+/// # let _ = status; Ok(()) }
+/// ```
+pub async fn enqueue_unique<T: Task>(
+    conn: &mut AsyncPgConnection,
+    payload: &T::Payload,
+    options: EnqueueOptions,
+) -> Result<Enqueued, Error> {
+    let resolved = resolve::<T>(&options)?;
+    let Some((key, hold)) = resolved.unique else {
+        return Err(Error::invalid(
+            "unique_key",
+            "enqueue_unique needs EnqueueOptions::unique_key",
+        ));
+    };
+    let json = to_json::<T>(payload, resolved.max_payload_size, None)?;
+    let job = NewJob {
+        task: T::NAME,
+        queue: resolved.queue,
+        payload: &json,
+        priority: resolved.priority,
+        max_attempts: resolved.max_attempts,
+        delay_ms: resolved.delay_ms,
+        run_at: resolved.run_at,
+        dedupe_key: None,
+    };
+    let inserted = jobq_diesel::insert_unique_job(conn, &job, key, hold)
+        .await
+        .map_err(Error::db(format!(
+            "enqueueing a job of task {} under a unique key",
+            T::NAME
+        )))?;
+    Ok(Enqueued {
+        id: JobId::from(inserted.job_id),
+        created: inserted.created,
+    })
 }

@@ -139,6 +139,13 @@ pub struct JobInfo {
     pub payload: serde_json::Value,
     /// Every failed attempt, oldest first.
     pub errors: Vec<ErrorRecord>,
+    /// What the task fn returned, once the job completed; `None` before,
+    /// and for tasks that return `()`. Read it typed with
+    /// [`crate::output`] (or the task's `output`).
+    pub output: Option<serde_json::Value>,
+    /// The unique key it was enqueued with
+    /// ([`EnqueueOptions::unique_key`](crate::EnqueueOptions::unique_key)).
+    pub unique_key: Option<String>,
 }
 
 /// The job with this id, or `None` if there is none: never enqueued, or
@@ -155,12 +162,43 @@ pub struct JobInfo {
 /// ```
 pub async fn job(conn: &mut AsyncPgConnection, id: JobId) -> Result<Option<JobInfo>, Error> {
     let context = || format!("reading job {id}");
-    let Some(row) = jobq_diesel::find_job(conn, id.get())
+    let row = jobq_diesel::find_job(conn, id.get())
         .await
-        .map_err(Error::db(context()))?
-    else {
+        .map_err(Error::db(context()))?;
+    row.map(info).transpose()
+}
+
+/// The job of task `task` (its name) that holds the unique key `key`, or
+/// held it last, or `None` if no job of the task was ever submitted with
+/// it (or all such jobs were pruned): the lookup of a client's request by
+/// its key.
+///
+/// ```no_run
+/// # async fn f(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), jobq::Error> {
+/// if let Some(info) = jobq::job_by_key(conn, "charge", "client-7/req-123").await? {
+///     println!("request is job {} ({:?})", info.id, info.state);
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn job_by_key(
+    conn: &mut AsyncPgConnection,
+    task: &str,
+    key: &str,
+) -> Result<Option<JobInfo>, Error> {
+    // A key PostgreSQL cannot hold was never stored: nothing to find.
+    if key.contains('\0') || task.contains('\0') {
         return Ok(None);
-    };
+    }
+    let row = jobq_diesel::find_job_by_key(conn, task, key)
+        .await
+        .map_err(Error::db(format!(
+            "looking up a job of task {task:?} by its unique key"
+        )))?;
+    row.map(info).transpose()
+}
+
+fn info(row: jobq_diesel::JobRow) -> Result<JobInfo, Error> {
+    let id = JobId::from(row.id);
     let corrupt = |what: String| Error::InvalidOptions {
         what: "job row",
         reason: format!("job {id}: {what}"),
@@ -171,7 +209,12 @@ pub async fn job(conn: &mut AsyncPgConnection, id: JobId) -> Result<Option<JobIn
         .map_err(|e| corrupt(format!("unreadable error history: {e}")))?;
     let payload = serde_json::from_str(&row.payload)
         .map_err(|e| corrupt(format!("unreadable payload: {e}")))?;
-    Ok(Some(JobInfo {
+    let output = row
+        .output
+        .map(|o| serde_json::from_str(&o))
+        .transpose()
+        .map_err(|e| corrupt(format!("unreadable output: {e}")))?;
+    Ok(JobInfo {
         id,
         state,
         task: row.task,
@@ -186,7 +229,9 @@ pub async fn job(conn: &mut AsyncPgConnection, id: JobId) -> Result<Option<JobIn
         dedupe_key: row.dedupe_key,
         payload,
         errors,
-    }))
+        output,
+        unique_key: row.unique_key,
+    })
 }
 
 /// Cancels a job: a scheduled or pending job becomes cancelled at once; a

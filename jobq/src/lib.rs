@@ -31,6 +31,12 @@
 //!
 //! A job's life, the guarantees and the defaults are described in the
 //! repository's README.
+//!
+//! Idempotent submission: [`EnqueueOptions::unique_key`] and
+//! [`enqueue_unique`]. Typed outputs: a task fn returning `Result<T, _>`,
+//! read with [`output`]. The feature `testing` adds `jobq::testing`, a kit
+//! for tests of your own tasks (a throwaway database, `drain`,
+//! `run_inline`, `assert_enqueued`).
 
 mod admin;
 mod context;
@@ -39,6 +45,7 @@ mod error;
 mod job;
 mod job_id;
 mod migrate;
+mod output;
 mod payload_check;
 mod registry;
 mod retry;
@@ -46,6 +53,8 @@ mod state;
 mod stats;
 mod task;
 mod task_error;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod worker;
 
 #[doc(hidden)]
@@ -58,13 +67,15 @@ pub use admin::{
 };
 pub use context::Context;
 pub use enqueue::{
-    enqueue, enqueue_json, enqueue_many, enqueue_many_with, enqueue_with, EnqueueOptions,
+    enqueue, enqueue_json, enqueue_many, enqueue_many_with, enqueue_unique, enqueue_with,
+    EnqueueOptions, Enqueued,
 };
 pub use error::Error;
-pub use job::{cancel, job, ErrorRecord, JobInfo, JobState};
+pub use job::{cancel, job, job_by_key, ErrorRecord, JobInfo, JobState};
 pub use job_id::JobId;
 pub use jobq_macros::task;
 pub use migrate::migrate;
+pub use output::{output, MAX_OUTPUT_SIZE};
 pub use state::State;
 pub use stats::{stats, workers, Stats, TaskStats, WorkerStatus};
 pub use task::{Task, TaskOptions};

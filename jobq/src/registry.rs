@@ -7,8 +7,10 @@ use std::pin::Pin;
 use crate::state::{StateKey, States};
 use crate::{Context, Error, Task, TaskError, TaskOptions};
 
-/// The future of one attempt, as the dispatcher runs it.
-pub type TaskFuture = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send + 'static>>;
+/// The future of one attempt, as the dispatcher runs it: the task fn's
+/// output as JSON text (`None` for `()`), checked to be storable.
+pub type TaskFuture =
+    Pin<Box<dyn Future<Output = Result<Option<String>, TaskError>> + Send + 'static>>;
 
 /// Turns a claimed job's JSON payload into the attempt's future. Decoding
 /// happens before the future exists so that a payload that no longer fits
@@ -61,14 +63,35 @@ inventory::collect!(TaskDescriptor);
 
 /// Decodes a payload and starts the task function on it; called by the
 /// handler that `#[jobq::task]` generates.
-pub fn prepare<P, F, Fut>(payload: &str, call: F) -> Result<TaskFuture, serde_json::Error>
+pub fn prepare<P, O, F, Fut>(
+    task: &'static str,
+    payload: &str,
+    call: F,
+) -> Result<TaskFuture, serde_json::Error>
 where
     P: serde::de::DeserializeOwned,
+    O: serde::Serialize + 'static,
     F: FnOnce(P) -> Fut,
-    Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
+    Fut: Future<Output = Result<O, TaskError>> + Send + 'static,
 {
     let job: P = serde_json::from_str(payload)?;
-    Ok(Box::pin(call(job)))
+    let attempt = call(job);
+    Ok(Box::pin(async move {
+        let output = attempt.await?;
+        crate::output::to_stored(task, &output)
+    }))
+}
+
+/// The `T` of a task fn's `Result<T, E>`: what `#[jobq::task]` names as
+/// the task's [`Task::Output`](crate::Task::Output). (A wrong error type
+/// is reported by [`prepare`]'s bounds.)
+pub trait TaskReturn {
+    /// The success type.
+    type Output;
+}
+
+impl<T, E> TaskReturn for Result<T, E> {
+    type Output = T;
 }
 
 /// The tasks a worker can run, by name.

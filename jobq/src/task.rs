@@ -14,6 +14,11 @@ pub trait Task: 'static {
     /// The job's payload, stored as `jsonb`.
     type Payload: Serialize + DeserializeOwned + Send + Sync + 'static;
 
+    /// What the task fn returns on success (the `T` of its
+    /// `Result<T, TaskError>`), stored with the completed job as `jsonb`
+    /// and read back with [`crate::output`]. `()` stores nothing.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
     /// The name stored in each job row; unique within a worker binary.
     const NAME: &'static str;
 

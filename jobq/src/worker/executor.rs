@@ -68,10 +68,10 @@ pub(crate) fn spawn(
     // Boxed: the attempt's state machine is large, and tokio moves a task's
     // future several times on the way in and out; a box moves as a pointer.
     let attempt_future = Box::pin(async move {
-        let (kind, message) = run_attempt(&task, job, task_index, queue, cancel).await;
+        let (kind, message, output) = run_attempt(&task, job, task_index, queue, cancel).await;
         if let Some(owned) = task.attempts.finish(&attempt) {
             task.slots.release(task_index);
-            send(&task, &tx, owned, kind, message);
+            send(&task, &tx, owned, kind, message, output);
         }
     });
     let handle = tokio::spawn(attempt_future.instrument(span));
@@ -86,6 +86,7 @@ pub(crate) fn send(
     Owned(attempt): Owned,
     kind: OutcomeKind,
     message: Option<String>,
+    output: Option<String>,
 ) {
     shared.backlog.add();
     let finished = Finished {
@@ -94,6 +95,7 @@ pub(crate) fn send(
             attempt: attempt.attempt,
             kind,
             message,
+            output,
         },
         claim: attempt.claim,
     };
@@ -115,8 +117,8 @@ async fn run_attempt(
     task_index: usize,
     queue: Arc<str>,
     cancel: CancellationToken,
-) -> (OutcomeKind, Option<String>) {
-    let (kind, full) = attempt_outcome(shared, job, task_index, queue, cancel).await;
+) -> (OutcomeKind, Option<String>, Option<String>) {
+    let (kind, full, output) = attempt_outcome(shared, job, task_index, queue, cancel).await;
     // The whole message goes to the log; the job's history keeps a cleaned,
     // capped copy (see `message`).
     match (&kind, &full) {
@@ -126,11 +128,11 @@ async fn run_attempt(
         }
         (kind, None) => tracing::warn!(outcome = ?kind, "attempt failed"),
     }
-    (kind, full.as_deref().map(message::stored))
+    (kind, full.as_deref().map(message::stored), output)
 }
 
 /// Runs the attempt and says how it ended, with the full message of a
-/// failure. Everything the task's code does runs under `catch_unwind`:
+/// failure and the output of a success. Everything the task's code does runs under `catch_unwind`:
 /// decoding the payload (a custom `Deserialize` may panic), the handler,
 /// and formatting its error.
 async fn attempt_outcome(
@@ -139,7 +141,7 @@ async fn attempt_outcome(
     task_index: usize,
     queue: Arc<str>,
     cancel: CancellationToken,
-) -> (OutcomeKind, Option<String>) {
+) -> (OutcomeKind, Option<String>, Option<String>) {
     let served = &shared.tasks[task_index];
     let descriptor = served.descriptor;
     // The number users see (hand-backs not counted), not the fencing one.
@@ -161,7 +163,7 @@ async fn attempt_outcome(
                 descriptor.name,
                 message::text_of(|| e.to_string())
             );
-            return (OutcomeKind::Failed, Some(message));
+            return (OutcomeKind::Failed, Some(message), None);
         }
         // It would panic again on every attempt: fail at once.
         Err(panic) => {
@@ -170,7 +172,7 @@ async fn attempt_outcome(
                 descriptor.name,
                 message::panic_message(&*panic)
             );
-            return (OutcomeKind::Failed, Some(message));
+            return (OutcomeKind::Failed, Some(message), None);
         }
     };
     tracing::debug!("attempt started");
@@ -184,14 +186,15 @@ async fn attempt_outcome(
     let retry = |message: String| {
         let delay = backoff(served.retry_base, attempt);
         let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        (OutcomeKind::Retry { delay_ms }, Some(message))
+        (OutcomeKind::Retry { delay_ms }, Some(message), None)
     };
     let result = AssertUnwindSafe(guarded).catch_unwind().await;
     let outcome = match result {
-        Ok(Ok(Ok(()))) => (OutcomeKind::Completed, None),
+        Ok(Ok(Ok(output))) => (OutcomeKind::Completed, None, output),
         Ok(Ok(Err(e))) if e.is_permanent() => (
             OutcomeKind::Failed,
             Some(message::text_of(|| e.to_string())),
+            None,
         ),
         Ok(Ok(Err(e))) => retry(message::text_of(|| e.to_string())),
         Ok(Err(limit)) => retry(format!("attempt timed out after {limit:?}")),
@@ -212,6 +215,7 @@ async fn attempt_outcome(
                 "worker shutting down: {}",
                 outcome.1.unwrap_or_default()
             )),
+            None,
         );
     }
     outcome

@@ -361,6 +361,7 @@ fn unreachable_task(shared: &Shared, job: &ClaimedJob, outcomes: &UnboundedSende
             message: Some(
                 "claimed by a worker that does not serve its task or queue; handed back".into(),
             ),
+            output: None,
         },
         claim: job.claim,
     };

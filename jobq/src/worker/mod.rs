@@ -22,7 +22,7 @@ mod fetcher;
 mod heartbeat;
 mod listen;
 mod maintenance;
-mod message;
+pub(crate) mod message;
 mod open_claims;
 mod outcome_writer;
 mod overrides;

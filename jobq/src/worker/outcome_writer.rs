@@ -9,7 +9,8 @@
 //! split in halves until the outcomes it refuses stand alone, so that
 //! every other outcome is written. Outcomes of locked rows are parked. An outcome refused on its own is tried again a few times (a
 //! lock timeout looks the same from here), then written with less: its
-//! message replaced by a note, then without a message. One that is
+//! message replaced by a note, then without a message (an outcome whose
+//! output is refused becomes a failure saying so). One that is
 //! refused even then (a row lock held for long, a rule that refuses the
 //! row whatever it holds) is parked: handed back to the caller as it
 //! was, to be tried again later on its own, while every other outcome
@@ -332,6 +333,21 @@ impl BatchWrite {
             message::stored(&refusal.chars().take(500).collect::<String>())
         );
         let mut lesser = Vec::new();
+        if original.output.is_some() {
+            // The database refused the output (jobq checks what it can
+            // before, but jsonb has limits of its own, such as nesting
+            // depth): the attempt fails with the reason instead, like an
+            // output refused before it was sent.
+            lesser.push(Outcome {
+                kind: jobq_diesel::OutcomeKind::Failed,
+                message: Some(format!(
+                    "the handler succeeded but the database refused its output ({})",
+                    message::stored(&refusal.chars().take(500).collect::<String>())
+                )),
+                output: None,
+                ..original.clone()
+            });
+        }
         if original.message.is_some() {
             lesser.push(Outcome {
                 message: Some(note),
@@ -460,6 +476,7 @@ mod tests {
                 attempt: 1,
                 kind: OutcomeKind::Failed,
                 message: Some(message.into()),
+                output: None,
             },
             Some(id / 10),
             id % 10 == 9,
@@ -509,6 +526,43 @@ mod tests {
         assert_eq!(store.deleted_claims, [0, 1]);
         // Bisection, not one statement per outcome.
         assert!(store.statements < 20, "{} statements", store.statements);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_output_fails_its_attempt_and_the_rest_of_the_batch_is_written() {
+        let mut store = Fake::new(|o| o.output.is_some() && o.id == 4);
+        let mut b = BatchWrite::default();
+        for id in 0..10 {
+            b.push(Entry::new(
+                Outcome {
+                    id,
+                    attempt: 1,
+                    kind: OutcomeKind::Completed,
+                    message: None,
+                    output: Some(format!("{{\"n\":{id}}}")),
+                },
+                Some(0),
+                id == 9,
+            ));
+        }
+        let report = b.write(&mut store).await.unwrap();
+        assert_eq!(store.written_ids(), (0..10).collect());
+        let four = store.written.iter().find(|o| o.id == 4).unwrap();
+        assert_eq!(four.kind, OutcomeKind::Failed);
+        assert_eq!(four.output, None);
+        assert!(
+            four.message.as_deref().unwrap().starts_with(
+                "the handler succeeded but the database refused its output (invalid input)"
+            ),
+            "{four:?}"
+        );
+        let others = store.written.iter().filter(|o| o.id != 4);
+        assert!(others
+            .into_iter()
+            .all(|o| o.kind == OutcomeKind::Completed && o.output.is_some()));
+        assert_eq!(report.degraded.len(), 1);
+        assert!(report.parked.is_empty());
+        assert_eq!(store.deleted_claims, [0]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -108,6 +108,7 @@ impl Running {
                 owned,
                 OutcomeKind::Released,
                 Some(message),
+                None,
             );
         }
         drop(self.outcomes);

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS jobq.jobs_held_finished_idx;
