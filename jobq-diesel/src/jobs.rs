@@ -51,6 +51,12 @@ pub struct JobRow {
     /// `[{"attempt": n, "at": "...", "message": "..."}, ...]`
     #[diesel(sql_type = Text)]
     pub errors: String,
+    /// The partition key it was enqueued with.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub key: Option<String>,
+    /// Its headers, as the JSON text of an object; `None` for none.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub headers: Option<String>,
 }
 
 /// The job with this id, if it exists (pruned jobs don't).
@@ -62,7 +68,7 @@ pub async fn find_job(
         "SELECT id, task, queue, state::text AS state, priority, \
              attempt - handbacks AS attempt, max_attempts, run_at, \
              created_at, started_at, finished_at, dedupe_key, payload::text AS payload, \
-             errors::text AS errors \
+             errors::text AS errors, key, headers::text AS headers \
          FROM jobq.jobs WHERE id = $1",
     )
     .bind::<BigInt, _>(id)

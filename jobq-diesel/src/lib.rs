@@ -14,11 +14,13 @@ mod connect;
 mod conninfo;
 mod enqueue;
 mod jobs;
+mod limited_claim;
 mod listener;
 mod maintenance;
 mod migrations;
 mod no_jit;
 mod outcome;
+mod pause;
 mod ping;
 mod pool;
 mod prepared;
@@ -35,12 +37,14 @@ pub use connect::{
 };
 pub use enqueue::{insert_job, insert_jobs, NewJob, NewJobs};
 pub use jobs::{cancel, find_job, pending_unknown_tasks, CancelResult, JobRow, UnknownTask};
+pub use limited_claim::{claim_limited, LimitedClaimRequest, LIMITED_CLAIM_SQL};
 pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention, RESCUE_SQL};
 pub use migrations::{migrate, schema_version, MigrateError, LATEST_VERSION};
 pub use outcome::{
     write_outcomes, write_outcomes_around_locks, NotWritten, Outcome, OutcomeKind, RejectedOutcome,
 };
+pub use pause::{pause_queue, paused_queues, resume_queue};
 pub use ping::ping;
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};
 pub use promote::{promote, Promotion, PROMOTE_SQL};

@@ -53,6 +53,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "liveness",
         up: include_str!("../../migrations/2026-11-30-000003_liveness/up.sql"),
     },
+    Migration {
+        version: 20261201000020,
+        name: "flow_control",
+        up: include_str!("../../migrations/2026-12-01-000020_flow_control/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.

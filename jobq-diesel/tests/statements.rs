@@ -50,6 +50,8 @@ fn job(task: &str) -> NewJob<'_> {
         delay_ms: 0,
         run_at: None,
         dedupe_key: None,
+        key: None,
+        headers: None,
     }
 }
 
@@ -1138,4 +1140,157 @@ async fn after_an_outage_a_rescuer_waits_out_the_others_lease_before_judging_the
         .await
         .unwrap();
     assert_eq!(rescued.iter().map(|r| r.id).collect::<Vec<_>>(), [id]);
+}
+
+async fn claim_limited(
+    conn: &mut AsyncPgConnection,
+    worker_id: i64,
+    slots: i32,
+    global: Option<i32>,
+    per_key: Option<i32>,
+) -> Vec<jobq_diesel::ClaimedJob> {
+    let queues = ["default".to_owned()];
+    let request = jobq_diesel::LimitedClaimRequest {
+        worker_id,
+        queues: &queues,
+        task: "limited",
+        slots,
+        global_concurrency: global,
+        key_concurrency: per_key,
+        claim_key: claim_key(),
+    };
+    jobq_diesel::claim_limited(conn, &request).await.unwrap()
+}
+
+/// Inserts a job of task "limited" with a key and priority; returns its id.
+async fn keyed(conn: &mut AsyncPgConnection, key: Option<&str>, priority: i16) -> i64 {
+    jobq_diesel::insert_job(
+        conn,
+        &NewJob {
+            key,
+            priority,
+            ..job("limited")
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn ids(jobs: &[jobq_diesel::ClaimedJob]) -> Vec<i64> {
+    let mut ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn a_limited_claim_counts_running_rows_so_outcomes_and_rescues_free_slots() {
+    let (_db, mut conn) = setup().await;
+    for _ in 0..5 {
+        keyed(&mut conn, None, 0).await;
+    }
+    let a = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let b = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    // Two slots fleet-wide, whoever asks and however many slots they have.
+    let first = claim_limited(&mut conn, a, 10, Some(2), None).await;
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|j| j.task.is_none()));
+    assert!(claim_limited(&mut conn, b, 10, Some(2), None)
+        .await
+        .is_empty());
+    // An outcome frees one.
+    jobq_diesel::write_outcomes(&mut conn, &[done(&first[0])], &[])
+        .await
+        .unwrap();
+    let second = claim_limited(&mut conn, b, 10, Some(2), None).await;
+    assert_eq!(second.len(), 1);
+    // A's death frees the slot its remaining job held once it is rescued.
+    let rescued = stop_heartbeating_and_rescue(&mut conn, a).await;
+    assert_eq!(rescued.len(), 1);
+    let third = claim_limited(&mut conn, b, 10, Some(2), None).await;
+    assert_eq!(third.len(), 1);
+    assert!(claim_limited(&mut conn, b, 10, Some(2), None)
+        .await
+        .is_empty());
+    // Unlimited claims of other tasks neither count nor get counted.
+    jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    assert_eq!(claim_one(&mut conn, b, "t").await.len(), 1);
+    let Count { n } = diesel::sql_query(
+        "SELECT count(*) AS n FROM jobq.jobs WHERE state = 'running' AND limited",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn key_concurrency_takes_each_keys_first_jobs_in_priority_then_enqueue_order() {
+    let (_db, mut conn) = setup().await;
+    let a1 = keyed(&mut conn, Some("a"), 0).await;
+    let a2 = keyed(&mut conn, Some("a"), 0).await;
+    let a3 = keyed(&mut conn, Some("a"), 5).await;
+    let b1 = keyed(&mut conn, Some("b"), 0).await;
+    let b2 = keyed(&mut conn, Some("b"), 0).await;
+    let none1 = keyed(&mut conn, None, 0).await;
+    let none2 = keyed(&mut conn, None, 0).await;
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+
+    // One per key: the later a3 goes first for its higher priority; jobs
+    // without a key are not held back.
+    let first = claim_limited(&mut conn, w, 10, None, Some(1)).await;
+    assert_eq!(ids(&first), {
+        let mut v = vec![a3, b1, none1, none2];
+        v.sort_unstable();
+        v
+    });
+    // Nothing more of a key while one of it runs.
+    assert!(claim_limited(&mut conn, w, 10, None, Some(1))
+        .await
+        .is_empty());
+    let a3_job = first.iter().find(|j| j.id == a3).unwrap();
+    jobq_diesel::write_outcomes(&mut conn, &[done(a3_job)], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&claim_limited(&mut conn, w, 10, None, Some(1)).await),
+        [a1]
+    );
+
+    // With two per key, a key with one running gets one more, and a batch
+    // never takes more of a key than its free slots.
+    let (_db2, mut conn) = setup().await;
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let k: Vec<i64> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(keyed(&mut conn, Some("k"), 0).await);
+        }
+        v
+    };
+    assert_eq!(
+        ids(&claim_limited(&mut conn, w, 10, None, Some(2)).await),
+        k[..2]
+    );
+    assert!(claim_limited(&mut conn, w, 10, None, Some(2))
+        .await
+        .is_empty());
+    // And both limits at once: the global one cuts the batch.
+    let _ = (a2, b2);
+    for _ in 0..3 {
+        keyed(&mut conn, Some("other"), 0).await;
+    }
+    assert_eq!(
+        claim_limited(&mut conn, w, 10, Some(3), Some(2))
+            .await
+            .len(),
+        1
+    );
 }

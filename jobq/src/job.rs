@@ -100,6 +100,10 @@ pub struct JobInfo {
     pub payload: serde_json::Value,
     /// Every failed attempt, oldest first.
     pub errors: Vec<ErrorRecord>,
+    /// Its partition key ([`crate::EnqueueOptions::key`]).
+    pub key: Option<String>,
+    /// Its headers ([`crate::EnqueueOptions::header`]), by name.
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// The job with this id, or `None` if there is none: never enqueued, or
@@ -147,6 +151,8 @@ pub async fn job(conn: &mut AsyncPgConnection, id: JobId) -> Result<Option<JobIn
         dedupe_key: row.dedupe_key,
         payload,
         errors,
+        headers: crate::headers::parse(row.headers.as_deref()),
+        key: row.key,
     }))
 }
 

@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::attempts::{AttemptRef, Owned};
 use super::message;
 use super::state::{Finished, Shared};
+use crate::context::Labels;
 use crate::retry::backoff;
 use crate::{Context, JobId};
 
@@ -144,6 +145,13 @@ async fn attempt_outcome(
     let descriptor = served.descriptor;
     // The number users see (hand-backs not counted), not the fencing one.
     let attempt = u32::try_from(job.number()).unwrap_or(1);
+    let labels = match (&job.key, &job.headers) {
+        (None, None) => None,
+        (key, headers) => Some(Arc::new(Labels {
+            key: key.clone(),
+            headers: crate::headers::parse(headers.as_deref()),
+        })),
+    };
     let ctx = Context::new(
         JobId::from(job.id),
         attempt,
@@ -151,6 +159,7 @@ async fn attempt_outcome(
         queue,
         cancel,
         served.states.clone(),
+        labels,
     );
     let decoded = catch_unwind(AssertUnwindSafe(|| (descriptor.handler)(ctx, &job.payload)));
     let future = match decoded {

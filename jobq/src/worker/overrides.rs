@@ -113,6 +113,7 @@ pub(crate) fn served_tasks(
                 limit: first(&concurrency, name).unwrap_or(options.concurrency_limit()),
                 timeout: first(&timeout, name).or(options.time_limit()),
                 retry_base: first(&retry, name).unwrap_or(options.retry_base()),
+                fleet: super::state::FleetLimits::of(&options),
                 states: states.clone(),
             }
         })

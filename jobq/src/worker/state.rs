@@ -29,9 +29,34 @@ pub(crate) struct ServedTask {
     pub(crate) timeout: Option<Duration>,
     /// Base of the exponential backoff between attempts.
     pub(crate) retry_base: Duration,
+    /// The task's fleet-wide limits; a task with any is claimed on its own,
+    /// under its limits (see `jobq_diesel::claim_limited`).
+    pub(crate) fleet: FleetLimits,
     /// The worker's states, handed to each attempt's `Context` (one `Arc`
     /// shared by every task).
     pub(crate) states: States,
+}
+
+/// A task's fleet-wide limits, as the claim binds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct FleetLimits {
+    pub(crate) global: Option<i32>,
+    pub(crate) per_key: Option<i32>,
+}
+
+impl FleetLimits {
+    pub(crate) fn of(options: &crate::TaskOptions) -> Self {
+        let bound = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        Self {
+            global: options.global_limit().map(bound),
+            per_key: options.key_limit().map(bound),
+        }
+    }
+
+    /// Whether the task has any fleet-wide limit.
+    pub(crate) fn any(&self) -> bool {
+        self.global.is_some() || self.per_key.is_some()
+    }
 }
 
 /// An outcome on its way to the completer, with the claim its job came
