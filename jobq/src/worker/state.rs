@@ -53,6 +53,15 @@ impl FleetLimits {
         }
     }
 
+    /// These limits with the builder's overrides, where given.
+    pub(crate) fn with(self, global: Option<u32>, per_key: Option<u32>) -> Self {
+        let bound = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        Self {
+            global: global.map(bound).or(self.global),
+            per_key: per_key.map(bound).or(self.per_key),
+        }
+    }
+
     /// Whether the task has any fleet-wide limit.
     pub(crate) fn any(&self) -> bool {
         self.global.is_some() || self.per_key.is_some()
