@@ -37,7 +37,9 @@ pub use connect::{
 };
 pub use enqueue::{insert_job, insert_jobs, NewJob, NewJobs};
 pub use jobs::{cancel, find_job, pending_unknown_tasks, CancelResult, JobRow, UnknownTask};
-pub use limited_claim::{claim_limited, LimitedClaimRequest, LIMITED_CLAIM_SQL};
+pub use limited_claim::{
+    claim_limited, next_key_cursor, LimitedClaimRequest, GLOBAL_CLAIM_SQL, KEYED_CLAIM_SQL,
+};
 pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention, RESCUE_SQL};
 pub use migrations::{migrate, schema_version, MigrateError, LATEST_VERSION};

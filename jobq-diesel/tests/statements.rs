@@ -1158,6 +1158,7 @@ async fn claim_limited(
         global_concurrency: global,
         key_concurrency: per_key,
         claim_key: claim_key(),
+        key_cursor: None,
     };
     jobq_diesel::claim_limited(conn, &request).await.unwrap()
 }
@@ -1293,4 +1294,41 @@ async fn key_concurrency_takes_each_keys_first_jobs_in_priority_then_enqueue_ord
             .len(),
         1
     );
+}
+
+#[tokio::test]
+async fn keyed_claims_serve_the_keys_in_turn_from_the_cursor() {
+    let (_db, mut conn) = setup().await;
+    let a = keyed(&mut conn, Some("a"), 0).await;
+    let b = keyed(&mut conn, Some("b"), 0).await;
+    let c = keyed(&mut conn, Some("c"), 0).await;
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let queues = ["default".to_owned()];
+    let mut one = async |cursor: &str| {
+        let request = jobq_diesel::LimitedClaimRequest {
+            worker_id: w,
+            queues: &queues,
+            task: "limited",
+            slots: 1,
+            global_concurrency: None,
+            key_concurrency: Some(1),
+            claim_key: claim_key(),
+            key_cursor: Some(cursor),
+        };
+        ids(&jobq_diesel::claim_limited(&mut conn, &request)
+            .await
+            .unwrap())
+    };
+    // After "b" comes "c"; after "c" the walk wraps around to "a"; then
+    // only "b" is left, found wherever the walk starts.
+    assert_eq!(one("b").await, [c]);
+    assert_eq!(one("c").await, [a]);
+    assert_eq!(one("a").await, [b]);
+    assert_eq!(one("").await, Vec::<i64>::new());
+    assert_eq!(jobq_diesel::next_key_cursor("b", ["c", "a"]), Some("a"));
+    assert_eq!(jobq_diesel::next_key_cursor("b", ["c", "d"]), Some("d"));
+    assert_eq!(jobq_diesel::next_key_cursor("", ["x", "y"]), Some("y"));
+    assert_eq!(jobq_diesel::next_key_cursor("", []), None);
 }

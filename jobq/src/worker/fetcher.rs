@@ -112,6 +112,10 @@ struct ClaimKeys {
     /// oldest first: their jobs would otherwise run under this worker,
     /// unknown to it, for as long as it heartbeats.
     lost: Vec<i64>,
+    /// Per task with a key limit (by task index), the partition key its
+    /// last claim ended at: the next one starts after it, so that the keys
+    /// are served in turn.
+    key_cursors: std::collections::HashMap<usize, String>,
 }
 
 impl ClaimKeys {
@@ -299,6 +303,7 @@ async fn claim_batch(
                 jobq_diesel::claim(&mut conn, &request).await
             }
             Some(limits) => {
+                let cursor = keys.key_cursors.get(&indices[0]).map(String::as_str);
                 let request = LimitedClaimRequest {
                     worker_id: shared.worker_id,
                     queues: &shared.queues,
@@ -307,8 +312,19 @@ async fn claim_batch(
                     global_concurrency: limits.global,
                     key_concurrency: limits.per_key,
                     claim_key,
+                    key_cursor: cursor,
                 };
-                jobq_diesel::claim_limited(&mut conn, &request).await
+                let result = jobq_diesel::claim_limited(&mut conn, &request).await;
+                if let (Ok(claimed), Some(_)) = (&result, limits.per_key) {
+                    let next = jobq_diesel::next_key_cursor(
+                        cursor.unwrap_or(""),
+                        claimed.iter().filter_map(|j| j.key.as_deref()),
+                    );
+                    if let Some(next) = next {
+                        keys.key_cursors.insert(indices[0], next.to_owned());
+                    }
+                }
+                result
             }
         };
         match result {
