@@ -31,6 +31,9 @@ pub enum Command {
     /// Pickup latency, delayed-job start and drain with a million jobs due
     /// later vs an empty table (not part of `all`: minutes of set-up)
     Scheduled(Options),
+    /// Drain of an unlimited task vs one with global_concurrency and one
+    /// with key_concurrency = 1 over 1,000 keys (2 worker processes)
+    Limits(Options),
     /// A worker process started by `drain` and `sustained`.
     #[command(hide = true)]
     Worker(WorkerOptions),

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Scenarios: `enqueue`, `drain`, `latency`, `sustained`, `backlog`, or
-//! `all` (those five), and `scheduled`. Each runs on a fresh database created with `jobq-testkit`:
+//! `all` (those five), and `scheduled` and `limits`. Each runs on a fresh database created with `jobq-testkit`:
 //! on `DATABASE_URL`'s server when it is set, else on a private throwaway
 //! server (tuned for speed: `fsync=off`, so its numbers are not the durable
 //! ones). The server and its durability settings are printed first.
@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Sustained(o) => (o, vec!["sustained"]),
         Command::Backlog(o) => (o, vec!["backlog"]),
         Command::Scheduled(o) => (o, vec!["scheduled"]),
+        Command::Limits(o) => (o, vec!["limits"]),
         Command::All(o) => (
             o,
             vec!["enqueue", "drain", "latency", "sustained", "backlog"],
@@ -65,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
             "sustained" => scenario::sustained::run(&options).await?,
             "backlog" => scenario::backlog::run(&options).await?,
             "scheduled" => scenario::scheduled::run(&options).await?,
+            "limits" => scenario::limits::run(&options).await?,
             other => unreachable!("scenario {other} is not in the list above"),
         };
         results.append(&mut rows);

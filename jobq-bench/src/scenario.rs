@@ -5,5 +5,6 @@ pub mod backlog;
 pub mod drain;
 pub mod enqueue;
 pub mod latency;
+pub mod limits;
 pub mod scheduled;
 pub mod sustained;

@@ -364,21 +364,10 @@ async fn claim_batch(
     for &(i, _) in places.iter().flatten() {
         per_task[i] += 1;
     }
-    if limits.is_some() {
-        // A limited batch comes back short when the fleet's slots are
-        // taken, not only when no work waits: a slot this worker frees is
-        // a fleet slot, worth claiming for at once whenever it ran
-        // something. (Counted as full then.)
-        let i = indices[0];
-        let shown = if per_task[i] > 0 {
-            per_task[i]
-        } else {
-            asked[0].1
-        };
-        shared.slots.claimed(&[(i, shown)], &per_task);
-    } else {
-        shared.slots.claimed(asked, &per_task);
-    }
+    // A limited task's slots count as taken in the database until their
+    // outcomes are written, not when the handler returns: the completer
+    // wakes the fetcher after each write instead (see `completer::write`).
+    shared.slots.claimed(asked, &per_task);
     for (job, place) in claimed.into_iter().zip(places) {
         match place {
             Some((task, queue)) => {

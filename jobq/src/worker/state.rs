@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) queue_names: Vec<Arc<str>>,
     pub(crate) tasks: Vec<ServedTask>,
     pub(crate) task_names: Vec<String>,
+    /// Whether any task served has a fleet-wide limit.
+    pub(crate) serves_limited_tasks: bool,
     /// The attempts running, and who writes each one's outcome.
     pub(crate) attempts: Attempts,
     /// The jobs of each claim whose outcome is not written yet.
@@ -132,6 +134,7 @@ impl Shared {
             queue_names: queues.iter().map(|q| Arc::from(q.as_str())).collect(),
             queues,
             task_names: tasks.iter().map(|t| t.descriptor.name.to_owned()).collect(),
+            serves_limited_tasks: tasks.iter().any(|t| t.fleet.any()),
             tasks,
             attempts: Attempts::default(),
             claims: OpenClaims::default(),
