@@ -94,6 +94,22 @@ async fn keys_and_headers_reach_job_info_and_the_context() {
     .await
     .unwrap();
 
+    // The dedupe path is a statement of its own: it stores them too, and
+    // a second enqueue under the key returns the same job.
+    let deduped = || {
+        EnqueueOptions::new()
+            .dedupe_key("once")
+            .key("k-dedupe")
+            .header("x-one", "d")
+    };
+    let once = see_labels::enqueue_with(&mut conn, &Probe { n: 5 }, deduped())
+        .await
+        .unwrap();
+    let info = env.wait_state(once, JobState::Completed).await;
+    assert_eq!(info.key.as_deref(), Some("k-dedupe"));
+    assert_eq!(info.headers.get("x-one").map(String::as_str), Some("d"));
+    assert_eq!(seen(5).expect("ran").key.as_deref(), Some("k-dedupe"));
+
     let expected: BTreeMap<String, String> = hostile().into_iter().collect();
     let info = env.wait_state(with, JobState::Completed).await;
     assert_eq!(info.key.as_deref(), Some("customer-🦀-'\"\\"));
