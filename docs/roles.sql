@@ -30,6 +30,9 @@ GRANT SELECT ON jobq.schema_migrations TO jobq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.jobs TO jobq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.workers TO jobq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.claims TO jobq_worker;
+-- Claims skip paused queues; pausing and resuming is an operator's
+-- action (jobq::pause_queue), done with the worker's rights or the owner's.
+GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.paused_queues TO jobq_worker;
 
 -- The application enqueues and reads status. It cannot claim, change or
 -- delete jobs. To let it cancel jobs as well, add:

@@ -172,6 +172,31 @@ async fn the_builders_override_wins_over_the_environment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_concurrency_override_limits_the_fleet_and_is_checked() {
+    let _env_lock = ENV_LOCK.lock().await;
+    let env = support::env().await;
+    // The attribute has no fleet-wide limit; the builder sets one. (The
+    // fleet here is one worker: its local limit of 8 would allow all 5.)
+    let builder = env
+        .worker()
+        .task_global_concurrency("overrides.gauge", 2)
+        .task_key_concurrency("overrides.gauge", 1);
+    let (first_claim, peak) = first_claim_and_peak(&env, builder).await;
+    assert_eq!(first_claim, 2);
+    assert_eq!(peak, 2);
+    let message = build_error(offline().task_global_concurrency("overrides.gauj", 2)).await;
+    assert!(
+        message.contains("task_global_concurrency") && message.contains("\"overrides.gauj\""),
+        "{message}"
+    );
+    let message = build_error(offline().task_key_concurrency("overrides.gauge", 0)).await;
+    assert!(
+        message.contains("task_key_concurrency") && message.contains("not between 1 and"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_and_retry_overrides_reach_the_attempts() {
     let _env_lock = ENV_LOCK.lock().await;
     let env = support::env().await;

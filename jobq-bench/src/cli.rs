@@ -40,6 +40,9 @@ pub enum Command {
     Restart(Options),
     /// The same jobs drained by 1, 2, 4, ... 32 worker processes
     Scale(Options),
+    /// Drain of an unlimited task vs one with global_concurrency and one
+    /// with key_concurrency = 1 over 1,000 keys (2 worker processes)
+    Limits(Options),
     /// A worker process started by `drain` and `sustained`.
     #[command(hide = true)]
     Worker(WorkerOptions),

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Scenarios: `enqueue`, `drain`, `latency`, `sustained`, `backlog`, or
-//! `all` (those five), and `scheduled`. Each runs on a fresh database created with `jobq-testkit`:
+//! `all` (those five), and `scheduled` and `limits`. Each runs on a fresh database created with `jobq-testkit`:
 //! on `DATABASE_URL`'s server when it is set, else on a private throwaway
 //! server (tuned for speed: `fsync=off`, so its numbers are not the durable
 //! ones). The server and its durability settings are printed first.
@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Tasks(o) => (o, vec!["tasks"]),
         Command::Restart(o) => (o, vec!["restart"]),
         Command::Scale(o) => (o, vec!["scale"]),
+        Command::Limits(o) => (o, vec!["limits"]),
         Command::All(o) => (
             o,
             vec!["enqueue", "drain", "latency", "sustained", "backlog"],
@@ -72,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
             "tasks" => scenario::tasks::run(&options).await?,
             "restart" => scenario::restart::run(&options).await?,
             "scale" => scenario::scale::run(&options).await?,
+            "limits" => scenario::limits::run(&options).await?,
             other => unreachable!("scenario {other} is not in the list above"),
         };
         results.append(&mut rows);

@@ -5,6 +5,7 @@ pub mod backlog;
 pub mod drain;
 pub mod enqueue;
 pub mod latency;
+pub mod limits;
 pub mod restart;
 pub mod scale;
 pub mod scheduled;

@@ -109,3 +109,19 @@ pub async fn hold(job: Hold) -> Result<(), jobq::TaskError> {
     tokio::time::sleep(std::time::Duration::from_millis(job.ms)).await;
     Ok(())
 }
+
+/// A no-op under a fleet-wide limit that does not bind (two worker
+/// processes of 1000 slots each never hold more than 2000): what the
+/// limited claim path itself costs.
+#[jobq::task(name = "bench.global", concurrency = 1000, global_concurrency = 2000)]
+pub async fn global_noop(job: Noop) -> Result<(), jobq::TaskError> {
+    let _ = job.n;
+    Ok(())
+}
+
+/// A no-op whose jobs run one at a time per partition key.
+#[jobq::task(name = "bench.keyed", concurrency = 1000, key_concurrency = 1)]
+pub async fn keyed_noop(job: Noop) -> Result<(), jobq::TaskError> {
+    let _ = job.n;
+    Ok(())
+}

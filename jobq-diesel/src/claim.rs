@@ -59,6 +59,10 @@ pub struct ClaimedJob {
     /// Times the job was handed back untried before this attempt (at a
     /// shutdown, or after a claim whose reply was lost).
     pub handbacks: i32,
+    /// The job's partition key, if it has one.
+    pub key: Option<String>,
+    /// The job's headers as the JSON text of an object, if it has any.
+    pub headers: Option<String>,
 }
 
 impl ClaimedJob {
@@ -84,6 +88,8 @@ impl QueryableByName<Pg> for ClaimedJob {
             cancel_requested: column::<Bool, _>(row, 5)?,
             claim: column::<BigInt, _>(row, 6)?,
             handbacks: column::<Integer, _>(row, 7)?,
+            key: column::<Nullable<Text>, _>(row, 8)?,
+            headers: column::<Nullable<Text>, _>(row, 9)?,
         })
     }
 }
@@ -115,6 +121,13 @@ fn column<'a, ST, T: FromSql<ST, Pg>>(
 ///
 /// Claim key (`$5`): stored with the claim's row, unique per worker, so
 /// that [`release_claim`] can find the claim if its reply is lost.
+///
+/// Paused queues (`jobq.paused_queues`) are taken out of `$1` once per
+/// statement (an uncorrelated sub-select, planned as a one-time step), so
+/// a pause is honoured by every claim that starts after it commits.
+///
+/// The key and headers come back as NULL for jobs without them, which
+/// costs a reply next to nothing.
 #[doc(hidden)]
 pub const CLAIM_SQL: &str = "WITH picked AS ( \
              SELECT j.id \
@@ -122,7 +135,8 @@ pub const CLAIM_SQL: &str = "WITH picked AS ( \
              CROSS JOIN LATERAL ( \
                  SELECT id FROM jobq.jobs \
                  WHERE state = 'pending' AND task = w.task AND run_at <= now() \
-                   AND queue = ANY($1) \
+                   AND queue = ANY(ARRAY(SELECT q FROM unnest($1::text[]) AS q \
+                       WHERE NOT EXISTS (SELECT 1 FROM jobq.paused_queues p WHERE p.queue = q))) \
                  ORDER BY priority DESC, run_at, id \
                  LIMIT w.slots \
                  FOR UPDATE SKIP LOCKED \
@@ -142,7 +156,7 @@ pub const CLAIM_SQL: &str = "WITH picked AS ( \
              CASE WHEN cardinality($2::text[]) > 1 THEN task END AS task, \
              CASE WHEN cardinality($1::text[]) > 1 THEN queue END AS queue, \
              payload::text AS payload, attempt, cancel_requested, \
-             (SELECT id FROM claim) AS claim, handbacks";
+             (SELECT id FROM claim) AS claim, handbacks, key, headers::text AS headers";
 
 /// Claims due jobs: per task, the highest priority first, then the earliest
 /// `run_at`, then the lowest id, skipping rows other workers hold locked.

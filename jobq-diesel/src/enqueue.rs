@@ -36,6 +36,11 @@ pub struct NewJob<'a> {
     /// While a job of the same task with this key is scheduled, pending or
     /// running, inserting returns that job's id instead of a new job.
     pub dedupe_key: Option<&'a str>,
+    /// The partition key (1 to 200 characters), which `key_concurrency`
+    /// limits.
+    pub key: Option<&'a str>,
+    /// Headers as the JSON text of an object of strings; `None` for none.
+    pub headers: Option<&'a str>,
 }
 
 /// Many jobs of one task sharing the same options, inserted in one statement.
@@ -55,6 +60,10 @@ pub struct NewJobs<'a> {
     pub delay_ms: i64,
     /// When the jobs may run, instead of `delay_ms`.
     pub run_at: Option<DateTime<Utc>>,
+    /// The partition key of every job, which `key_concurrency` limits.
+    pub key: Option<&'a str>,
+    /// Headers of every job, as the JSON text of an object of strings.
+    pub headers: Option<&'a str>,
 }
 
 /// The `run_at, state` columns of an `INSERT ... SELECT` and, after them,
@@ -91,8 +100,9 @@ pub async fn insert_job(
 ) -> diesel::QueryResult<i64> {
     let Some(key) = job.dedupe_key else {
         let query = diesel::sql_query(concat!(
-            "INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at, state) \
-             SELECT $1, $2, $3::jsonb, $4, $5, ",
+            "INSERT INTO jobq.jobs \
+                 (task, queue, payload, priority, max_attempts, key, headers, run_at, state) \
+             SELECT $1, $2, $3::jsonb, $4, $5, $8, $9::jsonb, ",
             due!("$6", "$7"),
             " RETURNING id"
         ))
@@ -102,7 +112,9 @@ pub async fn insert_job(
         .bind::<SmallInt, _>(job.priority)
         .bind::<Integer, _>(job.max_attempts)
         .bind::<BigInt, _>(job.delay_ms)
-        .bind::<Nullable<Timestamptz>, _>(job.run_at);
+        .bind::<Nullable<Timestamptz>, _>(job.run_at)
+        .bind::<Nullable<Text>, _>(job.key)
+        .bind::<Nullable<Text>, _>(job.headers);
         let row: Id = prepared(query).get_result(conn).await?;
         return Ok(row.id);
     };
@@ -115,8 +127,9 @@ pub async fn insert_job(
         let query = diesel::sql_query(concat!(
             "WITH inserted AS ( \
                  INSERT INTO jobq.jobs \
-                     (task, queue, payload, priority, max_attempts, dedupe_key, run_at, state) \
-                 SELECT $1, $2, $3::jsonb, $4, $5, $7, ",
+                     (task, queue, payload, priority, max_attempts, dedupe_key, key, headers, \
+                      run_at, state) \
+                 SELECT $1, $2, $3::jsonb, $4, $5, $7, $9, $10::jsonb, ",
             due!("$6", "$8"),
             " ON CONFLICT (task, dedupe_key) \
                      WHERE dedupe_key IS NOT NULL AND state IN ('scheduled', 'pending', 'running') \
@@ -135,7 +148,9 @@ pub async fn insert_job(
         .bind::<Integer, _>(job.max_attempts)
         .bind::<BigInt, _>(job.delay_ms)
         .bind::<Nullable<Text>, _>(Some(key))
-        .bind::<Nullable<Timestamptz>, _>(job.run_at);
+        .bind::<Nullable<Timestamptz>, _>(job.run_at)
+        .bind::<Nullable<Text>, _>(job.key)
+        .bind::<Nullable<Text>, _>(job.headers);
         let row: Option<Id> = prepared(query).get_result(conn).await.optional()?;
         if let Some(row) = row {
             return Ok(row.id);
@@ -190,7 +205,7 @@ pub async fn insert_unique_job(
     };
     let query = diesel::sql_query(
         "SELECT job_id, created FROM jobq.enqueue_unique( \
-             $1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10)",
+             $1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)",
     )
     .bind::<Text, _>(job.task)
     .bind::<Text, _>(job.queue)
@@ -201,7 +216,9 @@ pub async fn insert_unique_job(
     .bind::<Nullable<Timestamptz>, _>(job.run_at)
     .bind::<Text, _>(key)
     .bind::<Nullable<BigInt>, _>(hold_ms)
-    .bind::<diesel::sql_types::Bool, _>(forever);
+    .bind::<diesel::sql_types::Bool, _>(forever)
+    .bind::<Nullable<Text>, _>(job.key)
+    .bind::<Nullable<Text>, _>(job.headers);
     prepared(query).get_result(conn).await
 }
 
@@ -219,8 +236,9 @@ pub async fn insert_jobs(
         return Ok(Vec::new());
     }
     let query = diesel::sql_query(concat!(
-        "INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at, state) \
-         SELECT $1, $2, p.payload::jsonb, $4, $5, ",
+        "INSERT INTO jobq.jobs \
+             (task, queue, payload, priority, max_attempts, key, headers, run_at, state) \
+         SELECT $1, $2, p.payload::jsonb, $4, $5, $8, $9::jsonb, ",
         due!("$6", "$7"),
         ", unnest($3::text[]) WITH ORDINALITY AS p(payload, n) \
          ORDER BY p.n \
@@ -232,7 +250,9 @@ pub async fn insert_jobs(
     .bind::<SmallInt, _>(jobs.priority)
     .bind::<Integer, _>(jobs.max_attempts)
     .bind::<BigInt, _>(jobs.delay_ms)
-    .bind::<Nullable<Timestamptz>, _>(jobs.run_at);
+    .bind::<Nullable<Timestamptz>, _>(jobs.run_at)
+    .bind::<Nullable<Text>, _>(jobs.key)
+    .bind::<Nullable<Text>, _>(jobs.headers);
     let rows: Vec<Id> = prepared(query).load(conn).await?;
     // Identity values are drawn in insertion order, which follows `n`, so
     // sorting restores the order of `payloads` whatever order RETURNING uses.

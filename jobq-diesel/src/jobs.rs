@@ -57,6 +57,12 @@ pub struct JobRow {
     /// The unique key it was enqueued with.
     #[diesel(sql_type = Nullable<Text>)]
     pub unique_key: Option<String>,
+    /// The partition key it was enqueued with.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub key: Option<String>,
+    /// Its headers, as the JSON text of an object; `None` for none.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub headers: Option<String>,
 }
 
 /// The columns of a [`JobRow`].
@@ -65,7 +71,8 @@ macro_rules! job_row_columns {
         "SELECT id, task, queue, state::text AS state, priority, \
              attempt - handbacks AS attempt, max_attempts, run_at, \
              created_at, started_at, finished_at, dedupe_key, payload::text AS payload, \
-             errors::text AS errors, output::text AS output, unique_key \
+             errors::text AS errors, output::text AS output, unique_key, key, \
+             headers::text AS headers \
          FROM jobq.jobs "
     };
 }

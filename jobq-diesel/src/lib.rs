@@ -15,11 +15,13 @@ mod connect;
 mod conninfo;
 mod enqueue;
 mod jobs;
+mod limited_claim;
 mod listener;
 mod maintenance;
 mod migrations;
 mod no_jit;
 mod outcome;
+mod pause;
 mod ping;
 mod pool;
 mod prepared;
@@ -47,12 +49,16 @@ pub use jobs::{
     cancel, find_job, find_job_by_key, find_output, pending_unknown_tasks, CancelResult, JobRow,
     OutputRow, UnknownTask,
 };
+pub use limited_claim::{
+    claim_limited, next_key_cursor, LimitedClaimRequest, GLOBAL_CLAIM_SQL, KEYED_CLAIM_SQL,
+};
 pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention, RESCUE_SQL};
 pub use migrations::{migrate, schema_version, MigrateError, LATEST_VERSION};
 pub use outcome::{
     write_outcomes, write_outcomes_around_locks, NotWritten, Outcome, OutcomeKind, RejectedOutcome,
 };
+pub use pause::{pause_queue, paused_queues, resume_queue};
 pub use ping::ping;
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};
 pub use promote::{promote, Promotion, PROMOTE_SQL};

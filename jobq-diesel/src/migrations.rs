@@ -59,6 +59,11 @@ const MIGRATIONS: &[Migration] = &[
         up: include_str!("../../migrations/2026-12-01-000010_stats/up.sql"),
     },
     Migration {
+        version: 20261201000020,
+        name: "flow_control",
+        up: include_str!("../../migrations/2026-12-01-000020_flow_control/up.sql"),
+    },
+    Migration {
         version: 20261201000030,
         name: "unique_keys_and_outputs",
         up: include_str!("../../migrations/2026-12-01-000030_unique_keys_and_outputs/up.sql"),
@@ -67,6 +72,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 20261201000031,
         name: "held_finished",
         up: include_str!("../../migrations/2026-12-01-000031_held_finished/up.sql"),
+    },
+    Migration {
+        version: 20261201000032,
+        name: "unique_labels",
+        up: include_str!("../../migrations/2026-12-01-000032_unique_labels/up.sql"),
     },
 ];
 

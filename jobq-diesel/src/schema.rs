@@ -39,6 +39,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Queues no worker claims from (`jobq::pause_queue`).
+    jobq.paused_queues (queue) {
+        queue -> Text,
+        paused_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     /// Live worker processes and their heartbeats.
     jobq.workers (id) {
         id -> Int8,

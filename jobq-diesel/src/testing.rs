@@ -29,6 +29,12 @@ pub struct StartedJob {
     /// Whether a cancel was requested before it started.
     #[diesel(sql_type = Bool)]
     pub cancel_requested: bool,
+    /// Its partition key.
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    pub key: Option<String>,
+    /// Its headers, as the JSON text of an object.
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    pub headers: Option<String>,
 }
 
 /// Sets the next due job of one of `tasks` running (a scheduled job whose
@@ -49,7 +55,8 @@ pub async fn start_next_due(
              ORDER BY priority DESC, run_at, id \
              LIMIT 1 FOR UPDATE SKIP LOCKED) \
          RETURNING j.id, j.task, j.queue, j.payload::text AS payload, j.attempt, \
-             j.attempt - j.handbacks AS number, j.cancel_requested",
+             j.attempt - j.handbacks AS number, j.cancel_requested, j.key, \
+             j.headers::text AS headers",
     )
     .bind::<Array<Text>, _>(tasks)
     .get_result(conn)

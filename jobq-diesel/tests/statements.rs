@@ -50,6 +50,8 @@ fn job(task: &str) -> NewJob<'_> {
         delay_ms: 0,
         run_at: None,
         dedupe_key: None,
+        key: None,
+        headers: None,
     }
 }
 
@@ -1195,4 +1197,195 @@ async fn a_claim_connection_plans_the_claim_once_beside_many_scheduled_rows() {
         assert_eq!(claim_one(&mut claims, worker, "t").await.len(), 1);
     }
     assert_eq!(claim_plans(&mut claims).await, (CLAIMS, 0));
+}
+
+async fn claim_limited(
+    conn: &mut AsyncPgConnection,
+    worker_id: i64,
+    slots: i32,
+    global: Option<i32>,
+    per_key: Option<i32>,
+) -> Vec<jobq_diesel::ClaimedJob> {
+    let queues = ["default".to_owned()];
+    let request = jobq_diesel::LimitedClaimRequest {
+        worker_id,
+        queues: &queues,
+        task: "limited",
+        slots,
+        global_concurrency: global,
+        key_concurrency: per_key,
+        claim_key: claim_key(),
+        key_cursor: None,
+    };
+    jobq_diesel::claim_limited(conn, &request).await.unwrap()
+}
+
+/// Inserts a job of task "limited" with a key and priority; returns its id.
+async fn keyed(conn: &mut AsyncPgConnection, key: Option<&str>, priority: i16) -> i64 {
+    jobq_diesel::insert_job(
+        conn,
+        &NewJob {
+            key,
+            priority,
+            ..job("limited")
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn ids(jobs: &[jobq_diesel::ClaimedJob]) -> Vec<i64> {
+    let mut ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn a_limited_claim_counts_running_rows_so_outcomes_and_rescues_free_slots() {
+    let (_db, mut conn) = setup().await;
+    for _ in 0..5 {
+        keyed(&mut conn, None, 0).await;
+    }
+    let a = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let b = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    // Two slots fleet-wide, whoever asks and however many slots they have.
+    let first = claim_limited(&mut conn, a, 10, Some(2), None).await;
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|j| j.task.is_none()));
+    assert!(claim_limited(&mut conn, b, 10, Some(2), None)
+        .await
+        .is_empty());
+    // An outcome frees one.
+    jobq_diesel::write_outcomes(&mut conn, &[done(&first[0])], &[])
+        .await
+        .unwrap();
+    let second = claim_limited(&mut conn, b, 10, Some(2), None).await;
+    assert_eq!(second.len(), 1);
+    // A's death frees the slot its remaining job held once it is rescued.
+    let rescued = stop_heartbeating_and_rescue(&mut conn, a).await;
+    assert_eq!(rescued.len(), 1);
+    let third = claim_limited(&mut conn, b, 10, Some(2), None).await;
+    assert_eq!(third.len(), 1);
+    assert!(claim_limited(&mut conn, b, 10, Some(2), None)
+        .await
+        .is_empty());
+    // Unlimited claims of other tasks neither count nor get counted.
+    jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    assert_eq!(claim_one(&mut conn, b, "t").await.len(), 1);
+    let Count { n } = diesel::sql_query(
+        "SELECT count(*) AS n FROM jobq.jobs WHERE state = 'running' AND limited",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn key_concurrency_takes_each_keys_first_jobs_in_priority_then_enqueue_order() {
+    let (_db, mut conn) = setup().await;
+    let a1 = keyed(&mut conn, Some("a"), 0).await;
+    let a2 = keyed(&mut conn, Some("a"), 0).await;
+    let a3 = keyed(&mut conn, Some("a"), 5).await;
+    let b1 = keyed(&mut conn, Some("b"), 0).await;
+    let b2 = keyed(&mut conn, Some("b"), 0).await;
+    let none1 = keyed(&mut conn, None, 0).await;
+    let none2 = keyed(&mut conn, None, 0).await;
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+
+    // One per key: the later a3 goes first for its higher priority; jobs
+    // without a key are not held back.
+    let first = claim_limited(&mut conn, w, 10, None, Some(1)).await;
+    assert_eq!(ids(&first), {
+        let mut v = vec![a3, b1, none1, none2];
+        v.sort_unstable();
+        v
+    });
+    // Nothing more of a key while one of it runs.
+    assert!(claim_limited(&mut conn, w, 10, None, Some(1))
+        .await
+        .is_empty());
+    let a3_job = first.iter().find(|j| j.id == a3).unwrap();
+    jobq_diesel::write_outcomes(&mut conn, &[done(a3_job)], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&claim_limited(&mut conn, w, 10, None, Some(1)).await),
+        [a1]
+    );
+
+    // With two per key, a key with one running gets one more, and a batch
+    // never takes more of a key than its free slots.
+    let (_db2, mut conn) = setup().await;
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let k: Vec<i64> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(keyed(&mut conn, Some("k"), 0).await);
+        }
+        v
+    };
+    assert_eq!(
+        ids(&claim_limited(&mut conn, w, 10, None, Some(2)).await),
+        k[..2]
+    );
+    assert!(claim_limited(&mut conn, w, 10, None, Some(2))
+        .await
+        .is_empty());
+    // And both limits at once: the global one cuts the batch.
+    let _ = (a2, b2);
+    for _ in 0..3 {
+        keyed(&mut conn, Some("other"), 0).await;
+    }
+    assert_eq!(
+        claim_limited(&mut conn, w, 10, Some(3), Some(2))
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn keyed_claims_serve_the_keys_in_turn_from_the_cursor() {
+    let (_db, mut conn) = setup().await;
+    let a = keyed(&mut conn, Some("a"), 0).await;
+    let b = keyed(&mut conn, Some("b"), 0).await;
+    let c = keyed(&mut conn, Some("c"), 0).await;
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let queues = ["default".to_owned()];
+    let mut one = async |cursor: &str| {
+        let request = jobq_diesel::LimitedClaimRequest {
+            worker_id: w,
+            queues: &queues,
+            task: "limited",
+            slots: 1,
+            global_concurrency: None,
+            key_concurrency: Some(1),
+            claim_key: claim_key(),
+            key_cursor: Some(cursor),
+        };
+        ids(&jobq_diesel::claim_limited(&mut conn, &request)
+            .await
+            .unwrap())
+    };
+    // After "b" comes "c"; after "c" the walk wraps around to "a"; then
+    // only "b" is left, found wherever the walk starts.
+    assert_eq!(one("b").await, [c]);
+    assert_eq!(one("c").await, [a]);
+    assert_eq!(one("a").await, [b]);
+    assert_eq!(one("").await, Vec::<i64>::new());
+    assert_eq!(jobq_diesel::next_key_cursor("b", ["c", "a"]), Some("a"));
+    assert_eq!(jobq_diesel::next_key_cursor("b", ["c", "d"]), Some("d"));
+    assert_eq!(jobq_diesel::next_key_cursor("", ["x", "y"]), Some("y"));
+    assert_eq!(jobq_diesel::next_key_cursor("", []), None);
 }

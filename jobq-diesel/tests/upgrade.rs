@@ -161,6 +161,8 @@ async fn upgrading_to_unique_keys_and_outputs_keeps_every_job() {
         delay_ms: 0,
         run_at: None,
         dedupe_key: None,
+        key: None,
+        headers: None,
     };
     let first =
         jobq_diesel::insert_unique_job(&mut conn, &job, "k", jobq_diesel::KeyHold::WhileActive)

@@ -16,7 +16,7 @@ use crate::duration::{self, ACCEPTED_FORMS};
 use crate::errors::Errors;
 
 /// The argument names, in the order the docs list them.
-const ARGUMENTS: [&str; 7] = [
+const ARGUMENTS: [&str; 9] = [
     "name",
     "queue",
     "concurrency",
@@ -24,6 +24,8 @@ const ARGUMENTS: [&str; 7] = [
     "max_attempts",
     "timeout",
     "priority",
+    "global_concurrency",
+    "key_concurrency",
 ];
 
 /// A checked value and where it was written, so that the generated code that
@@ -47,6 +49,10 @@ pub struct TaskArgs {
     /// Milliseconds.
     pub timeout: Option<Arg<u64>>,
     pub priority: Option<Arg<i16>>,
+    /// Fleet-wide limit of running attempts.
+    pub global_concurrency: Option<Arg<u32>>,
+    /// Fleet-wide limit of running attempts per partition key.
+    pub key_concurrency: Option<Arg<u32>>,
 }
 
 /// One `key = value` of the attribute, or a key written in another form.
@@ -133,6 +139,10 @@ fn apply(args: &mut TaskArgs, key: &str, value: &Expr) -> syn::Result<()> {
         "queue" => args.queue = Some(name(value, key)?),
         "concurrency" => args.concurrency = Some(positive_i32(value, key)?),
         "max_attempts" => args.max_attempts = Some(positive_i32(value, key)?),
+        // Zero would never run a job: refused here rather than left to
+        // wait forever at run time.
+        "global_concurrency" => args.global_concurrency = Some(positive_i32(value, key)?),
+        "key_concurrency" => args.key_concurrency = Some(positive_i32(value, key)?),
         "retry" => {
             let retry = duration(value, key)?;
             // The backoff doubles this base; from zero every retry would be
@@ -206,6 +216,8 @@ fn example(key: &str) -> &'static str {
         "max_attempts" => "`max_attempts = 5`",
         "timeout" => "`timeout = \"5m\"`",
         "priority" => "`priority = -5`",
+        "global_concurrency" => "`global_concurrency = 2`",
+        "key_concurrency" => "`key_concurrency = 1`",
         _ => "",
     }
 }
@@ -421,12 +433,30 @@ mod tests {
     }
 
     #[test]
+    fn fleet_limits_are_positive_int4s() {
+        let args = ok(quote!(global_concurrency = 3, key_concurrency = 1));
+        assert_eq!(args.global_concurrency.unwrap().value, 3);
+        assert_eq!(args.key_concurrency.unwrap().value, 1);
+        assert_eq!(
+            messages(quote!(global_concurrency = 0)),
+            ["`global_concurrency` must be at least 1"]
+        );
+        assert_eq!(
+            messages(quote!(key_concurrency = -1)),
+            ["`key_concurrency` must be at least 1"]
+        );
+        assert!(messages(quote!(key_concurrency = "1"))[0].contains("expected an integer"));
+        assert!(messages(quote!(global_concurrency = 2147483648))[0].contains("at most"));
+    }
+
+    #[test]
     fn unknown_argument_lists_the_valid_ones() {
         assert_eq!(
             messages(quote!(concurency = 4)),
             [
                 "unknown argument `concurency`; the valid arguments are `name`, `queue`, \
-              `concurrency`, `retry`, `max_attempts`, `timeout`, `priority`"
+              `concurrency`, `retry`, `max_attempts`, `timeout`, `priority`, \
+              `global_concurrency`, `key_concurrency`"
             ]
         );
         assert!(messages(quote!(jobq::queue = "x"))[0].contains("unknown argument `jobq::queue`"));

@@ -305,6 +305,14 @@ fn options(args: &TaskArgs) -> TokenStream {
         let value = priority.value;
         chain = quote_spanned!(priority.span=> #chain.priority(#value));
     }
+    if let Some(limit) = &args.global_concurrency {
+        let value = limit.value;
+        chain = quote_spanned!(limit.span=> #chain.global_concurrency(#value));
+    }
+    if let Some(limit) = &args.key_concurrency {
+        let value = limit.value;
+        chain = quote_spanned!(limit.span=> #chain.key_concurrency(#value));
+    }
     chain
 }
 

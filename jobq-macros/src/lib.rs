@@ -56,6 +56,8 @@ use proc_macro::TokenStream;
 /// | `max_attempts` | integer from 1 to `i32::MAX`, the first attempt included | `20` |
 /// | `timeout` | duration > 0: time limit of one attempt | none |
 /// | `priority` | integer from -32768 to 32767; higher runs first | `0` |
+/// | `global_concurrency` | integer from 1 to `i32::MAX`: attempts running at once across every worker process, enforced by PostgreSQL at claim time | none |
+/// | `key_concurrency` | integer from 1 to `i32::MAX`: attempts running at once per partition key (`EnqueueOptions::key`), fleet-wide; `1` runs a key's jobs one at a time, in priority then enqueue order | none |
 ///
 /// A duration is an unsigned integer followed by a unit, `ms`, `s`, `m` or
 /// `h`: `"250ms"`, `"30s"`, `"5m"`, `"1h"`. Anything else (`"1.5h"`,

@@ -1,6 +1,7 @@
 //! [`Context`], facts about the running attempt that a task function may
 //! take besides its payload.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,30 @@ pub struct Context {
     queue: Arc<str>,
     cancel: CancellationToken,
     states: States,
+    /// Key and headers; `None` for the many jobs with neither, which then
+    /// cost an attempt nothing.
+    labels: Option<Arc<Labels>>,
+}
+
+/// A job's partition key and headers, as its attempt sees them.
+#[derive(Debug, Default)]
+pub(crate) struct Labels {
+    pub(crate) key: Option<String>,
+    pub(crate) headers: BTreeMap<String, String>,
+}
+
+impl Labels {
+    /// A job's labels as stored (headers as the JSON text of an object);
+    /// `None` when it has neither.
+    pub(crate) fn of(key: Option<String>, headers: Option<&str>) -> Option<Arc<Labels>> {
+        match (key, headers) {
+            (None, None) => None,
+            (key, headers) => Some(Arc::new(Labels {
+                key,
+                headers: crate::headers::parse(headers),
+            })),
+        }
+    }
 }
 
 impl Context {
@@ -40,6 +65,7 @@ impl Context {
         queue: Arc<str>,
         cancel: CancellationToken,
         states: States,
+        labels: Option<Arc<Labels>>,
     ) -> Self {
         Self {
             job_id,
@@ -48,6 +74,7 @@ impl Context {
             queue,
             cancel,
             states,
+            labels,
         }
     }
 
@@ -69,6 +96,39 @@ impl Context {
     /// The queue the job was enqueued on.
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+
+    /// The job's partition key ([`crate::EnqueueOptions::key`]), if any.
+    pub fn key(&self) -> Option<&str> {
+        self.labels.as_deref()?.key.as_deref()
+    }
+
+    /// The value of the header `name` ([`crate::EnqueueOptions::header`]),
+    /// if the job has it.
+    ///
+    /// ```
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Report { day: u32 }
+    /// #[jobq::task]
+    /// async fn nightly(ctx: jobq::Context, job: Report) -> Result<(), jobq::TaskError> {
+    ///     let request = ctx.header("request-id").unwrap_or("none");
+    ///     tracing::info!(request, "building the report");
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.labels
+            .as_deref()?
+            .headers
+            .get(name)
+            .map(String::as_str)
+    }
+
+    /// Every header of the job, by name.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.labels
+            .iter()
+            .flat_map(|l| l.headers.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// Resolves when the worker asks this attempt to stop: the job was

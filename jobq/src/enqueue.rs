@@ -17,7 +17,9 @@ use crate::{Error, JobId, Task, TaskOptions};
 ///     .delay(Duration::from_secs(60))
 ///     .queue("other")
 ///     .max_attempts(2)
-///     .dedupe_key("user-42");
+///     .dedupe_key("user-42")
+///     .key("customer-42")
+///     .header("request-id", "7f3a");
 /// # let _ = options;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +33,8 @@ pub struct EnqueueOptions {
     max_payload_size: Option<usize>,
     unique_key: Option<String>,
     uniqueness: Option<Uniqueness>,
+    key: Option<String>,
+    headers: Vec<(String, String)>,
 }
 
 /// How long a unique key stays taken (see [`EnqueueOptions::unique_key`]).
@@ -162,6 +166,37 @@ impl EnqueueOptions {
         self
     }
 
+    /// The job's partition key (1 to 200 characters): a task's
+    /// `key_concurrency` limits the attempts running at once per key
+    /// across the fleet, and with `key_concurrency = 1` a key's jobs run
+    /// one at a time in priority, then enqueue order. Shown in
+    /// [`crate::JobInfo::key`] and [`crate::Context::key`]. A key holding
+    /// U+0000, which PostgreSQL text cannot store, is refused at enqueue.
+    #[must_use = "the options are returned, not changed in place"]
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Attaches a header: a string pair the handler reads with
+    /// [`crate::Context::header`] (request ids, tenant, trace context).
+    /// Setting a name twice keeps the later value. Names are 1 to 200
+    /// characters; all headers together are at most 64 KiB of JSON; a name
+    /// or value holding U+0000, which `jsonb` cannot store, is refused at
+    /// enqueue (the error never shows values).
+    ///
+    /// ```
+    /// let options = jobq::EnqueueOptions::new()
+    ///     .header("request-id", "7f3a")
+    ///     .header("tenant", "acme");
+    /// # let _ = options;
+    /// ```
+    #[must_use = "the options are returned, not changed in place"]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
     /// Refuse payloads whose JSON text is larger than this many bytes
     /// (default [`Self::DEFAULT_MAX_PAYLOAD_SIZE`]). The check happens
     /// before anything is sent to the database, and the error names the
@@ -183,6 +218,8 @@ struct Resolved<'a> {
     dedupe_key: Option<&'a str>,
     max_payload_size: usize,
     unique: Option<(&'a str, KeyHold)>,
+    key: Option<&'a str>,
+    headers: Option<String>,
 }
 
 const MAX_NAME_LEN: usize = 200;
@@ -280,8 +317,14 @@ fn resolve_with<'a>(
             Some((key.as_str(), hold))
         }
     };
+    if let Some(key) = &options.key {
+        crate::headers::check_key(key)?;
+    }
+    let headers = crate::headers::to_json(&options.headers)?;
     Ok(Resolved {
         unique,
+        key: options.key.as_deref(),
+        headers,
         queue,
         priority: options.priority.unwrap_or(defaults.default_priority()),
         max_attempts,
@@ -384,6 +427,8 @@ pub async fn enqueue_with<T: Task>(
         delay_ms: resolved.delay_ms,
         run_at: resolved.run_at,
         dedupe_key: resolved.dedupe_key,
+        key: resolved.key,
+        headers: resolved.headers.as_deref(),
     };
     let id = jobq_diesel::insert_job(conn, &job)
         .await
@@ -436,6 +481,8 @@ pub async fn enqueue_many_with<T: Task>(
         max_attempts: resolved.max_attempts,
         delay_ms: resolved.delay_ms,
         run_at: resolved.run_at,
+        key: resolved.key,
+        headers: resolved.headers.as_deref(),
     };
     let ids = jobq_diesel::insert_jobs(conn, &jobs)
         .await
@@ -506,6 +553,8 @@ pub async fn enqueue_json(
         delay_ms: resolved.delay_ms,
         run_at: resolved.run_at,
         dedupe_key: resolved.dedupe_key,
+        key: resolved.key,
+        headers: resolved.headers.as_deref(),
     };
     let context = || format!("enqueueing a job of task {task:?}");
     let id = match resolved.unique {
@@ -581,6 +630,8 @@ pub async fn enqueue_unique<T: Task>(
         delay_ms: resolved.delay_ms,
         run_at: resolved.run_at,
         dedupe_key: None,
+        key: resolved.key,
+        headers: resolved.headers.as_deref(),
     };
     let inserted = jobq_diesel::insert_unique_job(conn, &job, key, hold)
         .await

@@ -146,6 +146,10 @@ pub struct JobInfo {
     /// The unique key it was enqueued with
     /// ([`EnqueueOptions::unique_key`](crate::EnqueueOptions::unique_key)).
     pub unique_key: Option<String>,
+    /// Its partition key ([`crate::EnqueueOptions::key`]).
+    pub key: Option<String>,
+    /// Its headers ([`crate::EnqueueOptions::header`]), by name.
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// The job with this id, or `None` if there is none: never enqueued, or
@@ -231,6 +235,8 @@ fn info(row: jobq_diesel::JobRow) -> Result<JobInfo, Error> {
         errors,
         output,
         unique_key: row.unique_key,
+        headers: crate::headers::parse(row.headers.as_deref()),
+        key: row.key,
     })
 }
 

@@ -40,6 +40,8 @@ pub trait Task: 'static {
 /// | `max_attempts` | 20 |
 /// | `timeout` | none |
 /// | `priority` | 0 |
+/// | `global_concurrency` | none (no fleet-wide limit) |
+/// | `key_concurrency` | none (no per-key limit) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskOptions {
     queue: Option<&'static str>,
@@ -48,6 +50,8 @@ pub struct TaskOptions {
     max_attempts: Option<u32>,
     timeout: Option<Duration>,
     priority: Option<i16>,
+    global_concurrency: Option<u32>,
+    key_concurrency: Option<u32>,
 }
 
 impl TaskOptions {
@@ -69,6 +73,8 @@ impl TaskOptions {
             max_attempts: None,
             timeout: None,
             priority: None,
+            global_concurrency: None,
+            key_concurrency: None,
         }
     }
 
@@ -106,6 +112,31 @@ impl TaskOptions {
     pub const fn priority(mut self, priority: i16) -> Self {
         self.priority = Some(priority);
         self
+    }
+
+    /// Sets the most attempts of this task running at once across every
+    /// worker process (see the README's "Flow control").
+    pub const fn global_concurrency(mut self, limit: u32) -> Self {
+        self.global_concurrency = Some(limit);
+        self
+    }
+
+    /// Sets the most attempts running at once per partition key
+    /// ([`crate::EnqueueOptions::key`]) across every worker process; 1
+    /// runs each key's jobs one at a time, in priority then enqueue order.
+    pub const fn key_concurrency(mut self, limit: u32) -> Self {
+        self.key_concurrency = Some(limit);
+        self
+    }
+
+    /// The fleet-wide limit, if any.
+    pub const fn global_limit(&self) -> Option<u32> {
+        self.global_concurrency
+    }
+
+    /// The per-key limit, if any.
+    pub const fn key_limit(&self) -> Option<u32> {
+        self.key_concurrency
     }
 
     /// The queue, or [`Self::DEFAULT_QUEUE`].

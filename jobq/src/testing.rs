@@ -140,6 +140,7 @@ impl Drain {
                 job.queue.as_str().into(),
                 cancel,
                 self.states.clone(),
+                crate::context::Labels::of(job.key, job.headers.as_deref()),
             );
             let (kind, error, output) =
                 run_attempt(descriptor, ctx, &job.payload, number, descriptor.options).await;
@@ -339,6 +340,7 @@ pub async fn run_inline_with<T: Task>(
         queue.as_str().into(),
         cancel,
         context.states,
+        None,
     );
     let future = (descriptor.handler)(ctx, &json).map_err(|e| {
         TaskError::permanent(anyhow::anyhow!(

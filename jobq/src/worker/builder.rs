@@ -40,6 +40,8 @@ use crate::Error;
 /// | [`task_concurrency`](Self::task_concurrency) | `JOBQ_TASK_CONCURRENCY` | the attribute's `concurrency` |
 /// | [`task_timeout`](Self::task_timeout) | `JOBQ_TASK_TIMEOUT` | the attribute's `timeout` |
 /// | [`task_retry`](Self::task_retry) | `JOBQ_TASK_RETRY` | the attribute's `retry` |
+/// | [`task_global_concurrency`](Self::task_global_concurrency) | | the attribute's `global_concurrency` |
+/// | [`task_key_concurrency`](Self::task_key_concurrency) | | the attribute's `key_concurrency` |
 /// | [`state`](Self::state) | | none |
 /// | [`lock_timeout`](Self::lock_timeout) (own pool) | `JOBQ_LOCK_TIMEOUT` | 5 s |
 /// | [`statement_timeout`](Self::statement_timeout) (own pool) | `JOBQ_STATEMENT_TIMEOUT` | 60 s |
@@ -523,6 +525,25 @@ impl WorkerBuilder {
     /// `i32::MAX`.
     pub fn task_concurrency(mut self, task: impl Into<String>, limit: u32) -> Self {
         self.overrides.concurrency.insert(task.into(), limit);
+        self
+    }
+
+    /// Sets the fleet-wide limit of task `task` (see "Flow control" in the
+    /// README), instead of the attribute's `global_concurrency`. Every
+    /// worker of the fleet must be given the same value: each claims
+    /// within the limit it knows. Builder only, no environment variable,
+    /// for that reason. [`build`](Self::build) refuses an unknown task and
+    /// a limit outside 1 to `i32::MAX`.
+    pub fn task_global_concurrency(mut self, task: impl Into<String>, limit: u32) -> Self {
+        self.overrides.global_concurrency.insert(task.into(), limit);
+        self
+    }
+
+    /// Sets the per-key fleet-wide limit of task `task`, instead of the
+    /// attribute's `key_concurrency`; the same rules as
+    /// [`task_global_concurrency`](Self::task_global_concurrency).
+    pub fn task_key_concurrency(mut self, task: impl Into<String>, limit: u32) -> Self {
+        self.overrides.key_concurrency.insert(task.into(), limit);
         self
     }
 

@@ -241,5 +241,10 @@ async fn write(
         let delay = Duration::from_millis(u64::try_from(delay_ms).unwrap_or(0));
         shared.wake.at(Instant::now() + delay);
     }
+    if shared.serves_limited_tasks {
+        // A fleet-wide slot is free once the outcome that settles it is
+        // written, not when the handler returns: claim for it now.
+        shared.wake.now();
+    }
     Some(parked)
 }

@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::attempts::{AttemptRef, Owned};
 use super::message;
 use super::state::{Finished, Shared};
+use crate::context::Labels;
 use crate::retry::backoff;
 use crate::{Context, JobId};
 
@@ -146,6 +147,7 @@ async fn attempt_outcome(
     let descriptor = served.descriptor;
     // The number users see (hand-backs not counted), not the fencing one.
     let attempt = u32::try_from(job.number()).unwrap_or(1);
+    let labels = Labels::of(job.key.clone(), job.headers.as_deref());
     let ctx = Context::new(
         JobId::from(job.id),
         attempt,
@@ -153,6 +155,7 @@ async fn attempt_outcome(
         queue,
         cancel,
         served.states.clone(),
+        labels,
     );
     let decoded = catch_unwind(AssertUnwindSafe(|| (descriptor.handler)(ctx, &job.payload)));
     let future = match decoded {

@@ -24,7 +24,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobq_diesel::{ClaimRequest, ClaimedJob, Outcome, OutcomeKind};
+use jobq_diesel::{ClaimRequest, ClaimedJob, LimitedClaimRequest, Outcome, OutcomeKind};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::backoff::Backoff;
@@ -112,6 +112,10 @@ struct ClaimKeys {
     /// oldest first: their jobs would otherwise run under this worker,
     /// unknown to it, for as long as it heartbeats.
     lost: Vec<i64>,
+    /// Per task with a key limit (by task index), the partition key its
+    /// last claim ended at: the next one starts after it, so that the keys
+    /// are served in turn.
+    key_cursors: std::collections::HashMap<usize, String>,
 }
 
 impl ClaimKeys {
@@ -222,7 +226,9 @@ async fn promote(shared: &Shared) -> Result<(), String> {
     }
 }
 
-/// One claim for every task with free slots. A task whose batch came back
+/// One claim for every task with free slots: a single statement for the
+/// tasks without fleet-wide limits, and one limited claim per task with
+/// limits (see `jobq_diesel::claim_limited`). A task whose batch came back
 /// full is marked saturated: more work may be waiting, and its freed slots
 /// wake the fetcher for the next batch.
 async fn claim_round(
@@ -231,16 +237,7 @@ async fn claim_round(
     keys: &mut ClaimKeys,
 ) -> Result<(), String> {
     let asked = shared.slots.free(shared.tasks.iter().map(|t| t.limit));
-    let tasks: Vec<String> = asked
-        .iter()
-        .map(|&(i, _)| shared.task_names[i].clone())
-        .collect();
-    let slots: Vec<i32> = asked
-        .iter()
-        .map(|&(_, free)| i32::try_from(free).unwrap_or(i32::MAX))
-        .collect();
-    let indices: Vec<usize> = asked.iter().map(|&(i, _)| i).collect();
-    if tasks.is_empty() {
+    if asked.is_empty() {
         return Ok(());
     }
     if let Some(unwritten) = shared.backlog.full() {
@@ -252,6 +249,39 @@ async fn claim_round(
         );
         return Ok(());
     }
+    let (limited, unlimited): (Vec<_>, Vec<_>) = asked
+        .into_iter()
+        .partition(|&(i, _)| shared.tasks[i].fleet.any());
+    if !unlimited.is_empty() {
+        claim_batch(shared, outcomes, keys, &unlimited).await?;
+    }
+    for one in limited {
+        claim_batch(shared, outcomes, keys, &[one]).await?;
+    }
+    Ok(())
+}
+
+/// Claims for `asked` (task index, free slots) and starts what came back.
+/// `asked` is either any number of unlimited tasks or one limited task.
+async fn claim_batch(
+    shared: &Arc<Shared>,
+    outcomes: &UnboundedSender<Finished>,
+    keys: &mut ClaimKeys,
+    asked: &[(usize, u32)],
+) -> Result<(), String> {
+    let tasks: Vec<String> = asked
+        .iter()
+        .map(|&(i, _)| shared.task_names[i].clone())
+        .collect();
+    let slots: Vec<i32> = asked
+        .iter()
+        .map(|&(_, free)| i32::try_from(free).unwrap_or(i32::MAX))
+        .collect();
+    let indices: Vec<usize> = asked.iter().map(|&(i, _)| i).collect();
+    let limits = match asked {
+        [(i, _)] => Some(shared.tasks[*i].fleet).filter(|l| l.any()),
+        _ => None,
+    };
     let claimed: Vec<ClaimedJob> = {
         // Waiting for a connection may take long while the database is
         // down; shutdown must not wait for it. The claim itself is never
@@ -260,14 +290,44 @@ async fn claim_round(
             conn = shared.claim_pool.get() => conn.map_err(|e| error_chain(&e))?,
             _ = shared.stopping.cancelled() => return Ok(()),
         };
-        let request = ClaimRequest {
-            worker_id: shared.worker_id,
-            queues: &shared.queues,
-            tasks: &tasks,
-            slots: &slots,
-            claim_key: keys.next(),
+        let claim_key = keys.next();
+        let result = match limits {
+            None => {
+                let request = ClaimRequest {
+                    worker_id: shared.worker_id,
+                    queues: &shared.queues,
+                    tasks: &tasks,
+                    slots: &slots,
+                    claim_key,
+                };
+                jobq_diesel::claim(&mut conn, &request).await
+            }
+            Some(limits) => {
+                let cursor = keys.key_cursors.get(&indices[0]).map(String::as_str);
+                let request = LimitedClaimRequest {
+                    worker_id: shared.worker_id,
+                    queues: &shared.queues,
+                    task: &tasks[0],
+                    slots: slots[0],
+                    global_concurrency: limits.global,
+                    key_concurrency: limits.per_key,
+                    claim_key,
+                    key_cursor: cursor,
+                };
+                let result = jobq_diesel::claim_limited(&mut conn, &request).await;
+                if let (Ok(claimed), Some(_)) = (&result, limits.per_key) {
+                    let next = jobq_diesel::next_key_cursor(
+                        cursor.unwrap_or(""),
+                        claimed.iter().filter_map(|j| j.key.as_deref()),
+                    );
+                    if let Some(next) = next {
+                        keys.key_cursors.insert(indices[0], next.to_owned());
+                    }
+                }
+                result
+            }
         };
-        match jobq_diesel::claim(&mut conn, &request).await {
+        match result {
             Ok(claimed) => claimed,
             Err(e) => {
                 // Whatever the error, the claim may have committed (the
@@ -277,7 +337,7 @@ async fn claim_round(
                 // failed, and the key's row belongs to another claim (or
                 // to the tombstone of a release), not to be touched.
                 if !is_key_clash(&e) {
-                    keys.lost.push(request.claim_key);
+                    keys.lost.push(claim_key);
                 }
                 return Err(e.to_string());
             }
@@ -304,7 +364,10 @@ async fn claim_round(
     for &(i, _) in places.iter().flatten() {
         per_task[i] += 1;
     }
-    shared.slots.claimed(&asked, &per_task);
+    // A limited task's slots count as taken in the database until their
+    // outcomes are written, not when the handler returns: the completer
+    // wakes the fetcher after each write instead (see `completer::write`).
+    shared.slots.claimed(asked, &per_task);
     for (job, place) in claimed.into_iter().zip(places) {
         match place {
             Some((task, queue)) => {

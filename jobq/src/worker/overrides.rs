@@ -32,6 +32,11 @@ pub(crate) struct TaskOverrides {
     pub(crate) concurrency: BTreeMap<String, u32>,
     pub(crate) timeout: BTreeMap<String, Duration>,
     pub(crate) retry: BTreeMap<String, Duration>,
+    /// Fleet-wide limits, from the builder only: a limit that differs
+    /// between workers is no fleet-wide fact, so it belongs in code that
+    /// every worker shares, not in one host's environment.
+    pub(crate) global_concurrency: BTreeMap<String, u32>,
+    pub(crate) key_concurrency: BTreeMap<String, u32>,
 }
 
 /// One setting's overrides and where they came from, for messages.
@@ -55,6 +60,7 @@ pub(crate) fn served_tasks(
         concurrency: env_map(CONCURRENCY_VAR, parse_concurrency)?,
         timeout: env_map(TIMEOUT_VAR, parse_duration)?,
         retry: env_map(RETRY_VAR, parse_duration)?,
+        ..TaskOverrides::default()
     };
     let concurrency = [
         Source {
@@ -86,8 +92,24 @@ pub(crate) fn served_tasks(
             values: &env.retry,
         },
     ];
+    let fleet = [
+        Source {
+            what: "task_global_concurrency",
+            values: &explicit.global_concurrency,
+        },
+        Source {
+            what: "task_key_concurrency",
+            values: &explicit.key_concurrency,
+        },
+    ];
     // Against every task of the binary: an override for a task that
     // another deployment of it serves is no mistake.
+    check_names(known, &fleet)?;
+    for source in &fleet {
+        for (task, &n) in source.values {
+            check_concurrency(source.what, task, n)?;
+        }
+    }
     check_names(known, &concurrency)?;
     check_names(known, &timeout)?;
     check_names(known, &retry)?;
@@ -116,6 +138,10 @@ pub(crate) fn served_tasks(
                 limit: first(&concurrency, name).unwrap_or(options.concurrency_limit()),
                 timeout: first(&timeout, name).or(options.time_limit()),
                 retry_base: first(&retry, name).unwrap_or(options.retry_base()),
+                fleet: super::state::FleetLimits::of(&options).with(
+                    explicit.global_concurrency.get(name).copied(),
+                    explicit.key_concurrency.get(name).copied(),
+                ),
                 states: states.clone(),
             }
         })

@@ -29,9 +29,43 @@ pub(crate) struct ServedTask {
     pub(crate) timeout: Option<Duration>,
     /// Base of the exponential backoff between attempts.
     pub(crate) retry_base: Duration,
+    /// The task's fleet-wide limits; a task with any is claimed on its own,
+    /// under its limits (see `jobq_diesel::claim_limited`).
+    pub(crate) fleet: FleetLimits,
     /// The worker's states, handed to each attempt's `Context` (one `Arc`
     /// shared by every task).
     pub(crate) states: States,
+}
+
+/// A task's fleet-wide limits, as the claim binds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct FleetLimits {
+    pub(crate) global: Option<i32>,
+    pub(crate) per_key: Option<i32>,
+}
+
+impl FleetLimits {
+    pub(crate) fn of(options: &crate::TaskOptions) -> Self {
+        let bound = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        Self {
+            global: options.global_limit().map(bound),
+            per_key: options.key_limit().map(bound),
+        }
+    }
+
+    /// These limits with the builder's overrides, where given.
+    pub(crate) fn with(self, global: Option<u32>, per_key: Option<u32>) -> Self {
+        let bound = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        Self {
+            global: global.map(bound).or(self.global),
+            per_key: per_key.map(bound).or(self.per_key),
+        }
+    }
+
+    /// Whether the task has any fleet-wide limit.
+    pub(crate) fn any(&self) -> bool {
+        self.global.is_some() || self.per_key.is_some()
+    }
 }
 
 /// An outcome on its way to the completer, with the claim its job came
@@ -55,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) queue_names: Vec<Arc<str>>,
     pub(crate) tasks: Vec<ServedTask>,
     pub(crate) task_names: Vec<String>,
+    /// Whether any task served has a fleet-wide limit.
+    pub(crate) serves_limited_tasks: bool,
     /// The attempts running, and who writes each one's outcome.
     pub(crate) attempts: Attempts,
     /// The jobs of each claim whose outcome is not written yet.
@@ -102,6 +138,7 @@ impl Shared {
             queue_names: queues.iter().map(|q| Arc::from(q.as_str())).collect(),
             queues,
             task_names: tasks.iter().map(|t| t.descriptor.name.to_owned()).collect(),
+            serves_limited_tasks: tasks.iter().any(|t| t.fleet.any()),
             tasks,
             attempts: Attempts::default(),
             claims: OpenClaims::default(),
