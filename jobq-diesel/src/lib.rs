@@ -54,6 +54,7 @@ pub use stats::{
     stats, workers, RecentCount, StateCount, StatsRows, WorkerRow, COMPLETED_ESTIMATE_SQL,
     RECENT_COUNTS_SQL, STATE_COUNTS_SQL, WORKERS_SQL,
 };
+pub use stats::{throughput, MinuteCount, THROUGHPUT_SQL};
 pub use vacuum::{vacuum, Vacuum};
 pub use workers::{
     deregister_worker, heartbeat, register_worker, HeartbeatReply, WorkerInfo, HEARTBEAT_SQL,

@@ -67,6 +67,7 @@ pub use jobq_macros::task;
 pub use migrate::migrate;
 pub use state::State;
 pub use stats::{stats, workers, Stats, TaskStats, WorkerStatus};
+pub use stats::{throughput, MinuteCounts};
 pub use task::{Task, TaskOptions};
 pub use task_error::TaskError;
 pub use worker::{run, Pool, ShutdownHandle, Worker, WorkerBuilder};
