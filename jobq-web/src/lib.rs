@@ -104,7 +104,6 @@ impl Dashboard {
 
     /// The router serving the dashboard at its root; nest it under any
     /// prefix (`Router::nest("/jobs", ...)`).
-    #[must_use]
     pub fn router(self) -> axum::Router {
         let state = Arc::new(pages::App {
             pool: self.pool,
@@ -115,7 +114,6 @@ impl Dashboard {
 }
 
 /// A read-only dashboard on `pool`: `Dashboard::new(pool).router()`.
-#[must_use]
 pub fn router(pool: Pool) -> axum::Router {
     Dashboard::new(pool).router()
 }

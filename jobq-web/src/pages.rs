@@ -293,8 +293,8 @@ async fn overview(
         totals,
         completed_estimate: stats
             .completed_estimate
-            .map(|n| format!("about {n}"))
-            .unwrap_or_else(|| "not yet estimated".to_owned()),
+            .map(|n| format!("~{n}"))
+            .unwrap_or_else(|| "–".to_owned()),
         chart: chart::svg(&minutes),
         completed_hour: minutes.iter().map(|m| m.completed).sum(),
         failed_hour: minutes.iter().map(|m| m.failed).sum(),
