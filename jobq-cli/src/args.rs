@@ -91,6 +91,12 @@ pub struct DashboardArgs {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    /// Also answer requests for this host name (repeatable), e.g. the name
+    /// a reverse proxy forwards. On a loopback address only localhost,
+    /// 127.0.0.1 and [::1] are answered otherwise (against DNS rebinding);
+    /// on other addresses any name is, unless this is given.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
 }
 
 /// `jobq jobs ...`

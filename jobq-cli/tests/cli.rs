@@ -626,11 +626,16 @@ fn start_dashboard(url: &str, extra: &[&str]) -> (std::process::Child, String, S
 
 /// A plain HTTP/1.1 GET; the whole response, headers and body.
 fn http_get(addr: &str, path: &str) -> String {
+    http_get_as(addr, addr, path)
+}
+
+/// [`http_get`] with another `Host` header.
+fn http_get_as(addr: &str, host: &str, path: &str) -> String {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to the dashboard");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .expect("send");
     let mut response = String::new();
@@ -651,6 +656,10 @@ async fn dashboard_serves_the_pages_read_only_unless_given_a_token() {
     assert!(overview.contains("read-only"));
     let job = http_get(&addr, &format!("/jobs/{id}"));
     assert!(job.starts_with("HTTP/1.1 200"), "{job}");
+    // On localhost only local names are answered (DNS rebinding).
+    let rebound = http_get_as(&addr, "evil.example", "/");
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    assert!(http_get_as(&addr, "localhost:9999", "/").starts_with("HTTP/1.1 200"));
     child.kill().expect("stop jobq");
     child.wait().expect("reap jobq");
 

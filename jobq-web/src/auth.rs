@@ -167,6 +167,37 @@ pub fn check_origin(headers: &HeaderMap) -> Result<(), WebError> {
     }
 }
 
+/// Wraps `router` so that it answers only requests whose `Host` (without
+/// its port) is one of `hosts`.
+pub fn only_hosts(router: axum::Router, hosts: Vec<String>) -> axum::Router {
+    let hosts: std::sync::Arc<[String]> = hosts.into();
+    router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let allowed = host_allowed(request.headers(), &hosts);
+            async move {
+                if allowed {
+                    next.run(request).await
+                } else {
+                    use axum::response::IntoResponse;
+                    WebError::Forbidden("this host name is not allowed").into_response()
+                }
+            }
+        },
+    ))
+}
+
+fn host_allowed(headers: &HeaderMap, hosts: &[String]) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    // "[::1]:8080" keeps its brackets; "name:8080" loses the port.
+    let name = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    };
+    hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
@@ -230,6 +261,23 @@ mod tests {
         h.remove(header::ORIGIN);
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(check_origin(&h).is_err());
+    }
+
+    #[test]
+    fn hosts_are_compared_without_their_port() {
+        let hosts = vec!["localhost".to_owned(), "[::1]".to_owned()];
+        let with = |h: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_static(h));
+            host_allowed(&m, &hosts)
+        };
+        assert!(with("localhost:8080"));
+        assert!(with("LOCALHOST"));
+        assert!(with("[::1]:8080"));
+        assert!(with("[::1]"));
+        assert!(!with("evil.example:8080"));
+        assert!(!with("localhost.evil.example"));
+        assert!(!host_allowed(&HeaderMap::new(), &hosts), "no Host");
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub struct Dashboard {
     pool: Pool,
     token: Option<String>,
     session_lifetime: Duration,
+    allowed_hosts: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -63,6 +64,7 @@ impl std::fmt::Debug for Dashboard {
         f.debug_struct("Dashboard")
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("session_lifetime", &self.session_lifetime)
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +80,7 @@ impl Dashboard {
             pool,
             token: None,
             session_lifetime: Self::DEFAULT_SESSION_LIFETIME,
+            allowed_hosts: None,
         }
     }
 
@@ -102,6 +105,33 @@ impl Dashboard {
         self
     }
 
+    /// Answers only requests whose `Host` names one of `hosts` (any
+    /// port; case-insensitive); others get 403. Guards a dashboard on
+    /// localhost against DNS rebinding: a hostile site whose name resolves
+    /// to 127.0.0.1 sends its own name as the host. By default any host is
+    /// accepted (the application's own routing decides).
+    ///
+    /// ```no_run
+    /// # fn f(pool: jobq::Pool) {
+    /// let app = jobq_web::Dashboard::new(pool)
+    ///     .allowed_hosts(["localhost", "127.0.0.1", "[::1]"])
+    ///     .router();
+    /// # }
+    /// ```
+    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_hosts = Some(
+            hosts
+                .into_iter()
+                .map(|h| h.into().to_ascii_lowercase())
+                .collect(),
+        );
+        self
+    }
+
     /// The router serving the dashboard at its root; nest it under any
     /// prefix (`Router::nest("/jobs", ...)`).
     pub fn router(self) -> axum::Router {
@@ -109,7 +139,11 @@ impl Dashboard {
             pool: self.pool,
             auth: auth::Auth::new(self.token, self.session_lifetime),
         });
-        pages::routes(state)
+        let router = pages::routes(state);
+        match self.allowed_hosts {
+            Some(hosts) => auth::only_hosts(router, hosts),
+            None => router,
+        }
     }
 }
 

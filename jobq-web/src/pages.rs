@@ -344,6 +344,9 @@ struct Jobs {
     first: Option<String>,
     back: String,
     failed_tasks: Vec<(String, String, i64)>,
+    /// A filter on task, queue, key or time without a state: no index
+    /// holds finished jobs by those, see `jobq::jobs`.
+    slow_filter: bool,
 }
 
 const STATES: [&str; 6] = [
@@ -461,6 +464,10 @@ async fn list(
 ) -> Result<Html<String>, WebError> {
     let q = Fields::parse(query.as_deref().unwrap_or("").as_bytes());
     let (filter, view, keep) = read_filter(&q, failed_page)?;
+    let slow_filter = view.state.is_empty()
+        && ["task", "queue", "key", "since"]
+            .iter()
+            .any(|k| q.get(k).is_some());
     let limit = view.limit.parse().unwrap_or(50usize);
     let mut conn = app.conn().await?;
     let jobs = jobq::jobs(&mut conn, &filter)
@@ -523,6 +530,7 @@ async fn list(
         first,
         back: format!("{path}?{keep}"),
         failed_tasks,
+        slow_filter,
     };
     render(&page)
 }

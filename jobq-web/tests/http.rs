@@ -49,7 +49,7 @@ async fn every_page_shows_the_jobs_it_is_about() {
     assert!(
         overview
             .body
-            .contains("href=\"/failed?task=mail.send\">1</a>"),
+            .contains("href=\"/failed?queue=default&amp;task=mail.send\">1</a>"),
         "failed count links to the failed jobs"
     );
 
@@ -79,8 +79,15 @@ async fn every_page_shows_the_jobs_it_is_about() {
     assert!(failed.body.contains("mail.send: 1 failed"));
 
     let queues = c.get("/queues").await;
-    assert!(queues.body.contains("href=\"/jobs?queue=reports\""));
-    assert!(queues.body.contains("href=\"/jobs?queue=default\""));
+    assert!(queues
+        .body
+        .contains("href=\"/jobs?state=pending&amp;queue=reports\""));
+    assert!(queues.body.contains("href=\"/failed?queue=default\""));
+    assert!(
+        by_queue.body.contains("add a state"),
+        "a filter without a state gets the hint"
+    );
+    assert!(!failed_only.body.contains("add a state"));
 
     let workers = c.get("/workers").await;
     assert!(workers.body.contains("host-a"));
@@ -148,7 +155,7 @@ async fn links_cookie_and_redirects_follow_the_mount_prefix() {
     assert!(overview.body.contains("href=\"/admin/queue/jobs\""));
     assert!(overview
         .body
-        .contains("href=\"/admin/queue/failed?task=nested\""));
+        .contains("href=\"/admin/queue/failed?queue=default&amp;task=nested\""));
     let jobs = c.get("/admin/queue/jobs").await;
     assert!(jobs
         .body
@@ -534,4 +541,34 @@ async fn pages_forbid_framing_and_foreign_scripts() {
         "{r}"
     );
     assert!(r.contains("x-frame-options: DENY"), "{r}");
+}
+
+#[tokio::test]
+async fn only_the_allowed_host_names_are_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = env().await;
+    let app = jobq_web::Dashboard::new(env.pool.clone())
+        .allowed_hosts(["localhost", "127.0.0.1"])
+        .router();
+    let addr = serve(app).await;
+    let get = |host: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    assert!(get(format!("127.0.0.1:{}", addr.port()))
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(get("localhost:1234".to_owned())
+        .await
+        .starts_with("HTTP/1.1 200"));
+    // A rebinding site sends its own name.
+    let r = get(format!("evil.example:{}", addr.port())).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
 }

@@ -32,6 +32,13 @@ pub async fn dashboard(url: Option<&str>, args: DashboardArgs) -> Result<(), Cli
     if let Some(token) = args.token {
         dashboard = dashboard.token(token);
     }
+    let mut hosts = args.allow_hosts;
+    if args.listen.ip().is_loopback() {
+        hosts.extend(["localhost", "127.0.0.1", "[::1]"].map(String::from));
+    }
+    if !hosts.is_empty() {
+        dashboard = dashboard.allowed_hosts(hosts);
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| CliError::Listen {
