@@ -1,4 +1,4 @@
-//! A web dashboard for [jobq](jobq): an [`axum::Router`] an application
+//! A web dashboard for [jobq]: an [`axum::Router`] an application
 //! mounts, or that `jobq dashboard` serves.
 //!
 //! Pages: an overview (jobs by queue, task and state, the last hour's
@@ -37,6 +37,8 @@ mod text;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The connection pool the dashboard reads through: jobq's own (a bb8
+/// pool of diesel-async connections), as the workers take it.
 pub use jobq::Pool;
 
 /// The dashboard's configuration; [`Dashboard::router`] turns it into a
