@@ -244,6 +244,7 @@ async fn no_stats_statement_reads_the_whole_jobs_table() {
         ("state counts", jobq_diesel::STATE_COUNTS_SQL),
         ("recent counts", jobq_diesel::RECENT_COUNTS_SQL),
         ("completed estimate", jobq_diesel::COMPLETED_ESTIMATE_SQL),
+        ("throughput", jobq_diesel::THROUGHPUT_SQL),
     ] {
         let plan: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN {sql}"))
             .load(&mut conn)
@@ -280,11 +281,13 @@ async fn no_stats_statement_reads_the_whole_jobs_table() {
             "state counts do not use {index}:\n{states}"
         );
     }
-    let recent = by_name("recent counts");
-    assert!(
-        recent.contains("jobs_finished_idx"),
-        "recent counts do not use jobs_finished_idx:\n{recent}"
-    );
+    for name in ["recent counts", "throughput"] {
+        let plan = by_name(name);
+        assert!(
+            plan.contains("jobs_finished_idx"),
+            "{name} does not use jobs_finished_idx:\n{plan}"
+        );
+    }
 
     // And the numbers are right on that table.
     let stats = jobq::stats(&mut conn).await.unwrap();
@@ -298,4 +301,15 @@ async fn no_stats_statement_reads_the_whole_jobs_table() {
     assert!((7000..=7300).contains(&hour), "{hour}");
     let estimate = stats.completed_estimate.unwrap();
     assert!((900_000..=1_080_000).contains(&estimate), "{estimate}");
+
+    // The dashboard's chart: the same hour, minute by minute, oldest first.
+    let minutes = jobq::throughput(&mut conn).await.unwrap();
+    assert_eq!(minutes.len(), 60);
+    let ago: Vec<u32> = minutes.iter().map(|m| m.minutes_ago).collect();
+    assert_eq!(ago, (0..60).rev().collect::<Vec<u32>>());
+    let per_minute: i64 = minutes.iter().map(|m| m.completed + m.failed).sum();
+    assert!((7000..=7300).contains(&per_minute), "{per_minute}");
+    // Two rows a second, one failed in a hundred: every minute has some.
+    assert!(minutes.iter().all(|m| m.completed >= 100), "{minutes:?}");
+    assert!(minutes.iter().map(|m| m.failed).sum::<i64>() >= 60);
 }

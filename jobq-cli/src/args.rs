@@ -71,6 +71,32 @@ pub enum Command {
     /// The CLI has no registered tasks, so it cannot check the name: it warns
     /// when the database holds no pending, failed or cancelled job of the task.
     Enqueue(EnqueueArgs),
+    /// Serve the web dashboard (read-only unless a token is given).
+    Dashboard(DashboardArgs),
+}
+
+/// `jobq dashboard`
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Address to listen on. Keep it on localhost (or behind a proxy with
+    /// TLS): the login token travels in the clear over plain HTTP.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Allow retry and cancel to whoever logs in with this token. Prefer the
+    /// environment variable: a command line is visible to other users.
+    #[arg(
+        long,
+        env = "JOBQ_DASHBOARD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Also answer requests for this host name (repeatable), e.g. the name
+    /// a reverse proxy forwards. On a loopback address only localhost,
+    /// 127.0.0.1 and [::1] are answered otherwise (against DNS rebinding);
+    /// on other addresses any name is, unless this is given.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
 }
 
 /// `jobq jobs ...`

@@ -33,6 +33,13 @@ pub enum CliError {
     Payload(serde_json::Error),
     #[error(transparent)]
     Jobq(#[from] jobq::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the dashboard's server stopped: {0}")]
+    Serve(std::io::Error),
 }
 
 impl CliError {

@@ -590,3 +590,92 @@ async fn status_watch_refreshes_until_stopped() {
     child.kill().expect("stop jobq");
     child.wait().expect("reap jobq");
 }
+
+/// Starts `jobq dashboard --listen 127.0.0.1:0 extra...` and returns it
+/// with the address it printed.
+fn start_dashboard(url: &str, extra: &[&str]) -> (std::process::Child, String, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(["dashboard", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("DATABASE_URL", url)
+        .env_remove("JOBQ_DASHBOARD_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run jobq");
+    let stdout = child.stdout.take().expect("stdout");
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = send.send(line);
+    });
+    let line = lines
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the dashboard's address within 20 s");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    (child, addr, line)
+}
+
+/// A plain HTTP/1.1 GET; the whole response, headers and body.
+fn http_get(addr: &str, path: &str) -> String {
+    http_get_as(addr, addr, path)
+}
+
+/// [`http_get`] with another `Host` header.
+fn http_get_as(addr: &str, host: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the dashboard");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response
+}
+
+#[tokio::test]
+async fn dashboard_serves_the_pages_read_only_unless_given_a_token() {
+    let db = migrated().await;
+    let id = enqueue(db.url(), "dash.task", "{}", &[]);
+
+    let (mut child, addr, line) = start_dashboard(db.url(), &[]);
+    assert!(line.contains("read-only"), "{line}");
+    let overview = http_get(&addr, "/");
+    assert!(overview.starts_with("HTTP/1.1 200"), "{overview}");
+    assert!(overview.contains("dash.task"), "{overview}");
+    assert!(overview.contains("read-only"));
+    let job = http_get(&addr, &format!("/jobs/{id}"));
+    assert!(job.starts_with("HTTP/1.1 200"), "{job}");
+    // On localhost only local names are answered (DNS rebinding).
+    let rebound = http_get_as(&addr, "evil.example", "/");
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    assert!(http_get_as(&addr, "localhost:9999", "/").starts_with("HTTP/1.1 200"));
+    child.kill().expect("stop jobq");
+    child.wait().expect("reap jobq");
+
+    let (mut child, addr, line) = start_dashboard(db.url(), &["--token", "s3cret-token"]);
+    assert!(line.contains("log in with the token"), "{line}");
+    assert!(!line.contains("s3cret-token"), "the token is not printed");
+    let overview = http_get(&addr, "/");
+    assert!(overview.contains("Log in"), "{overview}");
+    child.kill().expect("stop jobq");
+    child.wait().expect("reap jobq");
+}
+
+#[tokio::test]
+async fn dashboard_refuses_to_start_without_the_schema() {
+    let db = TestDatabase::create().await.expect("test database");
+    let run = jobq(Some(db.url()), &["dashboard", "--listen", "127.0.0.1:0"]);
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stderr.contains("jobq migrate"), "{run:#?}");
+}

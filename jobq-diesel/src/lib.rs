@@ -66,6 +66,7 @@ pub use stats::{
     stats, workers, RecentCount, StateCount, StatsRows, WorkerRow, COMPLETED_ESTIMATE_SQL,
     RECENT_COUNTS_SQL, STATE_COUNTS_SQL, WORKERS_SQL,
 };
+pub use stats::{throughput, MinuteCount, THROUGHPUT_SQL};
 pub use testing::{payloads_of, start_next_due, StartedJob};
 pub use vacuum::{vacuum, Vacuum};
 pub use workers::{

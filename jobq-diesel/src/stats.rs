@@ -246,3 +246,38 @@ pub async fn stats(
     })
     .await
 }
+
+/// Jobs that finished in one minute of the last hour.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct MinuteCount {
+    /// How many whole minutes ago the minute started counting back from
+    /// now: 0 is the last 60 seconds, 59 the oldest.
+    #[diesel(sql_type = BigInt)]
+    pub minutes_ago: i64,
+    /// Completed in that minute.
+    #[diesel(sql_type = BigInt)]
+    pub completed: i64,
+    /// Failed for good in that minute.
+    #[diesel(sql_type = BigInt)]
+    pub failed: i64,
+}
+
+/// Completions and failures of the last hour by minute (all queues and
+/// tasks), through `jobs_finished_idx` from an hour ago like
+/// [`RECENT_COUNTS_SQL`]: its cost follows the last hour's finished jobs.
+/// Minutes without a finished job have no row.
+pub const THROUGHPUT_SQL: &str = "\
+    SELECT greatest(0, floor(extract(epoch FROM now() - finished_at) / 60))::bigint \
+               AS minutes_ago, \
+           count(*) FILTER (WHERE state = 'completed') AS completed, \
+           count(*) FILTER (WHERE state = 'failed') AS failed \
+    FROM jobq.jobs \
+    WHERE state IN ('completed', 'failed', 'cancelled') \
+      AND finished_at >= now() - interval '1 hour' \
+    GROUP BY 1 \
+    ORDER BY 1";
+
+/// Reads [`THROUGHPUT_SQL`].
+pub async fn throughput(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<MinuteCount>> {
+    diesel::sql_query(THROUGHPUT_SQL).load(conn).await
+}

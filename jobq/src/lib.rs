@@ -81,6 +81,7 @@ pub use output::{output, MAX_OUTPUT_SIZE};
 pub use pause::{pause_queue, paused_queues, resume_queue};
 pub use state::State;
 pub use stats::{stats, workers, Stats, TaskStats, WorkerStatus};
+pub use stats::{throughput, MinuteCounts};
 pub use task::{Task, TaskOptions};
 pub use task_error::TaskError;
 pub use worker::{run, Pool, ShutdownHandle, Worker, WorkerBuilder};

@@ -1,6 +1,7 @@
 //! One module per command group; each takes its parsed arguments and
 //! prints its result as a table or, with `--json`, as JSON.
 
+mod dashboard;
 mod enqueue;
 mod jobs;
 mod schema;
@@ -20,6 +21,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status { watch, interval } => status::status(url, json, watch, interval).await,
         Command::Workers => status::workers(url, json).await,
         Command::Enqueue(args) => enqueue::enqueue(url, json, args).await,
+        Command::Dashboard(args) => dashboard::dashboard(url, args).await,
         Command::Jobs(command) => match command {
             JobsCommand::List(args) => jobs::list(url, json, args).await,
             JobsCommand::Show { id } => jobs::show(url, json, id).await,
