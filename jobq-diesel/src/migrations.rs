@@ -58,6 +58,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "stats",
         up: include_str!("../../migrations/2026-12-01-000010_stats/up.sql"),
     },
+    Migration {
+        version: 20261201000050,
+        name: "schedules",
+        up: include_str!("../../migrations/2026-12-01-000050_schedules/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.

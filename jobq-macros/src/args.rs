@@ -12,11 +12,12 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{token, Expr, Lit, LitInt, LitStr, Path, Token, UnOp};
 
+use crate::cron;
 use crate::duration::{self, ACCEPTED_FORMS};
 use crate::errors::Errors;
 
 /// The argument names, in the order the docs list them.
-const ARGUMENTS: [&str; 7] = [
+const ARGUMENTS: [&str; 10] = [
     "name",
     "queue",
     "concurrency",
@@ -24,6 +25,10 @@ const ARGUMENTS: [&str; 7] = [
     "max_attempts",
     "timeout",
     "priority",
+    // Periodic tasks.
+    "cron",
+    "timezone",
+    "catch_up",
 ];
 
 /// A checked value and where it was written, so that the generated code that
@@ -47,6 +52,11 @@ pub struct TaskArgs {
     /// Milliseconds.
     pub timeout: Option<Arg<u64>>,
     pub priority: Option<Arg<i16>>,
+    /// Periodic tasks: the expression, its time zone, and the catch-up
+    /// window in milliseconds.
+    pub cron: Option<Arg<String>>,
+    pub timezone: Option<Arg<String>>,
+    pub catch_up: Option<Arg<u64>>,
 }
 
 /// One `key = value` of the attribute, or a key written in another form.
@@ -124,6 +134,20 @@ pub fn parse(tokens: TokenStream) -> (TaskArgs, Option<syn::Error>) {
             errors.push(error);
         }
     }
+    // A time zone or catch-up window means nothing without a schedule.
+    if args.cron.is_none() && !seen.iter().any(|k| k == "cron") {
+        for (key, span) in [
+            ("timezone", args.timezone.as_ref().map(|a| a.span)),
+            ("catch_up", args.catch_up.as_ref().map(|a| a.span)),
+        ] {
+            if let Some(span) = span {
+                errors.push(syn::Error::new(
+                    span,
+                    format!("`{key}` applies to periodic tasks only; add `cron = \"...\"`"),
+                ));
+            }
+        }
+    }
     (args, errors.finish())
 }
 
@@ -173,6 +197,9 @@ fn apply(args: &mut TaskArgs, key: &str, value: &Expr) -> syn::Result<()> {
                 span,
             });
         }
+        "cron" => args.cron = Some(cron::expression(value, string(value, key)?)?),
+        "timezone" => args.timezone = Some(cron::timezone(value, string(value, key)?)?),
+        "catch_up" => args.catch_up = Some(duration(value, key)?),
         _ => unreachable!("`{key}` is checked against ARGUMENTS first"),
     }
     Ok(())
@@ -206,6 +233,9 @@ fn example(key: &str) -> &'static str {
         "max_attempts" => "`max_attempts = 5`",
         "timeout" => "`timeout = \"5m\"`",
         "priority" => "`priority = -5`",
+        "cron" => "`cron = \"0 */5 * * * *\"`",
+        "timezone" => "`timezone = \"Europe/Berlin\"`",
+        "catch_up" => "`catch_up = \"1h\"`",
         _ => "",
     }
 }
@@ -321,6 +351,22 @@ fn integer(expr: &Expr, key: &str, ty: &str) -> syn::Result<(i128, Span)> {
     Ok((number, expr.span()))
 }
 
+/// A string literal, for the arguments that check their text elsewhere.
+fn string<'a>(expr: &'a Expr, key: &str) -> syn::Result<&'a LitStr> {
+    match strip_groups(expr) {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Ok(lit),
+        _ => Err(syn::Error::new_spanned(
+            expr,
+            format!(
+                "expected a string literal for `{key}`, e.g. {}",
+                example(key)
+            ),
+        )),
+    }
+}
+
 fn duration(expr: &Expr, key: &str) -> syn::Result<Arg<u64>> {
     let lit: &LitStr = match strip_groups(expr) {
         Expr::Lit(syn::ExprLit {
@@ -426,7 +472,8 @@ mod tests {
             messages(quote!(concurency = 4)),
             [
                 "unknown argument `concurency`; the valid arguments are `name`, `queue`, \
-              `concurrency`, `retry`, `max_attempts`, `timeout`, `priority`"
+              `concurrency`, `retry`, `max_attempts`, `timeout`, `priority`, `cron`, \
+              `timezone`, `catch_up`"
             ]
         );
         assert!(messages(quote!(jobq::queue = "x"))[0].contains("unknown argument `jobq::queue`"));
@@ -572,5 +619,42 @@ mod tests {
     fn syntax_error() {
         let (_, error) = parse(quote!(concurrency = ));
         assert!(error.is_some());
+    }
+
+    #[test]
+    fn cron_arguments() {
+        let args = ok(quote!(
+            cron = "0 */5 * * * *",
+            timezone = "Europe/Berlin",
+            catch_up = "1h"
+        ));
+        assert_eq!(args.cron.unwrap().value, "0 */5 * * * *");
+        assert_eq!(args.timezone.unwrap().value, "Europe/Berlin");
+        assert_eq!(args.catch_up.unwrap().value, 3_600_000);
+        // Five fields: seconds are optional.
+        assert_eq!(ok(quote!(cron = "*/5 * * * *")).cron.unwrap().value, "*/5 * * * *");
+    }
+
+    #[test]
+    fn bad_cron_arguments() {
+        for bad in ["", "* * *", "61 * * * *", "* * * * * * * *", "every minute", "\0"] {
+            let m = messages(quote!(cron = #bad));
+            assert!(m[0].starts_with("invalid cron expression"), "{bad:?}: {m:?}");
+        }
+        assert_eq!(
+            messages(quote!(cron = "* * * * *", timezone = "Mars/Olympus")),
+            ["unknown time zone \"Mars/Olympus\": expected an IANA name like \"Europe/Berlin\" or \"UTC\""]
+        );
+        assert_eq!(
+            messages(quote!(cron = 5)),
+            ["expected a string literal for `cron`, e.g. `cron = \"0 */5 * * * *\"`"]
+        );
+        assert_eq!(
+            messages(quote!(timezone = "UTC", catch_up = "1h")),
+            [
+                "`timezone` applies to periodic tasks only; add `cron = \"...\"`",
+                "`catch_up` applies to periodic tasks only; add `cron = \"...\"`"
+            ]
+        );
     }
 }

@@ -146,6 +146,18 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
     let site = quote_spanned! {ident.span()=>
         ::core::file!(), ::core::line!(), ::core::column!()
     };
+    // A periodic task's jobs carry a `jobq::Tick`; any other payload type
+    // is reported at the payload.
+    let cron_payload = if args.cron.is_some() {
+        quote_spanned! {payload.span()=>
+            #[allow(dead_code)]
+            fn __jobq_cron_payload() {
+                ::jobq::__private::cron_payload::<#payload>();
+            }
+        }
+    } else {
+        quote!()
+    };
 
     quote! {
         #function
@@ -213,6 +225,8 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
 
         #(#cfgs)*
         const _: () = {
+            #cron_payload
+
             fn __jobq_handler(
                 #ctx: ::jobq::Context,
                 #payload_arg: &str,
@@ -268,6 +282,19 @@ fn options(args: &TaskArgs) -> TokenStream {
     if let Some(priority) = &args.priority {
         let value = priority.value;
         chain = quote_spanned!(priority.span=> #chain.priority(#value));
+    }
+    if let Some(cron) = &args.cron {
+        let value = &cron.value;
+        chain = quote_spanned!(cron.span=> #chain.cron(#value));
+    }
+    if let Some(timezone) = &args.timezone {
+        let value = &timezone.value;
+        chain = quote_spanned!(timezone.span=> #chain.timezone(#value));
+    }
+    if let Some(catch_up) = &args.catch_up {
+        let value = catch_up.value;
+        chain = quote_spanned!(catch_up.span=>
+            #chain.catch_up(::core::time::Duration::from_millis(#value)));
     }
     chain
 }

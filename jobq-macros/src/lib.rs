@@ -2,6 +2,7 @@
 //! re-exports it as `jobq::task`; the generated code refers to `jobq` only.
 
 mod args;
+mod cron;
 mod duration;
 mod errors;
 mod expand;
@@ -56,6 +57,9 @@ use proc_macro::TokenStream;
 /// | `max_attempts` | integer from 1 to `i32::MAX`, the first attempt included | `20` |
 /// | `timeout` | duration > 0: time limit of one attempt | none |
 /// | `priority` | integer from -32768 to 32767; higher runs first | `0` |
+/// | `cron` | cron expression, five fields or six with seconds first: a periodic task, whose payload is `jobq::Tick` | none |
+/// | `timezone` | IANA time zone the `cron` expression is read in | `"UTC"` |
+/// | `catch_up` | duration: after downtime, run missed ticks up to this age | only the most recent missed tick |
 ///
 /// A duration is an unsigned integer followed by a unit, `ms`, `s`, `m` or
 /// `h`: `"250ms"`, `"30s"`, `"5m"`, `"1h"`. Anything else (`"1.5h"`,

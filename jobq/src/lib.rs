@@ -34,6 +34,7 @@
 
 mod admin;
 mod context;
+mod cron;
 mod enqueue;
 mod error;
 mod job;
@@ -42,10 +43,12 @@ mod migrate;
 mod payload_check;
 mod registry;
 mod retry;
+mod schedules;
 mod state;
 mod stats;
 mod task;
 mod task_error;
+mod tick;
 mod worker;
 
 #[doc(hidden)]
@@ -69,6 +72,9 @@ pub use state::State;
 pub use stats::{stats, workers, Stats, TaskStats, WorkerStatus};
 pub use task::{Task, TaskOptions};
 pub use task_error::TaskError;
+// Periodic tasks.
+pub use schedules::{pause_schedule, resume_schedule, schedules, Schedule, ScheduleInfo};
+pub use tick::Tick;
 pub use worker::{run, Pool, ShutdownHandle, Worker, WorkerBuilder};
 // Connection set-up (TLS, the connect hook): see WorkerBuilder::connect_with.
 pub use jobq_diesel::{ConnectOptions, SslMode};
