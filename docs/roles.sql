@@ -30,6 +30,8 @@ GRANT SELECT ON jobq.schema_migrations TO jobq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.jobs TO jobq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.workers TO jobq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.claims TO jobq_worker;
+-- Periodic tasks: workers declare schedules and enqueue their ticks.
+GRANT SELECT, INSERT, UPDATE ON jobq.schedules TO jobq_worker;
 
 -- The application enqueues and reads status. It cannot claim, change or
 -- delete jobs. To let it cancel jobs as well, add:

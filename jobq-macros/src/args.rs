@@ -632,14 +632,27 @@ mod tests {
         assert_eq!(args.timezone.unwrap().value, "Europe/Berlin");
         assert_eq!(args.catch_up.unwrap().value, 3_600_000);
         // Five fields: seconds are optional.
-        assert_eq!(ok(quote!(cron = "*/5 * * * *")).cron.unwrap().value, "*/5 * * * *");
+        assert_eq!(
+            ok(quote!(cron = "*/5 * * * *")).cron.unwrap().value,
+            "*/5 * * * *"
+        );
     }
 
     #[test]
     fn bad_cron_arguments() {
-        for bad in ["", "* * *", "61 * * * *", "* * * * * * * *", "every minute", "\0"] {
+        for bad in [
+            "",
+            "* * *",
+            "61 * * * *",
+            "* * * * * * * *",
+            "every minute",
+            "\0",
+        ] {
             let m = messages(quote!(cron = #bad));
-            assert!(m[0].starts_with("invalid cron expression"), "{bad:?}: {m:?}");
+            assert!(
+                m[0].starts_with("invalid cron expression"),
+                "{bad:?}: {m:?}"
+            );
         }
         assert_eq!(
             messages(quote!(cron = "* * * * *", timezone = "Mars/Olympus")),

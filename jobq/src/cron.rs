@@ -247,7 +247,10 @@ mod tests {
         let s = CronSchedule::parse("0 * * * *", "UTC").unwrap();
         let settled = utc("2026-01-01T00:00:00Z");
         let now = utc("2026-01-01T05:30:00Z");
-        assert_eq!(s.due(settled, now, None, 100), [utc("2026-01-01T05:00:00Z")]);
+        assert_eq!(
+            s.due(settled, now, None, 100),
+            [utc("2026-01-01T05:00:00Z")]
+        );
         // Nothing missed: nothing due.
         let settled = utc("2026-01-01T05:00:00Z");
         assert!(s.due(settled, now, None, 100).is_empty());
