@@ -58,6 +58,18 @@ async fn configured(job: Tick) -> Result<(), TaskError> {
     Ok(())
 }
 
+/// The ticks `pruned` ran for, in the order it ran them.
+static RAN: std::sync::Mutex<Vec<DateTime<Utc>>> = std::sync::Mutex::new(Vec::new());
+
+/// Every second; its finished jobs are pruned at once.
+#[jobq::task(cron = "* * * * * *")]
+async fn pruned(job: Tick) -> Result<(), TaskError> {
+    RAN.lock()
+        .map_err(|_| TaskError::msg("ledger poisoned"))?
+        .push(job.at());
+    Ok(())
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct NotATick {
     n: i32,
@@ -126,7 +138,7 @@ fn main() -> std::process::ExitCode {
     if let Ok(url) = std::env::var(WORKER_ENV) {
         return worker_main(url);
     }
-    let tests: [(&str, TestFn); 5] = [
+    let tests: [(&str, TestFn); 6] = [
         ("three_processes_one_job_per_tick_through_a_kill", || {
             Box::pin(three_processes_one_job_per_tick_through_a_kill())
         }),
@@ -135,6 +147,9 @@ fn main() -> std::process::ExitCode {
         }),
         ("pause_stops_ticks_fleet_wide_and_resume_skips_them", || {
             Box::pin(pause_stops_ticks_fleet_wide_and_resume_skips_them())
+        }),
+        ("pruning_finished_jobs_never_brings_a_tick_back", || {
+            Box::pin(pruning_finished_jobs_never_brings_a_tick_back())
         }),
         ("run_time_schedules_enqueue_ticks", || {
             Box::pin(run_time_schedules_enqueue_ticks())
@@ -472,6 +487,38 @@ async fn pause_stops_ticks_fleet_wide_and_resume_skips_them() {
     assert!(new[0] - *at_pause.last().unwrap() >= TimeDelta::seconds(3));
     assert_contiguous(&at_pause, TimeDelta::seconds(1));
     assert_contiguous(&new, TimeDelta::seconds(1));
+}
+
+async fn pruning_finished_jobs_never_brings_a_tick_back() {
+    let env = support::env().await;
+    let handle = env
+        .worker()
+        .tasks(["pruned"])
+        .retention_completed(Duration::ZERO)
+        .build()
+        .await
+        .unwrap()
+        .spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ran = RAN.lock().unwrap().len();
+        let pruned = env.count("SELECT count(*) AS n FROM jobq.jobs").await < ran as i64;
+        if ran >= 5 && pruned {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ran} ticks ran; pruned: {pruned}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.shutdown().await.unwrap();
+    let ran = RAN.lock().unwrap().clone();
+    let mut sorted = ran.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ran.len(), "a tick ran twice: {ran:?}");
+    assert_contiguous(&sorted, TimeDelta::seconds(1));
 }
 
 async fn run_time_schedules_enqueue_ticks() {

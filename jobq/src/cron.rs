@@ -298,4 +298,19 @@ mod tests {
         assert_eq!(rest.len(), 4, "{rest:?}");
         assert_eq!(rest.last(), Some(&now));
     }
+
+    #[test]
+    fn an_expression_that_never_matches_has_no_ticks() {
+        // February 30th: parses, never happens.
+        let s = CronSchedule::parse("0 0 30 2 *", "UTC").unwrap();
+        let started = std::time::Instant::now();
+        let now = utc("2026-06-01T00:00:00Z");
+        assert_eq!(s.next_after(now), None);
+        assert!(s.due(utc("2020-01-01T00:00:00Z"), now, None, 10).is_empty());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
 }

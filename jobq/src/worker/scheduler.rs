@@ -29,8 +29,11 @@ const TICK_BATCH: usize = 500;
 /// (a loser of a race needs two; a long catch-up needs more).
 const ROUNDS: usize = 20;
 
-/// How long to wait before trying again after a database error.
+/// How long to wait before trying again after a database error, at first
+/// and at most (doubling in between), so that a lasting problem (a role
+/// without rights on `jobq.schedules`) does not flood the log.
 const RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// A schedule this worker enqueues the ticks of.
 #[derive(Debug, Clone)]
@@ -164,7 +167,8 @@ struct Known {
     /// Ticks at or before this are enqueued or skipped.
     settled: DateTime<Utc>,
     paused: bool,
-    /// When to look at the schedule next.
+    /// When to look at the schedule next; `None` for never (an
+    /// expression that matches no future instant).
     check_at: Option<DateTime<Utc>>,
 }
 
@@ -174,7 +178,7 @@ impl Known {
             revision: row.revision,
             settled: row.last_tick.map_or(row.since, |t| t.max(row.since)),
             paused: row.paused,
-            check_at: None,
+            check_at: Some(DateTime::<Utc>::MIN_UTC),
         }
     }
 }
@@ -184,14 +188,25 @@ pub(crate) async fn run(shared: Arc<Shared>, specs: Arc<[ScheduleSpec]>) {
         return;
     }
     let mut known: Vec<Option<Known>> = vec![None; specs.len()];
+    let mut retry = RETRY;
     loop {
         let wait = match round(&shared, &specs, &mut known).await {
-            Ok(next) => next.map_or(Duration::from_secs(3600), |at| {
-                (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
-            }),
+            Ok(next) => {
+                retry = RETRY;
+                next.map_or(Duration::from_secs(3600), |at| {
+                    (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+                })
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "the scheduler could not enqueue ticks; trying again");
-                RETRY
+                tracing::warn!(
+                    error = %e,
+                    retry_in = ?retry,
+                    "the scheduler could not enqueue ticks; trying again (no tick is lost: \
+                     missed ones follow the catch-up policy)"
+                );
+                let wait = retry;
+                retry = (retry * 2).min(MAX_RETRY);
+                wait
             }
         };
         tokio::select! {
@@ -225,7 +240,7 @@ async fn round(
         let Some(state) = slot.as_mut() else {
             continue;
         };
-        if state.check_at.is_none_or(|at| at <= Utc::now()) {
+        if state.check_at.is_some_and(|at| at <= Utc::now()) {
             if let Err(e) = settle(&mut conn, spec, state).await {
                 // Declared again at the next round, in case it was removed.
                 *slot = None;
