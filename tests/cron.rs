@@ -138,7 +138,10 @@ fn main() -> std::process::ExitCode {
     if let Ok(url) = std::env::var(WORKER_ENV) {
         return worker_main(url);
     }
-    let tests: [(&str, TestFn); 6] = [
+    let tests: [(&str, TestFn); 7] = [
+        ("a_tick_batch_is_a_compare_and_set", || {
+            Box::pin(a_tick_batch_is_a_compare_and_set())
+        }),
         ("three_processes_one_job_per_tick_through_a_kill", || {
             Box::pin(three_processes_one_job_per_tick_through_a_kill())
         }),
@@ -487,6 +490,106 @@ async fn pause_stops_ticks_fleet_wide_and_resume_skips_them() {
     assert!(new[0] - *at_pause.last().unwrap() >= TimeDelta::seconds(3));
     assert_contiguous(&at_pause, TimeDelta::seconds(1));
     assert_contiguous(&new, TimeDelta::seconds(1));
+}
+
+/// The statement under the scheduler, driven by hand: of two batches read
+/// at one revision only the first inserts; a paused schedule inserts
+/// nothing; names of any content round-trip.
+async fn a_tick_batch_is_a_compare_and_set() {
+    let env = support::env().await;
+    let mut conn = env.conn().await;
+    let name = "ré'\"; DROP TABLE jobq.jobs; --💥\\";
+    let rows = jobq_diesel::declare_schedules(
+        &mut conn,
+        &[jobq_diesel::ScheduleDef {
+            name: name.to_owned(),
+            task: "configured".to_owned(),
+            expression: "* * * * * *".to_owned(),
+            timezone: "UTC".to_owned(),
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].name, name);
+    assert_eq!(rows[0].last_tick, None);
+    let revision = rows[0].revision;
+    let tick = rows[0].since.duration_trunc(TimeDelta::seconds(1)).unwrap() - TimeDelta::hours(1);
+    let ticks = [tick, tick + TimeDelta::seconds(1)];
+    let payloads: Vec<String> = ticks
+        .iter()
+        .map(|&at| serde_json::to_string(&Tick::new(at, name)).unwrap())
+        .collect();
+    let batch = jobq_diesel::TickBatch {
+        schedule: name,
+        revision,
+        task: "configured",
+        queue: "default",
+        priority: 0,
+        max_attempts: 3,
+        ticks: &ticks,
+        payloads: &payloads,
+    };
+    let first = jobq_diesel::enqueue_ticks(&mut conn, &batch).await.unwrap();
+    assert!(first.advanced);
+    assert_eq!(first.inserted, 2);
+    // A second worker that read the same revision inserts nothing.
+    let second = jobq_diesel::enqueue_ticks(&mut conn, &batch).await.unwrap();
+    assert!(!second.advanced);
+    assert_eq!(second.inserted, 0);
+    let row = jobq_diesel::find_schedule(&mut conn, name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.last_tick, Some(ticks[1]));
+    assert_eq!(row.revision, revision + 1);
+    // Paused: even at the current revision, nothing.
+    assert!(jobq::pause_schedule(&mut conn, name).await.unwrap());
+    let paused = jobq_diesel::find_schedule(&mut conn, name)
+        .await
+        .unwrap()
+        .unwrap();
+    let later = [ticks[1] + TimeDelta::seconds(1)];
+    let later_payloads = [serde_json::to_string(&Tick::new(later[0], name)).unwrap()];
+    let blocked = jobq_diesel::enqueue_ticks(
+        &mut conn,
+        &jobq_diesel::TickBatch {
+            revision: paused.revision,
+            ticks: &later,
+            payloads: &later_payloads,
+            ..batch.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!blocked.advanced);
+    // Resuming moves `since` past the paused time and bumps the revision,
+    // so a batch computed before the resume is refused too.
+    assert!(jobq::resume_schedule(&mut conn, name).await.unwrap());
+    let resumed = jobq_diesel::find_schedule(&mut conn, name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!resumed.paused);
+    assert!(resumed.since >= paused.since);
+    assert!(resumed.revision > paused.revision);
+    // The jobs carry the name exactly, and are due (pending) ticks.
+    let mut jobs: Vec<Tick> = Vec::new();
+    #[derive(QueryableByName)]
+    struct Payload {
+        #[diesel(sql_type = Text)]
+        payload: String,
+    }
+    let rows: Vec<Payload> = diesel::sql_query(
+        "SELECT payload::text AS payload FROM jobq.jobs WHERE state = 'pending' ORDER BY id",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap();
+    for row in rows {
+        jobs.push(serde_json::from_str(&row.payload).unwrap());
+    }
+    assert_eq!(jobs, [Tick::new(ticks[0], name), Tick::new(ticks[1], name)]);
 }
 
 async fn pruning_finished_jobs_never_brings_a_tick_back() {
