@@ -510,4 +510,43 @@ mod tests {
         );
         assert!(out.contains("goes on an `async fn`"), "{out}");
     }
+
+    #[test]
+    fn a_periodic_task_checks_its_payload_and_carries_its_schedule() {
+        let out = expand(
+            quote!(
+                cron = "0 */5 * * * *",
+                timezone = "Europe/Berlin",
+                catch_up = "1h"
+            ),
+            quote!(
+                async fn refresh(job: jobq::Tick) -> Result<(), jobq::TaskError> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                ":: jobq :: TaskOptions :: new () . cron (\"0 */5 * * * *\") \
+                 . timezone (\"Europe/Berlin\") \
+                 . catch_up (:: core :: time :: Duration :: from_millis (3600000u64))"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(":: jobq :: __private :: cron_payload :: < jobq :: Tick > ()"),
+            "{out}"
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+        // Tasks without a schedule get no payload check.
+        let out = expand(
+            quote!(),
+            quote!(
+                async fn f(job: W) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(!out.contains("cron_payload"), "{out}");
+    }
 }
