@@ -33,6 +33,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.claims TO jobq_worker;
 -- Claims skip paused queues; pausing and resuming is an operator's
 -- action (jobq::pause_queue), done with the worker's rights or the owner's.
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.paused_queues TO jobq_worker;
+-- Periodic tasks: workers declare schedules and enqueue their ticks.
+GRANT SELECT, INSERT, UPDATE ON jobq.schedules TO jobq_worker;
 
 -- The application enqueues and reads status. It cannot claim, change or
 -- delete jobs. To let it cancel jobs as well, add:

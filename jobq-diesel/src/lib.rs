@@ -26,6 +26,7 @@ mod ping;
 mod pool;
 mod prepared;
 mod promote;
+mod schedules;
 pub mod schema;
 mod stats;
 mod testing;
@@ -62,6 +63,10 @@ pub use pause::{pause_queue, paused_queues, resume_queue};
 pub use ping::ping;
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};
 pub use promote::{promote, Promotion, PROMOTE_SQL};
+pub use schedules::{
+    declare_schedules, enqueue_ticks, find_schedule, list_schedules, pause_schedule,
+    resume_schedule, ScheduleDef, ScheduleRow, TickBatch, TickResult, ENQUEUE_TICKS_SQL,
+};
 pub use stats::{
     stats, workers, RecentCount, StateCount, StatsRows, WorkerRow, COMPLETED_ESTIMATE_SQL,
     RECENT_COUNTS_SQL, STATE_COUNTS_SQL, WORKERS_SQL,

@@ -78,6 +78,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "unique_labels",
         up: include_str!("../../migrations/2026-12-01-000032_unique_labels/up.sql"),
     },
+    Migration {
+        version: 20261201000050,
+        name: "schedules",
+        up: include_str!("../../migrations/2026-12-01-000050_schedules/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.

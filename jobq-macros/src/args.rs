@@ -12,11 +12,12 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{token, Expr, Lit, LitInt, LitStr, Path, Token, UnOp};
 
+use crate::cron;
 use crate::duration::{self, ACCEPTED_FORMS};
 use crate::errors::Errors;
 
 /// The argument names, in the order the docs list them.
-const ARGUMENTS: [&str; 9] = [
+const ARGUMENTS: [&str; 12] = [
     "name",
     "queue",
     "concurrency",
@@ -26,6 +27,10 @@ const ARGUMENTS: [&str; 9] = [
     "priority",
     "global_concurrency",
     "key_concurrency",
+    // Periodic tasks.
+    "cron",
+    "timezone",
+    "catch_up",
 ];
 
 /// A checked value and where it was written, so that the generated code that
@@ -53,6 +58,11 @@ pub struct TaskArgs {
     pub global_concurrency: Option<Arg<u32>>,
     /// Fleet-wide limit of running attempts per partition key.
     pub key_concurrency: Option<Arg<u32>>,
+    /// Periodic tasks: the expression, its time zone, and the catch-up
+    /// window in milliseconds.
+    pub cron: Option<Arg<String>>,
+    pub timezone: Option<Arg<String>>,
+    pub catch_up: Option<Arg<u64>>,
 }
 
 /// One `key = value` of the attribute, or a key written in another form.
@@ -130,6 +140,20 @@ pub fn parse(tokens: TokenStream) -> (TaskArgs, Option<syn::Error>) {
             errors.push(error);
         }
     }
+    // A time zone or catch-up window means nothing without a schedule.
+    if args.cron.is_none() && !seen.iter().any(|k| k == "cron") {
+        for (key, span) in [
+            ("timezone", args.timezone.as_ref().map(|a| a.span)),
+            ("catch_up", args.catch_up.as_ref().map(|a| a.span)),
+        ] {
+            if let Some(span) = span {
+                errors.push(syn::Error::new(
+                    span,
+                    format!("`{key}` applies to periodic tasks only; add `cron = \"...\"`"),
+                ));
+            }
+        }
+    }
     (args, errors.finish())
 }
 
@@ -183,6 +207,9 @@ fn apply(args: &mut TaskArgs, key: &str, value: &Expr) -> syn::Result<()> {
                 span,
             });
         }
+        "cron" => args.cron = Some(cron::expression(value, string(value, key)?)?),
+        "timezone" => args.timezone = Some(cron::timezone(value, string(value, key)?)?),
+        "catch_up" => args.catch_up = Some(duration(value, key)?),
         _ => unreachable!("`{key}` is checked against ARGUMENTS first"),
     }
     Ok(())
@@ -218,6 +245,9 @@ fn example(key: &str) -> &'static str {
         "priority" => "`priority = -5`",
         "global_concurrency" => "`global_concurrency = 2`",
         "key_concurrency" => "`key_concurrency = 1`",
+        "cron" => "`cron = \"0 */5 * * * *\"`",
+        "timezone" => "`timezone = \"Europe/Berlin\"`",
+        "catch_up" => "`catch_up = \"1h\"`",
         _ => "",
     }
 }
@@ -331,6 +361,22 @@ fn integer(expr: &Expr, key: &str, ty: &str) -> syn::Result<(i128, Span)> {
     let magnitude: i128 = lit.base10_parse().unwrap_or(i128::MAX);
     let number = if negative { -magnitude } else { magnitude };
     Ok((number, expr.span()))
+}
+
+/// A string literal, for the arguments that check their text elsewhere.
+fn string<'a>(expr: &'a Expr, key: &str) -> syn::Result<&'a LitStr> {
+    match strip_groups(expr) {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Ok(lit),
+        _ => Err(syn::Error::new_spanned(
+            expr,
+            format!(
+                "expected a string literal for `{key}`, e.g. {}",
+                example(key)
+            ),
+        )),
+    }
 }
 
 fn duration(expr: &Expr, key: &str) -> syn::Result<Arg<u64>> {
@@ -456,7 +502,7 @@ mod tests {
             [
                 "unknown argument `concurency`; the valid arguments are `name`, `queue`, \
               `concurrency`, `retry`, `max_attempts`, `timeout`, `priority`, \
-              `global_concurrency`, `key_concurrency`"
+              `global_concurrency`, `key_concurrency`, `cron`, `timezone`, `catch_up`"
             ]
         );
         assert!(messages(quote!(jobq::queue = "x"))[0].contains("unknown argument `jobq::queue`"));
@@ -602,5 +648,55 @@ mod tests {
     fn syntax_error() {
         let (_, error) = parse(quote!(concurrency = ));
         assert!(error.is_some());
+    }
+
+    #[test]
+    fn cron_arguments() {
+        let args = ok(quote!(
+            cron = "0 */5 * * * *",
+            timezone = "Europe/Berlin",
+            catch_up = "1h"
+        ));
+        assert_eq!(args.cron.unwrap().value, "0 */5 * * * *");
+        assert_eq!(args.timezone.unwrap().value, "Europe/Berlin");
+        assert_eq!(args.catch_up.unwrap().value, 3_600_000);
+        // Five fields: seconds are optional.
+        assert_eq!(
+            ok(quote!(cron = "*/5 * * * *")).cron.unwrap().value,
+            "*/5 * * * *"
+        );
+    }
+
+    #[test]
+    fn bad_cron_arguments() {
+        for bad in [
+            "",
+            "* * *",
+            "61 * * * *",
+            "* * * * * * * *",
+            "every minute",
+            "\0",
+        ] {
+            let m = messages(quote!(cron = #bad));
+            assert!(
+                m[0].starts_with("invalid cron expression"),
+                "{bad:?}: {m:?}"
+            );
+        }
+        assert_eq!(
+            messages(quote!(cron = "* * * * *", timezone = "Mars/Olympus")),
+            ["unknown time zone \"Mars/Olympus\": expected an IANA name like \"Europe/Berlin\" or \"UTC\""]
+        );
+        assert_eq!(
+            messages(quote!(cron = 5)),
+            ["expected a string literal for `cron`, e.g. `cron = \"0 */5 * * * *\"`"]
+        );
+        assert_eq!(
+            messages(quote!(timezone = "UTC", catch_up = "1h")),
+            [
+                "`timezone` applies to periodic tasks only; add `cron = \"...\"`",
+                "`catch_up` applies to periodic tasks only; add `cron = \"...\"`"
+            ]
+        );
     }
 }

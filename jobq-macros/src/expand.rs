@@ -155,6 +155,18 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
     let site = quote_spanned! {ident.span()=>
         ::core::file!(), ::core::line!(), ::core::column!()
     };
+    // A periodic task's jobs carry a `jobq::Tick`; any other payload type
+    // is reported at the payload.
+    let cron_payload = if args.cron.is_some() {
+        quote_spanned! {payload.span()=>
+            #[allow(dead_code)]
+            fn __jobq_cron_payload() {
+                ::jobq::__private::cron_payload::<#payload>();
+            }
+        }
+    } else {
+        quote!()
+    };
 
     quote! {
         #function
@@ -249,6 +261,8 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
 
         #(#cfgs)*
         const _: () = {
+            #cron_payload
+
             fn __jobq_handler(
                 #ctx: ::jobq::Context,
                 #payload_arg: &str,
@@ -312,6 +326,19 @@ fn options(args: &TaskArgs) -> TokenStream {
     if let Some(limit) = &args.key_concurrency {
         let value = limit.value;
         chain = quote_spanned!(limit.span=> #chain.key_concurrency(#value));
+    }
+    if let Some(cron) = &args.cron {
+        let value = &cron.value;
+        chain = quote_spanned!(cron.span=> #chain.cron(#value));
+    }
+    if let Some(timezone) = &args.timezone {
+        let value = &timezone.value;
+        chain = quote_spanned!(timezone.span=> #chain.timezone(#value));
+    }
+    if let Some(catch_up) = &args.catch_up {
+        let value = catch_up.value;
+        chain = quote_spanned!(catch_up.span=>
+            #chain.catch_up(::core::time::Duration::from_millis(#value)));
     }
     chain
 }
@@ -541,5 +568,44 @@ mod tests {
             ),
         );
         assert!(out.contains("goes on an `async fn`"), "{out}");
+    }
+
+    #[test]
+    fn a_periodic_task_checks_its_payload_and_carries_its_schedule() {
+        let out = expand(
+            quote!(
+                cron = "0 */5 * * * *",
+                timezone = "Europe/Berlin",
+                catch_up = "1h"
+            ),
+            quote!(
+                async fn refresh(job: jobq::Tick) -> Result<(), jobq::TaskError> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                ":: jobq :: TaskOptions :: new () . cron (\"0 */5 * * * *\") \
+                 . timezone (\"Europe/Berlin\") \
+                 . catch_up (:: core :: time :: Duration :: from_millis (3600000u64))"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(":: jobq :: __private :: cron_payload :: < jobq :: Tick > ()"),
+            "{out}"
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+        // Tasks without a schedule get no payload check.
+        let out = expand(
+            quote!(),
+            quote!(
+                async fn f(job: W) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(!out.contains("cron_payload"), "{out}");
     }
 }

@@ -2,6 +2,7 @@
 //! re-exports it as `jobq::task`; the generated code refers to `jobq` only.
 
 mod args;
+mod cron;
 mod duration;
 mod errors;
 mod expand;
@@ -58,6 +59,9 @@ use proc_macro::TokenStream;
 /// | `priority` | integer from -32768 to 32767; higher runs first | `0` |
 /// | `global_concurrency` | integer from 1 to `i32::MAX`: attempts running at once across every worker process, enforced by PostgreSQL at claim time | none |
 /// | `key_concurrency` | integer from 1 to `i32::MAX`: attempts running at once per partition key (`EnqueueOptions::key`), fleet-wide; `1` runs a key's jobs one at a time, in priority then enqueue order | none |
+/// | `cron` | cron expression, five fields or six with seconds first: a periodic task, whose payload is `jobq::Tick` | none |
+/// | `timezone` | IANA time zone the `cron` expression is read in | `"UTC"` |
+/// | `catch_up` | duration: after downtime, run missed ticks up to this age | only the most recent missed tick |
 ///
 /// A duration is an unsigned integer followed by a unit, `ms`, `s`, `m` or
 /// `h`: `"250ms"`, `"30s"`, `"5m"`, `"1h"`. Anything else (`"1.5h"`,

@@ -40,6 +40,7 @@
 
 mod admin;
 mod context;
+mod cron;
 mod enqueue;
 mod error;
 mod headers;
@@ -51,12 +52,14 @@ mod pause;
 mod payload_check;
 mod registry;
 mod retry;
+mod schedules;
 mod state;
 mod stats;
 mod task;
 mod task_error;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tick;
 mod worker;
 
 #[doc(hidden)]
@@ -84,6 +87,9 @@ pub use stats::{stats, workers, Stats, TaskStats, WorkerStatus};
 pub use stats::{throughput, MinuteCounts};
 pub use task::{Task, TaskOptions};
 pub use task_error::TaskError;
+// Periodic tasks.
+pub use schedules::{pause_schedule, resume_schedule, schedules, Schedule, ScheduleInfo};
+pub use tick::Tick;
 pub use worker::{run, Pool, ShutdownHandle, Worker, WorkerBuilder};
 // Connection set-up (TLS, the connect hook): see WorkerBuilder::connect_with.
 pub use jobq_diesel::{ConnectOptions, SslMode};

@@ -8,3 +8,17 @@ pub use crate::state::{StateArg, StateKey};
 pub use diesel_async::AsyncPgConnection;
 pub use inventory;
 pub use serde_json;
+
+/// The payload a periodic task must take; implemented for
+/// [`crate::Tick`] only.
+#[diagnostic::on_unimplemented(
+    message = "a periodic task (`cron = ...`) takes `jobq::Tick` as its payload, not `{Self}`",
+    label = "expected `jobq::Tick`",
+    note = "write the fn as `async fn name(job: jobq::Tick) -> Result<(), jobq::TaskError>`"
+)]
+pub trait CronPayload {}
+
+impl CronPayload for crate::Tick {}
+
+/// Fails to compile unless `P` is [`crate::Tick`].
+pub fn cron_payload<P: CronPayload>() {}

@@ -30,6 +30,9 @@ pub struct TaskDescriptor {
     pub(crate) file: &'static str,
     pub(crate) line: u32,
     pub(crate) column: u32,
+    /// The payload's type, to check at run time that a schedule's task
+    /// takes a [`crate::Tick`].
+    pub(crate) payload_type: fn() -> std::any::TypeId,
 }
 
 impl TaskDescriptor {
@@ -50,10 +53,17 @@ impl TaskDescriptor {
             file,
             line,
             column,
+            payload_type: std::any::TypeId::of::<T::Payload>,
         }
     }
 
     /// Where the task is defined, as `file:line:column`.
+    /// Whether the task's payload is [`crate::Tick`], as periodic tasks'
+    /// is.
+    pub(crate) fn takes_tick(&self) -> bool {
+        (self.payload_type)() == std::any::TypeId::of::<crate::Tick>()
+    }
+
     pub(crate) fn site(&self) -> String {
         format!("{}:{}:{}", self.file, self.line, self.column)
     }

@@ -52,6 +52,10 @@ pub struct TaskOptions {
     priority: Option<i16>,
     global_concurrency: Option<u32>,
     key_concurrency: Option<u32>,
+    // Periodic tasks (`cron = ...`).
+    cron: Option<&'static str>,
+    timezone: Option<&'static str>,
+    catch_up: Option<Duration>,
 }
 
 impl TaskOptions {
@@ -75,6 +79,9 @@ impl TaskOptions {
             priority: None,
             global_concurrency: None,
             key_concurrency: None,
+            cron: None,
+            timezone: None,
+            catch_up: None,
         }
     }
 
@@ -182,6 +189,49 @@ impl TaskOptions {
             Some(p) => p,
             None => 0,
         }
+    }
+}
+
+// Periodic tasks: the schedule given in `#[jobq::task(cron = ...)]`.
+impl TaskOptions {
+    /// Enqueues a job of the task at every tick of the cron expression
+    /// (five fields, or six with seconds first), read in
+    /// [`timezone`](Self::timezone). `#[jobq::task]` checks the expression
+    /// at compile time.
+    pub const fn cron(mut self, expression: &'static str) -> Self {
+        self.cron = Some(expression);
+        self
+    }
+
+    /// The IANA time zone of the cron expression (default `UTC`).
+    pub const fn timezone(mut self, timezone: &'static str) -> Self {
+        self.timezone = Some(timezone);
+        self
+    }
+
+    /// Enqueues missed ticks up to this age after downtime; without it,
+    /// only the most recent missed tick runs.
+    pub const fn catch_up(mut self, max_age: Duration) -> Self {
+        self.catch_up = Some(max_age);
+        self
+    }
+
+    /// The cron expression, for a periodic task.
+    pub const fn cron_expression(&self) -> Option<&'static str> {
+        self.cron
+    }
+
+    /// The time zone of the cron expression.
+    pub const fn cron_timezone(&self) -> &'static str {
+        match self.timezone {
+            Some(tz) => tz,
+            None => "UTC",
+        }
+    }
+
+    /// How old a missed tick may be and still run.
+    pub const fn catch_up_window(&self) -> Option<Duration> {
+        self.catch_up
     }
 }
 

@@ -15,7 +15,7 @@ use super::url;
 use super::Worker;
 use crate::registry::Registry;
 use crate::state::States;
-use crate::Error;
+use crate::{Error, Schedule};
 
 /// Configures a [`Worker`]. Unset settings come from the environment, then
 /// from the defaults:
@@ -114,6 +114,8 @@ pub struct WorkerBuilder {
     connect_hook: Hook,
     lock_timeout: Option<Duration>,
     statement_timeout: Option<Duration>,
+    // Periodic tasks: schedules added at run time.
+    schedules: Vec<Schedule>,
 }
 
 /// The application's connection hook, if any (a closure has no `Debug`).
@@ -333,6 +335,7 @@ impl WorkerBuilder {
         // is a deployment mistake that no database can fix.
         registry.check_states(&self.states)?;
         let tasks = overrides::served_tasks(&all, registry, &self.overrides, &self.states)?;
+        let schedules = super::scheduler::plan(&all, registry, &self.schedules)?;
         let migrate = match self.migrate {
             Some(migrate) => migrate,
             None => env_bool("JOBQ_MIGRATE")?.unwrap_or(true),
@@ -473,7 +476,7 @@ impl WorkerBuilder {
                 queues.dedup();
                 queues
             });
-        Worker::new(pools, config, tasks, queues)
+        Worker::new(pools, config, tasks, queues, schedules)
     }
 }
 
@@ -590,6 +593,48 @@ impl WorkerBuilder {
     /// to inspect (default 7 days, `JOBQ_RETENTION_FAILED`).
     pub fn retention_failed(mut self, retention: Duration) -> Self {
         self.retention_failed = Some(retention);
+        self
+    }
+}
+
+// Periodic tasks added at run time.
+impl WorkerBuilder {
+    /// Enqueues a job of task `task` at every tick of the cron
+    /// `expression` (five fields, or six with seconds first), in UTC; the
+    /// schedule is named after the task. For a time zone, a catch-up
+    /// window or another name, use [`schedule_with`](Self::schedule_with).
+    ///
+    /// [`build`](Self::build) refuses an expression that does not parse, a
+    /// task that is not in this binary or does not take a
+    /// [`Tick`](crate::Tick), and two schedules of the same name (a task
+    /// with `cron = ...` already has a schedule named after it).
+    ///
+    /// ```no_run
+    /// #[jobq::task]
+    /// async fn cleanup(job: jobq::Tick) -> Result<(), jobq::TaskError> {
+    ///     let _ = job;
+    ///     Ok(())
+    /// }
+    ///
+    /// # async fn f() -> Result<(), jobq::Error> {
+    /// let expression = std::env::var("CLEANUP_CRON").unwrap_or("0 */10 * * * *".into());
+    /// jobq::Worker::builder()
+    ///     .schedule("cleanup", expression)
+    ///     .build()
+    ///     .await?
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn schedule(self, task: impl Into<String>, expression: impl Into<String>) -> Self {
+        self.schedule_with(Schedule::new(task, expression))
+    }
+
+    /// Adds a schedule built with [`Schedule`]: its name, time zone and
+    /// catch-up window. Checked by [`build`](Self::build) as for
+    /// [`schedule`](Self::schedule).
+    pub fn schedule_with(mut self, schedule: Schedule) -> Self {
+        self.schedules.push(schedule);
         self
     }
 }

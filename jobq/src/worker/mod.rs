@@ -27,6 +27,7 @@ mod open_claims;
 mod outcome_writer;
 mod overrides;
 mod running;
+mod scheduler;
 mod shutdown;
 mod slots;
 mod standing;
@@ -55,6 +56,7 @@ pub struct Worker {
     /// Every task of the binary with its effective settings, by name.
     tasks: Vec<ServedTask>,
     queues: Vec<String>,
+    schedules: Arc<[scheduler::ScheduleSpec]>,
 }
 
 impl Worker {
@@ -68,6 +70,7 @@ impl Worker {
         config: Config,
         tasks: Vec<ServedTask>,
         queues: Vec<String>,
+        schedules: Vec<scheduler::ScheduleSpec>,
     ) -> Result<Self, Error> {
         if queues.is_empty() {
             return Err(Error::NoTasks(
@@ -85,6 +88,7 @@ impl Worker {
             config,
             tasks,
             queues,
+            schedules: schedules.into(),
         })
     }
 
@@ -125,7 +129,7 @@ impl Worker {
             tasks = ?shared.task_names,
             "jobq worker started"
         );
-        let running = running::Running::start(Arc::clone(&shared), info);
+        let running = running::Running::start(Arc::clone(&shared), info, self.schedules);
         signal.await;
         tracing::info!(worker.id = worker_id, "shutting down");
         running.stop().await;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error_text::error_chain;
 use super::state::{Finished, Shared};
-use super::{completer, executor, fetcher, heartbeat, listen, maintenance};
+use super::{completer, executor, fetcher, heartbeat, listen, maintenance, scheduler};
 
 /// How long the final outcome writes may keep trying after the shutdown
 /// timeout before the worker exits anyway (its jobs are then rescued).
@@ -38,7 +38,11 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    pub(crate) fn start(shared: Arc<Shared>, info: WorkerInfo) -> Self {
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        info: WorkerInfo,
+        schedules: Arc<[scheduler::ScheduleSpec]>,
+    ) -> Self {
         let (tx, rx) = unbounded_channel();
         let completer_stop = CancellationToken::new();
         let completer_give_up = CancellationToken::new();
@@ -51,6 +55,7 @@ impl Running {
         let mut background = vec![
             tokio::spawn(heartbeat::run(Arc::clone(&shared), info)),
             tokio::spawn(maintenance::run(Arc::clone(&shared))),
+            tokio::spawn(scheduler::run(Arc::clone(&shared), schedules)),
         ];
         if shared.config.listen {
             background.push(tokio::spawn(listen::run(Arc::clone(&shared))));
