@@ -66,6 +66,12 @@ pub enum Command {
     Jobs(JobsCommand),
     /// Worker processes and their heartbeats.
     Workers,
+    /// Pause, resume and list paused queues.
+    #[command(subcommand)]
+    Queues(QueuesCommand),
+    /// Periodic tasks' schedules: list, pause, resume.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
     /// Enqueue a job by task name.
     ///
     /// The CLI has no registered tasks, so it cannot check the name: it warns
@@ -97,6 +103,41 @@ pub struct DashboardArgs {
     /// on other addresses any name is, unless this is given.
     #[arg(long = "allow-host", value_name = "NAME")]
     pub allow_hosts: Vec<String>,
+}
+
+/// `jobq queues ...`
+#[derive(Debug, Subcommand)]
+pub enum QueuesCommand {
+    /// The paused queues.
+    List,
+    /// Stop every worker from claiming jobs of this queue (running jobs
+    /// finish); lasts until resumed, across restarts.
+    Pause {
+        /// The queue's name.
+        name: String,
+    },
+    /// Let workers claim jobs of this paused queue again (at once).
+    Resume {
+        /// The queue's name.
+        name: String,
+    },
+}
+
+/// `jobq schedules ...`
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// Every schedule: task, expression, time zone, paused, last and next tick.
+    List,
+    /// Stop the schedule enqueueing ticks on every worker.
+    Pause {
+        /// The schedule's name (by default its task's name).
+        name: String,
+    },
+    /// Let the schedule enqueue ticks again; the ticks it missed are skipped.
+    Resume {
+        /// The schedule's name.
+        name: String,
+    },
 }
 
 /// `jobq jobs ...`

@@ -26,6 +26,9 @@ pub enum CliError {
     Usage(String),
     #[error("no job {0} (never enqueued, or finished and pruned after its retention)")]
     NoJob(i64),
+    /// A schedule name no worker has declared.
+    #[error("no schedule named {0:?} (a schedule exists once a worker declaring it has started)")]
+    NoSchedule(String),
     /// Some of the jobs named could not be acted on; each was reported.
     #[error("{0}")]
     Partial(String),

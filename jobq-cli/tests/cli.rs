@@ -679,3 +679,99 @@ async fn dashboard_refuses_to_start_without_the_schema() {
     assert_eq!(run.code, 1, "{run:#?}");
     assert!(run.stderr.contains("jobq migrate"), "{run:#?}");
 }
+
+#[tokio::test]
+async fn queues_pause_and_resume_and_are_listed() {
+    let db = migrated().await;
+    let url = db.url();
+    let run = jobq(Some(url), &["queues", "list"]).ok();
+    assert!(run.stdout.contains("no queue is paused"), "{run:#?}");
+    // Any text is a queue name; it reaches the database as data.
+    let name = "reports'; DROP TABLE jobq.jobs; --";
+    let run = jobq(Some(url), &["queues", "pause", name]).ok();
+    assert!(run.stdout.contains("paused queue"), "{run:#?}");
+    let again = jobq(Some(url), &["--json", "queues", "pause", name]).ok();
+    assert_eq!(again.json()["changed"], Value::Bool(false), "{again:#?}");
+    let listed = jobq(Some(url), &["--json", "queues", "list"]).ok();
+    assert_eq!(listed.json(), serde_json::json!([name]));
+    let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
+    assert_eq!(
+        jobq::paused_queues(&mut conn).await.expect("paused"),
+        [name.to_owned()]
+    );
+    let run = jobq(Some(url), &["--json", "queues", "resume", name]).ok();
+    assert_eq!(run.json()["changed"], Value::Bool(true), "{run:#?}");
+    assert!(jobq::paused_queues(&mut conn)
+        .await
+        .expect("paused")
+        .is_empty());
+    // A name the database cannot hold is refused with a usage-like error.
+    let bad = jobq(Some(url), &["queues", "pause", ""]);
+    assert_ne!(bad.code, 0, "{bad:#?}");
+}
+
+#[tokio::test]
+async fn schedules_are_listed_paused_and_resumed() {
+    let db = migrated().await;
+    let url = db.url();
+    let run = jobq(Some(url), &["schedules", "list"]).ok();
+    assert!(run.stdout.contains("no schedules"), "{run:#?}");
+    // As a worker declares it.
+    sql(
+        url,
+        "INSERT INTO jobq.schedules (name, task, expression, timezone) \
+         VALUES ('nightly', 'reports.nightly', '0 3 * * *', 'Europe/Berlin')",
+    )
+    .await;
+    let listed = jobq(Some(url), &["--json", "schedules", "list"]).ok();
+    let schedule = &listed.json()[0];
+    assert_eq!(schedule["name"], "nightly", "{listed:#?}");
+    assert_eq!(schedule["timezone"], "Europe/Berlin");
+    assert_eq!(schedule["paused"], Value::Bool(false));
+    assert!(schedule["next_tick"].is_string(), "{listed:#?}");
+    jobq(Some(url), &["schedules", "pause", "nightly"]).ok();
+    let table = jobq(Some(url), &["schedules", "list"]).ok();
+    assert!(
+        table.stdout.contains("nightly") && table.stdout.contains("yes"),
+        "{table:#?}"
+    );
+    jobq(Some(url), &["schedules", "resume", "nightly"]).ok();
+    let listed = jobq(Some(url), &["--json", "schedules", "list"]).ok();
+    assert_eq!(listed.json()[0]["paused"], Value::Bool(false));
+    let missing = jobq(Some(url), &["schedules", "pause", "weekly"]);
+    assert_eq!(missing.code, 1, "{missing:#?}");
+    assert!(missing.stderr.contains("no schedule named"), "{missing:#?}");
+}
+
+#[tokio::test]
+async fn jobs_show_prints_headers_keys_and_output_inertly() {
+    let db = migrated().await;
+    let url = db.url();
+    let id = enqueue(url, "show.task", r#"{"n":1}"#, &[]);
+    sql(
+        url,
+        &format!(
+            "UPDATE jobq.jobs SET key = 'customer-42', \
+                 headers = jsonb_build_object('request-id', E'r1\\u001b[31m\\nforged: yes'), \
+                 output = '{{\"rows\": 3}}', state = 'completed', finished_at = now() \
+             WHERE id = {id}"
+        ),
+    )
+    .await;
+    let run = jobq(Some(url), &["jobs", "show", &id.to_string()]).ok();
+    assert!(run.stdout.contains("partition:    customer-42"), "{run:#?}");
+    assert!(run.stdout.contains("request-id: r1"), "{run:#?}");
+    assert!(run.stdout.contains("\"rows\": 3"), "{run:#?}");
+    // The header's escape and newline are shown, not obeyed: no forged line.
+    assert!(!run.stdout.contains('\u{1b}'), "{run:#?}");
+    assert!(
+        !run.stdout.lines().any(|l| l.starts_with("forged")),
+        "{run:#?}"
+    );
+    let json = jobq(Some(url), &["--json", "jobs", "show", &id.to_string()]).ok();
+    assert_eq!(
+        json.json()["headers"]["request-id"],
+        "r1\u{1b}[31m\nforged: yes"
+    );
+    assert_eq!(json.json()["output"]["rows"], 3);
+}

@@ -73,7 +73,7 @@ impl Schedule {
 }
 
 /// A schedule as the database holds it, from [`schedules`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ScheduleInfo {
     /// The schedule's name.

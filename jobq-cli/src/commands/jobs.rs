@@ -124,12 +124,34 @@ pub async fn show(url: Option<&str>, json: bool, id: i64) -> Result<(), CliError
         opt(job.finished_at),
         job.dedupe_key.as_deref().map_or_else(|| "-".into(), inert),
     );
-    let payload = serde_json::to_string_pretty(&job.payload).unwrap_or_default();
-    text.push_str("payload:\n");
-    for line in payload.lines() {
-        text.push_str("  ");
-        text.push_str(&output::inert_json(line));
-        text.push('\n');
+    let or_dash = |s: Option<&str>| s.map_or_else(|| "-".into(), inert);
+    text.push_str(&format!(
+        "unique key:   {}\npartition:    {}\n",
+        or_dash(job.unique_key.as_deref()),
+        or_dash(job.key.as_deref()),
+    ));
+    if job.headers.is_empty() {
+        text.push_str("headers:      none\n");
+    } else {
+        text.push_str("headers:\n");
+        for (name, value) in &job.headers {
+            text.push_str(&format!("  {}: {}\n", inert(name), inert(value)));
+        }
+    }
+    let mut json_block = |title: &str, value: &serde_json::Value| {
+        let pretty = serde_json::to_string_pretty(value).unwrap_or_default();
+        text.push_str(title);
+        text.push_str(":\n");
+        for line in pretty.lines() {
+            text.push_str("  ");
+            text.push_str(&output::inert_json(line));
+            text.push('\n');
+        }
+    };
+    json_block("payload", &job.payload);
+    match &job.output {
+        Some(value) => json_block("output", value),
+        None => text.push_str("output:       -\n"),
     }
     if job.errors.is_empty() {
         text.push_str("errors:       none\n");

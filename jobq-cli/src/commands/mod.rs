@@ -4,10 +4,12 @@
 mod dashboard;
 mod enqueue;
 mod jobs;
+mod queues;
+mod schedules;
 mod schema;
 mod status;
 
-use crate::args::{Cli, Command, JobsCommand};
+use crate::args::{Cli, Command, JobsCommand, QueuesCommand, SchedulesCommand};
 use crate::error::CliError;
 
 /// Runs the command the user asked for.
@@ -20,6 +22,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Version => schema::version(url, json).await,
         Command::Status { watch, interval } => status::status(url, json, watch, interval).await,
         Command::Workers => status::workers(url, json).await,
+        Command::Queues(command) => match command {
+            QueuesCommand::List => queues::list(url, json).await,
+            QueuesCommand::Pause { name } => queues::pause(url, json, &name, true).await,
+            QueuesCommand::Resume { name } => queues::pause(url, json, &name, false).await,
+        },
+        Command::Schedules(command) => match command {
+            SchedulesCommand::List => schedules::list(url, json).await,
+            SchedulesCommand::Pause { name } => schedules::pause(url, json, &name, true).await,
+            SchedulesCommand::Resume { name } => schedules::pause(url, json, &name, false).await,
+        },
         Command::Enqueue(args) => enqueue::enqueue(url, json, args).await,
         Command::Dashboard(args) => dashboard::dashboard(url, args).await,
         Command::Jobs(command) => match command {
