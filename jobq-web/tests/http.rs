@@ -186,6 +186,27 @@ async fn links_cookie_and_redirects_follow_the_mount_prefix() {
         Some("/admin/queue/failed?retried=1&skipped=0")
     );
     assert_eq!(env.job(id).await.state, JobState::Pending);
+
+    // The pause actions too.
+    assert!(c
+        .get("/admin/queue/queues")
+        .await
+        .body
+        .contains("action=\"/admin/queue/actions/pause-queue\""));
+    let r = c
+        .post(
+            "/admin/queue/actions/pause-queue",
+            &[("csrf", &csrf), ("queue", "default"), ("back", "/queues?")],
+            None,
+        )
+        .await;
+    assert_eq!(r.location.as_deref(), Some("/admin/queue/queues?paused=1"));
+    assert_eq!(env.paused_queues().await, ["default"]);
+    assert!(c
+        .get("/admin/queue/schedules")
+        .await
+        .body
+        .contains("href=\"/admin/queue/schedules\" class=\"here\""));
 }
 
 #[tokio::test]
