@@ -3,11 +3,12 @@
 //!
 //! Pages: an overview (jobs by queue, task and state, the last hour's
 //! throughput as a chart, live workers), jobs with the CLI's filters and
-//! keyset paging, a job's detail with its error history, failed jobs with
-//! retry and cancel (one or many), queues and workers. HTML is rendered on
-//! the server from templates compiled into the binary; the stylesheet and
-//! the one small script are served from the binary too. Nothing is fetched
-//! from the network.
+//! keyset paging, a job's detail (keys, headers, output, error history),
+//! failed jobs with retry and cancel (one or many), queues with pause and
+//! resume, periodic tasks' schedules with pause and resume, and workers.
+//! HTML is rendered on the server from templates compiled into the
+//! binary; the stylesheet and the one small script are served from the
+//! binary too. Nothing is fetched from the network.
 //!
 //! The dashboard is read-only unless a token is configured. With one, an
 //! operator logs in with it (an `HttpOnly`, `SameSite=Strict` session
@@ -86,7 +87,7 @@ impl Dashboard {
         }
     }
 
-    /// Allows actions (retry, cancel) to whoever logs in with this token.
+    /// Allows actions (retry, cancel, pause, resume) to whoever logs in with this token.
     /// An empty or all-blank token leaves the dashboard read-only, so an
     /// unset environment variable cannot open it to everyone.
     pub fn token(mut self, token: impl Into<String>) -> Self {

@@ -25,6 +25,8 @@ const MAX_IDS: usize = 1_000;
 const PAYLOAD_SHOWN: usize = 200_000;
 /// How much of one error message the detail page shows.
 const ERROR_SHOWN: usize = 20_000;
+/// How much of one header value the detail page shows.
+const HEADER_SHOWN: usize = 2_000;
 
 pub struct App {
     pub pool: jobq::Pool,
@@ -50,11 +52,16 @@ pub fn routes(app: Shared) -> Router {
         .route("/failed", get(failed))
         .route("/queues", get(queues))
         .route("/workers", get(workers))
+        .route("/schedules", get(schedules))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/actions/retry", post(retry))
         .route("/actions/cancel", post(cancel))
         .route("/actions/retry-failed", post(retry_failed))
+        .route("/actions/pause-queue", post(pause_queue))
+        .route("/actions/resume-queue", post(resume_queue))
+        .route("/actions/pause-schedule", post(pause_schedule))
+        .route("/actions/resume-schedule", post(resume_schedule))
         .route("/assets/style.css", get(assets::style))
         .route("/assets/app.js", get(assets::script))
         .fallback(|| async { WebError::NotFound })
@@ -153,6 +160,16 @@ impl Chrome {
             parts.push(format!(
                 "{v} left as they were (not retryable or cancellable)"
             ));
+        }
+        match n("paused") {
+            Some(0) => parts.push("already paused".to_owned()),
+            Some(_) => parts.push("paused".to_owned()),
+            None => {}
+        }
+        match n("resumed") {
+            Some(0) => parts.push("was not paused".to_owned()),
+            Some(_) => parts.push("resumed".to_owned()),
+            None => {}
         }
         if !parts.is_empty() {
             self.notice = Some(parts.join(", "));
@@ -557,7 +574,13 @@ struct JobPage {
     started: String,
     finished: String,
     key: String,
+    partition_key: String,
+    unique_key: String,
+    /// Name and value, both made safe to show.
+    headers: Vec<(String, String)>,
     payload: String,
+    /// The output as pretty JSON; `None` until the job completes with one.
+    output: Option<String>,
     errors: Vec<ErrorRow>,
     retryable: bool,
     cancellable: bool,
@@ -601,7 +624,27 @@ async fn job_detail(
             .as_deref()
             .map(|k| clip(k, 1000))
             .unwrap_or_default(),
+        partition_key: job
+            .key
+            .as_deref()
+            .map(|k| clip(k, 1000))
+            .unwrap_or_default(),
+        unique_key: job
+            .unique_key
+            .as_deref()
+            .map(|k| clip(k, 1000))
+            .unwrap_or_default(),
+        headers: job
+            .headers
+            .iter()
+            .map(|(name, value)| (cell(name), clip(value, HEADER_SHOWN)))
+            .collect(),
         payload: clip(&payload, PAYLOAD_SHOWN),
+        output: job.output.as_ref().map(|output| {
+            let text = serde_json::to_string_pretty(output)
+                .unwrap_or_else(|e| format!("(output cannot be shown: {e})"));
+            clip(&text, PAYLOAD_SHOWN)
+        }),
         errors: job
             .errors
             .iter()
@@ -628,6 +671,22 @@ struct QueueRow {
     running: i64,
     failed: i64,
     tasks: usize,
+    paused: bool,
+}
+
+impl QueueRow {
+    fn new(name: &str) -> Self {
+        Self {
+            queue: cell(name),
+            queue_q: url_encode(name),
+            scheduled: 0,
+            pending: 0,
+            running: 0,
+            failed: 0,
+            tasks: 0,
+            paused: false,
+        }
+    }
 }
 
 #[derive(Template)]
@@ -641,40 +700,39 @@ async fn queues(
     State(app): State<Shared>,
     base: Base,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
 ) -> Result<Html<String>, WebError> {
     let mut conn = app.conn().await?;
     let stats = jobq::stats(&mut conn)
         .await
         .map_err(WebError::jobq("reading statistics"))?;
+    let paused = jobq::paused_queues(&mut conn)
+        .await
+        .map_err(WebError::jobq("listing paused queues"))?;
     drop(conn);
-    let mut queues: Vec<QueueRow> = Vec::new();
-    // Stats come sorted by queue, so a queue's tasks are adjacent.
+    // By the raw name: two names may look alike once made safe to show.
+    let mut queues: std::collections::BTreeMap<&str, QueueRow> = std::collections::BTreeMap::new();
     for t in &stats.tasks {
-        if queues
-            .last()
-            .is_none_or(|q| q.queue_q != url_encode(&t.queue))
-        {
-            queues.push(QueueRow {
-                queue: cell(&t.queue),
-                queue_q: url_encode(&t.queue),
-                scheduled: 0,
-                pending: 0,
-                running: 0,
-                failed: 0,
-                tasks: 0,
-            });
-        }
-        if let Some(q) = queues.last_mut() {
-            q.scheduled += t.scheduled;
-            q.pending += t.pending;
-            q.running += t.running;
-            q.failed += t.failed;
-            q.tasks += 1;
-        }
+        let q = queues
+            .entry(t.queue.as_str())
+            .or_insert_with(|| QueueRow::new(&t.queue));
+        q.scheduled += t.scheduled;
+        q.pending += t.pending;
+        q.running += t.running;
+        q.failed += t.failed;
+        q.tasks += 1;
     }
+    // A paused queue is listed even without jobs, so it can be resumed.
+    for name in &paused {
+        queues
+            .entry(name.as_str())
+            .or_insert_with(|| QueueRow::new(name))
+            .paused = true;
+    }
+    let q = Fields::parse(query.as_deref().unwrap_or("").as_bytes());
     render(&Queues {
-        chrome: Chrome::new(&app, base, &headers, "queues"),
-        queues,
+        chrome: Chrome::new(&app, base, &headers, "queues").with_notice(&q),
+        queues: queues.into_values().collect(),
     })
 }
 
@@ -698,6 +756,58 @@ async fn workers(
     render(&Workers {
         chrome: Chrome::new(&app, base, &headers, "workers"),
         workers: worker_rows(workers),
+    })
+}
+
+// -------------------------------------------------------------- schedules
+
+struct ScheduleRow {
+    name: String,
+    name_q: String,
+    task: String,
+    task_q: String,
+    expression: String,
+    timezone: String,
+    paused: bool,
+    last_tick: String,
+    next_tick: String,
+}
+
+#[derive(Template)]
+#[template(path = "schedules.html")]
+struct Schedules {
+    chrome: Chrome,
+    schedules: Vec<ScheduleRow>,
+}
+
+async fn schedules(
+    State(app): State<Shared>,
+    base: Base,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Html<String>, WebError> {
+    let mut conn = app.conn().await?;
+    let listed = jobq::schedules(&mut conn)
+        .await
+        .map_err(WebError::jobq("listing schedules"))?;
+    drop(conn);
+    let q = Fields::parse(query.as_deref().unwrap_or("").as_bytes());
+    render(&Schedules {
+        chrome: Chrome::new(&app, base, &headers, "schedules").with_notice(&q),
+        schedules: listed
+            .into_iter()
+            .map(|s| ScheduleRow {
+                name: cell(&s.name),
+                name_q: url_encode(&s.name),
+                task: cell(&s.task),
+                task_q: url_encode(&s.task),
+                expression: cell(&s.expression),
+                timezone: cell(&s.timezone),
+                paused: s.paused,
+                last_tick: opt_time(s.last_tick),
+                next_tick: s.next_tick.map(time).unwrap_or_else(|| "–".to_owned()),
+            })
+            .collect(),
     })
 }
 
@@ -906,4 +1016,131 @@ async fn retry_failed(
         .map_err(WebError::jobq("retrying failed jobs"))?;
     tracing::info!(retried, "jobq-web: failed jobs of a task retried");
     Ok(back_to(&base.0, &fields, &format!("retried={retried}")))
+}
+
+/// The queue or schedule name an action names. Forms carry it
+/// percent-encoded (as in links): the page then holds no control
+/// character, and a name with a carriage return or edge blanks, which a
+/// browser would change in a plain field, still arrives byte for byte.
+fn encoded_name(fields: &Fields, key: &'static str) -> Result<String, WebError> {
+    let encoded = fields
+        .all(key)
+        .next()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| WebError::BadRequest(format!("no {key} given")))?;
+    // Percent-encoding never yields these; a value holding them was typed
+    // by hand and would be cut by the decoder.
+    if encoded.contains(['&', '=']) {
+        return Err(WebError::BadRequest(format!(
+            "{key}: {:?} is not percent-encoded",
+            clip(encoded, 100)
+        )));
+    }
+    let name: String = form_urlencoded::parse(encoded.as_bytes())
+        .map(|(k, _)| k.into_owned())
+        .collect();
+    if name.is_empty() {
+        return Err(WebError::BadRequest(format!("no {key} given")));
+    }
+    Ok(name)
+}
+
+/// A queue name jobq refuses (too long, NUL) is the caller's mistake.
+fn queue_error(context: &'static str) -> impl FnOnce(jobq::Error) -> WebError {
+    move |e| match e {
+        jobq::Error::InvalidOptions { reason, .. } => WebError::BadRequest(reason),
+        source => WebError::Jobq { context, source },
+    }
+}
+
+async fn pause_queue(
+    State(app): State<Shared>,
+    base: Base,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Redirect, WebError> {
+    let fields = Fields::parse(&body);
+    app.auth.check_action(&headers, fields.get("csrf"))?;
+    let queue = encoded_name(&fields, "queue")?;
+    let mut conn = app.conn().await?;
+    let changed = jobq::pause_queue(&mut conn, &queue)
+        .await
+        .map_err(queue_error("pausing a queue"))?;
+    tracing::info!(queue = %clip(&queue, 200), changed, "jobq-web: queue paused");
+    Ok(back_to(
+        &base.0,
+        &fields,
+        &format!("paused={}", u8::from(changed)),
+    ))
+}
+
+async fn resume_queue(
+    State(app): State<Shared>,
+    base: Base,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Redirect, WebError> {
+    let fields = Fields::parse(&body);
+    app.auth.check_action(&headers, fields.get("csrf"))?;
+    let queue = encoded_name(&fields, "queue")?;
+    let mut conn = app.conn().await?;
+    let changed = jobq::resume_queue(&mut conn, &queue)
+        .await
+        .map_err(queue_error("resuming a queue"))?;
+    tracing::info!(queue = %clip(&queue, 200), changed, "jobq-web: queue resumed");
+    Ok(back_to(
+        &base.0,
+        &fields,
+        &format!("resumed={}", u8::from(changed)),
+    ))
+}
+
+/// The schedule an action names. PostgreSQL text cannot hold NUL, so no
+/// schedule has such a name; asking the database would only fail.
+fn schedule_name(fields: &Fields) -> Result<String, WebError> {
+    let name = encoded_name(fields, "schedule")?;
+    if name.contains('\0') {
+        return Err(WebError::NotFound);
+    }
+    Ok(name)
+}
+
+async fn pause_schedule(
+    State(app): State<Shared>,
+    base: Base,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Redirect, WebError> {
+    let fields = Fields::parse(&body);
+    app.auth.check_action(&headers, fields.get("csrf"))?;
+    let name = schedule_name(&fields)?;
+    let mut conn = app.conn().await?;
+    if !jobq::pause_schedule(&mut conn, &name)
+        .await
+        .map_err(WebError::jobq("pausing a schedule"))?
+    {
+        return Err(WebError::NotFound);
+    }
+    tracing::info!(schedule = %clip(&name, 200), "jobq-web: schedule paused");
+    Ok(back_to(&base.0, &fields, "paused=1"))
+}
+
+async fn resume_schedule(
+    State(app): State<Shared>,
+    base: Base,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Redirect, WebError> {
+    let fields = Fields::parse(&body);
+    app.auth.check_action(&headers, fields.get("csrf"))?;
+    let name = schedule_name(&fields)?;
+    let mut conn = app.conn().await?;
+    if !jobq::resume_schedule(&mut conn, &name)
+        .await
+        .map_err(WebError::jobq("resuming a schedule"))?
+    {
+        return Err(WebError::NotFound);
+    }
+    tracing::info!(schedule = %clip(&name, 200), "jobq-web: schedule resumed");
+    Ok(back_to(&base.0, &fields, "resumed=1"))
 }

@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: Debian's chromium, headless, driven
 //! through chromedriver (WebDriver). Opens the overview, filters the jobs
 //! to the failed ones, logs in, retries one and checks in the database
-//! that it is pending again. Saves a screenshot of each page to
+//! that it is pending again, then pauses a queue and a schedule with
+//! their buttons. Saves a screenshot of each page to
 //! `target/screenshots/`; with `JOBQ_WEB_UPDATE_DOCS=1` the overview's
 //! also goes to `docs/dashboard.png` for the README.
 //!
@@ -196,6 +197,8 @@ async fn fill(env: &support::Env) -> Vec<jobq::JobId> {
     drop(conn);
     env.register_worker("app-1", &["default", "reports"]).await;
     env.register_worker("app-2", &["default"]).await;
+    env.declare_schedule("reports.nightly", "reports.nightly", "0 30 3 * * *")
+        .await;
     failed
 }
 
@@ -377,11 +380,48 @@ async fn drive(c: &Client, base: &str, env: &support::Env, failed: &[jobq::JobId
         .expect("job page");
     wait_for_text(c, "mailbox unavailable").await;
     screenshot(c, "job").await;
+    // Pause a queue, then a schedule, with their buttons.
     c.goto(&format!("{base}/queues"))
         .await
         .expect("queues page");
     wait_for_text(c, "reports").await;
+    c.find(Locator::Css("button.pause-queue[data-queue=\"reports\"]"))
+        .await
+        .expect("the queue's pause button")
+        .click()
+        .await
+        .expect("pause");
+    let notice = c
+        .wait()
+        .at_most(SOON)
+        .for_element(Locator::Id("notice"))
+        .await
+        .expect("the outcome notice")
+        .text()
+        .await
+        .expect("notice text");
+    assert_eq!(notice, "paused");
+    assert_eq!(env.paused_queues().await, ["reports"]);
+    wait_for_text(c, "class=\"resume-queue\" data-queue=\"reports\"").await;
     screenshot(c, "queues").await;
+    c.find(Locator::LinkText("Schedules"))
+        .await
+        .expect("the Schedules link")
+        .click()
+        .await
+        .expect("open the schedules");
+    wait_for_text(c, "0 30 3 * * *").await;
+    c.find(Locator::Css(
+        "button.pause-schedule[data-schedule=\"reports.nightly\"]",
+    ))
+    .await
+    .expect("the schedule's pause button")
+    .click()
+    .await
+    .expect("pause");
+    wait_for_text(c, "class=\"resume-schedule\"").await;
+    assert!(env.schedule("reports.nightly").await.paused);
+    screenshot(c, "schedules").await;
     c.goto(&format!("{base}/workers"))
         .await
         .expect("workers page");

@@ -186,6 +186,27 @@ async fn links_cookie_and_redirects_follow_the_mount_prefix() {
         Some("/admin/queue/failed?retried=1&skipped=0")
     );
     assert_eq!(env.job(id).await.state, JobState::Pending);
+
+    // The pause actions too.
+    assert!(c
+        .get("/admin/queue/queues")
+        .await
+        .body
+        .contains("action=\"/admin/queue/actions/pause-queue\""));
+    let r = c
+        .post(
+            "/admin/queue/actions/pause-queue",
+            &[("csrf", &csrf), ("queue", "default"), ("back", "/queues?")],
+            None,
+        )
+        .await;
+    assert_eq!(r.location.as_deref(), Some("/admin/queue/queues?paused=1"));
+    assert_eq!(env.paused_queues().await, ["default"]);
+    assert!(c
+        .get("/admin/queue/schedules")
+        .await
+        .body
+        .contains("href=\"/admin/queue/schedules\" class=\"here\""));
 }
 
 #[tokio::test]
@@ -429,6 +450,7 @@ async fn hostile_text_is_escaped_everywhere() {
         "/failed".to_owned(),
         "/queues".to_owned(),
         "/workers".to_owned(),
+        "/schedules".to_owned(),
         format!("/jobs/{id}"),
         // Filters are shown back in the form; NUL and controls included.
         "/jobs?task=%3Cscript%3Ealert(1)%3C/script%3E%00&queue=%00&key=%1b".to_owned(),
@@ -523,7 +545,7 @@ async fn an_unreachable_database_is_an_error_page_without_the_password() {
         std::time::Duration::from_millis(300),
     );
     let c = Client::new(serve(jobq_web::router(pool)).await);
-    for path in ["/", "/jobs", "/jobs/1", "/workers"] {
+    for path in ["/", "/jobs", "/jobs/1", "/workers", "/queues", "/schedules"] {
         let r = c.get(path).await;
         assert_eq!(r.status, 503, "{path}");
         assert!(r.body.contains("no database connection"), "{}", r.body);
@@ -571,4 +593,317 @@ async fn only_the_allowed_host_names_are_answered() {
     // A rebinding site sends its own name.
     let r = get(format!("evil.example:{}", addr.port())).await;
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+}
+
+/// A name as the dashboard's forms carry it.
+fn encoded(name: &str) -> String {
+    form_urlencoded::byte_serialize(name.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn queues_are_paused_and_resumed_behind_the_same_guards() {
+    let env = env().await;
+    env.enqueue_with(
+        "reports.nightly",
+        json!({}),
+        EnqueueOptions::new().queue("reports"),
+    )
+    .await;
+
+    // Read-only: the state is shown, no action is offered or taken.
+    let ro = dashboard(&env, None).await;
+    let page = ro.get("/queues").await;
+    assert!(page.body.contains("state active"), "{}", page.body);
+    assert!(!page.body.contains("/actions/pause-queue"));
+    let r = ro
+        .post("/actions/pause-queue", &[("queue", "reports")], None)
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(env.paused_queues().await.is_empty());
+
+    let mut c = dashboard(&env, Some(TOKEN)).await;
+    assert!(!c.get("/queues").await.body.contains("/actions/pause-queue"));
+    assert_eq!(
+        c.post("/actions/pause-queue", &[("queue", "reports")], None)
+            .await
+            .status,
+        403,
+        "logged out"
+    );
+    c.login("", TOKEN).await;
+    let csrf = c.csrf("/queues").await;
+    for (fields, origin) in [
+        (vec![("queue", "reports")], None),
+        (vec![("queue", "reports"), ("csrf", "0000")], None),
+        (
+            vec![("queue", "reports"), ("csrf", csrf.as_str())],
+            Some("http://evil.example"),
+        ),
+    ] {
+        for action in ["/actions/pause-queue", "/actions/resume-queue"] {
+            let r = c.post(action, &fields, origin).await;
+            assert_eq!(r.status, 403, "{action} {fields:?} from {origin:?}");
+        }
+    }
+    assert!(env.paused_queues().await.is_empty(), "nothing changed");
+
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("queue", "reports"),
+        ("back", "/queues?"),
+    ];
+    let r = c.post("/actions/pause-queue", &form, None).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.location.as_deref(), Some("/queues?paused=1"));
+    assert_eq!(env.paused_queues().await, ["reports"]);
+    let page = c.get("/queues?paused=1").await;
+    assert!(page.body.contains("state paused"), "{}", page.body);
+    assert!(page
+        .body
+        .contains("class=\"resume-queue\" data-queue=\"reports\""));
+    assert!(page.body.contains("id=\"notice\">paused<"), "{}", page.body);
+    // Pausing twice changes nothing and says so.
+    let r = c.post("/actions/pause-queue", &form, None).await;
+    assert_eq!(r.location.as_deref(), Some("/queues?paused=0"));
+    assert!(c
+        .get("/queues?paused=0")
+        .await
+        .body
+        .contains("already paused"));
+    assert_eq!(env.paused_queues().await, ["reports"]);
+
+    let r = c.post("/actions/resume-queue", &form, None).await;
+    assert_eq!(r.location.as_deref(), Some("/queues?resumed=1"));
+    assert!(env.paused_queues().await.is_empty());
+    assert!(c
+        .get("/queues")
+        .await
+        .body
+        .contains("class=\"pause-queue\" data-queue=\"reports\""));
+}
+
+#[tokio::test]
+async fn any_queue_name_is_paused_byte_for_byte_and_bad_ones_are_refused() {
+    let env = env().await;
+    let mut c = dashboard(&env, Some(TOKEN)).await;
+    c.login("", TOKEN).await;
+    let csrf = c.csrf("/").await;
+    // Markup, quotes, CR LF, edge blanks, an escape character, a '+' and
+    // a '%', which form decoding would otherwise change.
+    let hostile = " q<script>alert(1)</script>\"'&\r\n\u{1b}[2J+%20 ";
+    let r = c
+        .post(
+            "/actions/pause-queue",
+            &[("csrf", &csrf), ("queue", &encoded(hostile))],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(env.paused_queues().await, [hostile]);
+
+    // A paused queue without jobs is listed, escaped, with its resume
+    // form carrying the name as it was.
+    let page = c.get("/queues").await;
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("<script>alert"), "{}", page.body);
+    assert!(!page.body.contains('\u{1b}'));
+    assert!(page.body.contains("q&#60;script&#62;alert(1)"));
+    let marker = "class=\"resume-queue\" data-queue=\"";
+    let start = page.body.find(marker).expect("a resume button") + marker.len();
+    let from_page = &page.body[start..start + page.body[start..].find('"').unwrap()];
+    let r = c
+        .post(
+            "/actions/resume-queue",
+            &[("csrf", &csrf), ("queue", from_page)],
+            None,
+        )
+        .await;
+    assert_eq!(r.location.as_deref(), Some("/jobs?resumed=1"));
+    assert!(env.paused_queues().await.is_empty());
+
+    // Refused before the database: no name, NUL, too long, not encoded.
+    let long = "q".repeat(201);
+    for queue in ["", "%00", "a%00b", long.as_str(), "a&b", "a=b"] {
+        let r = c
+            .post(
+                "/actions/pause-queue",
+                &[("csrf", &csrf), ("queue", queue)],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 400, "{queue:?}: {}", r.body);
+    }
+    let r = c
+        .post("/actions/pause-queue", &[("csrf", &csrf)], None)
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(env.paused_queues().await.is_empty());
+}
+
+#[tokio::test]
+async fn schedules_are_listed_paused_and_resumed() {
+    let env = env().await;
+    env.declare_schedule("reports.nightly", "reports.build", "0 0 3 * * *")
+        .await;
+    let hostile = "s<script>alert(1)</script>\u{1b}\r\n'\" ";
+    env.declare_schedule(hostile, "t<script>", "*/5 * * * *")
+        .await;
+
+    let ro = dashboard(&env, None).await;
+    let page = ro.get("/schedules").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("href=\"/schedules\" class=\"here\""));
+    assert!(page.body.contains("reports.nightly"));
+    assert!(page.body.contains("<code>0 0 3 * * *</code>"));
+    assert!(page
+        .body
+        .contains("href=\"/jobs?task=reports.build\">reports.build</a>"));
+    assert!(
+        page.body.contains("03:00:00"),
+        "the next tick: {}",
+        page.body
+    );
+    assert!(!page.body.contains("/actions/pause-schedule"));
+    assert!(!page.body.contains("<script>alert") && !page.body.contains('\u{1b}'));
+    assert!(page
+        .body
+        .contains("s&#60;script&#62;alert(1)&#60;/script&#62;\\u{1b}"));
+    assert_eq!(
+        ro.post(
+            "/actions/pause-schedule",
+            &[("schedule", "reports.nightly")],
+            None
+        )
+        .await
+        .status,
+        403
+    );
+
+    let mut c = dashboard(&env, Some(TOKEN)).await;
+    assert_eq!(
+        c.post(
+            "/actions/pause-schedule",
+            &[("schedule", "reports.nightly")],
+            None
+        )
+        .await
+        .status,
+        403,
+        "logged out"
+    );
+    c.login("", TOKEN).await;
+    let csrf = c.csrf("/schedules").await;
+    for (fields, origin) in [
+        (vec![("schedule", "reports.nightly")], None),
+        (
+            vec![("schedule", "reports.nightly"), ("csrf", csrf.as_str())],
+            Some("http://evil.example"),
+        ),
+    ] {
+        let r = c.post("/actions/pause-schedule", &fields, origin).await;
+        assert_eq!(r.status, 403, "{fields:?} from {origin:?}");
+    }
+    assert!(!env.schedule("reports.nightly").await.paused);
+
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("schedule", "reports.nightly"),
+        ("back", "/schedules?"),
+    ];
+    let r = c.post("/actions/pause-schedule", &form, None).await;
+    assert_eq!(r.location.as_deref(), Some("/schedules?paused=1"));
+    assert!(env.schedule("reports.nightly").await.paused);
+    assert!(!env.schedule(hostile).await.paused, "only the one named");
+    let page = c.get("/schedules?paused=1").await;
+    assert!(page
+        .body
+        .contains("class=\"resume-schedule\" data-schedule=\"reports.nightly\""));
+    assert!(page.body.contains("state paused"));
+    let r = c.post("/actions/resume-schedule", &form, None).await;
+    assert_eq!(r.location.as_deref(), Some("/schedules?resumed=1"));
+    assert!(!env.schedule("reports.nightly").await.paused);
+
+    // The hostile name round-trips through the page's own form.
+    let page = c.get("/schedules").await;
+    let marker = format!("data-schedule=\"{}\"", encoded(hostile));
+    assert!(page.body.contains(&marker), "{}", page.body);
+    let r = c
+        .post(
+            "/actions/pause-schedule",
+            &[("csrf", &csrf), ("schedule", &encoded(hostile))],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(env.schedule(hostile).await.paused);
+
+    // An unknown name, or one PostgreSQL could not hold, is not found.
+    for name in ["no-such-schedule", "a%00b"] {
+        let r = c
+            .post(
+                "/actions/pause-schedule",
+                &[("csrf", &csrf), ("schedule", name)],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 404, "{name}: {}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn the_job_page_shows_keys_headers_and_output_escaped() {
+    let env = env().await;
+    let script = "<script>alert(1)</script>";
+    let id = env
+        .enqueue_with(
+            "with.extras",
+            json!({}),
+            EnqueueOptions::new()
+                .key(format!("tenant{script}"))
+                .unique_key(format!("once{script}"))
+                .header("request-id", "7f3a")
+                .header(format!("h{script}"), format!("v{script}\u{1b}[2J\r\n"))
+                .header("long", "y".repeat(60_000)),
+        )
+        .await;
+    let c = dashboard(&env, None).await;
+    let page = c.get(&format!("/jobs/{id}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(!page.body.contains("<script>alert"), "{}", page.body);
+    assert!(!page.body.contains('\u{1b}'));
+    let escaped = "&#60;script&#62;alert(1)&#60;/script&#62;";
+    assert!(page
+        .body
+        .contains(&format!("id=\"partition-key\">tenant{escaped}<")));
+    assert!(page
+        .body
+        .contains(&format!("id=\"unique-key\">once{escaped}<")));
+    assert!(page.body.contains("<td>request-id</td>"));
+    assert!(page.body.contains("7f3a"));
+    assert!(page.body.contains(&format!("<td>h{escaped}</td>")));
+    assert!(page
+        .body
+        .contains(&format!("v{escaped}\\u{{1b}}[2J\\u{{d}}\n")));
+    assert!(
+        page.body.contains(&format!("{}…", "y".repeat(2_000))),
+        "long values are cut"
+    );
+    assert!(page.body.contains("No output yet."));
+
+    env.complete_with(id, &json!({"html": script, "n": 7}))
+        .await;
+    let page = c.get(&format!("/jobs/{id}")).await;
+    assert!(!page.body.contains("<script>alert"), "{}", page.body);
+    assert!(page.body.contains("id=\"output\">"));
+    assert!(
+        page.body
+            .contains(&format!("&#34;html&#34;: &#34;{escaped}&#34;")),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("&#34;n&#34;: 7"));
+
+    let plain = env.enqueue("plain", json!({})).await;
+    let page = c.get(&format!("/jobs/{plain}")).await;
+    assert!(page.body.contains("No header."));
 }

@@ -65,6 +65,50 @@ impl Env {
         .expect("fail job");
     }
 
+    /// Marks the job completed with `output`, as a worker would store a
+    /// task fn's return value.
+    pub async fn complete_with(&self, id: JobId, output: &serde_json::Value) {
+        let mut conn = self.pool.get().await.expect("connection");
+        conn.batch_execute(&format!(
+            "UPDATE jobq.jobs SET state = 'completed', attempt = 1, finished_at = now(), \
+             output = {}::jsonb WHERE id = {id}",
+            quote(&output.to_string())
+        ))
+        .await
+        .expect("complete job");
+    }
+
+    /// Declares a schedule as a starting worker does.
+    pub async fn declare_schedule(&self, name: &str, task: &str, expression: &str) {
+        let mut conn = self.pool.get().await.expect("connection");
+        jobq_diesel::declare_schedules(
+            &mut conn,
+            &[jobq_diesel::ScheduleDef {
+                name: name.to_owned(),
+                task: task.to_owned(),
+                expression: expression.to_owned(),
+                timezone: "UTC".to_owned(),
+            }],
+        )
+        .await
+        .expect("declare schedule");
+    }
+
+    pub async fn paused_queues(&self) -> Vec<String> {
+        let mut conn = self.pool.get().await.expect("connection");
+        jobq::paused_queues(&mut conn).await.expect("paused queues")
+    }
+
+    pub async fn schedule(&self, name: &str) -> jobq::ScheduleInfo {
+        let mut conn = self.pool.get().await.expect("connection");
+        jobq::schedules(&mut conn)
+            .await
+            .expect("schedules")
+            .into_iter()
+            .find(|s| s.name == name)
+            .expect("schedule exists")
+    }
+
     pub async fn job(&self, id: JobId) -> JobInfo {
         let mut conn = self.pool.get().await.expect("connection");
         jobq::job(&mut conn, id)
