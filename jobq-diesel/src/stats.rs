@@ -263,17 +263,23 @@ pub struct MinuteCount {
 }
 
 /// Completions and failures of the last hour by minute (all queues and
-/// tasks), through `jobs_finished_idx` from an hour ago like
-/// [`RECENT_COUNTS_SQL`]: its cost follows the last hour's finished jobs.
-/// Minutes without a finished job have no row.
+/// tasks), through `jobs_finished_idx` and `jobs_held_finished_idx` from
+/// an hour ago like [`RECENT_COUNTS_SQL`]: its cost follows the last
+/// hour's finished jobs. Minutes without a finished job have no row.
 pub const THROUGHPUT_SQL: &str = "\
+    WITH recent AS ( \
+        SELECT state, finished_at FROM jobq.jobs \
+        WHERE state IN ('completed', 'failed', 'cancelled') AND unique_until IS NULL \
+          AND finished_at >= now() - interval '1 hour' \
+        UNION ALL \
+        SELECT state, finished_at FROM jobq.jobs \
+        WHERE state IN ('completed', 'failed', 'cancelled') AND unique_until IS NOT NULL \
+          AND finished_at >= now() - interval '1 hour') \
     SELECT greatest(0, floor(extract(epoch FROM now() - finished_at) / 60))::bigint \
                AS minutes_ago, \
            count(*) FILTER (WHERE state = 'completed') AS completed, \
            count(*) FILTER (WHERE state = 'failed') AS failed \
-    FROM jobq.jobs \
-    WHERE state IN ('completed', 'failed', 'cancelled') \
-      AND finished_at >= now() - interval '1 hour' \
+    FROM recent \
     GROUP BY 1 \
     ORDER BY 1";
 
