@@ -4,7 +4,8 @@
 use diesel::deserialize::{self, FromSql, QueryableByName};
 use diesel::pg::Pg;
 use diesel::row::{Field, NamedRow, Row};
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text};
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::prepared::prepared;
@@ -63,6 +64,12 @@ pub struct ClaimedJob {
     pub key: Option<String>,
     /// The job's headers as the JSON text of an object, if it has any.
     pub headers: Option<String>,
+    /// The job's limit of attempts, so that a failed attempt can be told
+    /// apart from the last one (metrics count retries and failures).
+    pub max_attempts: i32,
+    /// When the job became due: the pickup latency runs from here to the
+    /// attempt's start.
+    pub run_at: DateTime<Utc>,
 }
 
 impl ClaimedJob {
@@ -90,6 +97,8 @@ impl QueryableByName<Pg> for ClaimedJob {
             handbacks: column::<Integer, _>(row, 7)?,
             key: column::<Nullable<Text>, _>(row, 8)?,
             headers: column::<Nullable<Text>, _>(row, 9)?,
+            max_attempts: column::<Integer, _>(row, 10)?,
+            run_at: column::<Timestamptz, _>(row, 11)?,
         })
     }
 }
@@ -156,7 +165,8 @@ pub const CLAIM_SQL: &str = "WITH picked AS ( \
              CASE WHEN cardinality($2::text[]) > 1 THEN task END AS task, \
              CASE WHEN cardinality($1::text[]) > 1 THEN queue END AS queue, \
              payload::text AS payload, attempt, cancel_requested, \
-             (SELECT id FROM claim) AS claim, handbacks, key, headers::text AS headers";
+             (SELECT id FROM claim) AS claim, handbacks, key, headers::text AS headers, \
+             max_attempts, run_at";
 
 /// Claims due jobs: per task, the highest priority first, then the earliest
 /// `run_at`, then the lowest id, skipping rows other workers hold locked.

@@ -47,7 +47,7 @@ pub use enqueue::{
     insert_job, insert_jobs, insert_unique_job, KeyHold, NewJob, NewJobs, UniqueInsert,
 };
 pub use jobs::{
-    cancel, find_job, find_job_by_key, find_output, pending_unknown_tasks, CancelResult, JobRow,
+    cancel, find_job, find_job_by_key, find_output, pending_unknown_tasks, Cancel, CancelResult, JobRow,
     OutputRow, UnknownTask,
 };
 pub use limited_claim::{
@@ -68,7 +68,7 @@ pub use schedules::{
     resume_schedule, ScheduleDef, ScheduleRow, TickBatch, TickResult, ENQUEUE_TICKS_SQL,
 };
 pub use stats::{
-    stats, workers, RecentCount, StateCount, StatsRows, WorkerRow, COMPLETED_ESTIMATE_SQL,
+    sample_stats, stats, workers, RecentCount, StateCount, StatsRows, WorkerRow, COMPLETED_ESTIMATE_SQL,
     RECENT_COUNTS_SQL, STATE_COUNTS_SQL, WORKERS_SQL,
 };
 pub use stats::{throughput, MinuteCount, THROUGHPUT_SQL};
