@@ -144,7 +144,9 @@ async fn scrape(addr: SocketAddr) -> String {
         .expect("an HTTP response with a body");
     assert!(head.starts_with("HTTP/1.1 200"), "scrape failed: {head}");
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "a chunked response this test does not decode: {head}"
     );
     body.to_owned()
@@ -190,9 +192,13 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
     for _ in 0..3 {
         oks.push(ok::enqueue(&mut conn, &input).await.unwrap());
     }
-    let hostile_ok = ok::enqueue_with(&mut conn, &input, EnqueueOptions::new().queue(HOSTILE_QUEUE))
-        .await
-        .unwrap();
+    let hostile_ok = ok::enqueue_with(
+        &mut conn,
+        &input,
+        EnqueueOptions::new().queue(HOSTILE_QUEUE),
+    )
+    .await
+    .unwrap();
     let delayed = ok::enqueue_with(
         &mut conn,
         &input,
@@ -215,8 +221,18 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
     .unwrap();
     // A unique submission that finds its key held inserts nothing.
     let unique = EnqueueOptions::new().unique_key("once");
-    assert!(ok::enqueue_unique(&mut conn, &input, unique.clone()).await.unwrap().created);
-    assert!(!ok::enqueue_unique(&mut conn, &input, unique).await.unwrap().created);
+    assert!(
+        ok::enqueue_unique(&mut conn, &input, unique.clone())
+            .await
+            .unwrap()
+            .created
+    );
+    assert!(
+        !ok::enqueue_unique(&mut conn, &input, unique)
+            .await
+            .unwrap()
+            .created
+    );
 
     // A waiting job cancelled before any worker sees it.
     assert!(jobq::cancel(&mut conn, delayed).await.unwrap());
@@ -249,13 +265,21 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
         let pending = find(
             &series,
             "jobq_jobs",
-            &[("queue", "elsewhere"), ("task", HOSTILE_TASK), ("state", "pending")],
+            &[
+                ("queue", "elsewhere"),
+                ("task", HOSTILE_TASK),
+                ("state", "pending"),
+            ],
         )
         .map(|s| s.2);
         let completed_sampled = find(
             &series,
             "jobq_jobs",
-            &[("queue", "default"), ("task", "metrics.wait"), ("state", "running")],
+            &[
+                ("queue", "default"),
+                ("task", "metrics.wait"),
+                ("state", "running"),
+            ],
         )
         .map(|s| s.2);
         if pending == Some(1.0) && completed_sampled == Some(0.0) {
@@ -283,7 +307,12 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
         ("jobq_jobs_claimed_total", "metrics.flaky", d, 2.0),
         ("jobq_jobs_claimed_total", "metrics.wait", d, 1.0),
         ("jobq_jobs_completed_total", "metrics.ok", d, 4.0),
-        ("jobq_jobs_completed_total", "metrics.ok", HOSTILE_QUEUE, 1.0),
+        (
+            "jobq_jobs_completed_total",
+            "metrics.ok",
+            HOSTILE_QUEUE,
+            1.0,
+        ),
         ("jobq_jobs_completed_total", "metrics.flaky", d, 1.0),
         ("jobq_jobs_failed_total", "metrics.doomed", d, 1.0),
         ("jobq_jobs_retried_total", "metrics.flaky", d, 1.0),
@@ -327,7 +356,12 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
     let inf = value(
         &series,
         "jobq_attempt_duration_seconds_bucket",
-        &[("task", "metrics.ok"), ("queue", HOSTILE_QUEUE), ("outcome", "completed"), ("le", "+Inf")],
+        &[
+            ("task", "metrics.ok"),
+            ("queue", HOSTILE_QUEUE),
+            ("outcome", "completed"),
+            ("le", "+Inf"),
+        ],
     );
     assert_eq!(inf, 1.0);
     assert_eq!(
@@ -351,7 +385,11 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
         value(
             &series,
             "jobq_jobs",
-            &[("queue", d), ("task", "metrics.doomed"), ("state", "failed")]
+            &[
+                ("queue", d),
+                ("task", "metrics.doomed"),
+                ("state", "failed")
+            ]
         ),
         1.0
     );
@@ -359,7 +397,11 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
         value(
             &series,
             "jobq_jobs",
-            &[("queue", d), ("task", "metrics.wait"), ("state", "cancelled")]
+            &[
+                ("queue", d),
+                ("task", "metrics.wait"),
+                ("state", "cancelled")
+            ]
         ),
         1.0
     );

@@ -1,10 +1,10 @@
 //! Claiming due jobs: one statement per batch, for every task with free
 //! slots at once, committed before any handler runs.
 
+use chrono::{DateTime, Utc};
 use diesel::deserialize::{self, FromSql, QueryableByName};
 use diesel::pg::Pg;
 use diesel::row::{Field, NamedRow, Row};
-use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 

@@ -250,8 +250,13 @@ pub async fn cancel(conn: &mut AsyncPgConnection, id: JobId) -> Result<bool, Err
     let cancel = jobq_diesel::cancel(conn, id.get())
         .await
         .map_err(Error::db(format!("cancelling job {id}")))?;
-    if let (jobq_diesel::CancelResult::Cancelled, Some((task, queue))) = (&cancel.result, &cancel.job) {
+    if let (jobq_diesel::CancelResult::Cancelled, Some((task, queue))) =
+        (&cancel.result, &cancel.job)
+    {
         crate::metrics::cancelled(task, queue);
     }
-    Ok(!matches!(cancel.result, jobq_diesel::CancelResult::NotCancellable))
+    Ok(!matches!(
+        cancel.result,
+        jobq_diesel::CancelResult::NotCancellable
+    ))
 }
