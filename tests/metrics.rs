@@ -272,17 +272,19 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
             ],
         )
         .map(|s| s.2);
-        let completed_sampled = find(
+        // A sample taken after the last job ended (not one from before the
+        // wait job was claimed, which also shows none running).
+        let cancelled_sampled = find(
             &series,
             "jobq_jobs",
             &[
                 ("queue", "default"),
                 ("task", "metrics.wait"),
-                ("state", "running"),
+                ("state", "cancelled"),
             ],
         )
         .map(|s| s.2);
-        if pending == Some(1.0) && completed_sampled == Some(0.0) {
+        if pending == Some(1.0) && cancelled_sampled == Some(1.0) {
             break series;
         }
         assert!(

@@ -51,8 +51,11 @@ mod on {
         count(ENQUEUED, task, queue, u64::try_from(n).unwrap_or(u64::MAX));
     }
 
-    pub(crate) fn claimed(task: &str, queue: &str, run_at: DateTime<Utc>) {
+    pub(crate) fn claimed(task: &str, queue: &str, run_at: Option<DateTime<Utc>>) {
         count(CLAIMED, task, queue, 1);
+        let Some(run_at) = run_at else {
+            return;
+        };
         // A job claimed the moment it became due can show a little below
         // zero when clocks differ: the database's `now()` set `run_at`.
         let waited = (Utc::now() - run_at).to_std().unwrap_or(Duration::ZERO);
@@ -154,9 +157,10 @@ pub(crate) fn enqueued(task: &str, queue: &str, n: usize) {
     let _ = (task, queue, n);
 }
 
-/// A job claimed by this worker, due since `run_at`.
+/// A job claimed by this worker, due since `run_at` (which the claim
+/// returns with the feature on).
 #[inline]
-pub(crate) fn claimed(task: &str, queue: &str, run_at: DateTime<Utc>) {
+pub(crate) fn claimed(task: &str, queue: &str, run_at: Option<DateTime<Utc>>) {
     #[cfg(feature = "metrics")]
     on::claimed(task, queue, run_at);
     #[cfg(not(feature = "metrics"))]

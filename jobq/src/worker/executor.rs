@@ -64,10 +64,10 @@ pub(crate) fn spawn(
         shared.claims.settle(old.claim);
     }
     let name = shared.tasks[task_index].descriptor.name;
-    crate::metrics::claimed(name, queue, job.run_at);
-    // What a failed attempt means for the job is known here: the claim
-    // brought the job's limit of attempts.
-    let last_attempt = job.number() >= job.max_attempts;
+    crate::metrics::claimed(name, queue, job.due.map(|d| d.run_at));
+    // What a failed attempt means for the job is known here: with the
+    // feature, the claim brought the job's limit of attempts.
+    let last_attempt = job.due.is_some_and(|d| job.number() >= d.max_attempts);
     let task = Arc::clone(shared);
     let queue = Arc::clone(queue);
     let tx = outcomes.clone();
