@@ -47,6 +47,7 @@ pub async fn drain_on(
             tasks: &tasks,
             slots: &slots,
             claim_key,
+            due: false,
         };
         let claimed = jobq_diesel::claim(conn, &request).await?;
         if claimed.is_empty() {

@@ -1,10 +1,13 @@
 //! Claiming due jobs: one statement per batch, for every task with free
 //! slots at once, committed before any handler runs.
 
+use std::sync::OnceLock;
+
+use chrono::{DateTime, Utc};
 use diesel::deserialize::{self, FromSql, QueryableByName};
 use diesel::pg::Pg;
 use diesel::row::{Field, NamedRow, Row};
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::prepared::prepared;
@@ -26,6 +29,11 @@ pub struct ClaimRequest<'a> {
     /// the claim may have committed, [`release_claim`] with the same key
     /// hands exactly its jobs back.
     pub claim_key: i64,
+    /// Also return each job's [`Due`] (see [`ClaimedJob::due`]): what
+    /// metrics need. Without it the statement and its reply are as small
+    /// as ever; with it, measured at up to a tenth fewer jobs/s in a
+    /// two-worker drain of no-op jobs.
+    pub due: bool,
 }
 
 /// A job now running under the claiming worker: what its attempt needs.
@@ -63,6 +71,26 @@ pub struct ClaimedJob {
     pub key: Option<String>,
     /// The job's headers as the JSON text of an object, if it has any.
     pub headers: Option<String>,
+    /// The job's limit of attempts and due time, when the request asked
+    /// for them ([`ClaimRequest::due`]).
+    pub due: Option<Due>,
+}
+
+/// What a claim returns besides the job when asked ([`ClaimRequest::due`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// The job's limit of attempts, so that a failed attempt can be told
+    /// apart from the last one (metrics count retries and failures).
+    pub max_attempts: i32,
+    /// When the job became due: the pickup latency runs from here to the
+    /// attempt's start.
+    pub run_at: DateTime<Utc>,
+}
+
+/// `sql`, a claim statement, with the columns of [`Due`] added to its
+/// RETURNING: built once per statement, then shared by every claim.
+pub(crate) fn with_due(sql: &'static str, built: &'static OnceLock<String>) -> &'static str {
+    built.get_or_init(|| format!("{sql}, max_attempts, run_at"))
 }
 
 impl ClaimedJob {
@@ -90,6 +118,14 @@ impl QueryableByName<Pg> for ClaimedJob {
             handbacks: column::<Integer, _>(row, 7)?,
             key: column::<Nullable<Text>, _>(row, 8)?,
             headers: column::<Nullable<Text>, _>(row, 9)?,
+            due: if row.field_count() > 10 {
+                Some(Due {
+                    max_attempts: column::<Integer, _>(row, 10)?,
+                    run_at: column::<Timestamptz, _>(row, 11)?,
+                })
+            } else {
+                None
+            },
         })
     }
 }
@@ -171,7 +207,13 @@ pub async fn claim(
     if request.tasks.is_empty() {
         return Ok(Vec::new());
     }
-    let query = diesel::sql_query(CLAIM_SQL)
+    static DUE: OnceLock<String> = OnceLock::new();
+    let sql = if request.due {
+        with_due(CLAIM_SQL, &DUE)
+    } else {
+        CLAIM_SQL
+    };
+    let query = diesel::sql_query(sql)
         .bind::<Array<Text>, _>(request.queues)
         .bind::<Array<Text>, _>(request.tasks)
         .bind::<Array<Integer>, _>(request.slots)

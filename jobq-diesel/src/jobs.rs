@@ -147,11 +147,25 @@ pub enum CancelResult {
 struct StateRow {
     #[diesel(sql_type = Text)]
     state: String,
+    #[diesel(sql_type = Text)]
+    task: String,
+    #[diesel(sql_type = Text)]
+    queue: String,
+}
+
+/// What [`cancel`] did, with the job's task and queue when it found the
+/// job (for the caller's metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancel {
+    /// What happened.
+    pub result: CancelResult,
+    /// The job's task and queue; `None` when nothing changed.
+    pub job: Option<(String, String)>,
 }
 
 /// Cancels a scheduled or pending job at once, or flags a running one and
 /// notifies its worker. Runs on the caller's connection, so it is transactional too.
-pub async fn cancel(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<CancelResult> {
+pub async fn cancel(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<Cancel> {
     let row: Option<StateRow> = diesel::sql_query(
         "WITH changed AS ( \
              UPDATE jobq.jobs SET \
@@ -161,9 +175,9 @@ pub async fn cancel(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResul
                      THEN now() ELSE finished_at END, \
                  cancel_requested = true \
              WHERE id = $1 AND state IN ('scheduled', 'pending', 'running') \
-             RETURNING id, state::text AS state \
+             RETURNING id, state::text AS state, task, queue \
          ) \
-         SELECT state, (SELECT count(pg_notify('jobq_cancel', id::text)) \
+         SELECT state, task, queue, (SELECT count(pg_notify('jobq_cancel', id::text)) \
                         FROM changed WHERE state = 'running') AS notified \
          FROM changed",
     )
@@ -171,10 +185,19 @@ pub async fn cancel(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResul
     .get_result(conn)
     .await
     .optional()?;
-    Ok(match row.map(|r| r.state) {
-        Some(s) if s == "cancelled" => CancelResult::Cancelled,
-        Some(_) => CancelResult::Requested,
-        None => CancelResult::NotCancellable,
+    Ok(match row {
+        Some(r) => Cancel {
+            result: if r.state == "cancelled" {
+                CancelResult::Cancelled
+            } else {
+                CancelResult::Requested
+            },
+            job: Some((r.task, r.queue)),
+        },
+        None => Cancel {
+            result: CancelResult::NotCancellable,
+            job: None,
+        },
     })
 }
 

@@ -47,8 +47,8 @@ pub use enqueue::{
     insert_job, insert_jobs, insert_unique_job, KeyHold, NewJob, NewJobs, UniqueInsert,
 };
 pub use jobs::{
-    cancel, find_job, find_job_by_key, find_output, pending_unknown_tasks, CancelResult, JobRow,
-    OutputRow, UnknownTask,
+    cancel, find_job, find_job_by_key, find_output, pending_unknown_tasks, Cancel, CancelResult,
+    JobRow, OutputRow, UnknownTask,
 };
 pub use limited_claim::{
     claim_limited, next_key_cursor, LimitedClaimRequest, GLOBAL_CLAIM_SQL, KEYED_CLAIM_SQL,
@@ -68,8 +68,8 @@ pub use schedules::{
     resume_schedule, ScheduleDef, ScheduleRow, TickBatch, TickResult, ENQUEUE_TICKS_SQL,
 };
 pub use stats::{
-    stats, workers, RecentCount, StateCount, StatsRows, WorkerRow, COMPLETED_ESTIMATE_SQL,
-    RECENT_COUNTS_SQL, STATE_COUNTS_SQL, WORKERS_SQL,
+    sample_stats, stats, workers, RecentCount, StateCount, StatsRows, WorkerRow,
+    COMPLETED_ESTIMATE_SQL, RECENT_COUNTS_SQL, STATE_COUNTS_SQL, WORKERS_SQL,
 };
 pub use stats::{throughput, MinuteCount, THROUGHPUT_SQL};
 pub use testing::{payloads_of, start_next_due, StartedJob};

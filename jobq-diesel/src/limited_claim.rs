@@ -18,10 +18,12 @@
 //! Claims of unlimited tasks take no lock and go through
 //! [`crate::claim()`], unchanged.
 
+use std::sync::OnceLock;
+
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use crate::claim::ClaimedJob;
+use crate::claim::{with_due, ClaimedJob};
 use crate::prepared::prepared;
 
 /// A claim of one task with fleet-wide limits.
@@ -46,6 +48,9 @@ pub struct LimitedClaimRequest<'a> {
     /// looking (the last key of this worker's previous claim of the task,
     /// see [`next_key_cursor`]), so that claims serve the keys in turn.
     pub key_cursor: Option<&'a str>,
+    /// Also return each job's due time and limit of attempts (see
+    /// [`crate::ClaimRequest::due`]).
+    pub due: bool,
 }
 
 /// Where the next keyed claim should start: the last key of `claimed` in
@@ -219,10 +224,13 @@ pub async fn claim_limited(
         .execute(conn)
         .await?;
         // READ COMMITTED: a new snapshot, taken with the lock held.
-        let sql = if request.key_concurrency.is_some() {
-            KEYED_CLAIM_SQL
-        } else {
-            GLOBAL_CLAIM_SQL
+        static KEYED_DUE: OnceLock<String> = OnceLock::new();
+        static GLOBAL_DUE: OnceLock<String> = OnceLock::new();
+        let sql = match (request.key_concurrency.is_some(), request.due) {
+            (true, false) => KEYED_CLAIM_SQL,
+            (true, true) => with_due(KEYED_CLAIM_SQL, &KEYED_DUE),
+            (false, false) => GLOBAL_CLAIM_SQL,
+            (false, true) => with_due(GLOBAL_CLAIM_SQL, &GLOBAL_DUE),
         };
         let query = diesel::sql_query(sql)
             .bind::<diesel::sql_types::Array<Text>, _>(request.queues)

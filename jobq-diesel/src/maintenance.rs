@@ -28,6 +28,9 @@ pub struct RescuedJob {
     /// The job's task.
     #[diesel(sql_type = Text)]
     pub task: String,
+    /// The job's queue.
+    #[diesel(sql_type = Text)]
+    pub queue: String,
     /// Its state now: pending, or failed when it had no attempts left.
     #[diesel(sql_type = Text)]
     pub state: String,
@@ -107,7 +110,7 @@ pub const RESCUE_SQL: &str = "WITH lock AS (SELECT pg_try_advisory_xact_lock($1)
              SELECT count(pg_notify('jobq_jobs', '0 ' || queue)) AS n \
              FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'pending') q \
          ) \
-         SELECT r.id, r.attempt, r.task, r.state FROM rescued r \
+         SELECT r.id, r.attempt, r.task, r.queue, r.state FROM rescued r \
          LEFT JOIN (SELECT n FROM woken) w ON true";
 
 /// Removes workers whose heartbeat is older than their own lease (`lease`

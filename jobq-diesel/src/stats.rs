@@ -287,3 +287,34 @@ pub const THROUGHPUT_SQL: &str = "\
 pub async fn throughput(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<MinuteCount>> {
     diesel::sql_query(THROUGHPUT_SQL).load(conn).await
 }
+
+/// Key of the transaction-scoped advisory lock under which one worker at a
+/// time samples [`stats`] for the metrics gauges.
+const SAMPLE_LOCK: i64 = 0x6a6f_6271_6d65_7472; // "jobqmetr"
+
+/// [`stats`], unless another worker is sampling them right now (`None`
+/// then): the metrics gauges of a fleet cost the database one sampler at a
+/// time, not one per worker. The lock is transaction-scoped, so a worker
+/// that dies while sampling holds nothing.
+pub async fn sample_stats(
+    conn: &mut AsyncPgConnection,
+    default_lease_ms: i64,
+) -> diesel::QueryResult<Option<StatsRows>> {
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        let lock: Held = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS held")
+            .bind::<BigInt, _>(SAMPLE_LOCK)
+            .get_result(conn)
+            .await?;
+        if !lock.held {
+            return Ok(None);
+        }
+        stats(conn, default_lease_ms).await.map(Some)
+    })
+    .await
+}
+
+#[derive(QueryableByName)]
+struct Held {
+    #[diesel(sql_type = Bool)]
+    held: bool,
+}

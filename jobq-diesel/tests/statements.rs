@@ -70,6 +70,7 @@ async fn claim_up_to(
         tasks: &tasks,
         slots: &[slots],
         claim_key: claim_key(),
+        due: false,
     };
     jobq_diesel::claim(conn, &request).await.unwrap()
 }
@@ -565,6 +566,7 @@ async fn the_claim_names_the_task_and_queue_only_when_asked_for_several() {
             tasks: &tasks,
             slots: &slots[..1],
             claim_key: claim_key(),
+            due: false,
         },
     )
     .await
@@ -585,6 +587,7 @@ async fn the_claim_names_the_task_and_queue_only_when_asked_for_several() {
             tasks: &tasks,
             slots: &slots,
             claim_key: claim_key(),
+            due: false,
         },
     )
     .await
@@ -835,6 +838,7 @@ async fn claim_with_key(
             tasks: &tasks,
             slots: &[10],
             claim_key,
+            due: false,
         },
     )
     .await
@@ -1216,6 +1220,7 @@ async fn claim_limited(
         key_concurrency: per_key,
         claim_key: claim_key(),
         key_cursor: None,
+        due: false,
     };
     jobq_diesel::claim_limited(conn, &request).await.unwrap()
 }
@@ -1373,6 +1378,7 @@ async fn keyed_claims_serve_the_keys_in_turn_from_the_cursor() {
             key_concurrency: Some(1),
             claim_key: claim_key(),
             key_cursor: Some(cursor),
+            due: false,
         };
         ids(&jobq_diesel::claim_limited(&mut conn, &request)
             .await

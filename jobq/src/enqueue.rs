@@ -433,6 +433,7 @@ pub async fn enqueue_with<T: Task>(
     let id = jobq_diesel::insert_job(conn, &job)
         .await
         .map_err(Error::db(format!("enqueueing a job of task {}", T::NAME)))?;
+    crate::metrics::enqueued(T::NAME, resolved.queue, 1);
     Ok(JobId::from(id))
 }
 
@@ -491,6 +492,7 @@ pub async fn enqueue_many_with<T: Task>(
             payloads.len(),
             T::NAME
         )))?;
+    crate::metrics::enqueued(T::NAME, resolved.queue, ids.len());
     Ok(ids.into_iter().map(JobId::from).collect())
 }
 
@@ -557,17 +559,21 @@ pub async fn enqueue_json(
         headers: resolved.headers.as_deref(),
     };
     let context = || format!("enqueueing a job of task {task:?}");
-    let id = match resolved.unique {
+    let (id, created) = match resolved.unique {
         Some((key, hold)) => {
-            jobq_diesel::insert_unique_job(conn, &job, key, hold)
+            let inserted = jobq_diesel::insert_unique_job(conn, &job, key, hold)
                 .await
-                .map_err(Error::db(context()))?
-                .job_id
+                .map_err(Error::db(context()))?;
+            (inserted.job_id, inserted.created)
         }
-        None => jobq_diesel::insert_job(conn, &job)
-            .await
-            .map_err(Error::db(context()))?,
+        None => {
+            let id = jobq_diesel::insert_job(conn, &job)
+                .await
+                .map_err(Error::db(context()))?;
+            (id, true)
+        }
     };
+    crate::metrics::enqueued(task, resolved.queue, usize::from(created));
     Ok(JobId::from(id))
 }
 
@@ -639,6 +645,7 @@ pub async fn enqueue_unique<T: Task>(
             "enqueueing a job of task {} under a unique key",
             T::NAME
         )))?;
+    crate::metrics::enqueued(T::NAME, resolved.queue, usize::from(inserted.created));
     Ok(Enqueued {
         id: JobId::from(inserted.job_id),
         created: inserted.created,

@@ -247,8 +247,16 @@ fn info(row: jobq_diesel::JobRow) -> Result<JobInfo, Error> {
 ///
 /// Runs on `conn`, so inside a transaction it takes effect at commit.
 pub async fn cancel(conn: &mut AsyncPgConnection, id: JobId) -> Result<bool, Error> {
-    let result = jobq_diesel::cancel(conn, id.get())
+    let cancel = jobq_diesel::cancel(conn, id.get())
         .await
         .map_err(Error::db(format!("cancelling job {id}")))?;
-    Ok(!matches!(result, jobq_diesel::CancelResult::NotCancellable))
+    if let (jobq_diesel::CancelResult::Cancelled, Some((task, queue))) =
+        (&cancel.result, &cancel.job)
+    {
+        crate::metrics::cancelled(task, queue);
+    }
+    Ok(!matches!(
+        cancel.result,
+        jobq_diesel::CancelResult::NotCancellable
+    ))
 }

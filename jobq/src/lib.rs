@@ -46,6 +46,7 @@ mod error;
 mod headers;
 mod job;
 mod job_id;
+mod metrics;
 mod migrate;
 mod output;
 mod pause;

@@ -68,7 +68,7 @@ pub struct TaskStats {
     pub failed_last_hour: i64,
 }
 
-fn default_lease_ms() -> i64 {
+pub(crate) fn default_lease_ms() -> i64 {
     i64::try_from(DEFAULT_LEASE.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -121,6 +121,11 @@ pub async fn stats(conn: &mut AsyncPgConnection) -> Result<Stats, Error> {
     let rows = jobq_diesel::stats(conn, default_lease_ms())
         .await
         .map_err(Error::db("reading queue statistics"))?;
+    Ok(from_rows(rows))
+}
+
+/// Folds the rows of `jobq_diesel::stats` into a [`Stats`].
+pub(crate) fn from_rows(rows: jobq_diesel::StatsRows) -> Stats {
     let live_workers = rows.workers.iter().filter(|w| w.alive).count();
     let mut tasks: BTreeMap<(String, String), TaskStats> = BTreeMap::new();
     for row in rows.states {
@@ -146,11 +151,11 @@ pub async fn stats(conn: &mut AsyncPgConnection) -> Result<Stats, Error> {
         t.completed_last_hour = row.completed_last_hour;
         t.failed_last_hour = row.failed_last_hour;
     }
-    Ok(Stats {
+    Stats {
         tasks: tasks.into_values().collect(),
         completed_estimate: rows.completed_estimate,
         live_workers,
-    })
+    }
 }
 
 /// A worker process as its row shows it. See [`workers`].

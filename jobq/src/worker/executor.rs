@@ -63,20 +63,51 @@ pub(crate) fn spawn(
         shared.slots.release(old.task_index);
         shared.claims.settle(old.claim);
     }
+    let name = shared.tasks[task_index].descriptor.name;
+    crate::metrics::claimed(name, queue, job.due.map(|d| d.run_at));
+    // What a failed attempt means for the job is known here: with the
+    // feature, the claim brought the job's limit of attempts.
+    let last_attempt = job.due.is_some_and(|d| job.number() >= d.max_attempts);
     let task = Arc::clone(shared);
     let queue = Arc::clone(queue);
     let tx = outcomes.clone();
     // Boxed: the attempt's state machine is large, and tokio moves a task's
     // future several times on the way in and out; a box moves as a pointer.
     let attempt_future = Box::pin(async move {
-        let (kind, message, output) = run_attempt(&task, job, task_index, queue, cancel).await;
+        let started = crate::metrics::Stopwatch::start();
+        let (kind, message, output) =
+            run_attempt(&task, job, task_index, Arc::clone(&queue), cancel.clone()).await;
         if let Some(owned) = task.attempts.finish(&attempt) {
+            let ended = ended(kind, last_attempt, &cancel, &task.stopping);
+            crate::metrics::attempt_ended(name, &queue, ended, started.elapsed());
             task.slots.release(task_index);
             send(&task, &tx, owned, kind, message, output);
         }
     });
     let handle = tokio::spawn(attempt_future.instrument(span));
     shared.attempts.set_abort(&attempt, handle.abort_handle());
+}
+
+/// How the attempt ends for the metrics. A job whose cancellation was
+/// requested ends cancelled whatever its handler returned (the outcome
+/// writer sees to that); a cancelled token outside a shutdown means just
+/// that request.
+fn ended(
+    kind: OutcomeKind,
+    last_attempt: bool,
+    cancel: &CancellationToken,
+    stopping: &CancellationToken,
+) -> crate::metrics::Ended {
+    use crate::metrics::Ended;
+    match kind {
+        OutcomeKind::Released => Ended::Released,
+        OutcomeKind::Cancelled => Ended::Cancelled,
+        _ if cancel.is_cancelled() && !stopping.is_cancelled() => Ended::Cancelled,
+        OutcomeKind::Completed => Ended::Completed,
+        OutcomeKind::Failed => Ended::Failed,
+        OutcomeKind::Retry { .. } if last_attempt => Ended::Failed,
+        OutcomeKind::Retry { .. } => Ended::Retried,
+    }
 }
 
 /// Hands an attempt's outcome to the completer: the one way an outcome

@@ -299,6 +299,7 @@ async fn claim_batch(
                     tasks: &tasks,
                     slots: &slots,
                     claim_key,
+                    due: cfg!(feature = "metrics"),
                 };
                 jobq_diesel::claim(&mut conn, &request).await
             }
@@ -313,6 +314,7 @@ async fn claim_batch(
                     key_concurrency: limits.per_key,
                     claim_key,
                     key_cursor: cursor,
+                    due: cfg!(feature = "metrics"),
                 };
                 let result = jobq_diesel::claim_limited(&mut conn, &request).await;
                 if let (Ok(claimed), Some(_)) = (&result, limits.per_key) {

@@ -68,6 +68,7 @@ async fn rescue(shared: &Shared, conn: &mut PooledConnection<'_>) -> Result<(), 
             state = %job.state,
             "rescued a job whose worker stopped heartbeating"
         );
+        crate::metrics::rescued(&job.task, &job.queue, &job.state);
     }
     Ok(())
 }

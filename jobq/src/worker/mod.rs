@@ -19,6 +19,8 @@ mod config;
 mod error_text;
 mod executor;
 mod fetcher;
+#[cfg(feature = "metrics")]
+mod gauges;
 mod heartbeat;
 mod listen;
 mod maintenance;

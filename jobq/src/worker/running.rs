@@ -57,6 +57,8 @@ impl Running {
             tokio::spawn(maintenance::run(Arc::clone(&shared))),
             tokio::spawn(scheduler::run(Arc::clone(&shared), schedules)),
         ];
+        #[cfg(feature = "metrics")]
+        background.push(tokio::spawn(super::gauges::run(Arc::clone(&shared))));
         if shared.config.listen {
             background.push(tokio::spawn(listen::run(Arc::clone(&shared))));
         }
