@@ -160,3 +160,29 @@ pub async fn settle(conn: &mut AsyncPgConnection) -> anyhow::Result<()> {
     let _ = conn.batch_execute("CHECKPOINT").await;
     Ok(())
 }
+
+/// The rate at which the workers ran every job of the database (all
+/// `jobs` of them, which must all have completed), by the rows' own
+/// timestamps: from the first claim to the last outcome.
+pub async fn drained_rate(
+    conn: &mut AsyncPgConnection,
+    scenario: &str,
+    jobs: usize,
+) -> anyhow::Result<f64> {
+    let completed = count(
+        conn,
+        "SELECT count(*) AS n FROM jobq.jobs WHERE state = 'completed'",
+    )
+    .await?;
+    anyhow::ensure!(
+        completed == jobs as i64,
+        "{scenario}: {completed} of {jobs} jobs completed"
+    );
+    let span = seconds(
+        conn,
+        "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 AS s \
+         FROM jobq.jobs",
+    )
+    .await?;
+    Ok(jobs as f64 / span.max(1e-9))
+}

@@ -222,6 +222,26 @@ struct Resolved<'a> {
     headers: Option<String>,
 }
 
+impl Resolved<'_> {
+    /// The row to insert for `task` with the payload's JSON text. (A
+    /// unique key and a dedupe key never come together: `resolve` refuses
+    /// that.)
+    fn new_job<'b>(&'b self, task: &'b str, payload: &'b str) -> NewJob<'b> {
+        NewJob {
+            task,
+            queue: self.queue,
+            payload,
+            priority: self.priority,
+            max_attempts: self.max_attempts,
+            delay_ms: self.delay_ms,
+            run_at: self.run_at,
+            dedupe_key: self.dedupe_key,
+            key: self.key,
+            headers: self.headers.as_deref(),
+        }
+    }
+}
+
 const MAX_NAME_LEN: usize = 200;
 
 /// The longest `unique_for` window: PostgreSQL's timestamps end in the
@@ -418,18 +438,7 @@ pub async fn enqueue_with<T: Task>(
     }
     let resolved = resolve::<T>(&options)?;
     let json = to_json::<T>(payload, resolved.max_payload_size, None)?;
-    let job = NewJob {
-        task: T::NAME,
-        queue: resolved.queue,
-        payload: &json,
-        priority: resolved.priority,
-        max_attempts: resolved.max_attempts,
-        delay_ms: resolved.delay_ms,
-        run_at: resolved.run_at,
-        dedupe_key: resolved.dedupe_key,
-        key: resolved.key,
-        headers: resolved.headers.as_deref(),
-    };
+    let job = resolved.new_job(T::NAME, &json);
     let id = jobq_diesel::insert_job(conn, &job)
         .await
         .map_err(Error::db(format!("enqueueing a job of task {}", T::NAME)))?;
@@ -546,18 +555,7 @@ pub async fn enqueue_json(
             resolved.max_payload_size
         )));
     }
-    let job = NewJob {
-        task,
-        queue: resolved.queue,
-        payload: &json,
-        priority: resolved.priority,
-        max_attempts: resolved.max_attempts,
-        delay_ms: resolved.delay_ms,
-        run_at: resolved.run_at,
-        dedupe_key: resolved.dedupe_key,
-        key: resolved.key,
-        headers: resolved.headers.as_deref(),
-    };
+    let job = resolved.new_job(task, &json);
     let context = || format!("enqueueing a job of task {task:?}");
     let (id, created) = match resolved.unique {
         Some((key, hold)) => {
@@ -627,18 +625,7 @@ pub async fn enqueue_unique<T: Task>(
         ));
     };
     let json = to_json::<T>(payload, resolved.max_payload_size, None)?;
-    let job = NewJob {
-        task: T::NAME,
-        queue: resolved.queue,
-        payload: &json,
-        priority: resolved.priority,
-        max_attempts: resolved.max_attempts,
-        delay_ms: resolved.delay_ms,
-        run_at: resolved.run_at,
-        dedupe_key: None,
-        key: resolved.key,
-        headers: resolved.headers.as_deref(),
-    };
+    let job = resolved.new_job(T::NAME, &json);
     let inserted = jobq_diesel::insert_unique_job(conn, &job, key, hold)
         .await
         .map_err(Error::db(format!(

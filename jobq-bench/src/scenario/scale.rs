@@ -52,20 +52,5 @@ async fn drain(jobs: usize, processes: usize) -> anyhow::Result<f64> {
     enqueue_noops(&url, jobs).await?;
     Workers::start(&url, processes, true)?.stop().await?;
     let mut conn = db::connect(&url).await?;
-    let completed = db::count(
-        &mut conn,
-        "SELECT count(*) AS n FROM jobq.jobs WHERE state = 'completed'",
-    )
-    .await?;
-    anyhow::ensure!(
-        completed == jobs as i64,
-        "scale: {completed} of {jobs} jobs completed with {processes} processes"
-    );
-    let span = db::seconds(
-        &mut conn,
-        "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 AS s \
-         FROM jobq.jobs",
-    )
-    .await?;
-    Ok(jobs as f64 / span.max(1e-9))
+    db::drained_rate(&mut conn, "scale", jobs).await
 }

@@ -70,20 +70,5 @@ async fn drain(jobs: usize, tasks: &[String]) -> anyhow::Result<f64> {
     .await?;
     db::settle(&mut conn).await?;
     Workers::start_serving(&url, 1, true, tasks)?.stop().await?;
-    let completed = db::count(
-        &mut conn,
-        "SELECT count(*) AS n FROM jobq.jobs WHERE state = 'completed'",
-    )
-    .await?;
-    anyhow::ensure!(
-        completed == jobs as i64,
-        "tasks: {completed} of {jobs} jobs completed"
-    );
-    let span = db::seconds(
-        &mut conn,
-        "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 AS s \
-         FROM jobq.jobs",
-    )
-    .await?;
-    Ok(jobs as f64 / span.max(1e-9))
+    db::drained_rate(&mut conn, "tasks", jobs).await
 }
