@@ -58,10 +58,22 @@ pub fn routes(app: Shared) -> Router {
         .route("/actions/retry", post(retry))
         .route("/actions/cancel", post(cancel))
         .route("/actions/retry-failed", post(retry_failed))
-        .route("/actions/pause-queue", post(pause_queue))
-        .route("/actions/resume-queue", post(resume_queue))
-        .route("/actions/pause-schedule", post(pause_schedule))
-        .route("/actions/resume-schedule", post(resume_schedule))
+        .route(
+            "/actions/pause-queue",
+            post(|s, b, h, body| set_queue_paused(s, b, h, body, true)),
+        )
+        .route(
+            "/actions/resume-queue",
+            post(|s, b, h, body| set_queue_paused(s, b, h, body, false)),
+        )
+        .route(
+            "/actions/pause-schedule",
+            post(|s, b, h, body| set_schedule_paused(s, b, h, body, true)),
+        )
+        .route(
+            "/actions/resume-schedule",
+            post(|s, b, h, body| set_schedule_paused(s, b, h, body, false)),
+        )
         .route("/assets/style.css", get(assets::style))
         .route("/assets/app.js", get(assets::script))
         .fallback(|| async { WebError::NotFound })
@@ -1053,45 +1065,34 @@ fn queue_error(context: &'static str) -> impl FnOnce(jobq::Error) -> WebError {
     }
 }
 
-async fn pause_queue(
+/// Pauses (`pause`) or resumes the queue an action names.
+async fn set_queue_paused(
     State(app): State<Shared>,
     base: Base,
     headers: HeaderMap,
     body: Bytes,
+    pause: bool,
 ) -> Result<Redirect, WebError> {
     let fields = Fields::parse(&body);
     app.auth.check_action(&headers, fields.get("csrf"))?;
     let queue = encoded_name(&fields, "queue")?;
     let mut conn = app.conn().await?;
-    let changed = jobq::pause_queue(&mut conn, &queue)
-        .await
-        .map_err(queue_error("pausing a queue"))?;
-    tracing::info!(queue = %clip(&queue, 200), changed, "jobq-web: queue paused");
+    let (changed, done) = if pause {
+        let changed = jobq::pause_queue(&mut conn, &queue)
+            .await
+            .map_err(queue_error("pausing a queue"))?;
+        (changed, "paused")
+    } else {
+        let changed = jobq::resume_queue(&mut conn, &queue)
+            .await
+            .map_err(queue_error("resuming a queue"))?;
+        (changed, "resumed")
+    };
+    tracing::info!(queue = %clip(&queue, 200), changed, "jobq-web: queue {done}");
     Ok(back_to(
         &base.0,
         &fields,
-        &format!("paused={}", u8::from(changed)),
-    ))
-}
-
-async fn resume_queue(
-    State(app): State<Shared>,
-    base: Base,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Redirect, WebError> {
-    let fields = Fields::parse(&body);
-    app.auth.check_action(&headers, fields.get("csrf"))?;
-    let queue = encoded_name(&fields, "queue")?;
-    let mut conn = app.conn().await?;
-    let changed = jobq::resume_queue(&mut conn, &queue)
-        .await
-        .map_err(queue_error("resuming a queue"))?;
-    tracing::info!(queue = %clip(&queue, 200), changed, "jobq-web: queue resumed");
-    Ok(back_to(
-        &base.0,
-        &fields,
-        &format!("resumed={}", u8::from(changed)),
+        &format!("{done}={}", u8::from(changed)),
     ))
 }
 
@@ -1105,42 +1106,33 @@ fn schedule_name(fields: &Fields) -> Result<String, WebError> {
     Ok(name)
 }
 
-async fn pause_schedule(
+/// Pauses (`pause`) or resumes the schedule an action names; an unknown
+/// name is not found.
+async fn set_schedule_paused(
     State(app): State<Shared>,
     base: Base,
     headers: HeaderMap,
     body: Bytes,
+    pause: bool,
 ) -> Result<Redirect, WebError> {
     let fields = Fields::parse(&body);
     app.auth.check_action(&headers, fields.get("csrf"))?;
     let name = schedule_name(&fields)?;
     let mut conn = app.conn().await?;
-    if !jobq::pause_schedule(&mut conn, &name)
-        .await
-        .map_err(WebError::jobq("pausing a schedule"))?
-    {
+    let (found, done) = if pause {
+        let found = jobq::pause_schedule(&mut conn, &name)
+            .await
+            .map_err(WebError::jobq("pausing a schedule"))?;
+        (found, "paused")
+    } else {
+        let found = jobq::resume_schedule(&mut conn, &name)
+            .await
+            .map_err(WebError::jobq("resuming a schedule"))?;
+        (found, "resumed")
+    };
+    if !found {
         return Err(WebError::NotFound);
     }
-    tracing::info!(schedule = %clip(&name, 200), "jobq-web: schedule paused");
-    Ok(back_to(&base.0, &fields, "paused=1"))
-}
-
-async fn resume_schedule(
-    State(app): State<Shared>,
-    base: Base,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Redirect, WebError> {
-    let fields = Fields::parse(&body);
-    app.auth.check_action(&headers, fields.get("csrf"))?;
-    let name = schedule_name(&fields)?;
-    let mut conn = app.conn().await?;
-    if !jobq::resume_schedule(&mut conn, &name)
-        .await
-        .map_err(WebError::jobq("resuming a schedule"))?
-    {
-        return Err(WebError::NotFound);
-    }
-    tracing::info!(schedule = %clip(&name, 200), "jobq-web: schedule resumed");
-    Ok(back_to(&base.0, &fields, "resumed=1"))
+    tracing::info!(schedule = %clip(&name, 200), "jobq-web: schedule {done}");
+    Ok(back_to(&base.0, &fields, &format!("{done}=1")))
 }
