@@ -8,10 +8,9 @@
 //! environment marker) and a worker process (`JOBQ_CHAOS_WORKER_URL` set),
 //! so `cargo test` needs nothing built besides this binary.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jobq::TaskError;
 use jobq_testkit::PrivateServer;
 use serde::{Deserialize, Serialize};
+use support::fleet::{self, Fleet};
 
 const WORKER_ENV: &str = "JOBQ_CHAOS_WORKER_URL";
 const JOBS: usize = 5_000;
@@ -64,201 +64,34 @@ async fn chaos_job(ctx: jobq::Context, job: ChaosJob) -> Result<(), TaskError> {
     Ok(())
 }
 
-fn worker_main(url: String) -> std::process::ExitCode {
-    let url = url.replace("{pid}", &std::process::id().to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,jobq=info"))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-    // The test holds our stdin; when it goes away (even by SIGKILL), so do we.
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-        std::process::exit(3);
-    });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
+async fn worker_main(url: String) -> Result<(), jobq::Error> {
+    let ledger = bb8::Pool::builder()
+        .max_size(4)
+        .connection_timeout(Duration::from_secs(5))
+        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(&url));
+    let _ = LEDGER.set(ledger);
+    jobq::Worker::builder()
+        .database_url(&url)
+        .poll_interval(Duration::from_millis(250))
+        .lease(LEASE)
+        .heartbeat_interval(Duration::from_millis(250))
+        .maintenance_interval(Duration::from_millis(250))
+        .shutdown_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(60))
+        .pool_size(6)
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("chaos worker: no runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let ledger = bb8::Pool::builder()
-            .max_size(4)
-            .connection_timeout(Duration::from_secs(5))
-            .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(&url));
-        let _ = LEDGER.set(ledger);
-        let worker = jobq::Worker::builder()
-            .database_url(&url)
-            .poll_interval(Duration::from_millis(250))
-            .lease(LEASE)
-            .heartbeat_interval(Duration::from_millis(250))
-            .maintenance_interval(Duration::from_millis(250))
-            .shutdown_timeout(Duration::from_secs(2))
-            .connect_timeout(Duration::from_secs(60))
-            .pool_size(6)
-            .build()
-            .await?;
-        worker.run().await
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("chaos worker: {e}: {e:?}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+        .await?
+        .run()
+        .await
 }
 
 // ------------------------------------------------------------------ test side
 
 fn main() -> std::process::ExitCode {
-    if let Ok(url) = std::env::var(WORKER_ENV) {
-        return worker_main(url);
+    if let Some(code) = fleet::worker_process(WORKER_ENV, worker_main) {
+        return code;
     }
-    // libtest-style arguments (filters, --list) from `cargo test`.
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        println!("chaos: test");
-        return std::process::ExitCode::SUCCESS;
-    }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if !filters.is_empty() && !filters.iter().any(|f| "chaos".contains(f.as_str())) {
-        return std::process::ExitCode::SUCCESS;
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .try_init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(chaos());
-    println!("test chaos ... ok");
-    std::process::ExitCode::SUCCESS
-}
-
-struct Worker {
-    child: Child,
-    pid: u32,
-    log: PathBuf,
-    killed: bool,
-}
-
-/// The worker processes; any still running when this drops are killed.
-struct Fleet {
-    exe: PathBuf,
-    url: String,
-    dir: PathBuf,
-    workers: Vec<Worker>,
-}
-
-impl Fleet {
-    fn spawn(&mut self) -> u32 {
-        let n = self.workers.len();
-        let log = self.dir.join(format!("worker-{n}.log"));
-        let file = std::fs::File::create(&log).expect("worker log");
-        let child = Command::new(&self.exe)
-            .env(WORKER_ENV, &self.url)
-            .env_remove("DATABASE_URL")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawning a worker process");
-        let pid = child.id();
-        self.workers.push(Worker {
-            child,
-            pid,
-            log,
-            killed: false,
-        });
-        pid
-    }
-
-    fn live(&mut self) -> Vec<u32> {
-        self.workers
-            .iter_mut()
-            .filter(|w| !w.killed)
-            .map(|w| {
-                if let Ok(Some(status)) = w.child.try_wait() {
-                    panic!(
-                        "worker {} exited by itself ({status}); its log:\n{}",
-                        w.pid,
-                        tail(&w.log)
-                    );
-                }
-                w.pid
-            })
-            .collect()
-    }
-
-    fn kill(&mut self, pid: u32) {
-        let w = self
-            .workers
-            .iter_mut()
-            .find(|w| w.pid == pid)
-            .expect("known worker");
-        w.child.kill().expect("SIGKILL");
-        w.child.wait().expect("reaping a killed worker");
-        w.killed = true;
-    }
-
-    fn logs(&self) -> String {
-        self.workers
-            .iter()
-            .map(|w| {
-                format!(
-                    "--- worker {} (killed: {}) ---\n{}",
-                    w.pid,
-                    w.killed,
-                    tail(&w.log)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn count_in_logs(&self, needle: &str) -> usize {
-        self.workers
-            .iter()
-            .map(|w| {
-                std::fs::read_to_string(&w.log)
-                    .unwrap_or_default()
-                    .matches(needle)
-                    .count()
-            })
-            .sum()
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for w in &mut self.workers {
-            if !w.killed {
-                let _ = w.child.kill();
-                let _ = w.child.wait();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    fleet::run_tests(&[("chaos", || Box::pin(chaos()))])
 }
 
 #[derive(QueryableByName)]
@@ -390,16 +223,7 @@ async fn chaos() {
         .expect("ledger table");
     }
 
-    let dir = std::env::temp_dir().join(format!("jobq-chaos-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("log dir");
-    // Each worker names its connections after its pid, which it only
-    // learns once running: the URL carries a placeholder filled in below.
-    let mut fleet = Fleet {
-        exe: std::env::current_exe().expect("current exe"),
-        url: String::new(),
-        dir,
-        workers: Vec::new(),
-    };
+    let mut fleet = Fleet::new(WORKER_ENV);
     for _ in 0..WORKERS {
         spawn_worker(&mut fleet, &base);
     }
@@ -643,6 +467,5 @@ async fn chaos() {
 /// application name. The pid is only known after spawning, so the worker
 /// process fills it in itself from the placeholder.
 fn spawn_worker(fleet: &mut Fleet, base: &str) -> u32 {
-    fleet.url = format!("{base}?application_name=chaos-worker-{{pid}}");
-    fleet.spawn()
+    fleet.spawn(&format!("{base}?application_name=chaos-worker-{{pid}}"))
 }

@@ -7,9 +7,6 @@
 
 mod support;
 
-use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
@@ -17,6 +14,7 @@ use diesel::sql_types::{Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 use jobq::{Schedule, TaskError, Tick};
+use support::fleet::{self, Fleet, TestFn};
 use support::Env;
 
 const WORKER_ENV: &str = "JOBQ_CRON_WORKER_URL";
@@ -83,60 +81,27 @@ async fn plain(job: NotATick) -> Result<(), TaskError> {
 
 // ---------------------------------------------------------------- worker side
 
-fn worker_main(url: String) -> std::process::ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,jobq=info"))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-    // The test holds our stdin; when it goes away (even by SIGKILL), so do we.
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-        std::process::exit(3);
-    });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
+async fn worker_main(url: String) -> Result<(), jobq::Error> {
+    jobq::Worker::builder()
+        .database_url(&url)
+        .tasks(["every_second"])
+        .poll_interval(Duration::from_millis(250))
+        .lease(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(250))
+        .maintenance_interval(Duration::from_millis(250))
+        .retention_completed(Duration::from_secs(3600))
+        .pool_size(4)
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cron worker: no runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        jobq::Worker::builder()
-            .database_url(&url)
-            .tasks(["every_second"])
-            .poll_interval(Duration::from_millis(250))
-            .lease(Duration::from_secs(2))
-            .heartbeat_interval(Duration::from_millis(250))
-            .maintenance_interval(Duration::from_millis(250))
-            .retention_completed(Duration::from_secs(3600))
-            .pool_size(4)
-            .build()
-            .await?
-            .run()
-            .await
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cron worker: {e}: {e:?}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+        .await?
+        .run()
+        .await
 }
 
 // ------------------------------------------------------------------ test side
 
-type TestFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
-
 fn main() -> std::process::ExitCode {
-    if let Ok(url) = std::env::var(WORKER_ENV) {
-        return worker_main(url);
+    if let Some(code) = fleet::worker_process(WORKER_ENV, worker_main) {
+        return code;
     }
     let tests: [(&str, TestFn); 7] = [
         ("a_tick_batch_is_a_compare_and_set", || {
@@ -161,27 +126,7 @@ fn main() -> std::process::ExitCode {
             Box::pin(run_time_schedules_are_checked_at_build())
         }),
     ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in &tests {
-            println!("{name}: test");
-        }
-        return std::process::ExitCode::SUCCESS;
-    }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    for (name, test) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        runtime.block_on(test());
-        println!("test {name} ... ok");
-    }
-    std::process::ExitCode::SUCCESS
+    fleet::run_tests(&tests)
 }
 
 #[derive(QueryableByName)]
@@ -242,58 +187,14 @@ fn assert_contiguous(ticks: &[DateTime<Utc>], step: TimeDelta) {
     }
 }
 
-struct Fleet {
-    exe: PathBuf,
-    url: String,
-    workers: Vec<Child>,
-}
-
-impl Fleet {
-    fn spawn(&mut self) -> usize {
-        let child = Command::new(&self.exe)
-            .env(WORKER_ENV, &self.url)
-            .env_remove("DATABASE_URL")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning a worker process");
-        self.workers.push(child);
-        self.workers.len() - 1
-    }
-
-    /// SIGKILL.
-    fn kill(&mut self, index: usize) {
-        let child = &mut self.workers[index];
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reaping a killed worker");
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for child in &mut self.workers {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 async fn live_workers(env: &Env) -> i64 {
     env.count("SELECT count(*) AS n FROM jobq.workers").await
 }
 
 async fn three_processes_one_job_per_tick_through_a_kill() {
     let env = support::env().await;
-    let mut fleet = Fleet {
-        exe: std::env::current_exe().expect("test binary"),
-        url: env.db.url().to_owned(),
-        workers: Vec::new(),
-    };
-    for _ in 0..3 {
-        fleet.spawn();
-    }
+    let mut fleet = Fleet::new(WORKER_ENV);
+    let mut pids: Vec<u32> = (0..3).map(|_| fleet.spawn(env.db.url())).collect();
     let minute = Duration::from_secs(60);
     wait_for_ticks(&env, "every_second", 5, minute).await;
     assert_eq!(
@@ -301,10 +202,9 @@ async fn three_processes_one_job_per_tick_through_a_kill() {
         3,
         "three workers race for each tick"
     );
-    fleet.kill(0);
+    fleet.kill(pids.remove(0));
     let before_restart = wait_for_ticks(&env, "every_second", 10, minute).await;
-    let restarted = fleet.spawn();
-    let pid = fleet.workers[restarted].id();
+    let pid = fleet.spawn(env.db.url());
     // The restarted worker is one of the racers again.
     let deadline = Instant::now() + minute;
     while env

@@ -16,10 +16,9 @@
 //! This target has no libtest harness: the same binary is the test and,
 //! with `JOBQ_LIMITS_WORKER_URL` set, a worker process.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -31,6 +30,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jobq::{EnqueueOptions, TaskError};
 use jobq_testkit::TestDatabase;
 use serde::{Deserialize, Serialize};
+use support::fleet::{self, Fleet};
 
 const WORKER_ENV: &str = "JOBQ_LIMITS_WORKER_URL";
 const WORKERS: usize = 3;
@@ -103,185 +103,33 @@ async fn keyed_job(ctx: jobq::Context, job: Work) -> Result<(), TaskError> {
     work(ctx).await
 }
 
-fn worker_main(url: String) -> std::process::ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,jobq=info"))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-    // The test holds our stdin; when it goes away (even by SIGKILL), so do we.
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-        std::process::exit(3);
-    });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
+async fn worker_main(url: String) -> Result<(), jobq::Error> {
+    let ledger = bb8::Pool::builder()
+        .max_size(8)
+        .connection_timeout(Duration::from_secs(5))
+        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(&url));
+    let _ = LEDGER.set(ledger);
+    jobq::Worker::builder()
+        .database_url(&url)
+        .poll_interval(Duration::from_millis(250))
+        .lease(LEASE)
+        .heartbeat_interval(Duration::from_millis(250))
+        .maintenance_interval(Duration::from_millis(250))
+        .shutdown_timeout(Duration::from_secs(2))
+        .pool_size(6)
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("limits worker: no runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let ledger = bb8::Pool::builder()
-            .max_size(8)
-            .connection_timeout(Duration::from_secs(5))
-            .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(&url));
-        let _ = LEDGER.set(ledger);
-        let worker = jobq::Worker::builder()
-            .database_url(&url)
-            .poll_interval(Duration::from_millis(250))
-            .lease(LEASE)
-            .heartbeat_interval(Duration::from_millis(250))
-            .maintenance_interval(Duration::from_millis(250))
-            .shutdown_timeout(Duration::from_secs(2))
-            .pool_size(6)
-            .build()
-            .await?;
-        worker.run().await
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("limits worker: {e}: {e:?}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+        .await?
+        .run()
+        .await
 }
 
 // ------------------------------------------------------------------ test side
 
 fn main() -> std::process::ExitCode {
-    if let Ok(url) = std::env::var(WORKER_ENV) {
-        return worker_main(url);
+    if let Some(code) = fleet::worker_process(WORKER_ENV, worker_main) {
+        return code;
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        println!("limits: test");
-        return std::process::ExitCode::SUCCESS;
-    }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if !filters.is_empty() && !filters.iter().any(|f| "limits".contains(f.as_str())) {
-        return std::process::ExitCode::SUCCESS;
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .try_init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(limits());
-    println!("test limits ... ok");
-    std::process::ExitCode::SUCCESS
-}
-
-struct Worker {
-    child: Child,
-    pid: u32,
-    log: PathBuf,
-    killed: bool,
-}
-
-/// The worker processes; any still running when this drops are killed.
-struct Fleet {
-    exe: PathBuf,
-    url: String,
-    dir: PathBuf,
-    workers: Vec<Worker>,
-}
-
-impl Fleet {
-    fn spawn(&mut self) {
-        let n = self.workers.len();
-        let log = self.dir.join(format!("worker-{n}.log"));
-        let file = std::fs::File::create(&log).expect("worker log");
-        let child = Command::new(&self.exe)
-            .env(WORKER_ENV, &self.url)
-            .env_remove("DATABASE_URL")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawning a worker process");
-        let pid = child.id();
-        self.workers.push(Worker {
-            child,
-            pid,
-            log,
-            killed: false,
-        });
-    }
-
-    fn live(&mut self) -> Vec<u32> {
-        self.workers
-            .iter_mut()
-            .filter(|w| !w.killed)
-            .map(|w| {
-                if let Ok(Some(status)) = w.child.try_wait() {
-                    panic!(
-                        "worker {} exited by itself ({status}); its log:\n{}",
-                        w.pid,
-                        tail(&w.log)
-                    );
-                }
-                w.pid
-            })
-            .collect()
-    }
-
-    fn kill(&mut self, pid: u32) {
-        let w = self
-            .workers
-            .iter_mut()
-            .find(|w| w.pid == pid)
-            .expect("known worker");
-        w.child.kill().expect("SIGKILL");
-        w.child.wait().expect("reaping a killed worker");
-        w.killed = true;
-    }
-
-    fn logs(&self) -> String {
-        self.workers
-            .iter()
-            .map(|w| {
-                format!(
-                    "--- worker {} (killed: {}) ---\n{}",
-                    w.pid,
-                    w.killed,
-                    tail(&w.log)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for w in &mut self.workers {
-            if !w.killed {
-                let _ = w.child.kill();
-                let _ = w.child.wait();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    fleet::run_tests(&[("limits", || Box::pin(limits()))])
 }
 
 #[derive(QueryableByName)]
@@ -422,16 +270,9 @@ async fn limits() {
     drop(conn);
     let total = i64::try_from(GLOBAL_JOBS + KEYS * JOBS_PER_KEY).expect("small");
 
-    let dir = std::env::temp_dir().join(format!("jobq-limits-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("log dir");
-    let mut fleet = Fleet {
-        exe: std::env::current_exe().expect("current exe"),
-        url: db.url().to_owned(),
-        dir,
-        workers: Vec::new(),
-    };
+    let mut fleet = Fleet::new(WORKER_ENV);
     for _ in 0..WORKERS {
-        fleet.spawn();
+        fleet.spawn(db.url());
     }
 
     // Kill a worker with jobs under way, replace it, and again.
@@ -460,7 +301,7 @@ async fn limits() {
             let pid = live[fastrand::usize(..live.len())];
             fleet.kill(pid);
             kills += 1;
-            fleet.spawn();
+            fleet.spawn(db.url());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
