@@ -156,6 +156,41 @@ async fn ignores_cancellation(job: Step) -> Result<(), TaskError> {
     Ok(())
 }
 
+#[jobq::task(timeout = "300ms", max_attempts = 1)]
+async fn overruns(job: Step) -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_millis(job.millis)).await;
+    Ok(())
+}
+
+/// Only a handler's own error is taken as its reaction to the shutdown; its
+/// timeout firing within the grace period is an attempt that failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_within_the_grace_period_is_a_failed_attempt() {
+    let env = support::env().await;
+    let handle = env
+        .worker()
+        .shutdown_timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap()
+        .spawn();
+    let mut conn = env.conn().await;
+    let id = overruns::enqueue(&mut conn, &Step { millis: 600_000 })
+        .await
+        .unwrap();
+    env.wait_job(id, "running", |j| j.state == JobState::Running)
+        .await;
+    handle.shutdown().await.unwrap();
+    let info = env.job(id).await;
+    assert_eq!(
+        (info.state, info.attempt),
+        (JobState::Failed, 1),
+        "{info:#?}"
+    );
+    assert_eq!(info.errors.len(), 1, "{:?}", info.errors);
+    assert_eq!(info.errors[0].message, "attempt timed out after 300ms");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_hands_back_jobs_still_running_at_the_grace_period() {
     let env = support::env().await;

@@ -10,6 +10,7 @@ use diesel_async::AsyncPgConnection;
 use jobq::{JobId, JobInfo, JobState};
 use jobq_testkit::TestDatabase;
 
+pub mod example;
 pub mod fleet;
 pub mod logs;
 pub mod proxy;

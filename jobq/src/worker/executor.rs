@@ -223,11 +223,23 @@ async fn attempt_outcome(
         (OutcomeKind::Retry { delay_ms }, Some(message), None)
     };
     let result = AssertUnwindSafe(guarded).catch_unwind().await;
-    let outcome = match result {
+    match result {
         Ok(Ok(Ok(output))) => (OutcomeKind::Completed, None, output),
         Ok(Ok(Err(e))) if e.is_permanent() => (
             OutcomeKind::Failed,
             Some(message::text_of(|| e.to_string())),
+            None,
+        ),
+        // A handler that gave up because the worker is shutting down gets
+        // its job back in the queue untouched instead of a failed attempt.
+        // Its own timeout or a panic is no reaction to the shutdown: those
+        // stay failed attempts.
+        Ok(Ok(Err(e))) if shared.stopping.is_cancelled() => (
+            OutcomeKind::Released,
+            Some(format!(
+                "worker shutting down: {}",
+                message::text_of(|| e.to_string())
+            )),
             None,
         ),
         Ok(Ok(Err(e))) => retry(message::text_of(|| e.to_string())),
@@ -236,21 +248,5 @@ async fn attempt_outcome(
             "attempt panicked: {}",
             message::panic_message(&*panic)
         )),
-    };
-    // A handler that stopped because the worker is shutting down gets its
-    // job back in the queue untouched instead of a failed attempt.
-    if outcome.0 != OutcomeKind::Completed
-        && shared.stopping.is_cancelled()
-        && outcome.0 != OutcomeKind::Failed
-    {
-        return (
-            OutcomeKind::Released,
-            Some(format!(
-                "worker shutting down: {}",
-                outcome.1.unwrap_or_default()
-            )),
-            None,
-        );
     }
-    outcome
 }
