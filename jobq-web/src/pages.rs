@@ -952,32 +952,75 @@ fn ids(fields: &Fields) -> Result<Vec<JobId>, WebError> {
     Ok(ids)
 }
 
+/// What the failed-jobs page can do to each job a form names.
+#[derive(Debug, Clone, Copy)]
+enum JobAction {
+    Retry,
+    Cancel,
+}
+
+impl JobAction {
+    fn done(self) -> &'static str {
+        match self {
+            JobAction::Retry => "retried",
+            JobAction::Cancel => "cancelled",
+        }
+    }
+
+    /// Whether the job changed; `false` when it is no longer in a state
+    /// the action applies to.
+    async fn apply(
+        self,
+        conn: &mut jobq_diesel::AsyncPgConnection,
+        id: JobId,
+    ) -> Result<bool, WebError> {
+        match self {
+            JobAction::Retry => jobq::retry(conn, id)
+                .await
+                .map(|outcome| matches!(outcome, RetryOutcome::Retried))
+                .map_err(WebError::jobq("retrying a job")),
+            JobAction::Cancel => jobq::cancel(conn, id)
+                .await
+                .map_err(WebError::jobq("cancelling a job")),
+        }
+    }
+
+    async fn on_each(
+        self,
+        app: &Shared,
+        base: &Base,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<Redirect, WebError> {
+        let fields = Fields::parse(body);
+        app.auth.check_action(headers, fields.get("csrf"))?;
+        let ids = ids(&fields)?;
+        let mut conn = app.conn().await?;
+        let (mut changed, mut skipped) = (0, 0);
+        for id in ids {
+            if self.apply(&mut conn, id).await? {
+                changed += 1;
+            } else {
+                skipped += 1;
+            }
+        }
+        let done = self.done();
+        tracing::info!(changed, skipped, action = done, "jobq-web: jobs {done}");
+        Ok(back_to(
+            &base.0,
+            &fields,
+            &format!("{done}={changed}&skipped={skipped}"),
+        ))
+    }
+}
+
 async fn retry(
     State(app): State<Shared>,
     base: Base,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Redirect, WebError> {
-    let fields = Fields::parse(&body);
-    app.auth.check_action(&headers, fields.get("csrf"))?;
-    let ids = ids(&fields)?;
-    let mut conn = app.conn().await?;
-    let (mut retried, mut skipped) = (0, 0);
-    for id in ids {
-        match jobq::retry(&mut conn, id)
-            .await
-            .map_err(WebError::jobq("retrying a job"))?
-        {
-            RetryOutcome::Retried => retried += 1,
-            _ => skipped += 1,
-        }
-    }
-    tracing::info!(retried, skipped, "jobq-web: jobs retried");
-    Ok(back_to(
-        &base.0,
-        &fields,
-        &format!("retried={retried}&skipped={skipped}"),
-    ))
+    JobAction::Retry.on_each(&app, &base, &headers, &body).await
 }
 
 async fn cancel(
@@ -986,27 +1029,9 @@ async fn cancel(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Redirect, WebError> {
-    let fields = Fields::parse(&body);
-    app.auth.check_action(&headers, fields.get("csrf"))?;
-    let ids = ids(&fields)?;
-    let mut conn = app.conn().await?;
-    let (mut cancelled, mut skipped) = (0, 0);
-    for id in ids {
-        if jobq::cancel(&mut conn, id)
-            .await
-            .map_err(WebError::jobq("cancelling a job"))?
-        {
-            cancelled += 1;
-        } else {
-            skipped += 1;
-        }
-    }
-    tracing::info!(cancelled, skipped, "jobq-web: jobs cancelled");
-    Ok(back_to(
-        &base.0,
-        &fields,
-        &format!("cancelled={cancelled}&skipped={skipped}"),
-    ))
+    JobAction::Cancel
+        .on_each(&app, &base, &headers, &body)
+        .await
 }
 
 async fn retry_failed(
