@@ -340,7 +340,7 @@ fn resolve_with<'a>(
     if let Some(key) = &options.key {
         crate::headers::check_key(key)?;
     }
-    let headers = crate::headers::to_json(&options.headers)?;
+    let headers = crate::headers::to_json(&crate::trace_context::with_current(&options.headers))?;
     Ok(Resolved {
         unique,
         key: options.key.as_deref(),

@@ -61,6 +61,7 @@ mod task_error;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tick;
+mod trace_context;
 mod worker;
 
 #[doc(hidden)]

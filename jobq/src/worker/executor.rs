@@ -33,6 +33,7 @@ pub(crate) fn spawn(
         job.queue = &**queue,
         job.attempt = job.attempt,
     );
+    crate::trace_context::adopt(&span, job.headers.as_deref());
     // A token of its own rather than a child of `stopping`: children share
     // their parent's lock, which every attempt would take twice. Shutdown
     // cancels the attempts one by one instead (`Attempts::close`).
