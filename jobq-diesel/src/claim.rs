@@ -162,6 +162,13 @@ fn column<'a, ST, T: FromSql<ST, Pg>>(
 /// statement (an uncorrelated sub-select, planned as a one-time step), so
 /// a pause is honoured by every claim that starts after it commits.
 ///
+/// Blocks (`jobq.blocks`, written when an attempt returns
+/// `TaskError::rate_limited`): a task blocked as a whole is skipped, and
+/// jobs of a blocked key are passed over. Both sub-selects depend on the
+/// task only, so they run once per task and claim, as one-time steps: one
+/// probe of a table that is empty unless a downstream asked for a pause.
+/// Jobs without a key pay a NULL test.
+///
 /// The key and headers come back as NULL for jobs without them, which
 /// costs a reply next to nothing.
 #[doc(hidden)]
@@ -173,6 +180,10 @@ pub const CLAIM_SQL: &str = "WITH picked AS ( \
                  WHERE state = 'pending' AND task = w.task AND run_at <= now() \
                    AND queue = ANY(ARRAY(SELECT q FROM unnest($1::text[]) AS q \
                        WHERE NOT EXISTS (SELECT 1 FROM jobq.paused_queues p WHERE p.queue = q))) \
+                   AND NOT EXISTS (SELECT 1 FROM jobq.blocks b \
+                       WHERE b.task = w.task AND b.key = '' AND b.until > now()) \
+                   AND (key IS NULL OR key <> ALL(ARRAY(SELECT b.key FROM jobq.blocks b \
+                       WHERE b.task = w.task AND b.until > now()))) \
                  ORDER BY priority DESC, run_at, id \
                  LIMIT w.slots \
                  FOR UPDATE SKIP LOCKED \

@@ -1221,8 +1221,167 @@ async fn claim_limited(
         claim_key: claim_key(),
         key_cursor: None,
         due: false,
+        rate: None,
+        key_rate: None,
     };
     jobq_diesel::claim_limited(conn, &request).await.unwrap()
+}
+
+/// A limited claim of task "limited" under rate limits only.
+async fn claim_rated(
+    conn: &mut AsyncPgConnection,
+    worker_id: i64,
+    slots: i32,
+    rate: Option<jobq_diesel::RateLimit>,
+    key_rate: Option<jobq_diesel::RateLimit>,
+) -> Vec<jobq_diesel::ClaimedJob> {
+    let queues = ["default".to_owned()];
+    let request = jobq_diesel::LimitedClaimRequest {
+        worker_id,
+        queues: &queues,
+        task: "limited",
+        slots,
+        global_concurrency: None,
+        key_concurrency: None,
+        claim_key: claim_key(),
+        key_cursor: None,
+        due: false,
+        rate,
+        key_rate,
+    };
+    jobq_diesel::claim_limited(conn, &request).await.unwrap()
+}
+
+/// One start a minute: no token falls due while a test runs.
+const SLOW: jobq_diesel::RateLimit = jobq_diesel::RateLimit {
+    interval_us: 60_000_000.0,
+    burst: 2,
+};
+
+#[tokio::test]
+async fn a_rated_claim_takes_at_most_its_tokens_and_says_when_the_next_is_due() {
+    let (_db, mut conn) = setup().await;
+    for _ in 0..10 {
+        keyed(&mut conn, None, 0).await;
+    }
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    // A full bucket holds the burst and one more; then it is empty.
+    assert_eq!(
+        claim_rated(&mut conn, w, 10, Some(SLOW), None).await.len(),
+        3
+    );
+    assert!(claim_rated(&mut conn, w, 10, Some(SLOW), None)
+        .await
+        .is_empty());
+    // The next token is one interval after the first of the three was
+    // spent, less the burst's two: about 60 s from now.
+    let wait = jobq_diesel::next_token(&mut conn, "limited", Some(SLOW), None)
+        .await
+        .unwrap()
+        .expect("the bucket is empty while jobs wait");
+    assert!(
+        wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+        "{wait:?}"
+    );
+    // A bucket full again (its time passed) gives the burst again.
+    diesel::sql_query("UPDATE jobq.rate_tokens SET tat = now() - interval '1 second'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        claim_rated(&mut conn, w, 2, Some(SLOW), None).await.len(),
+        2
+    );
+    assert_eq!(
+        claim_rated(&mut conn, w, 5, Some(SLOW), None).await.len(),
+        1
+    );
+    // Without a rate there is nothing to wait for.
+    assert_eq!(
+        jobq_diesel::next_token(&mut conn, "limited", None, None)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_key_rate_spends_each_keys_bucket_and_blocks_hold_back_a_key_or_the_task() {
+    let (_db, mut conn) = setup().await;
+    let mut of_key = std::collections::HashMap::<&str, Vec<i64>>::new();
+    for key in ["a", "b"] {
+        for _ in 0..5 {
+            of_key
+                .entry(key)
+                .or_default()
+                .push(keyed(&mut conn, Some(key), 0).await);
+        }
+    }
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    // Three per key (burst 2), whatever the slots.
+    let first = claim_rated(&mut conn, w, 20, None, Some(SLOW)).await;
+    for key in ["a", "b"] {
+        assert_eq!(
+            first
+                .iter()
+                .filter(|j| j.key.as_deref() == Some(key))
+                .count(),
+            3,
+            "{first:?}"
+        );
+    }
+    assert!(claim_rated(&mut conn, w, 20, None, Some(SLOW))
+        .await
+        .is_empty());
+    assert!(
+        jobq_diesel::next_token(&mut conn, "limited", None, Some(SLOW))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Blocks: key "a" is held back, then the whole task.
+    diesel::sql_query("DELETE FROM jobq.rate_tokens")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    diesel::sql_query(
+        "INSERT INTO jobq.blocks (task, key, until) VALUES ('limited', 'a', now() + interval '1 hour')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let unblocked = claim_rated(&mut conn, w, 20, None, Some(SLOW)).await;
+    assert!(!unblocked.is_empty());
+    assert!(
+        unblocked.iter().all(|j| j.key.as_deref() == Some("b")),
+        "{unblocked:?}"
+    );
+    // The unlimited claim honours blocks too.
+    keyed(&mut conn, None, 0).await;
+    keyed(&mut conn, Some("a"), 0).await;
+    let plain = claim_one(&mut conn, w, "limited").await;
+    assert_eq!(plain.len(), 1);
+    assert_eq!(plain[0].key, None);
+    diesel::sql_query(
+        "INSERT INTO jobq.blocks (task, key, until) VALUES ('limited', '', now() + interval '1 hour')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    keyed(&mut conn, None, 0).await;
+    assert!(claim_one(&mut conn, w, "limited").await.is_empty());
+    assert!(claim_rated(&mut conn, w, 20, None, None).await.is_empty());
+    // A block that has passed holds nothing back.
+    diesel::sql_query("UPDATE jobq.blocks SET until = now() - interval '1 second'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(!claim_one(&mut conn, w, "limited").await.is_empty());
 }
 
 /// Inserts a job of task "limited" with a key and priority; returns its id.
@@ -1379,6 +1538,8 @@ async fn keyed_claims_serve_the_keys_in_turn_from_the_cursor() {
             claim_key: claim_key(),
             key_cursor: Some(cursor),
             due: false,
+            rate: None,
+            key_rate: None,
         };
         ids(&jobq_diesel::claim_limited(&mut conn, &request)
             .await

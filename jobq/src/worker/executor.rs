@@ -100,7 +100,10 @@ fn ended(
 ) -> crate::metrics::Ended {
     use crate::metrics::Ended;
     match kind {
-        OutcomeKind::Released => Ended::Released,
+        // Not an attempt used: counted as the hand-backs they are stored as.
+        OutcomeKind::Released | OutcomeKind::Snoozed { .. } | OutcomeKind::RateLimited { .. } => {
+            Ended::Released
+        }
         OutcomeKind::Cancelled => Ended::Cancelled,
         _ if cancel.is_cancelled() && !stopping.is_cancelled() => Ended::Cancelled,
         OutcomeKind::Completed => Ended::Completed,
@@ -225,12 +228,11 @@ async fn attempt_outcome(
     let result = AssertUnwindSafe(guarded).catch_unwind().await;
     let outcome = match result {
         Ok(Ok(Ok(output))) => (OutcomeKind::Completed, None, output),
-        Ok(Ok(Err(e))) if e.is_permanent() => (
-            OutcomeKind::Failed,
+        Ok(Ok(Err(e))) => (
+            e.outcome_kind(backoff(served.retry_base, attempt)),
             Some(message::text_of(|| e.to_string())),
             None,
         ),
-        Ok(Ok(Err(e))) => retry(message::text_of(|| e.to_string())),
         Ok(Err(limit)) => retry(format!("attempt timed out after {limit:?}")),
         Err(panic) => retry(format!(
             "attempt panicked: {}",
@@ -239,10 +241,9 @@ async fn attempt_outcome(
     };
     // A handler that stopped because the worker is shutting down gets its
     // job back in the queue untouched instead of a failed attempt.
-    if outcome.0 != OutcomeKind::Completed
-        && shared.stopping.is_cancelled()
-        && outcome.0 != OutcomeKind::Failed
-    {
+    // A snooze keeps its delay (and a rate limit its block) at shutdown
+    // too: the handler asked for it, whatever stopped it.
+    if matches!(outcome.0, OutcomeKind::Retry { .. }) && shared.stopping.is_cancelled() {
         return (
             OutcomeKind::Released,
             Some(format!(
