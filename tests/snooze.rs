@@ -1,7 +1,8 @@
 //! Snoozing and listening to the downstream: `TaskError::retry_after` and
 //! `ctx.snooze` put a job back without using an attempt, and
 //! `TaskError::rate_limited` holds back the task, or the job's key, on
-//! every worker until then.
+//! every worker until then. Also the builder's rate override (the rate
+//! itself is measured across processes in `tests/rates.rs`).
 
 mod support;
 
@@ -226,4 +227,57 @@ async fn rate_limited_holds_back_only_the_jobs_key_when_it_has_one() {
     env.wait_state(first, JobState::Completed).await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+#[jobq::task(concurrency = 8)]
+async fn unrated(ctx: jobq::Context, job: Unit) -> Result<(), TaskError> {
+    let _ = job;
+    STARTS
+        .lock()
+        .unwrap()
+        .push((("unrated", ctx.job_id()), Utc::now()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_override_limits_a_task_without_one_and_is_checked() {
+    let env = support::env().await;
+    // One start a minute, a burst of one: two of the five jobs start, the
+    // rest wait for tokens that come long after the test.
+    let worker = env
+        .worker()
+        .task_rate("unrated", jobq::Rate::per_minute(1).with_burst(1))
+        .build()
+        .await
+        .unwrap()
+        .spawn();
+    let mut conn = env.conn().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(unrated::enqueue(&mut conn, &Unit { n }).await.unwrap());
+    }
+    let completed = "SELECT count(*) AS n FROM jobq.jobs WHERE task = 'unrated' \
+                     AND state = 'completed'";
+    support::wait_until("two starts", || async { env.count(completed).await == 2 }).await;
+    // The others stay pending through several poll intervals and claims.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        assert_eq!(env.count(completed).await, 2, "a third job started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.shutdown().await.unwrap();
+
+    let refused = env
+        .worker()
+        .task_key_rate("unratd", jobq::Rate::per_second(1))
+        .build()
+        .await;
+    let message = refused
+        .err()
+        .expect("an unknown task is refused")
+        .to_string();
+    assert!(
+        message.contains("task_key_rate") && message.contains("\"unratd\""),
+        "{message}"
+    );
 }
