@@ -1556,3 +1556,119 @@ async fn keyed_claims_serve_the_keys_in_turn_from_the_cursor() {
     assert_eq!(jobq_diesel::next_key_cursor("", ["x", "y"]), Some("y"));
     assert_eq!(jobq_diesel::next_key_cursor("", []), None);
 }
+
+#[derive(diesel::QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(diesel::QueryableByName, Debug, PartialEq)]
+struct Snoozed {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    state: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    attempt: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    handbacks: i32,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    due_later: bool,
+}
+
+async fn snoozed_row(conn: &mut AsyncPgConnection, id: i64) -> Snoozed {
+    diesel::sql_query(
+        "SELECT state::text AS state, attempt, handbacks, run_at > now() + interval '59 minutes' \
+         AS due_later FROM jobq.jobs WHERE id = $1",
+    )
+    .bind::<BigInt, _>(id)
+    .get_result(conn)
+    .await
+    .unwrap()
+}
+
+async fn blocks_of_acme_past_the_hour(conn: &mut AsyncPgConnection) -> i64 {
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM jobq.blocks WHERE task = 'limited' AND key = 'acme' \
+         AND until > now() + interval '59 minutes'",
+    )
+    .get_result::<N>(conn)
+    .await
+    .unwrap()
+    .n
+}
+
+#[tokio::test]
+async fn a_snooze_uses_no_attempt_stays_fenced_and_a_rate_limit_writes_the_longest_block() {
+    let (_db, mut conn) = setup().await;
+    let id = keyed(&mut conn, Some("acme"), 0).await;
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let claimed = claim_one(&mut conn, w, "limited").await;
+    assert_eq!(claimed.len(), 1);
+    let outcome = |attempt: i32, kind: OutcomeKind| Outcome {
+        id,
+        attempt,
+        kind,
+        message: Some("snoozed for 1h".into()),
+        output: None,
+    };
+    let hour = OutcomeKind::RateLimited {
+        delay_ms: 3_600_000,
+    };
+    let rejected = jobq_diesel::write_outcomes(&mut conn, &[outcome(1, hour)], &[])
+        .await
+        .unwrap();
+    assert!(rejected.is_empty());
+    // Waiting an hour, its attempt not used (attempt - handbacks = 0).
+    assert_eq!(
+        snoozed_row(&mut conn, id).await,
+        Snoozed {
+            state: "scheduled".into(),
+            attempt: 1,
+            handbacks: 1,
+            due_later: true
+        }
+    );
+    // A late copy of the same outcome finds the attempt ended: fenced.
+    let again = jobq_diesel::write_outcomes(&mut conn, &[outcome(1, hour)], &[])
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(blocks_of_acme_past_the_hour(&mut conn).await, 1);
+
+    // The next claim is attempt 2 by the fence, still the first by count;
+    // a shorter block from it leaves the longer one in place, and a plain
+    // snooze writes none.
+    diesel::sql_query("UPDATE jobq.jobs SET state = 'pending', run_at = now() WHERE id = $1")
+        .bind::<diesel::sql_types::BigInt, _>(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // (The block would hold it back: let it pass.)
+    diesel::sql_query("UPDATE jobq.blocks SET until = now() - interval '1 second'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let claimed = claim_one(&mut conn, w, "limited").await;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].attempt, claimed[0].number()), (2, 1));
+    diesel::sql_query("UPDATE jobq.blocks SET until = now() + interval '2 hours'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let second = OutcomeKind::RateLimited { delay_ms: 1_000 };
+    assert!(
+        jobq_diesel::write_outcomes(&mut conn, &[outcome(2, second)], &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        blocks_of_acme_past_the_hour(&mut conn).await,
+        1,
+        "a shorter block shortened a longer one"
+    );
+    let after = snoozed_row(&mut conn, id).await;
+    assert_eq!((after.attempt, after.handbacks), (2, 2));
+}

@@ -200,3 +200,39 @@ impl fmt::Display for TaskError {
         write!(f, "{:#}", self.inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_maps_to_its_outcome_and_snoozes_are_capped() {
+        let backoff = Duration::from_millis(250);
+        assert_eq!(
+            TaskError::msg("x").outcome_kind(backoff),
+            OutcomeKind::Retry { delay_ms: 250 }
+        );
+        assert_eq!(
+            TaskError::permanent(std::io::Error::other("x")).outcome_kind(backoff),
+            OutcomeKind::Failed
+        );
+        let snooze = TaskError::retry_after(Duration::from_secs(2));
+        assert_eq!(
+            snooze.outcome_kind(backoff),
+            OutcomeKind::Snoozed { delay_ms: 2000 }
+        );
+        assert_eq!(snooze.snooze_delay(), Some(Duration::from_secs(2)));
+        assert!(!snooze.is_permanent() && !snooze.is_rate_limited());
+        assert_eq!(snooze.to_string(), "snoozed for 2s");
+        // A downstream asking for forever gets a year, which the database
+        // can add to now().
+        let forever = TaskError::rate_limited(Duration::MAX);
+        assert!(forever.is_rate_limited());
+        assert_eq!(forever.snooze_delay(), Some(MAX_SNOOZE));
+        let year_ms = i64::try_from(MAX_SNOOZE.as_millis()).unwrap();
+        assert_eq!(
+            forever.outcome_kind(backoff),
+            OutcomeKind::RateLimited { delay_ms: year_ms }
+        );
+    }
+}
