@@ -272,10 +272,10 @@ async fn a_rate_override_limits_a_task_without_one_and_is_checked() {
         .task_key_rate("unratd", jobq::Rate::per_second(1))
         .build()
         .await;
-    let message = refused
-        .err()
-        .expect("an unknown task is refused")
-        .to_string();
+    let Err(error) = refused else {
+        panic!("a rate for an unknown task was accepted");
+    };
+    let message = error.to_string();
     assert!(
         message.contains("task_key_rate") && message.contains("\"unratd\""),
         "{message}"
