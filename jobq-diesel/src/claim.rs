@@ -64,8 +64,9 @@ pub struct ClaimedJob {
     /// worker until the outcome of the claim's last job is written (pass
     /// it to [`crate::write_outcomes`] then).
     pub claim: i64,
-    /// Times the job was handed back untried before this attempt (at a
-    /// shutdown, or after a claim whose reply was lost).
+    /// Claims of the job before this one that used no attempt: hand-backs
+    /// untried (at a shutdown, or after a claim whose reply was lost) and
+    /// snoozes (`TaskError::retry_after`, `rate_limited`).
     pub handbacks: i32,
     /// The job's partition key, if it has one.
     pub key: Option<String>,
@@ -95,7 +96,7 @@ pub(crate) fn with_due(sql: &'static str, built: &'static OnceLock<String>) -> &
 
 impl ClaimedJob {
     /// The attempt's number as handlers and users see it, starting at 1:
-    /// the attempts the job has used, hand-backs not counted. Never more
+    /// the attempts the job has used, hand-backs and snoozes not counted. Never more
     /// than the job's `max_attempts`.
     pub fn number(&self) -> i32 {
         self.attempt.saturating_sub(self.handbacks)

@@ -1,5 +1,10 @@
 //! Claiming jobs of a task with a fleet-wide limit (`global_concurrency`,
-//! `key_concurrency`): exact under any number of concurrent claimers.
+//! `key_concurrency`, `rate`, `key_rate`): exact under any number of
+//! concurrent claimers.
+//!
+//! Rates are token buckets in `jobq.rate_tokens` (see
+//! [`crate::RateLimit`]), read and spent by the claim statement itself,
+//! under the same lock, so the tokens a claim takes are the ones it saw.
 //!
 //! The limits are checked against the rows themselves: the attempts
 //! running are the task's rows in state `running` that a limited claim
@@ -214,7 +219,8 @@ pub const GLOBAL_CLAIM_SQL: &str = concat!(
 /// cost is therefore one to three index descents per key visited, and the
 /// keys visited are those taken plus those at their limit (at most the
 /// running attempts): bounded by the slots of the fleet, whatever the
-/// backlog.
+/// backlog. With a `key_rate`, keys whose bucket is empty are visited too
+/// (at most those that started a job within the last interval or burst).
 ///
 /// Within a key the order is exact: a job is a candidate only when every
 /// pending job of its key ahead of it is one too, and running attempts of
