@@ -35,6 +35,10 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.claims TO jobq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.paused_queues TO jobq_worker;
 -- Periodic tasks: workers declare schedules and enqueue their ticks.
 GRANT SELECT, INSERT, UPDATE ON jobq.schedules TO jobq_worker;
+-- Rate limits: claims move token buckets on, outcomes of rate-limited
+-- attempts write blocks, maintenance removes the ones that have passed.
+GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.rate_tokens TO jobq_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.blocks TO jobq_worker;
 
 -- The application enqueues and reads status. It cannot claim, change or
 -- delete jobs. To let it cancel jobs as well, add:

@@ -20,8 +20,9 @@
 //! Ctrl-C.
 //!
 //! The tasks show the flow-control options: concurrency limits (per worker
-//! and fleet-wide), serialized dispatch per customer (a partition key with
-//! `key_concurrency = 1`), a delay, priorities, a dedupe key and headers.
+//! and fleet-wide), a rate limit, serialized dispatch per customer (a
+//! partition key with `key_concurrency = 1`), a delay, priorities, a dedupe
+//! key and headers.
 
 use std::time::Duration;
 
@@ -122,8 +123,9 @@ async fn render_invoice(
     mark(&pool, &ctx, &order).await
 }
 
-/// Asked for a while after the order (the enqueue sets the delay).
-#[jobq::task(queue = "slow", priority = -5)]
+/// Asked for a while after the order (the enqueue sets the delay), at
+/// most five a second across the fleet: the review service's quota.
+#[jobq::task(queue = "slow", priority = -5, rate = "5/s", burst = 5)]
 async fn ask_for_review(
     ctx: jobq::Context,
     jobq::State(pool): jobq::State<jobq::Pool>,

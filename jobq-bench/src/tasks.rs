@@ -119,6 +119,20 @@ pub async fn global_noop(job: Noop) -> Result<(), jobq::TaskError> {
     Ok(())
 }
 
+/// A no-op under a rate limit far above what the workers achieve, with a
+/// burst of a claim batch (a claim takes at most `burst + 1` jobs): what
+/// spending tokens in the claim costs.
+#[jobq::task(
+    name = "bench.rated",
+    concurrency = 1000,
+    rate = "1000000/s",
+    burst = 1000
+)]
+pub async fn rated_noop(job: Noop) -> Result<(), jobq::TaskError> {
+    let _ = job.n;
+    Ok(())
+}
+
 /// A no-op whose jobs run one at a time per partition key.
 #[jobq::task(name = "bench.keyed", concurrency = 1000, key_concurrency = 1)]
 pub async fn keyed_noop(job: Noop) -> Result<(), jobq::TaskError> {

@@ -64,8 +64,9 @@ pub struct ClaimedJob {
     /// worker until the outcome of the claim's last job is written (pass
     /// it to [`crate::write_outcomes`] then).
     pub claim: i64,
-    /// Times the job was handed back untried before this attempt (at a
-    /// shutdown, or after a claim whose reply was lost).
+    /// Claims of the job before this one that used no attempt: hand-backs
+    /// untried (at a shutdown, or after a claim whose reply was lost) and
+    /// snoozes (`TaskError::retry_after`, `rate_limited`).
     pub handbacks: i32,
     /// The job's partition key, if it has one.
     pub key: Option<String>,
@@ -95,7 +96,7 @@ pub(crate) fn with_due(sql: &'static str, built: &'static OnceLock<String>) -> &
 
 impl ClaimedJob {
     /// The attempt's number as handlers and users see it, starting at 1:
-    /// the attempts the job has used, hand-backs not counted. Never more
+    /// the attempts the job has used, hand-backs and snoozes not counted. Never more
     /// than the job's `max_attempts`.
     pub fn number(&self) -> i32 {
         self.attempt.saturating_sub(self.handbacks)
@@ -162,6 +163,13 @@ fn column<'a, ST, T: FromSql<ST, Pg>>(
 /// statement (an uncorrelated sub-select, planned as a one-time step), so
 /// a pause is honoured by every claim that starts after it commits.
 ///
+/// Blocks (`jobq.blocks`, written when an attempt returns
+/// `TaskError::rate_limited`): a task blocked as a whole is skipped, and
+/// jobs of a blocked key are passed over. Both sub-selects depend on the
+/// task only, so they run once per task and claim, as one-time steps: one
+/// probe of a table that is empty unless a downstream asked for a pause.
+/// Jobs without a key pay a NULL test.
+///
 /// The key and headers come back as NULL for jobs without them, which
 /// costs a reply next to nothing.
 #[doc(hidden)]
@@ -173,6 +181,10 @@ pub const CLAIM_SQL: &str = "WITH picked AS ( \
                  WHERE state = 'pending' AND task = w.task AND run_at <= now() \
                    AND queue = ANY(ARRAY(SELECT q FROM unnest($1::text[]) AS q \
                        WHERE NOT EXISTS (SELECT 1 FROM jobq.paused_queues p WHERE p.queue = q))) \
+                   AND NOT EXISTS (SELECT 1 FROM jobq.blocks b \
+                       WHERE b.task = w.task AND b.key = '' AND b.until > now()) \
+                   AND (key IS NULL OR key <> ALL(ARRAY(SELECT b.key FROM jobq.blocks b \
+                       WHERE b.task = w.task AND b.until > now()))) \
                  ORDER BY priority DESC, run_at, id \
                  LIMIT w.slots \
                  FOR UPDATE SKIP LOCKED \

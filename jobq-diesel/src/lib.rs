@@ -26,6 +26,7 @@ mod ping;
 mod pool;
 mod prepared;
 mod promote;
+mod rate;
 mod schedules;
 pub mod schema;
 mod stats;
@@ -63,6 +64,7 @@ pub use pause::{pause_queue, paused_queues, resume_queue};
 pub use ping::ping;
 pub use pool::{build_pool, Pool, PoolError, PooledConnection};
 pub use promote::{promote, Promotion, PROMOTE_SQL};
+pub use rate::{next_token, RateLimit};
 pub use schedules::{
     declare_schedules, enqueue_ticks, find_schedule, list_schedules, pause_schedule,
     resume_schedule, ScheduleDef, ScheduleRow, TickBatch, TickResult, ENQUEUE_TICKS_SQL,

@@ -1,5 +1,10 @@
 //! Claiming jobs of a task with a fleet-wide limit (`global_concurrency`,
-//! `key_concurrency`): exact under any number of concurrent claimers.
+//! `key_concurrency`, `rate`, `key_rate`): exact under any number of
+//! concurrent claimers.
+//!
+//! Rates are token buckets in `jobq.rate_tokens` (see
+//! [`crate::RateLimit`]), read and spent by the claim statement itself,
+//! under the same lock, so the tokens a claim takes are the ones it saw.
 //!
 //! The limits are checked against the rows themselves: the attempts
 //! running are the task's rows in state `running` that a limited claim
@@ -20,11 +25,12 @@
 
 use std::sync::OnceLock;
 
-use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::claim::{with_due, ClaimedJob};
 use crate::prepared::prepared;
+use crate::rate::RateLimit;
 
 /// A claim of one task with fleet-wide limits.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +57,10 @@ pub struct LimitedClaimRequest<'a> {
     /// Also return each job's due time and limit of attempts (see
     /// [`crate::ClaimRequest::due`]).
     pub due: bool,
+    /// Most starts of the task per unit of time, fleet-wide.
+    pub rate: Option<RateLimit>,
+    /// Most starts per partition key per unit of time, fleet-wide.
+    pub key_rate: Option<RateLimit>,
 }
 
 /// Where the next keyed claim should start: the last key of `claimed` in
@@ -101,16 +111,75 @@ macro_rules! claimable {
         "j.state = 'pending' AND j.task = $2 AND j.run_at <= now() \
          AND j.queue = ANY(ARRAY(SELECT q FROM unnest($1::text[]) AS q \
              WHERE NOT EXISTS (SELECT 1 FROM jobq.paused_queues p WHERE p.queue = q))) \
+         AND NOT EXISTS (SELECT 1 FROM jobq.blocks b \
+             WHERE b.task = $2 AND b.key = '' AND b.until > now()) \
+         AND (j.key IS NULL OR j.key <> ALL(ARRAY(SELECT b.key FROM jobq.blocks b \
+             WHERE b.task = $2 AND b.until > now()))) \
          AND EXISTS ( \
              SELECT 1 FROM jobq.workers me WHERE me.id = $6 \
                AND me.heartbeat_at >= now() - me.lease_ms * interval '1 millisecond')"
     };
 }
 
-/// The claim of a task with a global limit only, run after the lock. `$1`
-/// queues, `$2` task, `$3` free slots, `$4` global limit, `$6` worker,
-/// `$7` claim key (`$5` is unused). In claim order, at most `$4` minus the
-/// task's limited running rows.
+/// The jobs a bucket of `jobq.rate_tokens` lets the claim start now (see
+/// [`RateLimit`]): `$key` names the bucket ('' for the task's), `$interval`
+/// and `$tau` are the statement's parameters for it. NULL without a rate
+/// (which `least` ignores). The small epsilon keeps a claim that runs
+/// exactly when a token falls due from losing it to rounding.
+macro_rules! tokens {
+    ($key:literal, $interval:literal, $tau:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $interval,
+            "::float8 IS NULL THEN NULL ELSE greatest(0, floor(( \
+                 ",
+            $tau,
+            "::float8 - coalesce((SELECT greatest(0, \
+                     extract(epoch FROM r.tat - now()) * 1000000) \
+                 FROM jobq.rate_tokens r WHERE r.task = $2 AND r.key = ",
+            $key,
+            "), 0) \
+             ) / ",
+            $interval,
+            "::float8 + 0.000001) + 1)::int END"
+        )
+    };
+}
+
+/// Moves the buckets on for the jobs picked (see [`RateLimit`]): `$key` is
+/// the bucket of each picked row ('' for the task's), grouped. Ends
+/// without its closing parenthesis, which [`limited_tail`] opens with.
+macro_rules! spend {
+    ($name:literal, $key:literal, $interval:literal) => {
+        concat!(
+            "), ",
+            $name,
+            " AS ( \
+                 INSERT INTO jobq.rate_tokens (task, key, tat) \
+                 SELECT $2, ",
+            $key,
+            ", now() + count(*) * ",
+            $interval,
+            "::float8 \
+                     * interval '1 microsecond' \
+                 FROM picked p WHERE ",
+            $interval,
+            "::float8 IS NOT NULL AND ",
+            $key,
+            " IS NOT NULL \
+                 GROUP BY 1, 2 \
+                 ON CONFLICT (task, key) DO UPDATE \
+                     SET tat = greatest(jobq.rate_tokens.tat, now()) + (excluded.tat - now()) "
+        )
+    };
+}
+
+/// The claim of a task without per-key limits, run after the lock. `$1`
+/// queues, `$2` task, `$3` free slots, `$4` global limit or NULL, `$6`
+/// worker, `$7` claim key (`$5` is unused), `$8`/`$9` the task's rate
+/// interval and burst tolerance in microseconds, or NULL. In claim order,
+/// at most `$4` minus the task's limited running rows, and at most the
+/// tokens of the task's bucket, which the same statement spends.
 #[doc(hidden)]
 pub const GLOBAL_CLAIM_SQL: &str = concat!(
     "WITH running AS ( \
@@ -121,15 +190,22 @@ pub const GLOBAL_CLAIM_SQL: &str = concat!(
          WHERE $5::int IS NULL AND ",
     claimable!(),
     " ORDER BY j.priority DESC, j.run_at, j.id \
-         LIMIT greatest(0, least($3, $4 - (SELECT n FROM running))) \
-         FOR UPDATE OF j SKIP LOCKED ",
+         LIMIT greatest(0, least($3, $4 - (SELECT n FROM running), ",
+    tokens!("''", "$8", "$9"),
+    ")) FOR UPDATE OF j SKIP LOCKED ",
+    spend!("spent", "''::text", "$8"),
     limited_tail!()
 );
 
-/// The claim of a task with a per-key limit (and maybe a global one), run
-/// after the lock. `$1` queues, `$2` task, `$3` free slots, `$4` global
-/// limit or NULL, `$5` key limit, `$6` worker, `$7` claim key, `$8` the
-/// key this worker's previous claim of the task ended at ('' at first).
+/// The claim of a task with a per-key limit or rate (and maybe global
+/// ones), run after the lock. `$1` queues, `$2` task, `$3` free slots, `$4`
+/// global limit or NULL, `$5` key limit or NULL, `$6` worker, `$7` claim
+/// key, `$8` the key this worker's previous claim of the task ended at (''
+/// at first), `$9`/`$10` the task's rate interval and burst tolerance in
+/// microseconds, `$11`/`$12` the same per key, each NULL without that
+/// rate. A key's candidates are also bounded by its bucket's tokens, and
+/// blocked keys are passed over; the statement spends the tokens of the
+/// task's bucket and of each key's for the jobs it picked.
 ///
 /// It goes key by key, not job by job: walking the jobs in claim order
 /// would pass over every waiting job of every key that is at its limit,
@@ -143,7 +219,8 @@ pub const GLOBAL_CLAIM_SQL: &str = concat!(
 /// cost is therefore one to three index descents per key visited, and the
 /// keys visited are those taken plus those at their limit (at most the
 /// running attempts): bounded by the slots of the fleet, whatever the
-/// backlog.
+/// backlog. With a `key_rate`, keys whose bucket is empty are visited too
+/// (at most those that started a job within the last interval or burst).
 ///
 /// Within a key the order is exact: a job is a candidate only when every
 /// pending job of its key ahead of it is one too, and running attempts of
@@ -176,9 +253,14 @@ pub const KEYED_CLAIM_SQL: &str = concat!(
          CROSS JOIN LATERAL ( \
              SELECT a.id FROM jobq.jobs a \
              WHERE a.task = $2 AND a.key = keys.key AND a.state = 'pending' \
+               AND NOT EXISTS (SELECT 1 FROM jobq.blocks b \
+                   WHERE b.task = $2 AND b.key = keys.key AND b.until > now()) \
              ORDER BY a.priority DESC, a.id \
-             LIMIT greatest(0, $5 - (SELECT count(*) FROM jobq.jobs r \
-                 WHERE r.task = $2 AND r.key = keys.key AND r.state = 'running' AND r.limited)) \
+             LIMIT greatest(0, least($3, \
+                 $5 - CASE WHEN $5::int IS NULL THEN NULL ELSE (SELECT count(*) FROM jobq.jobs r \
+                     WHERE r.task = $2 AND r.key = keys.key AND r.state = 'running' AND r.limited) END, ",
+    tokens!("keys.key", "$11", "$12"),
+    ")) \
          ) h \
          LIMIT $3 \
      ), keyless AS ( \
@@ -190,13 +272,16 @@ pub const KEYED_CLAIM_SQL: &str = concat!(
          SELECT count(*)::int AS n FROM jobq.jobs \
          WHERE task = $2 AND state = 'running' AND limited \
      ), picked AS ( \
-         SELECT j.id FROM jobq.jobs j \
+         SELECT j.id, j.key FROM jobq.jobs j \
          WHERE j.id = ANY(ARRAY(SELECT id FROM candidates UNION ALL SELECT id FROM keyless)) \
            AND ",
     claimable!(),
     " ORDER BY j.priority DESC, j.run_at, j.id \
-         LIMIT greatest(0, least($3, coalesce($4 - (SELECT n FROM running), $3))) \
-         FOR UPDATE OF j SKIP LOCKED ",
+         LIMIT greatest(0, least($3, $4 - (SELECT n FROM running), ",
+    tokens!("''", "$9", "$10"),
+    ")) FOR UPDATE OF j SKIP LOCKED ",
+    spend!("spent", "''::text", "$9"),
+    spend!("key_spent", "p.key", "$11"),
     limited_tail!()
 );
 
@@ -226,7 +311,8 @@ pub async fn claim_limited(
         // READ COMMITTED: a new snapshot, taken with the lock held.
         static KEYED_DUE: OnceLock<String> = OnceLock::new();
         static GLOBAL_DUE: OnceLock<String> = OnceLock::new();
-        let sql = match (request.key_concurrency.is_some(), request.due) {
+        let keyed = request.key_concurrency.is_some() || request.key_rate.is_some();
+        let sql = match (keyed, request.due) {
             (true, false) => KEYED_CLAIM_SQL,
             (true, true) => with_due(KEYED_CLAIM_SQL, &KEYED_DUE),
             (false, false) => GLOBAL_CLAIM_SQL,
@@ -240,10 +326,20 @@ pub async fn claim_limited(
             .bind::<Nullable<Integer>, _>(request.key_concurrency)
             .bind::<BigInt, _>(request.worker_id)
             .bind::<BigInt, _>(request.claim_key);
-        if request.key_concurrency.is_some() {
-            let query = query.bind::<Text, _>(request.key_cursor.unwrap_or(""));
+        let interval = |r: Option<RateLimit>| r.map(|r| r.interval_us);
+        let tau = |r: Option<RateLimit>| r.map(|r| r.tau_us());
+        if keyed {
+            let query = query
+                .bind::<Text, _>(request.key_cursor.unwrap_or(""))
+                .bind::<Nullable<Double>, _>(interval(request.rate))
+                .bind::<Nullable<Double>, _>(tau(request.rate))
+                .bind::<Nullable<Double>, _>(interval(request.key_rate))
+                .bind::<Nullable<Double>, _>(tau(request.key_rate));
             prepared(query).load(conn).await
         } else {
+            let query = query
+                .bind::<Nullable<Double>, _>(interval(request.rate))
+                .bind::<Nullable<Double>, _>(tau(request.rate));
             prepared(query).load(conn).await
         }
     })

@@ -173,6 +173,10 @@ struct Count {
 /// `unique_forever`; those whose hold has ended are a third kind, found
 /// by the end of their hold), in one short statement; returns how many went. Call again
 /// while it returns a full batch.
+///
+/// The same statement removes blocks that have passed and token buckets
+/// that are full again (`tat` in the past): either reads exactly as a
+/// missing row, so removing them changes no claim.
 pub async fn prune(
     conn: &mut AsyncPgConnection,
     retention: Retention,
@@ -202,6 +206,12 @@ pub async fn prune(
                         * interval '1 millisecond' \
                   LIMIT $4))) \
              RETURNING 1 \
+         ), \
+         passed_blocks AS ( \
+             DELETE FROM jobq.blocks WHERE (SELECT held FROM lock) AND until < now() \
+         ), \
+         full_buckets AS ( \
+             DELETE FROM jobq.rate_tokens WHERE (SELECT held FROM lock) AND tat < now() \
          ) \
          SELECT count(*) AS n FROM gone",
     )

@@ -83,6 +83,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "schedules",
         up: include_str!("../../migrations/2026-12-01-000050_schedules/up.sql"),
     },
+    Migration {
+        version: 20261202000500,
+        name: "rate_limits",
+        up: include_str!("../../migrations/2026-12-02-000500_rate_limits/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.

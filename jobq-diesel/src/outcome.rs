@@ -26,6 +26,22 @@ pub enum OutcomeKind {
     Released,
     /// The job was cancelled while running.
     Cancelled,
+    /// The handler asked to run the job again after `delay_ms`
+    /// (`TaskError::retry_after`, `Context::snooze`): it waits until then
+    /// without using up an attempt (counted with the hand-backs, see
+    /// `handbacks` in the schema).
+    Snoozed {
+        /// How long the job waits.
+        delay_ms: i64,
+    },
+    /// Like [`OutcomeKind::Snoozed`], and no job of the same task (or of
+    /// the job's partition key, when it has one) starts anywhere until
+    /// then: the outcome writes a block that every claim honours
+    /// (`TaskError::rate_limited`).
+    RateLimited {
+        /// How long the job, and its task or key, wait.
+        delay_ms: i64,
+    },
 }
 
 impl OutcomeKind {
@@ -36,6 +52,19 @@ impl OutcomeKind {
             OutcomeKind::Failed => "failed",
             OutcomeKind::Released => "released",
             OutcomeKind::Cancelled => "cancelled",
+            OutcomeKind::Snoozed { .. } => "snoozed",
+            OutcomeKind::RateLimited { .. } => "rate_limited",
+        }
+    }
+
+    /// How long the job waits before it is due again, for the kinds that
+    /// put it back with a delay.
+    pub fn delay_ms(self) -> Option<i64> {
+        match self {
+            OutcomeKind::Retry { delay_ms }
+            | OutcomeKind::Snoozed { delay_ms }
+            | OutcomeKind::RateLimited { delay_ms } => Some(delay_ms),
+            _ => None,
         }
     }
 }
@@ -171,10 +200,7 @@ fn details(outcomes: &[Outcome], keys: &[String]) -> String {
         .iter()
         .zip(keys)
         .map(|(o, key)| {
-            let delay_ms = match o.kind {
-                OutcomeKind::Retry { delay_ms } => delay_ms,
-                _ => 0,
-            };
+            let delay_ms = o.kind.delay_ms().unwrap_or(0);
             let mut detail =
                 serde_json::json!({ "k": o.kind.as_sql(), "m": o.message, "d": delay_ms });
             // Left out when absent, so that the row's output stays SQL NULL
@@ -358,7 +384,12 @@ const COMPLETE_PACKED_SQL: &str = complete_sql!(
 /// Any outcomes: `$1` ids, `$2` "id:attempt" keys, `$3` a JSON object of
 /// `{"<id>:<attempt>": {"k": kind, "m": message or null, "d": retry delay
 /// in ms, "o": the output, if any}}` (the output is stored only when the
-/// job ends completed), `$4` the settled claims to remove. A job goes back to
+/// job ends completed), `$4` the settled claims to remove. A snoozed or
+/// rate-limited job waits `d` without using an attempt: it counts a
+/// hand-back, so `attempt` keeps growing (every claim is fenced by its own
+/// number) while `attempt - handbacks`, the attempts used, does not. A
+/// rate-limited outcome also writes the block of its task (or its key) in
+/// `jobq.blocks`, never shortening one already there. A job goes back to
 /// pending when it is released, or when it failed with attempts left; the
 /// three CASEs spell out that one rule for state, run_at and finished_at (SET sees the old row, so the new state
 /// cannot be reused). Attempts left and the attempt recorded with an
@@ -376,6 +407,8 @@ const OUTCOME_SQL: &str = "\
             state = (CASE \
                 WHEN j.cancel_requested THEN 'cancelled' \
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' THEN 'pending' \
+                WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' IN ('snoozed', 'rate_limited') \
+                    THEN CASE WHEN ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'd')::bigint > 0 THEN 'scheduled' ELSE 'pending' END \
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'completed' THEN 'completed' \
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'retry' AND j.attempt - j.handbacks < j.max_attempts \
                     THEN CASE WHEN ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'd')::bigint > 0 \
@@ -385,13 +418,15 @@ const OUTCOME_SQL: &str = "\
             run_at = CASE \
                 WHEN j.cancel_requested THEN j.run_at \
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' THEN now() \
+                WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' IN ('snoozed', 'rate_limited') \
+                    THEN now() + greatest(0, ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'd')::bigint) * interval '1 millisecond' \
                 WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'retry' AND j.attempt - j.handbacks < j.max_attempts \
                     THEN now() + ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'd')::bigint \
                         * interval '1 millisecond' \
                 ELSE j.run_at END, \
             finished_at = CASE \
                 WHEN NOT j.cancel_requested \
-                    AND ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' \
+                    AND ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' IN ('released', 'snoozed', 'rate_limited') \
                          OR ($3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'retry' \
                              AND j.attempt - j.handbacks < j.max_attempts)) \
                     THEN NULL \
@@ -404,7 +439,7 @@ const OUTCOME_SQL: &str = "\
                 ELSE j.output END, \
             handbacks = j.handbacks + CASE \
                 WHEN NOT j.cancel_requested \
-                    AND $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' = 'released' THEN 1 \
+                    AND $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'k' IN ('released', 'snoozed', 'rate_limited') THEN 1 \
                 ELSE 0 END, \
             errors = CASE WHEN $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'm' IS NULL THEN j.errors \
                 ELSE j.errors || jsonb_build_array(jsonb_build_object( \
@@ -412,7 +447,16 @@ const OUTCOME_SQL: &str = "\
                     'message', $3::jsonb -> (j.id::text || ':' || j.attempt::text) ->> 'm')) END \
         WHERE j.id = ANY($1) AND j.state = 'running' \
           AND (j.id::text || ':' || j.attempt::text) = ANY($2::text[]) \
-        RETURNING j.id, j.attempt, j.state, j.queue, j.run_at \
+        RETURNING j.id, j.attempt, j.state, j.queue, j.run_at, j.task, j.key \
+    ), blocked AS ( \
+        INSERT INTO jobq.blocks (task, key, until) \
+        SELECT d.task, coalesce(d.key, ''), max(now() + greatest(0, \
+            ($3::jsonb -> (d.id::text || ':' || d.attempt::text) ->> 'd')::bigint) \
+            * interval '1 millisecond') \
+        FROM done d \
+        WHERE $3::jsonb -> (d.id::text || ':' || d.attempt::text) ->> 'k' = 'rate_limited' \
+        GROUP BY 1, 2 \
+        ON CONFLICT (task, key) DO UPDATE SET until = greatest(jobq.blocks.until, excluded.until) \
     ), woken AS ( \
         SELECT count(pg_notify('jobq_jobs', \
             CASE WHEN q.due > now() \

@@ -47,6 +47,26 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Token buckets of rate-limited tasks and keys (GCRA: `tat` is when
+    /// the bucket is full again); `key` is '' for the task's own bucket.
+    jobq.rate_tokens (task, key) {
+        task -> Text,
+        key -> Text,
+        tat -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Tasks (key '') and keys no worker starts before `until`
+    /// (`TaskError::rate_limited`).
+    jobq.blocks (task, key) {
+        task -> Text,
+        key -> Text,
+        until -> Timestamptz,
+    }
+}
+
+diesel::table! {
     /// Live worker processes and their heartbeats.
     jobq.workers (id) {
         id -> Int8,

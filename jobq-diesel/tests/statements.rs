@@ -1221,8 +1221,167 @@ async fn claim_limited(
         claim_key: claim_key(),
         key_cursor: None,
         due: false,
+        rate: None,
+        key_rate: None,
     };
     jobq_diesel::claim_limited(conn, &request).await.unwrap()
+}
+
+/// A limited claim of task "limited" under rate limits only.
+async fn claim_rated(
+    conn: &mut AsyncPgConnection,
+    worker_id: i64,
+    slots: i32,
+    rate: Option<jobq_diesel::RateLimit>,
+    key_rate: Option<jobq_diesel::RateLimit>,
+) -> Vec<jobq_diesel::ClaimedJob> {
+    let queues = ["default".to_owned()];
+    let request = jobq_diesel::LimitedClaimRequest {
+        worker_id,
+        queues: &queues,
+        task: "limited",
+        slots,
+        global_concurrency: None,
+        key_concurrency: None,
+        claim_key: claim_key(),
+        key_cursor: None,
+        due: false,
+        rate,
+        key_rate,
+    };
+    jobq_diesel::claim_limited(conn, &request).await.unwrap()
+}
+
+/// One start a minute: no token falls due while a test runs.
+const SLOW: jobq_diesel::RateLimit = jobq_diesel::RateLimit {
+    interval_us: 60_000_000.0,
+    burst: 2,
+};
+
+#[tokio::test]
+async fn a_rated_claim_takes_at_most_its_tokens_and_says_when_the_next_is_due() {
+    let (_db, mut conn) = setup().await;
+    for _ in 0..10 {
+        keyed(&mut conn, None, 0).await;
+    }
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    // A full bucket holds the burst and one more; then it is empty.
+    assert_eq!(
+        claim_rated(&mut conn, w, 10, Some(SLOW), None).await.len(),
+        3
+    );
+    assert!(claim_rated(&mut conn, w, 10, Some(SLOW), None)
+        .await
+        .is_empty());
+    // The next token is one interval after the first of the three was
+    // spent, less the burst's two: about 60 s from now.
+    let wait = jobq_diesel::next_token(&mut conn, "limited", Some(SLOW), None)
+        .await
+        .unwrap()
+        .expect("the bucket is empty while jobs wait");
+    assert!(
+        wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+        "{wait:?}"
+    );
+    // A bucket full again (its time passed) gives the burst again.
+    diesel::sql_query("UPDATE jobq.rate_tokens SET tat = now() - interval '1 second'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        claim_rated(&mut conn, w, 2, Some(SLOW), None).await.len(),
+        2
+    );
+    assert_eq!(
+        claim_rated(&mut conn, w, 5, Some(SLOW), None).await.len(),
+        1
+    );
+    // Without a rate there is nothing to wait for.
+    assert_eq!(
+        jobq_diesel::next_token(&mut conn, "limited", None, None)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_key_rate_spends_each_keys_bucket_and_blocks_hold_back_a_key_or_the_task() {
+    let (_db, mut conn) = setup().await;
+    let mut of_key = std::collections::HashMap::<&str, Vec<i64>>::new();
+    for key in ["a", "b"] {
+        for _ in 0..5 {
+            of_key
+                .entry(key)
+                .or_default()
+                .push(keyed(&mut conn, Some(key), 0).await);
+        }
+    }
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    // Three per key (burst 2), whatever the slots.
+    let first = claim_rated(&mut conn, w, 20, None, Some(SLOW)).await;
+    for key in ["a", "b"] {
+        assert_eq!(
+            first
+                .iter()
+                .filter(|j| j.key.as_deref() == Some(key))
+                .count(),
+            3,
+            "{first:?}"
+        );
+    }
+    assert!(claim_rated(&mut conn, w, 20, None, Some(SLOW))
+        .await
+        .is_empty());
+    assert!(
+        jobq_diesel::next_token(&mut conn, "limited", None, Some(SLOW))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Blocks: key "a" is held back, then the whole task.
+    diesel::sql_query("DELETE FROM jobq.rate_tokens")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    diesel::sql_query(
+        "INSERT INTO jobq.blocks (task, key, until) VALUES ('limited', 'a', now() + interval '1 hour')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let unblocked = claim_rated(&mut conn, w, 20, None, Some(SLOW)).await;
+    assert!(!unblocked.is_empty());
+    assert!(
+        unblocked.iter().all(|j| j.key.as_deref() == Some("b")),
+        "{unblocked:?}"
+    );
+    // The unlimited claim honours blocks too.
+    keyed(&mut conn, None, 0).await;
+    keyed(&mut conn, Some("a"), 0).await;
+    let plain = claim_one(&mut conn, w, "limited").await;
+    assert_eq!(plain.len(), 1);
+    assert_eq!(plain[0].key, None);
+    diesel::sql_query(
+        "INSERT INTO jobq.blocks (task, key, until) VALUES ('limited', '', now() + interval '1 hour')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    keyed(&mut conn, None, 0).await;
+    assert!(claim_one(&mut conn, w, "limited").await.is_empty());
+    assert!(claim_rated(&mut conn, w, 20, None, None).await.is_empty());
+    // A block that has passed holds nothing back.
+    diesel::sql_query("UPDATE jobq.blocks SET until = now() - interval '1 second'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(!claim_one(&mut conn, w, "limited").await.is_empty());
 }
 
 /// Inserts a job of task "limited" with a key and priority; returns its id.
@@ -1379,6 +1538,8 @@ async fn keyed_claims_serve_the_keys_in_turn_from_the_cursor() {
             claim_key: claim_key(),
             key_cursor: Some(cursor),
             due: false,
+            rate: None,
+            key_rate: None,
         };
         ids(&jobq_diesel::claim_limited(&mut conn, &request)
             .await
@@ -1394,4 +1555,120 @@ async fn keyed_claims_serve_the_keys_in_turn_from_the_cursor() {
     assert_eq!(jobq_diesel::next_key_cursor("b", ["c", "d"]), Some("d"));
     assert_eq!(jobq_diesel::next_key_cursor("", ["x", "y"]), Some("y"));
     assert_eq!(jobq_diesel::next_key_cursor("", []), None);
+}
+
+#[derive(diesel::QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(diesel::QueryableByName, Debug, PartialEq)]
+struct Snoozed {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    state: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    attempt: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    handbacks: i32,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    due_later: bool,
+}
+
+async fn snoozed_row(conn: &mut AsyncPgConnection, id: i64) -> Snoozed {
+    diesel::sql_query(
+        "SELECT state::text AS state, attempt, handbacks, run_at > now() + interval '59 minutes' \
+         AS due_later FROM jobq.jobs WHERE id = $1",
+    )
+    .bind::<BigInt, _>(id)
+    .get_result(conn)
+    .await
+    .unwrap()
+}
+
+async fn blocks_of_acme_past_the_hour(conn: &mut AsyncPgConnection) -> i64 {
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM jobq.blocks WHERE task = 'limited' AND key = 'acme' \
+         AND until > now() + interval '59 minutes'",
+    )
+    .get_result::<N>(conn)
+    .await
+    .unwrap()
+    .n
+}
+
+#[tokio::test]
+async fn a_snooze_uses_no_attempt_stays_fenced_and_a_rate_limit_writes_the_longest_block() {
+    let (_db, mut conn) = setup().await;
+    let id = keyed(&mut conn, Some("acme"), 0).await;
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let claimed = claim_one(&mut conn, w, "limited").await;
+    assert_eq!(claimed.len(), 1);
+    let outcome = |attempt: i32, kind: OutcomeKind| Outcome {
+        id,
+        attempt,
+        kind,
+        message: Some("snoozed for 1h".into()),
+        output: None,
+    };
+    let hour = OutcomeKind::RateLimited {
+        delay_ms: 3_600_000,
+    };
+    let rejected = jobq_diesel::write_outcomes(&mut conn, &[outcome(1, hour)], &[])
+        .await
+        .unwrap();
+    assert!(rejected.is_empty());
+    // Waiting an hour, its attempt not used (attempt - handbacks = 0).
+    assert_eq!(
+        snoozed_row(&mut conn, id).await,
+        Snoozed {
+            state: "scheduled".into(),
+            attempt: 1,
+            handbacks: 1,
+            due_later: true
+        }
+    );
+    // A late copy of the same outcome finds the attempt ended: fenced.
+    let again = jobq_diesel::write_outcomes(&mut conn, &[outcome(1, hour)], &[])
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(blocks_of_acme_past_the_hour(&mut conn).await, 1);
+
+    // The next claim is attempt 2 by the fence, still the first by count;
+    // a shorter block from it leaves the longer one in place, and a plain
+    // snooze writes none.
+    diesel::sql_query("UPDATE jobq.jobs SET state = 'pending', run_at = now() WHERE id = $1")
+        .bind::<diesel::sql_types::BigInt, _>(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // (The block would hold it back: let it pass.)
+    diesel::sql_query("UPDATE jobq.blocks SET until = now() - interval '1 second'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let claimed = claim_one(&mut conn, w, "limited").await;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].attempt, claimed[0].number()), (2, 1));
+    diesel::sql_query("UPDATE jobq.blocks SET until = now() + interval '2 hours'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let second = OutcomeKind::RateLimited { delay_ms: 1_000 };
+    assert!(
+        jobq_diesel::write_outcomes(&mut conn, &[outcome(2, second)], &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        blocks_of_acme_past_the_hour(&mut conn).await,
+        1,
+        "a shorter block shortened a longer one"
+    );
+    let after = snoozed_row(&mut conn, id).await;
+    assert_eq!((after.attempt, after.handbacks), (2, 2));
 }

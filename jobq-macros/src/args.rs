@@ -15,9 +15,10 @@ use syn::{token, Expr, Lit, LitInt, LitStr, Path, Token, UnOp};
 use crate::cron;
 use crate::duration::{self, ACCEPTED_FORMS};
 use crate::errors::Errors;
+use crate::rate::{self, RateSpec};
 
 /// The argument names, in the order the docs list them.
-const ARGUMENTS: [&str; 12] = [
+const ARGUMENTS: [&str; 15] = [
     "name",
     "queue",
     "concurrency",
@@ -27,6 +28,9 @@ const ARGUMENTS: [&str; 12] = [
     "priority",
     "global_concurrency",
     "key_concurrency",
+    "rate",
+    "key_rate",
+    "burst",
     // Periodic tasks.
     "cron",
     "timezone",
@@ -58,6 +62,11 @@ pub struct TaskArgs {
     pub global_concurrency: Option<Arg<u32>>,
     /// Fleet-wide limit of running attempts per partition key.
     pub key_concurrency: Option<Arg<u32>>,
+    /// Fleet-wide starts per unit of time, of the task and per key, and the
+    /// starts allowed at once beyond them.
+    pub rate: Option<Arg<RateSpec>>,
+    pub key_rate: Option<Arg<RateSpec>>,
+    pub burst: Option<Arg<u32>>,
     /// Periodic tasks: the expression, its time zone, and the catch-up
     /// window in milliseconds.
     pub cron: Option<Arg<String>>,
@@ -154,6 +163,15 @@ pub fn parse(tokens: TokenStream) -> (TaskArgs, Option<syn::Error>) {
             }
         }
     }
+    // A burst adds to a rate; alone it would mean nothing.
+    if let Some(burst) = &args.burst {
+        if !seen.iter().any(|k| k == "rate" || k == "key_rate") {
+            errors.push(syn::Error::new(
+                burst.span,
+                "`burst` adds to a rate limit; add `rate = \"10/s\"` or `key_rate = \"2/s\"`",
+            ));
+        }
+    }
     (args, errors.finish())
 }
 
@@ -167,6 +185,9 @@ fn apply(args: &mut TaskArgs, key: &str, value: &Expr) -> syn::Result<()> {
         // wait forever at run time.
         "global_concurrency" => args.global_concurrency = Some(positive_i32(value, key)?),
         "key_concurrency" => args.key_concurrency = Some(positive_i32(value, key)?),
+        "rate" => args.rate = Some(rate::rate(string(value, key)?, key)?),
+        "key_rate" => args.key_rate = Some(rate::rate(string(value, key)?, key)?),
+        "burst" => args.burst = Some(non_negative_i32(value, key)?),
         "retry" => {
             let retry = duration(value, key)?;
             // The backoff doubles this base; from zero every retry would be
@@ -245,6 +266,9 @@ fn example(key: &str) -> &'static str {
         "priority" => "`priority = -5`",
         "global_concurrency" => "`global_concurrency = 2`",
         "key_concurrency" => "`key_concurrency = 1`",
+        "rate" => "`rate = \"10/s\"`",
+        "key_rate" => "`key_rate = \"2/s\"`",
+        "burst" => "`burst = 5`",
         "cron" => "`cron = \"0 */5 * * * *\"`",
         "timezone" => "`timezone = \"Europe/Berlin\"`",
         "catch_up" => "`catch_up = \"1h\"`",
@@ -316,6 +340,21 @@ fn positive_i32(expr: &Expr, key: &str) -> syn::Result<Arg<u32>> {
         return Err(syn::Error::new_spanned(
             expr,
             format!("`{key}` must be at most {} (i32::MAX)", i32::MAX),
+        ));
+    }
+    let value = u32::try_from(number).map_err(|_| {
+        syn::Error::new_spanned(expr, format!("`{key}` must be at most {}", i32::MAX))
+    })?;
+    Ok(Arg { value, span })
+}
+
+/// A count that may be zero, bound as an `int4`.
+fn non_negative_i32(expr: &Expr, key: &str) -> syn::Result<Arg<u32>> {
+    let (number, span) = integer(expr, key, "u32")?;
+    if !(0..=i128::from(i32::MAX)).contains(&number) {
+        return Err(syn::Error::new_spanned(
+            expr,
+            format!("`{key}` must be between 0 and {} (i32::MAX)", i32::MAX),
         ));
     }
     let value = u32::try_from(number).map_err(|_| {
@@ -496,13 +535,27 @@ mod tests {
     }
 
     #[test]
+    fn rates_and_burst() {
+        let args = ok(quote!(rate = "10/s", key_rate = "2/m", burst = 0));
+        assert_eq!(args.rate.unwrap().value.starts, 10);
+        assert_eq!(args.key_rate.unwrap().value.per_secs, 60);
+        assert_eq!(args.burst.unwrap().value, 0);
+        assert!(messages(quote!(rate = "10/d"))[0].contains("the unit must be s, m or h"));
+        assert!(messages(quote!(key_rate = "0/s"))[0].contains("at least 1"));
+        assert!(messages(quote!(rate = 10))[0].contains("expected a string literal"));
+        assert!(messages(quote!(rate = "1/s", burst = -1))[0].contains("between 0 and"));
+        assert!(messages(quote!(burst = 3))[0].contains("`burst` adds to a rate limit"));
+    }
+
+    #[test]
     fn unknown_argument_lists_the_valid_ones() {
         assert_eq!(
             messages(quote!(concurency = 4)),
             [
                 "unknown argument `concurency`; the valid arguments are `name`, `queue`, \
               `concurrency`, `retry`, `max_attempts`, `timeout`, `priority`, \
-              `global_concurrency`, `key_concurrency`, `cron`, `timezone`, `catch_up`"
+              `global_concurrency`, `key_concurrency`, `rate`, `key_rate`, `burst`, `cron`, \
+              `timezone`, `catch_up`"
             ]
         );
         assert!(messages(quote!(jobq::queue = "x"))[0].contains("unknown argument `jobq::queue`"));

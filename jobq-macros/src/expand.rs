@@ -327,6 +327,16 @@ fn options(args: &TaskArgs) -> TokenStream {
         let value = limit.value;
         chain = quote_spanned!(limit.span=> #chain.key_concurrency(#value));
     }
+    let burst = args.burst.as_ref().map_or(0, |b| b.value);
+    for (method, rate) in [("rate", &args.rate), ("key_rate", &args.key_rate)] {
+        if let Some(rate) = rate {
+            let method = Ident::new(method, rate.span);
+            let (starts, per) = (rate.value.starts, rate.value.per_secs);
+            chain = quote_spanned!(rate.span=>
+                #chain.#method(::jobq::Rate::new(#starts, ::core::time::Duration::from_secs(#per))
+                    .with_burst(#burst)));
+        }
+    }
     if let Some(cron) = &args.cron {
         let value = &cron.value;
         chain = quote_spanned!(cron.span=> #chain.cron(#value));

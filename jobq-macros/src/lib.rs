@@ -6,6 +6,7 @@ mod cron;
 mod duration;
 mod errors;
 mod expand;
+mod rate;
 mod signature;
 
 use proc_macro::TokenStream;

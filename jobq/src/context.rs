@@ -98,6 +98,29 @@ impl Context {
         &self.queue
     }
 
+    /// The error that puts this job back to wait for `delay` without
+    /// using up an attempt: [`crate::TaskError::retry_after`], for handlers
+    /// that read better as "snooze". Return it:
+    ///
+    /// ```
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Poll { order: u64 }
+    /// # async fn shipped(_: u64) -> bool { true }
+    /// use std::time::Duration;
+    ///
+    /// #[jobq::task]
+    /// async fn wait_for_shipping(ctx: jobq::Context, job: Poll) -> Result<(), jobq::TaskError> {
+    ///     if !shipped(job.order).await {
+    ///         // Not yet: look again in a minute, as often as it takes.
+    ///         return Err(ctx.snooze(Duration::from_secs(60)));
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    #[must_use = "return the error from the handler: `return Err(ctx.snooze(d))`"]
+    pub fn snooze(&self, delay: std::time::Duration) -> crate::TaskError {
+        crate::TaskError::retry_after(delay)
+    }
+
     /// The job's partition key ([`crate::EnqueueOptions::key`]), if any.
     pub fn key(&self) -> Option<&str> {
         self.labels.as_deref()?.key.as_deref()

@@ -42,6 +42,8 @@ pub trait Task: 'static {
 /// | `priority` | 0 |
 /// | `global_concurrency` | none (no fleet-wide limit) |
 /// | `key_concurrency` | none (no per-key limit) |
+/// | `rate` | none (no rate limit) |
+/// | `key_rate` | none (no per-key rate limit) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskOptions {
     queue: Option<&'static str>,
@@ -52,6 +54,8 @@ pub struct TaskOptions {
     priority: Option<i16>,
     global_concurrency: Option<u32>,
     key_concurrency: Option<u32>,
+    rate: Option<crate::Rate>,
+    key_rate: Option<crate::Rate>,
     // Periodic tasks (`cron = ...`).
     cron: Option<&'static str>,
     timezone: Option<&'static str>,
@@ -79,6 +83,8 @@ impl TaskOptions {
             priority: None,
             global_concurrency: None,
             key_concurrency: None,
+            rate: None,
+            key_rate: None,
             cron: None,
             timezone: None,
             catch_up: None,
@@ -134,6 +140,30 @@ impl TaskOptions {
     pub const fn key_concurrency(mut self, limit: u32) -> Self {
         self.key_concurrency = Some(limit);
         self
+    }
+
+    /// Sets the most starts of this task per unit of time across every
+    /// worker process (see the README's "Rate limits").
+    pub const fn rate(mut self, rate: crate::Rate) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// Sets the most starts per partition key per unit of time across
+    /// every worker process.
+    pub const fn key_rate(mut self, rate: crate::Rate) -> Self {
+        self.key_rate = Some(rate);
+        self
+    }
+
+    /// The task's rate limit, if any.
+    pub const fn rate_limit(&self) -> Option<crate::Rate> {
+        self.rate
+    }
+
+    /// The per-key rate limit, if any.
+    pub const fn key_rate_limit(&self) -> Option<crate::Rate> {
+        self.key_rate
     }
 
     /// The fleet-wide limit, if any.

@@ -1,6 +1,9 @@
 //! [`TaskError`], what a task function returns when an attempt fails.
 
 use std::fmt;
+use std::time::Duration;
+
+use jobq_diesel::OutcomeKind;
 
 /// The error of a failed attempt.
 ///
@@ -23,8 +26,26 @@ use std::fmt;
 /// ```
 pub struct TaskError {
     inner: anyhow::Error,
-    permanent: bool,
+    kind: Kind,
 }
+
+/// What the worker does with the job after this error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Retry with the task's backoff while attempts remain.
+    Retry,
+    /// Fail at once.
+    Permanent,
+    /// Run again after the delay, without using an attempt.
+    Snooze(Duration),
+    /// Like `Snooze`, and hold back the task (or the job's key) fleet-wide
+    /// for as long.
+    RateLimited(Duration),
+}
+
+/// Longest wait a snooze or a rate limit asks for; longer ones are cut to
+/// it (a downstream that says "come back in a century" gets a year).
+pub const MAX_SNOOZE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl TaskError {
     /// A failure that retrying cannot fix: the job fails without retry.
@@ -34,7 +55,98 @@ impl TaskError {
     {
         Self {
             inner: error.into(),
-            permanent: true,
+            kind: Kind::Permanent,
+        }
+    }
+
+    /// Run the job again after `delay`, **without using up an attempt**:
+    /// for a downstream that answered "not now" (HTTP 429 or 503 with a
+    /// `Retry-After`). The job waits as scheduled until then; other jobs
+    /// of the task keep running. A job may snooze any number of times.
+    /// Delays are capped at [`MAX_SNOOZE`].
+    ///
+    /// ```
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Sync { account: u64 }
+    /// # fn call_api() -> Result<(), Option<std::time::Duration>> { Ok(()) }
+    /// use std::time::Duration;
+    ///
+    /// #[jobq::task]
+    /// async fn sync(job: Sync) -> Result<(), jobq::TaskError> {
+    ///     match call_api() {
+    ///         Ok(()) => Ok(()),
+    ///         // The API said 429, Retry-After: 30.
+    ///         Err(retry_after) => Err(jobq::TaskError::retry_after(
+    ///             retry_after.unwrap_or(Duration::from_secs(30)),
+    ///         )),
+    ///     }
+    /// }
+    /// ```
+    pub fn retry_after(delay: Duration) -> Self {
+        let delay = delay.min(MAX_SNOOZE);
+        Self {
+            inner: anyhow::Error::msg(format!("snoozed for {}", humantime::format_duration(delay))),
+            kind: Kind::Snooze(delay),
+        }
+    }
+
+    /// Like [`retry_after`](Self::retry_after), and also **no worker of
+    /// the fleet starts another job of this task until then**, or, when
+    /// the job has a partition key ([`crate::EnqueueOptions::key`]), no job
+    /// of that key: the whole fleet honours the downstream's
+    /// `Retry-After`. The block is a row in `jobq.blocks` that every claim
+    /// reads; a later block never shortens an earlier, longer one.
+    ///
+    /// ```
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Push { user: u64 }
+    /// use std::time::Duration;
+    ///
+    /// #[jobq::task]
+    /// async fn push(job: Push) -> Result<(), jobq::TaskError> {
+    ///     let throttled = job.user == 0; // the provider answered 429
+    ///     if throttled {
+    ///         return Err(jobq::TaskError::rate_limited(Duration::from_secs(60)));
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn rate_limited(delay: Duration) -> Self {
+        let delay = delay.min(MAX_SNOOZE);
+        Self {
+            inner: anyhow::Error::msg(format!(
+                "rate limited: the task (or key) waits {} fleet-wide",
+                humantime::format_duration(delay)
+            )),
+            kind: Kind::RateLimited(delay),
+        }
+    }
+
+    /// How long the job waits without using an attempt, when this is a
+    /// [`retry_after`](Self::retry_after) or
+    /// [`rate_limited`](Self::rate_limited).
+    pub fn snooze_delay(&self) -> Option<Duration> {
+        match self.kind {
+            Kind::Snooze(d) | Kind::RateLimited(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Whether this error holds back the task or key fleet-wide
+    /// ([`rate_limited`](Self::rate_limited)).
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self.kind, Kind::RateLimited(_))
+    }
+
+    /// The outcome a worker writes for this error; `retry` is the backoff
+    /// the attempt would wait before a retry.
+    pub(crate) fn outcome_kind(&self, retry: Duration) -> OutcomeKind {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        match self.kind {
+            Kind::Retry => OutcomeKind::Retry {
+                delay_ms: ms(retry),
+            },
+            Kind::Permanent => OutcomeKind::Failed,
+            Kind::Snooze(d) => OutcomeKind::Snoozed { delay_ms: ms(d) },
+            Kind::RateLimited(d) => OutcomeKind::RateLimited { delay_ms: ms(d) },
         }
     }
 
@@ -45,13 +157,13 @@ impl TaskError {
     {
         Self {
             inner: anyhow::Error::msg(message),
-            permanent: false,
+            kind: Kind::Retry,
         }
     }
 
     /// Whether this failure skips the remaining attempts.
     pub fn is_permanent(&self) -> bool {
-        self.permanent
+        self.kind == Kind::Permanent
     }
 
     /// The underlying error.
@@ -67,7 +179,7 @@ where
     fn from(error: E) -> Self {
         Self {
             inner: error.into(),
-            permanent: false,
+            kind: Kind::Retry,
         }
     }
 }
@@ -76,7 +188,7 @@ impl fmt::Debug for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskError")
             .field("error", &self.inner)
-            .field("permanent", &self.permanent)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -86,5 +198,41 @@ impl fmt::Display for TaskError {
         // `{:#}` prints the whole cause chain on one line, which is what the
         // job's error history should keep.
         write!(f, "{:#}", self.inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_maps_to_its_outcome_and_snoozes_are_capped() {
+        let backoff = Duration::from_millis(250);
+        assert_eq!(
+            TaskError::msg("x").outcome_kind(backoff),
+            OutcomeKind::Retry { delay_ms: 250 }
+        );
+        assert_eq!(
+            TaskError::permanent(std::io::Error::other("x")).outcome_kind(backoff),
+            OutcomeKind::Failed
+        );
+        let snooze = TaskError::retry_after(Duration::from_secs(2));
+        assert_eq!(
+            snooze.outcome_kind(backoff),
+            OutcomeKind::Snoozed { delay_ms: 2000 }
+        );
+        assert_eq!(snooze.snooze_delay(), Some(Duration::from_secs(2)));
+        assert!(!snooze.is_permanent() && !snooze.is_rate_limited());
+        assert_eq!(snooze.to_string(), "snoozed for 2s");
+        // A downstream asking for forever gets a year, which the database
+        // can add to now().
+        let forever = TaskError::rate_limited(Duration::MAX);
+        assert!(forever.is_rate_limited());
+        assert_eq!(forever.snooze_delay(), Some(MAX_SNOOZE));
+        let year_ms = i64::try_from(MAX_SNOOZE.as_millis()).unwrap();
+        assert_eq!(
+            forever.outcome_kind(backoff),
+            OutcomeKind::RateLimited { delay_ms: year_ms }
+        );
     }
 }

@@ -210,12 +210,11 @@ async fn run_attempt(
     };
     match AssertUnwindSafe(guarded).catch_unwind().await {
         Ok(Ok(Ok(output))) => (OutcomeKind::Completed, None, output),
-        Ok(Ok(Err(e))) if e.is_permanent() => (
-            OutcomeKind::Failed,
+        Ok(Ok(Err(e))) => (
+            e.outcome_kind(backoff(options.retry_base(), attempt)),
             Some(message::text_of(|| e.to_string())),
             None,
         ),
-        Ok(Ok(Err(e))) => retry(message::text_of(|| e.to_string())),
         Ok(Err(limit)) => retry(format!("attempt timed out after {limit:?}")),
         Err(panic) => retry(format!(
             "attempt panicked: {}",

@@ -1,7 +1,9 @@
 //! `limits`: the drain of `--jobs` no-op jobs by two worker processes, for
 //! an unlimited task, a task with `global_concurrency` (set above what the
 //! workers can hold, so that it measures the limited claim, not the
-//! limit), and a task with `key_concurrency = 1` over 1,000 keys; each
+//! limit), a task with `key_concurrency = 1` over 1,000 keys, and a task
+//! with `rate = "1000000/s"` and `burst = 1000` (above the achievable
+//! rate: it measures spending tokens in the claim); each
 //! reported with its ratio to the unlimited drain of the same run. Timed
 //! like `drain`: from the first claim to the last outcome, by the
 //! database's clock.
@@ -11,7 +13,7 @@ use diesel_async::RunQueryDsl;
 use crate::cli::Options;
 use crate::db;
 use crate::report::BenchResult;
-use crate::tasks::{global_noop, keyed_noop, noop, noops};
+use crate::tasks::{global_noop, keyed_noop, noop, noops, rated_noop};
 use crate::worker::Workers;
 
 /// Keys of the keyed drain.
@@ -27,6 +29,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
         ("bench.noop", "unlimited"),
         ("bench.global", "global_concurrency = 2000"),
         ("bench.keyed", "key_concurrency = 1, 1000 keys"),
+        ("bench.rated", "rate = 1000000/s, burst = 1000"),
     ] {
         let jobs_per_sec = if task == "bench.noop" {
             unlimited
@@ -63,6 +66,9 @@ async fn drain(options: &Options, task: &str) -> anyhow::Result<f64> {
             }
             "bench.keyed" => {
                 keyed_noop::enqueue_many(&mut conn, &payloads).await?;
+            }
+            "bench.rated" => {
+                rated_noop::enqueue_many(&mut conn, &payloads).await?;
             }
             _ => {
                 noop::enqueue_many(&mut conn, &payloads).await?;

@@ -42,6 +42,7 @@ use crate::{Error, Schedule};
 /// | [`task_retry`](Self::task_retry) | `JOBQ_TASK_RETRY` | the attribute's `retry` |
 /// | [`task_global_concurrency`](Self::task_global_concurrency) | | the attribute's `global_concurrency` |
 /// | [`task_key_concurrency`](Self::task_key_concurrency) | | the attribute's `key_concurrency` |
+/// | [`task_rate`](Self::task_rate), [`task_key_rate`](Self::task_key_rate) | | the attribute's `rate`, `key_rate` and `burst` |
 /// | [`state`](Self::state) | | none |
 /// | [`lock_timeout`](Self::lock_timeout) (own pool) | `JOBQ_LOCK_TIMEOUT` | 5 s |
 /// | [`statement_timeout`](Self::statement_timeout) (own pool) | `JOBQ_STATEMENT_TIMEOUT` | 60 s |
@@ -547,6 +548,32 @@ impl WorkerBuilder {
     /// [`task_global_concurrency`](Self::task_global_concurrency).
     pub fn task_key_concurrency(mut self, task: impl Into<String>, limit: u32) -> Self {
         self.overrides.key_concurrency.insert(task.into(), limit);
+        self
+    }
+
+    /// Sets the fleet-wide rate limit of task `task`, instead of the
+    /// attribute's `rate` and `burst` (builder only, like
+    /// [`task_global_concurrency`](Self::task_global_concurrency): every
+    /// worker of the fleet must be given the same rate).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), jobq::Error> {
+    /// let worker = jobq::Worker::builder()
+    ///     .task_rate("push.send", jobq::Rate::per_second(50).with_burst(10))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn task_rate(mut self, task: impl Into<String>, rate: crate::Rate) -> Self {
+        self.overrides.rate.insert(task.into(), rate);
+        self
+    }
+
+    /// Sets the per-key fleet-wide rate limit of task `task`, instead of
+    /// the attribute's `key_rate`; the same rules as
+    /// [`task_rate`](Self::task_rate).
+    pub fn task_key_rate(mut self, task: impl Into<String>, rate: crate::Rate) -> Self {
+        self.overrides.key_rate.insert(task.into(), rate);
         self
     }
 

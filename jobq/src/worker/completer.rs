@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobq_diesel::OutcomeKind;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
@@ -184,10 +183,7 @@ async fn write(
     let retry_in = batch
         .entries
         .iter()
-        .filter_map(|e| match e.outcome.kind {
-            OutcomeKind::Retry { delay_ms } => Some(delay_ms),
-            _ => None,
-        })
+        .filter_map(|e| e.outcome.kind.delay_ms())
         .min();
     let mut backoff = Backoff::new(Duration::from_millis(50), MAX_RETRY_DELAY);
     let mut store = PoolStore(&shared.pool);

@@ -101,7 +101,10 @@ fn ended(
 ) -> crate::metrics::Ended {
     use crate::metrics::Ended;
     match kind {
-        OutcomeKind::Released => Ended::Released,
+        // Not an attempt used: counted as the hand-backs they are stored as.
+        OutcomeKind::Released | OutcomeKind::Snoozed { .. } | OutcomeKind::RateLimited { .. } => {
+            Ended::Released
+        }
         OutcomeKind::Cancelled => Ended::Cancelled,
         _ if cancel.is_cancelled() && !stopping.is_cancelled() => Ended::Cancelled,
         OutcomeKind::Completed => Ended::Completed,
@@ -226,24 +229,25 @@ async fn attempt_outcome(
     let result = AssertUnwindSafe(guarded).catch_unwind().await;
     match result {
         Ok(Ok(Ok(output))) => (OutcomeKind::Completed, None, output),
-        Ok(Ok(Err(e))) if e.is_permanent() => (
-            OutcomeKind::Failed,
-            Some(message::text_of(|| e.to_string())),
-            None,
-        ),
-        // A handler that gave up because the worker is shutting down gets
-        // its job back in the queue untouched instead of a failed attempt.
-        // Its own timeout or a panic is no reaction to the shutdown: those
-        // stay failed attempts.
-        Ok(Ok(Err(e))) if shared.stopping.is_cancelled() => (
-            OutcomeKind::Released,
-            Some(format!(
-                "worker shutting down: {}",
-                message::text_of(|| e.to_string())
-            )),
-            None,
-        ),
-        Ok(Ok(Err(e))) => retry(message::text_of(|| e.to_string())),
+        Ok(Ok(Err(e))) => {
+            let kind = e.outcome_kind(backoff(served.retry_base, attempt));
+            let text = message::text_of(|| e.to_string());
+            // A handler that gave up because the worker is shutting down
+            // gets its job back in the queue untouched instead of a failed
+            // attempt. A snooze keeps its delay (and a rate limit its
+            // block): the handler asked for it, whatever stopped it. The
+            // attempt's own timeout or a panic is no reaction to the
+            // shutdown either: those stay failed attempts.
+            if matches!(kind, OutcomeKind::Retry { .. }) && shared.stopping.is_cancelled() {
+                (
+                    OutcomeKind::Released,
+                    Some(format!("worker shutting down: {text}")),
+                    None,
+                )
+            } else {
+                (kind, Some(text), None)
+            }
+        }
         Ok(Err(limit)) => retry(format!("attempt timed out after {limit:?}")),
         Err(panic) => retry(format!(
             "attempt panicked: {}",

@@ -53,6 +53,8 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>
         if let Err(e) = &released {
             tracing::warn!(error = %e, "handing back a claim whose reply was lost failed; retrying");
         }
+        // Learnt afresh by every round's claims of rate-limited tasks.
+        keys.rate_wake = None;
         let round = async {
             if promotion_due(&shared, promote_by) {
                 // Not yet done until it succeeds.
@@ -74,7 +76,7 @@ pub(crate) async fn run(shared: Arc<Shared>, outcomes: UnboundedSender<Finished>
                 retry_in
             }
         };
-        let deadline = next_wake(&shared, poll);
+        let deadline = next_wake(&shared, poll, keys.rate_wake);
         tokio::select! {
             _ = shared.wake.notified() => {}
             _ = shared.slots.freed() => gather_freed_slots(&shared).await,
@@ -116,6 +118,9 @@ struct ClaimKeys {
     /// last claim ended at: the next one starts after it, so that the keys
     /// are served in turn.
     key_cursors: std::collections::HashMap<usize, String>,
+    /// When the next token of a rate-limited task whose claim came back
+    /// short falls due: the fetcher wakes then, once, instead of polling.
+    rate_wake: Option<Instant>,
 }
 
 impl ClaimKeys {
@@ -174,10 +179,14 @@ async fn gather_freed_slots(shared: &Shared) {
 
 /// When to look again without being woken: after `poll` (the poll
 /// interval, or a backoff after a failed claim), or at the next known
-/// `run_at` if that comes first.
-fn next_wake(shared: &Shared, poll: Duration) -> Instant {
+/// `run_at` or the next token of a rate-limited task with work waiting,
+/// if that comes first.
+fn next_wake(shared: &Shared, poll: Duration, rate_wake: Option<Instant>) -> Instant {
     let now = Instant::now();
     let mut at = now + poll;
+    if let Some(token) = rate_wake {
+        at = at.min(token.max(now));
+    }
     if let Some(due) = shared.wake.earliest() {
         // A due time that passed during the round is handled by the next
         // one, at once (promotion_due takes it).
@@ -315,8 +324,15 @@ async fn claim_batch(
                     claim_key,
                     key_cursor: cursor,
                     due: cfg!(feature = "metrics"),
+                    rate: limits.rate.map(|r| r.as_limit()),
+                    key_rate: limits.key_rate.map(|r| r.as_limit()),
                 };
                 let result = jobq_diesel::claim_limited(&mut conn, &request).await;
+                if let Ok(claimed) = &result {
+                    if limits.rated() && claimed.len() < slots[0] as usize {
+                        note_next_token(&mut conn, &mut keys.rate_wake, &request).await;
+                    }
+                }
                 if let (Ok(claimed), Some(_)) = (&result, limits.per_key) {
                     let next = jobq_diesel::next_key_cursor(
                         cursor.unwrap_or(""),
@@ -379,6 +395,29 @@ async fn claim_batch(
         }
     }
     Ok(())
+}
+
+/// A claim of a rate-limited task came back short: maybe for want of
+/// tokens while jobs wait. Asks when the next token falls due and wakes
+/// the fetcher then. A failure only costs the wake-up (the poll interval
+/// still comes), so it is logged, not returned.
+async fn note_next_token(
+    conn: &mut jobq_diesel::PooledConnection<'_>,
+    rate_wake: &mut Option<Instant>,
+    request: &LimitedClaimRequest<'_>,
+) {
+    match jobq_diesel::next_token(conn, request.task, request.rate, request.key_rate).await {
+        Ok(Some(wait)) => {
+            let at = Instant::now() + wait;
+            *rate_wake = Some(rate_wake.map_or(at, |w| w.min(at)));
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(
+            task = request.task,
+            error = %e,
+            "could not learn when the task's next rate token is due; polling instead"
+        ),
+    }
 }
 
 fn is_key_clash(e: &diesel::result::Error) -> bool {

@@ -37,6 +37,8 @@ pub(crate) struct TaskOverrides {
     /// every worker shares, not in one host's environment.
     pub(crate) global_concurrency: BTreeMap<String, u32>,
     pub(crate) key_concurrency: BTreeMap<String, u32>,
+    pub(crate) rate: BTreeMap<String, crate::Rate>,
+    pub(crate) key_rate: BTreeMap<String, crate::Rate>,
 }
 
 /// One setting's overrides and where they came from, for messages.
@@ -102,9 +104,20 @@ pub(crate) fn served_tasks(
             values: &explicit.key_concurrency,
         },
     ];
+    let rates = [
+        Source {
+            what: "task_rate",
+            values: &explicit.rate,
+        },
+        Source {
+            what: "task_key_rate",
+            values: &explicit.key_rate,
+        },
+    ];
     // Against every task of the binary: an override for a task that
     // another deployment of it serves is no mistake.
     check_names(known, &fleet)?;
+    check_names(known, &rates)?;
     for source in &fleet {
         for (task, &n) in source.values {
             check_concurrency(source.what, task, n)?;
@@ -138,10 +151,12 @@ pub(crate) fn served_tasks(
                 limit: first(&concurrency, name).unwrap_or(options.concurrency_limit()),
                 timeout: first(&timeout, name).or(options.time_limit()),
                 retry_base: first(&retry, name).unwrap_or(options.retry_base()),
-                fleet: super::state::FleetLimits::of(&options).with(
-                    explicit.global_concurrency.get(name).copied(),
-                    explicit.key_concurrency.get(name).copied(),
-                ),
+                fleet: super::state::FleetLimits::of(&options).with(super::state::FleetOverrides {
+                    global: explicit.global_concurrency.get(name).copied(),
+                    per_key: explicit.key_concurrency.get(name).copied(),
+                    rate: explicit.rate.get(name).copied(),
+                    key_rate: explicit.key_rate.get(name).copied(),
+                }),
                 states: states.clone(),
             }
         })

@@ -42,6 +42,8 @@ pub(crate) struct ServedTask {
 pub(crate) struct FleetLimits {
     pub(crate) global: Option<i32>,
     pub(crate) per_key: Option<i32>,
+    pub(crate) rate: Option<crate::Rate>,
+    pub(crate) key_rate: Option<crate::Rate>,
 }
 
 impl FleetLimits {
@@ -50,22 +52,43 @@ impl FleetLimits {
         Self {
             global: options.global_limit().map(bound),
             per_key: options.key_limit().map(bound),
+            rate: options.rate_limit(),
+            key_rate: options.key_rate_limit(),
         }
     }
 
     /// These limits with the builder's overrides, where given.
-    pub(crate) fn with(self, global: Option<u32>, per_key: Option<u32>) -> Self {
+    pub(crate) fn with(self, overrides: FleetOverrides) -> Self {
         let bound = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
         Self {
-            global: global.map(bound).or(self.global),
-            per_key: per_key.map(bound).or(self.per_key),
+            global: overrides.global.map(bound).or(self.global),
+            per_key: overrides.per_key.map(bound).or(self.per_key),
+            rate: overrides.rate.or(self.rate),
+            key_rate: overrides.key_rate.or(self.key_rate),
         }
     }
 
     /// Whether the task has any fleet-wide limit.
     pub(crate) fn any(&self) -> bool {
-        self.global.is_some() || self.per_key.is_some()
+        self.global.is_some()
+            || self.per_key.is_some()
+            || self.rate.is_some()
+            || self.key_rate.is_some()
     }
+
+    /// Whether the task has a rate limit of either kind.
+    pub(crate) fn rated(&self) -> bool {
+        self.rate.is_some() || self.key_rate.is_some()
+    }
+}
+
+/// The builder's overrides of one task's fleet-wide limits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FleetOverrides {
+    pub(crate) global: Option<u32>,
+    pub(crate) per_key: Option<u32>,
+    pub(crate) rate: Option<crate::Rate>,
+    pub(crate) key_rate: Option<crate::Rate>,
 }
 
 /// An outcome on its way to the completer, with the claim its job came

@@ -1,0 +1,2 @@
+DROP TABLE jobq.blocks;
+DROP TABLE jobq.rate_tokens;
