@@ -83,6 +83,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "schedules",
         up: include_str!("../../migrations/2026-12-01-000050_schedules/up.sql"),
     },
+    Migration {
+        version: 20261202000200,
+        name: "finished_notify",
+        up: include_str!("../../migrations/2026-12-02-000200_finished_notify/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
