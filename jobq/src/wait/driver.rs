@@ -33,7 +33,7 @@ pub(crate) enum Source {
     /// A dedicated connection of the application's pool.
     Pool(Pool),
     /// A connection of its own.
-    Connector(Connector),
+    Connector(Box<Connector>),
 }
 
 impl Source {

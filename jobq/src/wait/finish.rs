@@ -17,7 +17,7 @@ pub(crate) enum Finish {
 
 impl Finish {
     /// What [`Finish`] means for a wait of task `T`.
-    pub(crate) fn into_result<T: Task>(&self, id: JobId) -> Result<T::Output, WaitError> {
+    pub(crate) fn to_result<T: Task>(&self, id: JobId) -> Result<T::Output, WaitError> {
         let job = match self {
             Finish::NotFound => return Err(WaitError::NotFound { id }),
             Finish::Ended(job) => job,

@@ -168,7 +168,8 @@ impl WaiterBuilder {
 
     /// Connects with `options` (for settings a URL cannot express).
     pub async fn connect_with(self, options: ConnectOptions) -> Result<Waiter, Error> {
-        self.start(Source::Connector(Connector::new(options))).await
+        self.start(Source::Connector(Box::new(Connector::new(options))))
+            .await
     }
 
     /// Uses `pool`'s connections; see [`Waiter::from_pool`].
@@ -221,5 +222,5 @@ pub async fn wait<T: Task>(
     id: JobId,
     timeout: Duration,
 ) -> Result<T::Output, WaitError> {
-    waiter.finished(id, timeout).await?.into_result::<T>(id)
+    waiter.finished(id, timeout).await?.to_result::<T>(id)
 }
