@@ -43,6 +43,9 @@ pub enum Command {
     /// Drain of an unlimited task vs one with global_concurrency and one
     /// with key_concurrency = 1 over 1,000 keys (2 worker processes)
     Limits(Options),
+    /// 1,000 concurrent waits (`my_task::wait`) on one Waiter: time from
+    /// each job's outcome to its wait returning
+    Await(Options),
     /// A worker process started by `drain` and `sustained`.
     #[command(hide = true)]
     Worker(WorkerOptions),
@@ -81,6 +84,12 @@ pub struct Options {
     /// Worker process counts of the scale scenario
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 32])]
     pub processes: Vec<usize>,
+    /// Concurrent waits (jobs per round) of the await scenario
+    #[arg(long, default_value_t = 1_000, value_parser = at_least_one)]
+    pub waiters: usize,
+    /// Rounds of the await scenario
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+    pub rounds: usize,
     /// Worker process counts of the drain scenario
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     pub workers: Vec<usize>,

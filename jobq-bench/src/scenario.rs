@@ -11,3 +11,4 @@ pub mod scale;
 pub mod scheduled;
 pub mod sustained;
 pub mod tasks;
+pub mod wait;

@@ -139,3 +139,13 @@ pub async fn keyed_noop(job: Noop) -> Result<(), jobq::TaskError> {
     let _ = job.n;
     Ok(())
 }
+
+/// Task name of [`square()`].
+pub const SQUARE: &str = "bench.square";
+
+/// Returns its payload squared: a task with a typed output, for the
+/// `await` scenario's waits to decode.
+#[jobq::task(name = "bench.square", concurrency = 1000)]
+pub async fn square(job: Noop) -> Result<u64, jobq::TaskError> {
+    Ok(job.n.wrapping_mul(job.n))
+}

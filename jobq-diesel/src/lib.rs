@@ -14,6 +14,7 @@ mod claim;
 mod connect;
 mod conninfo;
 mod enqueue;
+mod finished;
 mod jobs;
 mod limited_claim;
 mod listener;
@@ -47,6 +48,7 @@ pub use connect::{
 pub use enqueue::{
     insert_job, insert_jobs, insert_unique_job, KeyHold, NewJob, NewJobs, UniqueInsert,
 };
+pub use finished::{FinishedListener, WaitedJob, FINISHED_CHANNEL};
 pub use jobs::{
     cancel, find_job, find_job_by_key, find_output, pending_unknown_tasks, Cancel, CancelResult,
     JobRow, OutputRow, UnknownTask,

@@ -82,14 +82,7 @@ pub enum ListenerError {
 impl Listener {
     /// Opens a connection outside the pool's accounting and LISTENs.
     pub async fn connect(pool: &Pool) -> Result<Listener, ListenerError> {
-        let conn = pool
-            .dedicated_connection()
-            .await
-            .map_err(|source| ListenerError::Connect {
-                url: "the pool's database".to_owned(),
-                source,
-            })?;
-        Self::listen_on(conn).await
+        Self::listen_on(dedicated(pool).await?).await
     }
 
     /// Opens a connection to `url` (e.g. straight to PostgreSQL while the
@@ -108,14 +101,7 @@ impl Listener {
     /// Opens a connection with `connector` (its options and hook) and
     /// LISTENs.
     pub async fn connect_with(connector: &Connector) -> Result<Listener, ListenerError> {
-        let conn = connector
-            .connect()
-            .await
-            .map_err(|e| ListenerError::Connect {
-                url: connector.options().to_string(),
-                source: PoolError::ConnectionError(e),
-            })?;
-        Self::listen_on(conn).await
+        Self::listen_on(direct(connector).await?).await
     }
 
     async fn listen_on(mut conn: AsyncPgConnection) -> Result<Listener, ListenerError> {
@@ -151,6 +137,28 @@ impl Listener {
             }
         }
     }
+}
+
+/// A connection of the pool's, outside its accounting: a connection that
+/// LISTENs must never go back to the pool.
+pub(crate) async fn dedicated(pool: &Pool) -> Result<AsyncPgConnection, ListenerError> {
+    pool.dedicated_connection()
+        .await
+        .map_err(|source| ListenerError::Connect {
+            url: "the pool's database".to_owned(),
+            source,
+        })
+}
+
+/// A connection made by `connector`.
+pub(crate) async fn direct(connector: &Connector) -> Result<AsyncPgConnection, ListenerError> {
+    connector
+        .connect()
+        .await
+        .map_err(|e| ListenerError::Connect {
+            url: connector.options().to_string(),
+            source: PoolError::ConnectionError(e),
+        })
 }
 
 fn parse(channel: &str, payload: &str) -> Option<Notification> {

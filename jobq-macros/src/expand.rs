@@ -88,6 +88,8 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
     let payloads = local("payloads", Span::call_site());
     let enqueue_options = local("options", Span::call_site());
     let job_id = local("id", Span::call_site());
+    let waiter = local("waiter", Span::call_site());
+    let timeout = local("timeout", Span::call_site());
     let context_span = sig
         .extractors
         .iter()
@@ -234,6 +236,18 @@ fn generate(function: &ItemFn, args: &TaskArgs, sig: &TaskSignature) -> TokenStr
                 ::jobq::Error,
             > {
                 ::jobq::__private::output::<Self>(#conn, #job_id).await
+            }
+
+            /// Waits until job `id` of this task finishes, for at most
+            /// `timeout`: its output when it completed, else why not
+            /// (failed, cancelled, timed out, no such job).
+            #[allow(dead_code)]
+            #vis async fn wait(
+                #waiter: &::jobq::Waiter,
+                #job_id: ::jobq::JobId,
+                #timeout: ::core::time::Duration,
+            ) -> ::core::result::Result<<Self as ::jobq::Task>::Output, ::jobq::WaitError> {
+                ::jobq::__private::wait::<Self>(#waiter, #job_id, #timeout).await
             }
 
             /// Enqueues one job per payload on `conn` in a single statement,
@@ -411,6 +425,10 @@ mod tests {
         );
         assert!(
             out.contains("async fn output (conn : & mut :: jobq :: __private :: AsyncPgConnection , id : :: jobq :: JobId ,)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("async fn wait (waiter : & :: jobq :: Waiter , id : :: jobq :: JobId , timeout : :: core :: time :: Duration ,)"),
             "{out}"
         );
         assert!(out.contains("let _ = ctx ;"), "{out}");

@@ -34,7 +34,7 @@
 //!
 //! Idempotent submission: [`EnqueueOptions::unique_key`] and
 //! [`enqueue_unique`]. Typed outputs: a task fn returning `Result<T, _>`,
-//! read with [`output`]. The feature `testing` adds `jobq::testing`, a kit
+//! read with [`output`], or awaited with a [`Waiter`] (`my_task::wait`). The feature `testing` adds `jobq::testing`, a kit
 //! for tests of your own tasks (a throwaway database, `drain`,
 //! `run_inline`, `assert_enqueued`).
 
@@ -63,6 +63,7 @@ mod task_error;
 pub mod testing;
 mod tick;
 mod trace_context;
+mod wait;
 mod worker;
 
 #[doc(hidden)]
@@ -94,6 +95,8 @@ pub use task_error::{TaskError, MAX_SNOOZE};
 // Periodic tasks.
 pub use schedules::{pause_schedule, resume_schedule, schedules, Schedule, ScheduleInfo};
 pub use tick::Tick;
+// Awaiting a job's outcome.
+pub use wait::{WaitError, Waiter, WaiterBuilder};
 pub use worker::{run, Pool, ShutdownHandle, Worker, WorkerBuilder};
 // Connection set-up (TLS, the connect hook): see WorkerBuilder::connect_with.
 pub use jobq_diesel::{ConnectOptions, SslMode};

@@ -5,6 +5,7 @@ pub use crate::enqueue::{enqueue, enqueue_many, enqueue_many_with, enqueue_uniqu
 pub use crate::output::output;
 pub use crate::registry::{prepare, Handler, TaskDescriptor, TaskFuture, TaskReturn};
 pub use crate::state::{StateArg, StateKey};
+pub use crate::wait::wait;
 pub use diesel_async::AsyncPgConnection;
 pub use inventory;
 pub use serde_json;

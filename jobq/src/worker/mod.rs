@@ -12,11 +12,11 @@
 
 mod attempts;
 mod backlog;
-mod backoff;
+pub(crate) mod backoff;
 mod builder;
 mod completer;
 mod config;
-mod error_text;
+pub(crate) mod error_text;
 mod executor;
 mod fetcher;
 #[cfg(feature = "metrics")]
@@ -34,7 +34,7 @@ mod shutdown;
 mod slots;
 mod standing;
 mod state;
-mod url;
+pub(crate) mod url;
 mod wakeups;
 
 use std::future::Future;
