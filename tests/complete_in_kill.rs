@@ -129,7 +129,7 @@ struct N {
     n: i64,
 }
 
-#[derive(QueryableByName, Debug)]
+#[derive(QueryableByName)]
 struct Miscount {
     #[diesel(sql_type = BigInt)]
     id: i64,
@@ -306,11 +306,15 @@ async fn complete_in_under_kills() {
     .await
     .expect("effects per job");
     drop(conn);
+    let examples: Vec<String> = miscounted
+        .iter()
+        .take(10)
+        .map(|m| format!("job {}: {} effect rows", m.id, m.effects))
+        .collect();
     assert!(
         miscounted.is_empty(),
-        "{} jobs without exactly one effect row, e.g. {:?}",
-        miscounted.len(),
-        &miscounted[..miscounted.len().min(10)]
+        "{} jobs without exactly one effect row, e.g. {examples:?}",
+        miscounted.len()
     );
     assert_eq!(
         count(&pool, "SELECT count(*) AS n FROM effects").await,
