@@ -201,8 +201,8 @@ impl Context {
     /// applies its effects. Once the transaction commits, the job is
     /// completed; the worker records nothing more for the attempt, and an
     /// error the handler returns afterwards is only logged. Call it once
-    /// per attempt, last in the transaction (it holds the job's row lock
-    /// until the commit).
+    /// per attempt, last in the transaction: it holds the job's row lock
+    /// until the commit.
     ///
     /// `conn` must be on the database that holds jobq's tables. Outside a
     /// transaction, the job is completed at once.
