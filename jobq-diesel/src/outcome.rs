@@ -1,6 +1,6 @@
 //! Writing the outcomes of attempts, many at once, fenced by attempt.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use diesel::sql_types::{Array, BigInt, Integer, Text};
 use diesel::{OptionalExtension, QueryableByName};
@@ -77,9 +77,8 @@ pub struct RejectedOutcome {
 /// a healthy batch returns nothing (no row per job crosses the wire). An
 /// outcome whose attempt already ended its job, completed in the handler's
 /// own transaction ([`complete_in_transaction`]), is neither written nor
-/// returned. For
-/// a batch of successes, finding those takes a second, read-only statement,
-/// run only when fewer rows changed than outcomes were sent.
+/// returned. Finding the outcomes turned away takes a second, read-only
+/// statement, run only when fewer rows changed than outcomes were sent.
 ///
 /// A job whose cancellation was requested ends `cancelled` whatever its
 /// handler returned. Jobs that become pending again wake the workers of
@@ -268,17 +267,17 @@ pub async fn write_outcomes_around_locks(
     .bind::<Array<BigInt>, _>(&left_ids)
     .load(conn)
     .await?;
+    let seen: HashMap<(i64, i32), String> = seen
+        .into_iter()
+        .map(|s| ((s.id, s.attempt), s.state))
+        .collect();
     let mut not_written = NotWritten::default();
     for o in left {
         let r = RejectedOutcome {
             id: o.id,
             attempt: o.attempt,
         };
-        let now = seen
-            .iter()
-            .find(|s| s.id == o.id && s.attempt == o.attempt)
-            .map(|s| s.state.as_str());
-        match now {
+        match seen.get(&(o.id, o.attempt)).map(String::as_str) {
             Some("running") => not_written.locked.push(r),
             Some(_) => {}
             None => not_written.rejected.push(r),

@@ -87,7 +87,9 @@ pub(crate) fn spawn(
         )
         .await;
         let (kind, message) = if kind != OutcomeKind::Completed && fence.used() {
-            completed_in_handler(&task, &attempt, kind, message).await
+            // Boxed: the rare path's future (a pool checkout, a query) would
+            // otherwise enlarge every attempt's state machine.
+            Box::pin(completed_in_handler(&task, &attempt, kind, message)).await
         } else {
             (kind, message)
         };
