@@ -43,6 +43,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.blocks TO jobq_worker;
 -- The application enqueues and reads status. It cannot claim, change or
 -- delete jobs. To let it cancel jobs as well, add:
 --   GRANT UPDATE (state, finished_at, cancel_requested) ON jobq.jobs TO jobq_app;
+-- and for handlers that complete their job in their own transaction
+-- (Context::complete_in) on a connection of this role:
+--   GRANT UPDATE (state, finished_at, worker_id, output) ON jobq.jobs TO jobq_app;
 GRANT SELECT, INSERT ON jobq.jobs TO jobq_app;
 
 -- Tables added by later jobq migrations get the same grants.

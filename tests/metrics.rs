@@ -49,6 +49,28 @@ async fn wait(ctx: jobq::Context, _job: Input) -> Result<(), TaskError> {
     Err(TaskError::msg("cancelled"))
 }
 
+/// Completes its job in its own transaction (`Context::complete_in`); the
+/// job with `n == 2` then fails, after the commit. Both count as one
+/// completion each.
+#[jobq::task(name = "metrics.in_tx", retry = "10ms", max_attempts = 3)]
+async fn in_tx(
+    ctx: jobq::Context,
+    jobq::State(pool): jobq::State<jobq::Pool>,
+    job: Input,
+) -> Result<(), TaskError> {
+    use diesel_async::AsyncConnection;
+    let mut conn = pool.get().await?;
+    conn.transaction::<_, TaskError, _>(async |conn| {
+        ctx.complete_in(conn).await?;
+        Ok(())
+    })
+    .await?;
+    if job.n == 2 {
+        return Err(TaskError::msg("failed after the commit"));
+    }
+    Ok(())
+}
+
 /// A queue name with everything the exposition format escapes, and more.
 const HOSTILE_QUEUE: &str = "q \"quoted\"\nnew line \\ back, ü☃ } {";
 /// A task name that would forge a series if it were not escaped.
@@ -209,6 +231,10 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
     let doomed_id = doomed::enqueue(&mut conn, &input).await.unwrap();
     let flaky_id = flaky::enqueue(&mut conn, &input).await.unwrap();
     let wait_id = wait::enqueue(&mut conn, &input).await.unwrap();
+    let in_tx_ids = [
+        in_tx::enqueue(&mut conn, &Input { n: 1 }).await.unwrap(),
+        in_tx::enqueue(&mut conn, &Input { n: 2 }).await.unwrap(),
+    ];
     // No worker knows this task and none serves this queue: it stays
     // pending, for the gauges.
     jobq::enqueue_json(
@@ -240,6 +266,7 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
     let worker = env
         .worker()
         .queues(["default", HOSTILE_QUEUE])
+        .state(env.pool.clone())
         .build()
         .await
         .unwrap()
@@ -255,6 +282,15 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
     env.wait_state(wait_id, JobState::Running).await;
     assert!(jobq::cancel(&mut conn, wait_id).await.unwrap());
     env.wait_state(wait_id, JobState::Cancelled).await;
+    for &id in &in_tx_ids {
+        let info = env.wait_state(id, JobState::Completed).await;
+        assert_eq!(info.attempt, 1);
+    }
+    // Every attempt is counted before its outcome settles its claim.
+    support::wait_until("every outcome to be written", async || {
+        env.count("SELECT count(*) AS n FROM jobq.claims").await == 0
+    })
+    .await;
 
     // The gauges come from the sampler: poll until its sample shows the
     // unserved job (samples before the enqueue would not).
@@ -303,6 +339,9 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
         ("jobq_jobs_enqueued_total", "metrics.flaky", d, 1.0),
         ("jobq_jobs_enqueued_total", "metrics.wait", d, 1.0),
         ("jobq_jobs_enqueued_total", HOSTILE_TASK, "elsewhere", 1.0),
+        ("jobq_jobs_enqueued_total", "metrics.in_tx", d, 2.0),
+        ("jobq_jobs_claimed_total", "metrics.in_tx", d, 2.0),
+        ("jobq_jobs_completed_total", "metrics.in_tx", d, 2.0),
         ("jobq_jobs_claimed_total", "metrics.ok", d, 4.0),
         ("jobq_jobs_claimed_total", "metrics.ok", HOSTILE_QUEUE, 1.0),
         ("jobq_jobs_claimed_total", "metrics.doomed", d, 1.0),
@@ -355,6 +394,7 @@ async fn a_scrape_after_a_known_set_of_jobs_shows_exact_counters_histograms_and_
     assert_eq!(attempts("metrics.flaky", "completed"), 1.0);
     assert_eq!(attempts("metrics.doomed", "failed"), 1.0);
     assert_eq!(attempts("metrics.wait", "cancelled"), 1.0);
+    assert_eq!(attempts("metrics.in_tx", "completed"), 2.0);
     let inf = value(
         &series,
         "jobq_attempt_duration_seconds_bucket",

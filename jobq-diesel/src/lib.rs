@@ -60,7 +60,8 @@ pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention, RESCUE_SQL};
 pub use migrations::{migrate, schema_version, MigrateError, LATEST_VERSION};
 pub use outcome::{
-    write_outcomes, write_outcomes_around_locks, NotWritten, Outcome, OutcomeKind, RejectedOutcome,
+    attempt_completed, complete_in_transaction, write_outcomes, write_outcomes_around_locks,
+    CompletedIn, NotWritten, Outcome, OutcomeKind, RejectedOutcome,
 };
 pub use pause::{pause_queue, paused_queues, resume_queue};
 pub use ping::ping;

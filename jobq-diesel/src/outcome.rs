@@ -1,9 +1,9 @@
 //! Writing the outcomes of attempts, many at once, fenced by attempt.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use diesel::sql_types::{Array, BigInt, Integer, Text};
-use diesel::QueryableByName;
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 /// How an attempt ended, as far as the job row is concerned.
@@ -103,9 +103,11 @@ pub struct RejectedOutcome {
 /// Writes a batch of outcomes in one statement. Only rows still `running`
 /// with the same attempt change (the fence of invariant 2); the outcomes
 /// that lost their job to a rescue are returned, so a successful write of
-/// a healthy batch returns nothing (no row per job crosses the wire). For
-/// a batch of successes, finding those takes a second, read-only statement,
-/// run only when fewer rows changed than outcomes were sent.
+/// a healthy batch returns nothing (no row per job crosses the wire). An
+/// outcome whose attempt already ended its job, completed in the handler's
+/// own transaction ([`complete_in_transaction`]), is neither written nor
+/// returned. Finding the outcomes turned away takes a second, read-only
+/// statement, run only when fewer rows changed than outcomes were sent.
 ///
 /// A job whose cancellation was requested ends `cancelled` whatever its
 /// handler returned. Jobs that become pending again wake the workers of
@@ -163,11 +165,7 @@ pub async fn write_outcomes(
         // or cancelled; a rejected one finds another attempt, or its own
         // back in the queue or failed by the rescue.
         let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempt).collect();
-        return diesel::sql_query(NOT_ENDED_SQL)
-            .bind::<Array<BigInt>, _>(&ids)
-            .bind::<Array<Integer>, _>(&attempts)
-            .load(conn)
-            .await;
+        return not_ended(conn, &ids, &attempts).await;
     }
     let keys: Vec<String> = outcomes.iter().map(fence_key).collect();
     let details = details(outcomes, &keys);
@@ -182,14 +180,29 @@ pub async fn write_outcomes(
         return Ok(Vec::new());
     }
     let written: HashSet<(i64, i32)> = written.iter().map(|w| (w.id, w.attempt)).collect();
-    Ok(outcomes
+    let (ids, attempts): (Vec<i64>, Vec<i32>) = outcomes
         .iter()
         .filter(|o| !written.contains(&(o.id, o.attempt)))
-        .map(|o| RejectedOutcome {
-            id: o.id,
-            attempt: o.attempt,
-        })
-        .collect())
+        .map(|o| (o.id, o.attempt))
+        .unzip();
+    // An outcome whose attempt already ended its job (the handler completed
+    // it in its own transaction) was not turned away: there was nothing
+    // left to write.
+    not_ended(conn, &ids, &attempts).await
+}
+
+/// Of the attempts `ids`/`attempts`, the ones whose job does not show them
+/// ended as completed or cancelled.
+async fn not_ended(
+    conn: &mut AsyncPgConnection,
+    ids: &[i64],
+    attempts: &[i32],
+) -> diesel::QueryResult<Vec<RejectedOutcome>> {
+    diesel::sql_query(NOT_ENDED_SQL)
+        .bind::<Array<BigInt>, _>(ids)
+        .bind::<Array<Integer>, _>(attempts)
+        .load(conn)
+        .await
 }
 
 /// The per-attempt details of [`OUTCOME_SQL`]'s `$3`, keyed by attempt,
@@ -268,29 +281,100 @@ pub async fn write_outcomes_around_locks(
         .iter()
         .filter(|o| !written.contains(&(o.id, o.attempt)))
         .collect();
-    // Still running in their attempt: skipped for a lock. Anything else
-    // lost its job to a rescue. (A plain read never waits for row locks.)
+    // Still running in their attempt: skipped for a lock. Ended by their
+    // own attempt (the handler completed its job in its own transaction):
+    // nothing left to write. Anything else lost its job to a rescue. (A
+    // plain read never waits for row locks.)
     let left_ids: Vec<i64> = left.iter().map(|o| o.id).collect();
-    let running: Vec<Written> = diesel::sql_query(
-        "SELECT id, attempt FROM jobq.jobs WHERE id = ANY($1) AND state = 'running'",
+    let seen: Vec<AttemptState> = diesel::sql_query(
+        "SELECT id, attempt, state::text AS state FROM jobq.jobs \
+         WHERE id = ANY($1) AND state IN ('running', 'completed', 'cancelled')",
     )
     .bind::<Array<BigInt>, _>(&left_ids)
     .load(conn)
     .await?;
-    let running: HashSet<(i64, i32)> = running.iter().map(|r| (r.id, r.attempt)).collect();
+    let seen: HashMap<(i64, i32), String> = seen
+        .into_iter()
+        .map(|s| ((s.id, s.attempt), s.state))
+        .collect();
     let mut not_written = NotWritten::default();
     for o in left {
         let r = RejectedOutcome {
             id: o.id,
             attempt: o.attempt,
         };
-        if running.contains(&(o.id, o.attempt)) {
-            not_written.locked.push(r);
-        } else {
-            not_written.rejected.push(r);
+        match seen.get(&(o.id, o.attempt)).map(String::as_str) {
+            Some("running") => not_written.locked.push(r),
+            Some(_) => {}
+            None => not_written.rejected.push(r),
         }
     }
     Ok(not_written)
+}
+
+/// What [`complete_in_transaction`] did to its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletedIn {
+    /// The job is completed, as far as the caller's transaction goes.
+    Completed,
+    /// The job's cancellation had been requested: it is marked cancelled
+    /// instead, as a successful attempt's would be.
+    Cancelled,
+    /// The attempt is no longer the job's live one (it was rescued, or
+    /// has ended already): nothing changed.
+    NotLive,
+}
+
+#[derive(QueryableByName)]
+struct Ended {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    completed: bool,
+}
+
+/// Marks attempt `attempt` of job `id` successful on `conn`, normally inside
+/// the caller's own transaction, which then commits or rolls back the job's
+/// completion together with its own writes. Fenced like the completer's
+/// statements: only a row still `running` with that attempt changes.
+/// `output` is JSON text without U+0000 (checked by the caller), `None`
+/// for none. The claim's row is left to the worker, which settles it when
+/// the handler returns.
+pub async fn complete_in_transaction(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    attempt: i32,
+    output: Option<&str>,
+) -> diesel::QueryResult<CompletedIn> {
+    let row: Option<Ended> = diesel::sql_query(COMPLETE_IN_SQL)
+        .bind::<BigInt, _>(id)
+        .bind::<Integer, _>(attempt)
+        .bind::<diesel::sql_types::Nullable<Text>, _>(output)
+        .get_result(conn)
+        .await
+        .optional()?;
+    Ok(match row {
+        None => CompletedIn::NotLive,
+        Some(Ended { completed: true }) => CompletedIn::Completed,
+        Some(Ended { completed: false }) => CompletedIn::Cancelled,
+    })
+}
+
+/// Whether attempt `attempt` of job `id` ended its job as completed (read
+/// without waiting for row locks).
+pub async fn attempt_completed(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    attempt: i32,
+) -> diesel::QueryResult<bool> {
+    let row: Option<Ended> = diesel::sql_query(
+        "SELECT true AS completed FROM jobq.jobs \
+         WHERE id = $1 AND attempt = $2 AND state = 'completed'",
+    )
+    .bind::<BigInt, _>(id)
+    .bind::<Integer, _>(attempt)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(row.is_some())
 }
 
 /// A row [`OUTCOME_SQL`] changed.
@@ -300,6 +384,18 @@ struct Written {
     id: i64,
     #[diesel(sql_type = Integer)]
     attempt: i32,
+}
+
+/// A job's attempt and state, as [`write_outcomes_around_locks`] reads it
+/// back.
+#[derive(QueryableByName)]
+struct AttemptState {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Integer)]
+    attempt: i32,
+    #[diesel(sql_type = Text)]
+    state: String,
 }
 
 /// Bits of a packed fence key that hold the attempt.
@@ -341,6 +437,18 @@ fn fence_key(o: &Outcome) -> String {
 // scan of 1,000 outcomes went from 1.0 to 2.5 ms, about 1.5 µs per job,
 // more than the 0.5 ms of planning it would save).
 
+/// The SET list of a successful attempt's row, shared by the completer's
+/// statements and [`COMPLETE_IN_SQL`], so that a job completed in
+/// its handler's transaction is the same row as one the worker completed.
+/// A job whose cancellation was requested ends cancelled instead.
+macro_rules! completed_set {
+    () => {
+        "state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'completed' END)::jobq.job_state, \
+         finished_at = now(), \
+         worker_id = NULL"
+    };
+}
+
 /// Marks successful attempts done, `$1` their ids, behind the attempt
 /// fence `$fence` (on the keys in `$2`), and removes the settled claims
 /// `$3`. An UPDATE without RETURNING: its row count tells whether every
@@ -350,19 +458,19 @@ macro_rules! complete_sql {
     ($fence:literal) => {
         concat!(
             "WITH settled AS (DELETE FROM jobq.claims WHERE id = ANY($3)) \
-            UPDATE jobq.jobs j SET \
-                state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'completed' END)::jobq.job_state, \
-                finished_at = now(), \
-                worker_id = NULL \
-            WHERE j.id = ANY($1) AND j.state = 'running' AND ",
+            UPDATE jobq.jobs j SET ",
+            completed_set!(),
+            " WHERE j.id = ANY($1) AND j.state = 'running' AND ",
             $fence
         )
     };
 }
 
-/// Of the successful attempts `$1`/`$2` (ids, attempts) just written, the
-/// ones whose job does not show that attempt ended as completed or
-/// cancelled: the outcomes the fence turned away.
+/// Of the attempts `$1`/`$2` (ids, attempts) whose outcomes did not all
+/// change their rows, the ones whose job does not show that attempt ended
+/// as completed or cancelled: the outcomes the fence turned away. (An
+/// attempt that ended its job itself, in its handler's transaction, left
+/// its outcome nothing to write.)
 const NOT_ENDED_SQL: &str = "\
     SELECT o.id, o.attempt FROM unnest($1::bigint[], $2::int[]) AS o(id, attempt) \
     WHERE NOT EXISTS ( \
@@ -379,6 +487,19 @@ const COMPLETE_SQL: &str =
 const COMPLETE_PACKED_SQL: &str = complete_sql!(
     "(CASE WHEN j.id >= 0 AND j.id < 8796093022208 AND j.attempt >= 0 AND j.attempt < 1048576 \
           THEN j.id * 1048576 + j.attempt END) = ANY($2::bigint[])"
+);
+
+/// One successful attempt, `$1`/`$2` (id, attempt), in the caller's
+/// transaction, with its output `$3` (JSON text or NULL): the completer's
+/// fence and SET list, one row. Returns whether the job ended completed
+/// (or cancelled, when that was requested); no row when the attempt is no
+/// longer the live one.
+const COMPLETE_IN_SQL: &str = concat!(
+    "UPDATE jobq.jobs j SET ",
+    completed_set!(),
+    ", output = CASE WHEN j.cancel_requested THEN j.output ELSE $3::jsonb END \
+     WHERE j.id = $1 AND j.attempt = $2 AND j.state = 'running' \
+     RETURNING j.state = 'completed' AS completed"
 );
 
 /// Any outcomes: `$1` ids, `$2` "id:attempt" keys, `$3` a JSON object of

@@ -193,6 +193,137 @@ async fn a_late_outcome_of_a_rescued_attempt_changes_nothing() {
     assert_eq!((row.state.as_str(), row.attempt), ("completed", 2));
 }
 
+#[tokio::test]
+async fn a_completion_in_the_handlers_transaction_is_fenced_and_leaves_the_outcome_nothing() {
+    use jobq_diesel::{complete_in_transaction, CompletedIn};
+    let (_db, mut conn) = setup().await;
+    let id = rescued_and_claimed_again(&mut conn).await;
+    let worker_of = async |conn: &mut AsyncPgConnection| {
+        #[derive(QueryableByName)]
+        struct W {
+            #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
+            worker_id: Option<i64>,
+        }
+        diesel::sql_query(format!("SELECT worker_id FROM jobq.jobs WHERE id = {id}"))
+            .get_result::<W>(conn)
+            .await
+            .unwrap()
+            .worker_id
+    };
+
+    // The rescued attempt changes nothing.
+    let late = complete_in_transaction(&mut conn, id, 1, None)
+        .await
+        .unwrap();
+    assert_eq!(late, CompletedIn::NotLive);
+    // The live one, in a transaction that rolls back: still running.
+    let rolled_back = conn
+        .transaction::<(), diesel::result::Error, _>(async |c| {
+            let done = complete_in_transaction(c, id, 2, Some(r#"{"n":1}"#)).await?;
+            assert_eq!(done, CompletedIn::Completed);
+            Err(diesel::result::Error::RollbackTransaction)
+        })
+        .await;
+    assert!(rolled_back.is_err());
+    let row = jobq_diesel::find_job(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!((row.state.as_str(), row.attempt), ("running", 2));
+    assert!(worker_of(&mut conn).await.is_some());
+    // Committed: the completer's row, with the output.
+    conn.transaction::<(), diesel::result::Error, _>(async |c| {
+        let done = complete_in_transaction(c, id, 2, Some(r#"{"n":1}"#)).await?;
+        assert_eq!(done, CompletedIn::Completed);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let completed = jobq_diesel::find_job(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!(
+        (completed.state.as_str(), completed.attempt),
+        ("completed", 2)
+    );
+    assert!(completed.finished_at.is_some());
+    assert_eq!(completed.output.as_deref(), Some(r#"{"n": 1}"#));
+    assert_eq!(worker_of(&mut conn).await, None);
+    assert!(jobq_diesel::attempt_completed(&mut conn, id, 2)
+        .await
+        .unwrap());
+    assert!(!jobq_diesel::attempt_completed(&mut conn, id, 1)
+        .await
+        .unwrap());
+
+    // Whatever the worker then sends for that attempt, on every path, is
+    // neither written nor taken for a rescued attempt's.
+    let outcome = |kind, message: Option<&str>, output: Option<&str>| Outcome {
+        id,
+        attempt: 2,
+        kind,
+        message: message.map(str::to_owned),
+        output: output.map(str::to_owned),
+    };
+    let outcomes = [
+        outcome(OutcomeKind::Completed, None, None),
+        outcome(OutcomeKind::Completed, None, Some(r#"{"n":2}"#)),
+        outcome(OutcomeKind::Retry { delay_ms: 0 }, Some("late error"), None),
+        outcome(OutcomeKind::Released, Some("shutting down"), None),
+    ];
+    for o in &outcomes {
+        let rejected = jobq_diesel::write_outcomes(&mut conn, std::slice::from_ref(o), &[])
+            .await
+            .unwrap();
+        assert!(rejected.is_empty(), "{o:?}: {rejected:?}");
+        let not_written =
+            jobq_diesel::write_outcomes_around_locks(&mut conn, std::slice::from_ref(o))
+                .await
+                .unwrap();
+        assert_eq!(not_written, jobq_diesel::NotWritten::default(), "{o:?}");
+    }
+    let row = jobq_diesel::find_job(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.state.as_str(), row.attempt, row.output, row.errors),
+        ("completed", 2, completed.output, completed.errors)
+    );
+    assert_eq!(row.finished_at, completed.finished_at);
+    // The rescued attempt's outcome is still turned away as such, and a
+    // second completion finds the attempt ended.
+    let rejected = jobq_diesel::write_outcomes(
+        &mut conn,
+        &[Outcome {
+            attempt: 1,
+            ..outcomes[2].clone()
+        }],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(rejected, [jobq_diesel::RejectedOutcome { id, attempt: 1 }]);
+    let again = complete_in_transaction(&mut conn, id, 2, None)
+        .await
+        .unwrap();
+    assert_eq!(again, CompletedIn::NotLive);
+}
+
+#[tokio::test]
+async fn a_completion_in_the_handlers_transaction_of_a_cancelled_job_cancels_it() {
+    use jobq_diesel::{complete_in_transaction, CompletedIn};
+    let (_db, mut conn) = setup().await;
+    let id = jobq_diesel::insert_job(&mut conn, &job("t")).await.unwrap();
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    assert_eq!(claim_one(&mut conn, worker, "t").await[0].id, id);
+    conn.batch_execute(&format!(
+        "UPDATE jobq.jobs SET cancel_requested = true WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    let done = complete_in_transaction(&mut conn, id, 1, Some("7"))
+        .await
+        .unwrap();
+    assert_eq!(done, CompletedIn::Cancelled);
+    let row = jobq_diesel::find_job(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!((row.state.as_str(), row.output), ("cancelled", None));
+}
+
 #[derive(QueryableByName)]
 struct PlanLine {
     #[diesel(sql_type = Text, column_name = "QUERY PLAN")]

@@ -2,6 +2,8 @@
 
 use jobq_diesel::{MigrateError, PoolError};
 
+use crate::JobId;
+
 /// Everything that can go wrong in jobq's API, with the context to act on it.
 ///
 /// Messages never contain the password of a database URL.
@@ -144,9 +146,58 @@ pub enum Error {
         /// The version this binary needs.
         needed: i64,
     },
+    // Added with `Context::complete_in` (issue 13).
+    /// [`Context::complete_in`](crate::Context::complete_in): the attempt
+    /// is no longer the job's live one. The job was rescued from this
+    /// worker (it stopped heartbeating for longer than the lease) and may
+    /// be running elsewhere, or this attempt has completed it already.
+    /// Nothing changed; roll the transaction back so that its writes are
+    /// not applied twice.
+    #[error(
+        "job {job}: attempt {attempt} is no longer the job's live attempt (the job was rescued \
+         from this worker, or this attempt already completed it); roll back the transaction"
+    )]
+    Superseded {
+        /// The job.
+        job: JobId,
+        /// The attempt, as [`Context::attempt`](crate::Context::attempt)
+        /// counts it.
+        attempt: u32,
+    },
+    /// [`Context::complete_in`](crate::Context::complete_in): the job's
+    /// cancellation was requested while the attempt ran. Its row is marked
+    /// cancelled in the transaction; roll the transaction back so that a
+    /// cancelled job applies no effects (the worker then records the
+    /// cancellation).
+    #[error(
+        "job {job} was cancelled while this attempt ran, so it cannot complete; roll back \
+         the transaction"
+    )]
+    CancelRequested {
+        /// The job.
+        job: JobId,
+    },
+    /// What a handler gave [`Context::complete_in_with`](crate::Context::complete_in_with)
+    /// is not the task's output type, or cannot be stored faithfully (a
+    /// non-finite float, the character U+0000, a size over
+    /// [`MAX_OUTPUT_SIZE`](crate::MAX_OUTPUT_SIZE)). A [`TaskError`](crate::TaskError)
+    /// made from it with `?` is permanent: no retry would store it.
+    #[error("task {task}: invalid output: {reason}")]
+    InvalidOutput {
+        /// The task.
+        task: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Error {
+    /// Whether no retry of the attempt can help: the job should fail at
+    /// once when a handler returns this error.
+    pub(crate) fn is_permanent_for_a_task(&self) -> bool {
+        matches!(self, Error::InvalidOutput { .. })
+    }
+
     pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(diesel::result::Error) -> Error {
         let context = context.into();
         move |source| Error::Database { context, source }

@@ -39,6 +39,7 @@
 //! `run_inline`, `assert_enqueued`).
 
 mod admin;
+mod complete_in;
 mod context;
 mod cron;
 mod enqueue;

@@ -22,22 +22,27 @@ pub(crate) fn to_stored<O: Serialize + 'static>(
     task: &'static str,
     output: &O,
 ) -> Result<Option<String>, TaskError> {
-    if TypeId::of::<O>() == TypeId::of::<()>() {
-        return Ok(None);
-    }
-    let refuse = |reason: String| {
+    stored_json(output).map_err(|reason| {
         TaskError::permanent(anyhow::anyhow!(
             "task {task}: the handler succeeded but its output cannot be stored: {reason}"
         ))
-    };
-    crate::payload_check::check(output).map_err(|p| refuse(p.0))?;
-    let json = serde_json::to_string(output)
-        .map_err(|e| refuse(format!("it does not serialize to JSON: {e}")))?;
+    })
+}
+
+/// The output as the job row stores it (`None` for `()`), or why it
+/// cannot be stored.
+pub(crate) fn stored_json<O: Serialize + 'static>(output: &O) -> Result<Option<String>, String> {
+    if TypeId::of::<O>() == TypeId::of::<()>() {
+        return Ok(None);
+    }
+    crate::payload_check::check(output).map_err(|p| p.0)?;
+    let json =
+        serde_json::to_string(output).map_err(|e| format!("it does not serialize to JSON: {e}"))?;
     if json.len() > MAX_OUTPUT_SIZE {
-        return Err(refuse(format!(
+        return Err(format!(
             "its JSON text is {} bytes, over the limit of {MAX_OUTPUT_SIZE} bytes",
             json.len()
-        )));
+        ));
     }
     Ok(Some(json))
 }

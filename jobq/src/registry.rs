@@ -33,6 +33,10 @@ pub struct TaskDescriptor {
     /// The payload's type, to check at run time that a schedule's task
     /// takes a [`crate::Tick`].
     pub(crate) payload_type: fn() -> std::any::TypeId,
+    /// The output's type and its name, to check what a handler gives
+    /// [`Context::complete_in_with`].
+    pub(crate) output_type: fn() -> std::any::TypeId,
+    pub(crate) output_type_name: fn() -> &'static str,
 }
 
 impl TaskDescriptor {
@@ -54,6 +58,8 @@ impl TaskDescriptor {
             line,
             column,
             payload_type: std::any::TypeId::of::<T::Payload>,
+            output_type: std::any::TypeId::of::<T::Output>,
+            output_type_name: std::any::type_name::<T::Output>,
         }
     }
 

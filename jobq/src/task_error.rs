@@ -8,7 +8,9 @@ use jobq_diesel::OutcomeKind;
 /// The error of a failed attempt.
 ///
 /// `?` converts any `std::error::Error + Send + Sync + 'static` and any
-/// `anyhow::Error` into a retryable `TaskError`. Use [`TaskError::permanent`]
+/// `anyhow::Error` into a retryable `TaskError` (except
+/// [`Error::InvalidOutput`](crate::Error::InvalidOutput), which is
+/// permanent). Use [`TaskError::permanent`]
 /// for failures that no retry can fix: the job then fails at once.
 ///
 /// `TaskError` deliberately does not implement `std::error::Error` itself:
@@ -177,10 +179,18 @@ where
     E: Into<anyhow::Error>,
 {
     fn from(error: E) -> Self {
-        Self {
-            inner: error.into(),
-            kind: Kind::Retry,
-        }
+        let inner = error.into();
+        // jobq's own errors that no retry fixes (an output that cannot be
+        // stored) stay permanent through the handler's `?`.
+        let kind = if inner
+            .downcast_ref::<crate::Error>()
+            .is_some_and(crate::Error::is_permanent_for_a_task)
+        {
+            Kind::Permanent
+        } else {
+            Kind::Retry
+        };
+        Self { inner, kind }
     }
 }
 

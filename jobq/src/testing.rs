@@ -136,12 +136,13 @@ impl Drain {
             let ctx = Context::new(
                 id,
                 number,
-                descriptor.name,
+                descriptor,
                 job.queue.as_str().into(),
                 cancel,
                 self.states.clone(),
                 crate::context::Labels::of(job.key, job.headers.as_deref()),
-            );
+            )
+            .fenced(crate::complete_in::Fence::new(job.attempt));
             let (kind, error, output) =
                 run_attempt(descriptor, ctx, &job.payload, number, descriptor.options).await;
             let outcome = Outcome {
@@ -287,7 +288,10 @@ impl TestContext {
 /// Calls the handler of task `T` on `payload` directly, without a
 /// database, with a [`TestContext::new`] context, and returns what it
 /// returned. The payload goes through JSON first, as it would through the
-/// job table; a handler's panic propagates to the test.
+/// job table; a handler's panic propagates to the test. There is no job
+/// row: [`Context::complete_in`](crate::Context::complete_in) checks its
+/// output and changes nothing, so the handler's transaction commits its
+/// own writes alone.
 ///
 /// ```no_run
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct Add { a: i64, b: i64 }
@@ -335,7 +339,7 @@ pub async fn run_inline_with<T: Task>(
     let ctx = Context::new(
         context.job_id,
         context.attempt,
-        descriptor.name,
+        descriptor,
         queue.as_str().into(),
         cancel,
         context.states,

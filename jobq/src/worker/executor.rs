@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::attempts::{AttemptRef, Owned};
 use super::message;
 use super::state::{Finished, Shared};
+use crate::complete_in::Fence;
 use crate::context::Labels;
 use crate::retry::backoff;
 use crate::{Context, JobId};
@@ -74,10 +75,25 @@ pub(crate) fn spawn(
     let tx = outcomes.clone();
     // Boxed: the attempt's state machine is large, and tokio moves a task's
     // future several times on the way in and out; a box moves as a pointer.
+    let fence = Fence::new(job.attempt);
     let attempt_future = Box::pin(async move {
         let started = crate::metrics::Stopwatch::start();
-        let (kind, message, output) =
-            run_attempt(&task, job, task_index, Arc::clone(&queue), cancel.clone()).await;
+        let (kind, message, output) = run_attempt(
+            &task,
+            job,
+            task_index,
+            Arc::clone(&queue),
+            cancel.clone(),
+            fence.clone(),
+        )
+        .await;
+        let (kind, message) = if kind != OutcomeKind::Completed && fence.used() {
+            // Boxed: the rare path's future (a pool checkout, a query) would
+            // otherwise enlarge every attempt's state machine.
+            Box::pin(completed_in_handler(&task, &attempt, kind, message)).await
+        } else {
+            (kind, message)
+        };
         if let Some(owned) = task.attempts.finish(&attempt) {
             let ended = ended(kind, last_attempt, &cancel, &task.stopping);
             crate::metrics::attempt_ended(name, &queue, ended, started.elapsed());
@@ -87,6 +103,34 @@ pub(crate) fn spawn(
     });
     let handle = tokio::spawn(attempt_future.instrument(span));
     shared.attempts.set_abort(&attempt, handle.abort_handle());
+}
+
+/// The outcome of an attempt whose handler completed its job in its own
+/// transaction and then failed: when that transaction committed, the job
+/// is completed and stays so, and the attempt counts as completed (its
+/// outcome, now a plain completion, finds nothing left to write). When it
+/// rolled back, or the database cannot tell now, the failure stands.
+async fn completed_in_handler(
+    shared: &Shared,
+    attempt: &AttemptRef,
+    kind: OutcomeKind,
+    message: Option<String>,
+) -> (OutcomeKind, Option<String>) {
+    let committed = match shared.pool.get().await {
+        Ok(mut conn) => jobq_diesel::attempt_completed(&mut conn, attempt.id, attempt.attempt)
+            .await
+            .unwrap_or(false),
+        Err(_) => false,
+    };
+    if !committed {
+        return (kind, message);
+    }
+    tracing::warn!(
+        error = message.as_deref().unwrap_or(""),
+        "the handler failed after its job was completed in its own transaction \
+         (complete_in); the job stays completed and the failure is not recorded"
+    );
+    (OutcomeKind::Completed, None)
 }
 
 /// How the attempt ends for the metrics. A job whose cancellation was
@@ -153,8 +197,9 @@ async fn run_attempt(
     task_index: usize,
     queue: Arc<str>,
     cancel: CancellationToken,
+    fence: Fence,
 ) -> (OutcomeKind, Option<String>, Option<String>) {
-    let (kind, full, output) = attempt_outcome(shared, job, task_index, queue, cancel).await;
+    let (kind, full, output) = attempt_outcome(shared, job, task_index, queue, cancel, fence).await;
     // The whole message goes to the log; the job's history keeps a cleaned,
     // capped copy (see `message`).
     match (&kind, &full) {
@@ -177,6 +222,7 @@ async fn attempt_outcome(
     task_index: usize,
     queue: Arc<str>,
     cancel: CancellationToken,
+    fence: Fence,
 ) -> (OutcomeKind, Option<String>, Option<String>) {
     let served = &shared.tasks[task_index];
     let descriptor = served.descriptor;
@@ -186,12 +232,13 @@ async fn attempt_outcome(
     let ctx = Context::new(
         JobId::from(job.id),
         attempt,
-        descriptor.name,
+        descriptor,
         queue,
         cancel,
         served.states.clone(),
         labels,
-    );
+    )
+    .fenced(fence);
     let decoded = catch_unwind(AssertUnwindSafe(|| (descriptor.handler)(ctx, &job.payload)));
     let future = match decoded {
         Ok(Ok(future)) => future,
