@@ -83,6 +83,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "schedules",
         up: include_str!("../../migrations/2026-12-01-000050_schedules/up.sql"),
     },
+    Migration {
+        version: 20261202000100,
+        name: "listing_indexes",
+        up: include_str!("../../migrations/2026-12-02-000100_listing_indexes/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
