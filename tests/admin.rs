@@ -74,6 +74,23 @@ async fn a_task_lists_its_jobs_in_every_state_newest_first() {
         );
     }
     assert_eq!(listed(&env, JobFilter::new().task("nobody")).await, []);
+    // A queue's failed jobs (read through the failed jobs' own index): two
+    // of "mine" and the one of "other", newest first.
+    let failed = listed(
+        &env,
+        JobFilter::new().state(JobState::Failed).queue("default"),
+    )
+    .await;
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(failed.windows(2).all(|w| w[0].get() > w[1].get()));
+    assert_eq!(
+        listed(
+            &env,
+            JobFilter::new().state(JobState::Failed).queue("nowhere")
+        )
+        .await,
+        []
+    );
     // Below jobq's typed filter, a state that is not one is refused; its
     // text never reaches the statement.
     let bogus = jobq_diesel::JobQuery {
@@ -503,13 +520,16 @@ struct PlanLine {
 
 /// A million finished jobs over the past week (one in a hundred failed,
 /// all of them of task t0; some with dedupe keys), a thousand pending and
-/// a thousand scheduled. Task "old" has 5,000 jobs, all in the oldest 1 %.
+/// a thousand scheduled. Each task is on one queue (q1: t1, t4, t7, so
+/// no failed job). Task "old" has 5,000 jobs, all in the oldest 1 % and
+/// completed, alone on queue "q-old".
 /// Analyzed.
 async fn a_million_finished_jobs(conn: &mut diesel_async::AsyncPgConnection) {
     conn.batch_execute(
         "INSERT INTO jobq.jobs (task, queue, payload, state, finished_at, created_at, dedupe_key) \
          SELECT CASE WHEN i <= 10000 AND i % 2 = 1 THEN 'old' ELSE 't' || (i % 10) END, \
-                'q' || (i % 3), '{}', \
+                CASE WHEN i <= 10000 AND i % 2 = 1 THEN 'q-old' ELSE 'q' || (i % 10 % 3) END, \
+                '{}', \
                 CASE WHEN i % 100 = 0 THEN 'failed' ELSE 'completed' END::jobq.job_state, \
                 now() - (1000000 - i) * interval '600 milliseconds', \
                 now() - (1000000 - i) * interval '600 milliseconds' - interval '1 second', \
@@ -690,60 +710,55 @@ async fn listing_plans_on_a_million_finished_jobs() {
     // primary key hoping to meet matches soon reads the whole table (tens
     // of thousands of buffers). Each of these must read a few pages.
     conn.batch_execute("SET jit = off").await.unwrap();
+    let listing = |state, task, queue, dedupe_key, before_id| jobq_diesel::JobQuery {
+        state,
+        task,
+        queue,
+        dedupe_key,
+        before_id,
+        ..base.clone()
+    };
     let rare = [
         (
             "failed of a task that has none",
-            Some("failed"),
-            Some("t3"),
-            None,
-            None,
+            listing(Some("failed"), Some("t3"), None, None, None),
         ),
         (
             "cancelled of a task that has none",
-            Some("cancelled"),
-            Some("t3"),
-            None,
-            None,
+            listing(Some("cancelled"), Some("t3"), None, None, None),
         ),
         (
             "completed of a task with only old jobs",
-            Some("completed"),
-            Some("old"),
-            None,
-            None,
+            listing(Some("completed"), Some("old"), None, None, None),
         ),
         (
             "failed of a task with only old jobs",
-            Some("failed"),
-            Some("old"),
-            None,
-            None,
+            listing(Some("failed"), Some("old"), None, None, None),
         ),
         (
             "scheduled of a task that has none",
-            Some("scheduled"),
-            Some("t3"),
-            None,
-            None,
+            listing(Some("scheduled"), Some("t3"), None, None, None),
         ),
-        ("a task with only old jobs", None, Some("old"), None, None),
+        // The queues page links every queue's failed jobs.
+        (
+            "failed of a queue that has none",
+            listing(Some("failed"), None, Some("q1"), None, None),
+        ),
+        (
+            "a task with only old jobs",
+            listing(None, Some("old"), None, None, None),
+        ),
         (
             "a task with only old jobs, a page on",
-            None,
-            Some("old"),
-            None,
-            Some(4_000),
+            listing(None, Some("old"), None, None, Some(4_000)),
         ),
-        ("an old dedupe key", None, None, Some("key1000"), None),
+        (
+            "an old dedupe key",
+            listing(None, None, None, Some("key1000"), None),
+        ),
     ];
-    for (what, state, task, dedupe_key, before_id) in rare {
-        let query = jobq_diesel::JobQuery {
-            state,
-            task,
-            dedupe_key,
-            before_id,
-            ..base.clone()
-        };
+    for (what, query) in rare {
+        let state = query.state;
         let plan = explain_list_as(&mut conn, "EXPLAIN (ANALYZE, BUFFERS)", &query).await;
         assert!(
             buffers(&plan) < 1_000,

@@ -260,6 +260,7 @@ pub async fn list_jobs(
 /// | --- | --- |
 /// | a finished state and a task | `jobs_finished_task_idx`, in id order |
 /// | scheduled and a task | `jobs_scheduled_idx` (that task's scheduled ids) |
+/// | failed or cancelled and a queue | `jobs_failed_idx` (that queue's ids) |
 /// | running | `jobq.claims`, then the primary key |
 /// | a dedupe key | `jobs_dedupe_key_idx`, in id order |
 /// | a task without a state | one branch per state (as above), merged |
@@ -335,6 +336,15 @@ impl ListParams {
     }
 }
 
+/// A condition on the ids of the jobs in `state` whose `column` equals
+/// parameter `n`, read as a whole from that state's partial index.
+fn ids_in_state(state: &str, column: &str, n: usize) -> String {
+    format!(
+        " AND id = ANY(ARRAY(SELECT id FROM jobq.jobs \
+         WHERE state = '{state}' AND {column} = ${n}))"
+    )
+}
+
 /// Which jobs one `SELECT` of a listing takes by state.
 enum StateIs<'a> {
     /// Jobs in any state.
@@ -373,15 +383,18 @@ fn select_jobs(query: &JobQuery<'_>, p: &ListParams, state: StateIs<'_>) -> Stri
             " AND id = ANY(ARRAY(SELECT generate_series(lower(r), upper(r) - 1) \
              FROM jobq.claims c, unnest(c.jobs) AS r))",
         ),
-        // No index holds scheduled jobs by task; walking the primary key
-        // for a task with few scheduled jobs would read every finished
-        // one. Its scheduled ids come from the scheduled jobs' own index
-        // (their cost follows the scheduled jobs, not the table).
-        Some("scheduled") if query.task.is_some() => sql.push_str(&format!(
-            " AND id = ANY(ARRAY(SELECT id FROM jobq.jobs \
-             WHERE state = 'scheduled' AND task = ${}))",
-            p.task
-        )),
+        // No index holds scheduled jobs by task, nor failed or cancelled
+        // ones by queue in id order; walking the primary key for a task or
+        // queue with few such jobs would read every finished one. Their ids
+        // come from the state's own index instead (jobs_scheduled_idx,
+        // jobs_failed_idx): the cost follows the jobs in that state, not
+        // the table.
+        Some("scheduled") if query.task.is_some() => {
+            sql.push_str(&ids_in_state("scheduled", "task", p.task));
+        }
+        Some(name @ ("failed" | "cancelled")) if query.task.is_none() && query.queue.is_some() => {
+            sql.push_str(&ids_in_state(name, "queue", p.queue));
+        }
         _ => {}
     }
     for (given, column, n) in [

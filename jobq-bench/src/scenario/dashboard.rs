@@ -6,8 +6,9 @@
 //! (the newest a few seconds old), over 19 tasks and 4 queues, mostly
 //! completed, about 2 % failed with three errors each and 0.5 % cancelled.
 //! Two tasks are there to catch plans that walk the primary key hoping to
-//! meet matches soon: `app.task00` never fails or is cancelled, and
-//! `legacy.import` has jobs only in the oldest 2 % of the week. Some jobs
+//! meet matches soon: `app.task00` never fails or is cancelled (and is
+//! alone on queue `bulk`), and `legacy.import` has jobs only in the oldest
+//! 2 % of the week. Some jobs
 //! carry dedupe keys, some still hold a unique key. Beside them: pending,
 //! scheduled and running jobs (with their claims), four workers and twenty
 //! schedules; then `VACUUM ANALYZE`, as autovacuum would have done.
@@ -55,7 +56,8 @@ const SEED_FINISHED: &str = "\
            CASE WHEN g % 500 = 11 THEN created + interval '30 days' END \
     FROM ( \
         SELECT g, task, created, \
-               (ARRAY['default', 'mail', 'reports', 'critical'])[1 + n % 4] AS queue, \
+               CASE WHEN n = 0 THEN 'bulk' \
+                    ELSE (ARRAY['default', 'mail', 'reports', 'critical'])[1 + n % 4] END AS queue, \
                CASE WHEN n = 0 THEN 'completed' \
                     WHEN g % 47 = 1 THEN 'failed' \
                     WHEN g % 211 = 2 THEN 'cancelled' \
@@ -231,6 +233,14 @@ fn pages(ids: &Ids, finished: u64) -> Vec<(String, String)> {
             format!("/jobs?state={state}&task=legacy.import"),
         );
     }
+    add(
+        "failed queue (has none)".into(),
+        "/failed?queue=bulk".into(),
+    );
+    add(
+        "jobs state=cancelled queue (has none)".into(),
+        "/jobs?state=cancelled&queue=bulk".into(),
+    );
     add("jobs since 1h".into(), "/jobs?since=1h".into());
     add(
         "jobs state=failed since 1h".into(),
