@@ -10,6 +10,121 @@ use diesel_async::SimpleAsyncConnection;
 use jobq::{EnqueueOptions, Error, JobFilter, JobId, JobState, RetryOutcome};
 use serde_json::json;
 
+/// A task's jobs are listed across every state, newest first, however
+/// the listing reads them (one index per state, merged), and a state with
+/// a task lists only that task's jobs in that state.
+#[tokio::test]
+async fn a_task_lists_its_jobs_in_every_state_newest_first() {
+    let env = support::env().await;
+    let mut conn = env.conn().await;
+    let states = [
+        JobState::Scheduled,
+        JobState::Pending,
+        JobState::Running,
+        JobState::Completed,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+    conn.batch_execute(
+        "INSERT INTO jobq.workers (hostname, pid, queues) VALUES ('host', 1, '{default}')",
+    )
+    .await
+    .unwrap();
+    // Two jobs of "mine" and one of "other" in each state, interleaved.
+    let mut mine = Vec::new();
+    for round in 0..2 {
+        for state in states {
+            for task in ["mine", "other"] {
+                if task == "other" && round == 1 {
+                    continue;
+                }
+                let id = enqueue(&mut conn, task).await;
+                put_in_state(&mut conn, id, state).await;
+                if task == "mine" {
+                    mine.push((id, state));
+                }
+            }
+        }
+    }
+    mine.reverse();
+    let newest_first: Vec<JobId> = mine.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        listed(&env, JobFilter::new().task("mine")).await,
+        newest_first
+    );
+    let mut paged = Vec::new();
+    let mut filter = JobFilter::new().task("mine").limit(5);
+    loop {
+        let page = listed(&env, filter.clone()).await;
+        let Some(&last) = page.last() else { break };
+        filter = filter.before(last);
+        paged.extend(page);
+    }
+    assert_eq!(paged, newest_first);
+    for state in states {
+        let expected: Vec<JobId> = mine
+            .iter()
+            .filter(|(_, s)| *s == state)
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(
+            listed(&env, JobFilter::new().state(state).task("mine")).await,
+            expected,
+            "{state:?}"
+        );
+    }
+    assert_eq!(listed(&env, JobFilter::new().task("nobody")).await, []);
+    // A queue's failed jobs (read through the failed jobs' own index): two
+    // of "mine" and the one of "other", newest first.
+    let failed = listed(
+        &env,
+        JobFilter::new().state(JobState::Failed).queue("default"),
+    )
+    .await;
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(failed.windows(2).all(|w| w[0].get() > w[1].get()));
+    assert_eq!(
+        listed(
+            &env,
+            JobFilter::new().state(JobState::Failed).queue("nowhere")
+        )
+        .await,
+        []
+    );
+    // Below jobq's typed filter, a state that is not one is refused; its
+    // text never reaches the statement.
+    let bogus = jobq_diesel::JobQuery {
+        state: Some("pending' OR true --"),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(jobq_diesel::list_jobs(&mut conn, &bogus).await.is_err());
+    assert!(!jobq_diesel::list_jobs_sql(&bogus).contains("OR true"));
+}
+
+/// Moves a pending job to `state` as jobq would have: a running job with
+/// the claim row that records it, a finished one with its end time.
+async fn put_in_state(conn: &mut diesel_async::AsyncPgConnection, id: JobId, state: JobState) {
+    let sql = match state {
+        JobState::Pending => return,
+        JobState::Scheduled => format!(
+            "UPDATE jobq.jobs SET state = 'scheduled', run_at = now() + interval '1 hour' \
+             WHERE id = {id}"
+        ),
+        JobState::Running => format!(
+            "UPDATE jobq.jobs SET state = 'running', attempt = 1, started_at = now(), \
+                 worker_id = (SELECT min(id) FROM jobq.workers) WHERE id = {id}; \
+             INSERT INTO jobq.claims (worker_id, jobs, claim_key) \
+             SELECT min(id), int8multirange(int8range({id}, {id}, '[]')), {id} FROM jobq.workers"
+        ),
+        finished => format!(
+            "UPDATE jobq.jobs SET state = '{}', finished_at = now() WHERE id = {id}",
+            finished.as_str()
+        ),
+    };
+    conn.batch_execute(&sql).await.unwrap();
+}
+
 #[jobq::task(name = "admin.runs")]
 async fn runs(_job: serde_json::Value) -> Result<(), jobq::TaskError> {
     Ok(())
@@ -404,12 +519,17 @@ struct PlanLine {
 }
 
 /// A million finished jobs over the past week (one in a hundred failed,
-/// some with dedupe keys), a thousand pending and a thousand scheduled.
+/// all of them of task t0; some with dedupe keys), a thousand pending and
+/// a thousand scheduled. Each task is on one queue (q1: t1, t4, t7, so
+/// no failed job). Task "old" has 5,000 jobs, all in the oldest 1 % and
+/// completed, alone on queue "q-old".
 /// Analyzed.
 async fn a_million_finished_jobs(conn: &mut diesel_async::AsyncPgConnection) {
     conn.batch_execute(
         "INSERT INTO jobq.jobs (task, queue, payload, state, finished_at, created_at, dedupe_key) \
-         SELECT 't' || (i % 10), 'q' || (i % 3), '{}', \
+         SELECT CASE WHEN i <= 10000 AND i % 2 = 1 THEN 'old' ELSE 't' || (i % 10) END, \
+                CASE WHEN i <= 10000 AND i % 2 = 1 THEN 'q-old' ELSE 'q' || (i % 10 % 3) END, \
+                '{}', \
                 CASE WHEN i % 100 = 0 THEN 'failed' ELSE 'completed' END::jobq.job_state, \
                 now() - (1000000 - i) * interval '600 milliseconds', \
                 now() - (1000000 - i) * interval '600 milliseconds' - interval '1 second', \
@@ -428,11 +548,22 @@ async fn explain_list(
     conn: &mut diesel_async::AsyncPgConnection,
     query: &jobq_diesel::JobQuery<'_>,
 ) -> String {
+    explain_list_as(conn, "EXPLAIN", query).await
+}
+
+/// `explain` (`EXPLAIN` and its options) of the listing of `query`, its
+/// parameters bound as `jobq::jobs` binds them.
+async fn explain_list_as(
+    conn: &mut diesel_async::AsyncPgConnection,
+    explain: &str,
+    query: &jobq_diesel::JobQuery<'_>,
+) -> String {
     use diesel::sql_types::{BigInt, Text, Timestamptz};
     use diesel_async::RunQueryDsl;
-    let mut q = diesel::sql_query(format!("EXPLAIN {}", jobq_diesel::list_jobs_sql(query)))
+    let mut q = diesel::sql_query(format!("{explain} {}", jobq_diesel::list_jobs_sql(query)))
         .into_boxed::<diesel::pg::Pg>();
-    for text in [query.state, query.task, query.queue, query.dedupe_key]
+    // The state is written into the statement, not bound.
+    for text in [query.task, query.queue, query.dedupe_key]
         .into_iter()
         .flatten()
     {
@@ -451,10 +582,31 @@ async fn explain_list(
         .join("\n")
 }
 
+/// Shared buffers (hit and read) a statement touched, from its
+/// `EXPLAIN (ANALYZE, BUFFERS)`: the first `Buffers:` line is the top
+/// node's, which counts its children's.
+fn buffers(plan: &str) -> u64 {
+    let line = plan
+        .lines()
+        .find(|l| l.trim_start().starts_with("Buffers:"))
+        .unwrap_or_else(|| panic!("no Buffers line:\n{plan}"));
+    ["hit=", "read="]
+        .iter()
+        .filter_map(|key| {
+            let at = line.find(key)? + key.len();
+            line[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// Listing by state, by a common task or queue, since a time or before an
-/// id, and the bulk statements, all read indexes on a big table. (A task,
-/// queue or key that matches almost nothing, without a state, is planned
-/// as a scan: no index holds finished jobs by those columns; see
+/// id, and the bulk statements, all read indexes on a big table. (A queue
+/// or time that matches almost nothing, without a state, may still be
+/// planned as a scan: no index holds finished jobs by those columns; see
 /// `jobq::jobs`.)
 #[tokio::test]
 async fn listing_plans_on_a_million_finished_jobs() {
@@ -554,6 +706,75 @@ async fn listing_plans_on_a_million_finished_jobs() {
             );
         }
     }
+    // Filters that match few or only old jobs: a plan that walks the
+    // primary key hoping to meet matches soon reads the whole table (tens
+    // of thousands of buffers). Each of these must read a few pages.
+    conn.batch_execute("SET jit = off").await.unwrap();
+    let listing = |state, task, queue, dedupe_key, before_id| jobq_diesel::JobQuery {
+        state,
+        task,
+        queue,
+        dedupe_key,
+        before_id,
+        ..base.clone()
+    };
+    let rare = [
+        (
+            "failed of a task that has none",
+            listing(Some("failed"), Some("t3"), None, None, None),
+        ),
+        (
+            "cancelled of a task that has none",
+            listing(Some("cancelled"), Some("t3"), None, None, None),
+        ),
+        (
+            "completed of a task with only old jobs",
+            listing(Some("completed"), Some("old"), None, None, None),
+        ),
+        (
+            "failed of a task with only old jobs",
+            listing(Some("failed"), Some("old"), None, None, None),
+        ),
+        (
+            "scheduled of a task that has none",
+            listing(Some("scheduled"), Some("t3"), None, None, None),
+        ),
+        // The queues page links every queue's failed jobs.
+        (
+            "failed of a queue that has none",
+            listing(Some("failed"), None, Some("q1"), None, None),
+        ),
+        (
+            "a task with only old jobs",
+            listing(None, Some("old"), None, None, None),
+        ),
+        (
+            "a task with only old jobs, a page on",
+            listing(None, Some("old"), None, None, Some(4_000)),
+        ),
+        (
+            "an old dedupe key",
+            listing(None, None, None, Some("key1000"), None),
+        ),
+    ];
+    for (what, query) in rare {
+        let state = query.state;
+        let plan = explain_list_as(&mut conn, "EXPLAIN (ANALYZE, BUFFERS)", &query).await;
+        assert!(
+            buffers(&plan) < 1_000,
+            "listing {what} reads {} buffers:\n{plan}",
+            buffers(&plan)
+        );
+        // Failed and cancelled jobs by task are in jobs_failed_idx too;
+        // completed ones only in jobs_finished_task_idx.
+        if state == Some("completed") {
+            assert!(
+                plan.contains("jobs_finished_task_idx"),
+                "listing {what} does not read jobs_finished_task_idx:\n{plan}"
+            );
+        }
+    }
+
     use diesel::sql_types::{Array, BigInt, Text};
     use diesel_async::RunQueryDsl;
     let purge: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN {}", jobq_diesel::PURGE_SQL))
@@ -576,9 +797,18 @@ async fn listing_plans_on_a_million_finished_jobs() {
             .await
             .unwrap();
     for (what, plan, index) in [
-        ("purge", purge, "jobs_finished_idx"),
-        ("retry_failed", retry, "jobs_failed_idx"),
-        ("task_has_jobs", known, "jobs_failed_idx"),
+        ("purge", purge, &["jobs_finished_idx"][..]),
+        // Both hold a task's failed jobs.
+        (
+            "retry_failed",
+            retry,
+            &["jobs_failed_idx", "jobs_finished_task_idx"][..],
+        ),
+        (
+            "task_has_jobs",
+            known,
+            &["jobs_failed_idx", "jobs_finished_task_idx"][..],
+        ),
     ] {
         let plan = plan
             .into_iter()
@@ -589,6 +819,9 @@ async fn listing_plans_on_a_million_finished_jobs() {
             !reads_the_table(&plan),
             "{what} reads the whole table:\n{plan}"
         );
-        assert!(plan.contains(index), "{what} does not use {index}:\n{plan}");
+        assert!(
+            index.iter().any(|i| plan.contains(i)),
+            "{what} does not use {index:?}:\n{plan}"
+        );
     }
 }

@@ -310,6 +310,14 @@ async fn no_stats_statement_reads_the_whole_jobs_table() {
     let per_minute: i64 = minutes.iter().map(|m| m.completed + m.failed).sum();
     assert!((7000..=7300).contains(&per_minute), "{per_minute}");
     // Two rows a second, one failed in a hundred: every minute has some.
-    assert!(minutes.iter().all(|m| m.completed >= 100), "{minutes:?}");
+    // The newest minute only holds the rows of its part before the insert
+    // (the statement runs seconds after it on a busy machine).
+    assert!(
+        minutes
+            .iter()
+            .filter(|m| m.minutes_ago > 0)
+            .all(|m| m.completed >= 100),
+        "{minutes:?}"
+    );
     assert!(minutes.iter().map(|m| m.failed).sum::<i64>() >= 60);
 }

@@ -46,6 +46,10 @@ pub enum Command {
     /// 1,000 concurrent waits (`my_task::wait`) on one Waiter: time from
     /// each job's outcome to its wait returning
     Await(Options),
+    /// Every page of the web dashboard, timed over HTTP, beside
+    /// `--finished-rows` finished jobs (not part of `all`: a minute of
+    /// set-up)
+    Dashboard(Options),
     /// A worker process started by `drain` and `sustained`.
     #[command(hide = true)]
     Worker(WorkerOptions),
@@ -90,6 +94,13 @@ pub struct Options {
     /// Rounds of the await scenario
     #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     pub rounds: usize,
+    /// Finished jobs of the dashboard scenario
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub finished_rows: u64,
+    /// Timed requests per page of the dashboard scenario (after one
+    /// warm-up)
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    pub page_requests: usize,
     /// Worker process counts of the drain scenario
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     pub workers: Vec<usize>,

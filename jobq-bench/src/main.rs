@@ -5,8 +5,10 @@
 //! ```
 //!
 //! Scenarios: `enqueue`, `drain`, `latency`, `sustained`, `backlog`, or
-//! `all` (those five), and `scheduled`, `limits` and `await`. Each runs on a fresh database created with `jobq-testkit`:
-//! on `DATABASE_URL`'s server when it is set, else on a private throwaway
+//! `all` (those five), and `scheduled`, `limits`, `await` and `dashboard`
+//! (every page of the web dashboard beside a million finished jobs). Each
+//! runs on a fresh database created with `jobq-testkit`: on `DATABASE_URL`'s
+//! server when it is set, else on a private throwaway
 //! server (tuned for speed: `fsync=off`, so its numbers are not the durable
 //! ones). The server and its durability settings are printed first.
 //!
@@ -56,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Scale(o) => (o, vec!["scale"]),
         Command::Limits(o) => (o, vec!["limits"]),
         Command::Await(o) => (o, vec!["await"]),
+        Command::Dashboard(o) => (o, vec!["dashboard"]),
         Command::All(o) => (
             o,
             vec!["enqueue", "drain", "latency", "sustained", "backlog"],
@@ -76,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
             "scale" => scenario::scale::run(&options).await?,
             "limits" => scenario::limits::run(&options).await?,
             "await" => scenario::wait::run(&options).await?,
+            "dashboard" => scenario::dashboard::run(&options).await?,
             other => unreachable!("scenario {other} is not in the list above"),
         };
         results.append(&mut rows);

@@ -2,6 +2,7 @@
 //! returns its results (already printed as JSON lines).
 
 pub mod backlog;
+pub mod dashboard;
 pub mod drain;
 pub mod enqueue;
 pub mod latency;

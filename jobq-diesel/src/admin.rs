@@ -200,18 +200,24 @@ pub struct JobSummaryRow {
     pub dedupe_key: Option<String>,
 }
 
-/// Jobs matching `query`, newest (highest id) first. Each filter is a
-/// bound parameter; only the filters given are in the statement, so the
-/// planner sees plain equalities it can match with the indexes (the
-/// primary key for the order, the partial index of the state asked for).
+/// Jobs matching `query`, newest (highest id) first. Only the filters
+/// given are in the statement, each a bound parameter but the state (see
+/// [`list_jobs_sql`] for the indexes each reads). A state that is not a
+/// job state is an error.
 pub async fn list_jobs(
     conn: &mut AsyncPgConnection,
     query: &JobQuery<'_>,
 ) -> diesel::QueryResult<Vec<JobSummaryRow>> {
-    let mut q = diesel::sql_query(list_jobs_sql(query)).into_boxed::<Pg>();
-    if let Some(state) = query.state {
-        q = q.bind::<Text, _>(state.to_owned());
+    if let Some(state) = query.state.filter(|s| known_state(s).is_none()) {
+        return Err(diesel::result::Error::QueryBuilderError(
+            format!(
+                "{:?} is not a job state",
+                state.chars().take(100).collect::<String>()
+            )
+            .into(),
+        ));
     }
+    let mut q = diesel::sql_query(list_jobs_sql(query)).into_boxed::<Pg>();
     if let Some(task) = query.task {
         q = q.bind::<Text, _>(task.to_owned());
     }
@@ -238,51 +244,171 @@ pub async fn list_jobs(
 }
 
 /// The statement [`list_jobs`] runs for `query`, with a parameter for each
-/// filter given, in the order of [`JobQuery`]'s fields, the limit last
-/// (for `EXPLAIN` in tests).
+/// filter given except the state, in the order of [`JobQuery`]'s fields,
+/// the limit last (for `EXPLAIN` in tests).
+///
+/// The state is written into the statement (one of the six names, never
+/// the caller's text; [`list_jobs`] refuses any other): compared with a
+/// parameter cast to the enum, which PostgreSQL does not fold while
+/// planning, it could not be matched with the partial indexes' predicates,
+/// and every listing by state walked the primary key.
+///
+/// Every filter is a plain equality or range the planner can match with
+/// an index; which index serves a page depends on the state:
+///
+/// | filter | read through |
+/// | --- | --- |
+/// | a finished state and a task | `jobs_finished_task_idx`, in id order |
+/// | scheduled and a task | `jobs_scheduled_idx` (that task's scheduled ids) |
+/// | failed or cancelled and a queue | `jobs_failed_idx` (that queue's ids) |
+/// | running | `jobq.claims`, then the primary key |
+/// | a dedupe key | `jobs_dedupe_key_idx`, in id order |
+/// | a task without a state | one branch per state (as above), merged |
+/// | anything else | the primary key newest first, or the state's partial index |
 pub fn list_jobs_sql(query: &JobQuery<'_>) -> String {
+    let params = ListParams::of(query);
+    match (query.state, query.task) {
+        // A task alone: finished jobs of a rare task (or of one whose jobs
+        // are all old) are far apart in the primary key, so each state is
+        // read through its own index, newest first, and the branches are
+        // merged.
+        (None, Some(_)) => {
+            let branches: Vec<String> = JOB_STATES
+                .iter()
+                .map(|state| format!("({})", select_jobs(query, &params, StateIs::Known(state))))
+                .collect();
+            format!(
+                "SELECT * FROM ({}) AS j ORDER BY id DESC LIMIT ${}",
+                branches.join(" UNION ALL "),
+                params.limit
+            )
+        }
+        (Some(state), _) => select_jobs(query, &params, StateIs::Known(state)),
+        (None, None) => select_jobs(query, &params, StateIs::Any),
+    }
+}
+
+/// Every state a job can be in.
+const JOB_STATES: [&str; 6] = [
+    "scheduled",
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+];
+
+/// `state` as one of [`JOB_STATES`], if it is one.
+fn known_state(state: &str) -> Option<&'static str> {
+    JOB_STATES.iter().copied().find(|s| *s == state)
+}
+
+/// The parameter number of each filter [`list_jobs`] binds (`0`: not
+/// given), in the order it binds them.
+struct ListParams {
+    task: usize,
+    queue: usize,
+    dedupe_key: usize,
+    since: usize,
+    before_id: usize,
+    limit: usize,
+}
+
+impl ListParams {
+    fn of(query: &JobQuery<'_>) -> Self {
+        let mut n = 0;
+        let mut next = |given: bool| {
+            if given {
+                n += 1;
+                n
+            } else {
+                0
+            }
+        };
+        Self {
+            task: next(query.task.is_some()),
+            queue: next(query.queue.is_some()),
+            dedupe_key: next(query.dedupe_key.is_some()),
+            since: next(query.since.is_some()),
+            before_id: next(query.before_id.is_some()),
+            limit: next(true),
+        }
+    }
+}
+
+/// A condition on the ids of the jobs in `state` whose `column` equals
+/// parameter `n`, read as a whole from that state's partial index.
+fn ids_in_state(state: &str, column: &str, n: usize) -> String {
+    format!(
+        " AND id = ANY(ARRAY(SELECT id FROM jobq.jobs \
+         WHERE state = '{state}' AND {column} = ${n}))"
+    )
+}
+
+/// Which jobs one `SELECT` of a listing takes by state.
+enum StateIs<'a> {
+    /// Jobs in any state.
+    Any,
+    /// Jobs in this state, if it is one of [`JOB_STATES`] (else none:
+    /// [`list_jobs`] refuses such a query before it gets here).
+    Known(&'a str),
+}
+
+/// One `SELECT` of a listing: the jobs in `state` matching the query's
+/// other filters, newest first, at most the limit.
+fn select_jobs(query: &JobQuery<'_>, p: &ListParams, state: StateIs<'_>) -> String {
     let mut sql = String::from(
         "SELECT id, task, queue, state::text AS state, priority, \
              attempt - handbacks AS attempt, max_attempts, run_at, created_at, finished_at, \
              dedupe_key \
          FROM jobq.jobs WHERE true",
     );
-    let mut n = 0;
-    let mut next = || {
-        n += 1;
-        n
+    let state = match state {
+        StateIs::Any => None,
+        StateIs::Known(name) => {
+            let known = known_state(name);
+            match known {
+                Some(known) => sql.push_str(&format!(" AND state = '{known}'")),
+                None => sql.push_str(" AND false"),
+            }
+            known
+        }
     };
-    // The state is compared as the enum, so the partial indexes' predicates
-    // are matched.
-    if let Some(state) = query.state {
-        sql.push_str(&format!(" AND state = ${}::jobq.job_state", next()));
+    match state {
         // Running jobs have no index of their own (it would cost every
         // claim an entry), and statistics nearly always see none, which
         // makes a scan of the table look cheap: find them through the
         // claims that hold them and the primary key, as heartbeats do.
-        if state == "running" {
-            sql.push_str(
-                " AND id = ANY(ARRAY(SELECT generate_series(lower(r), upper(r) - 1) \
-                 FROM jobq.claims c, unnest(c.jobs) AS r))",
-            );
+        Some("running") => sql.push_str(
+            " AND id = ANY(ARRAY(SELECT generate_series(lower(r), upper(r) - 1) \
+             FROM jobq.claims c, unnest(c.jobs) AS r))",
+        ),
+        // No index holds scheduled jobs by task, nor failed or cancelled
+        // ones by queue in id order; walking the primary key for a task or
+        // queue with few such jobs would read every finished one. Their ids
+        // come from the state's own index instead (jobs_scheduled_idx,
+        // jobs_failed_idx): the cost follows the jobs in that state, not
+        // the table.
+        Some("scheduled") if query.task.is_some() => {
+            sql.push_str(&ids_in_state("scheduled", "task", p.task));
+        }
+        Some(name @ ("failed" | "cancelled")) if query.task.is_none() && query.queue.is_some() => {
+            sql.push_str(&ids_in_state(name, "queue", p.queue));
+        }
+        _ => {}
+    }
+    for (given, column, n) in [
+        (query.task.is_some(), "task =", p.task),
+        (query.queue.is_some(), "queue =", p.queue),
+        (query.dedupe_key.is_some(), "dedupe_key =", p.dedupe_key),
+        (query.since.is_some(), "created_at >=", p.since),
+        (query.before_id.is_some(), "id <", p.before_id),
+    ] {
+        if given {
+            sql.push_str(&format!(" AND {column} ${n}"));
         }
     }
-    if query.task.is_some() {
-        sql.push_str(&format!(" AND task = ${}", next()));
-    }
-    if query.queue.is_some() {
-        sql.push_str(&format!(" AND queue = ${}", next()));
-    }
-    if query.dedupe_key.is_some() {
-        sql.push_str(&format!(" AND dedupe_key = ${}", next()));
-    }
-    if query.since.is_some() {
-        sql.push_str(&format!(" AND created_at >= ${}", next()));
-    }
-    if query.before_id.is_some() {
-        sql.push_str(&format!(" AND id < ${}", next()));
-    }
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", next()));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", p.limit));
     sql
 }
 

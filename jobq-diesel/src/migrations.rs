@@ -84,6 +84,11 @@ const MIGRATIONS: &[Migration] = &[
         up: include_str!("../../migrations/2026-12-01-000050_schedules/up.sql"),
     },
     Migration {
+        version: 20261202000100,
+        name: "listing_indexes",
+        up: include_str!("../../migrations/2026-12-02-000100_listing_indexes/up.sql"),
+    },
+    Migration {
         version: 20261202000200,
         name: "finished_notify",
         up: include_str!("../../migrations/2026-12-02-000200_finished_notify/up.sql"),

@@ -373,7 +373,7 @@ struct Jobs {
     first: Option<String>,
     back: String,
     failed_tasks: Vec<(String, String, i64)>,
-    /// A filter on task, queue, key or time without a state: no index
+    /// A filter on queue or time without a state, task or key: no index
     /// holds finished jobs by those, see `jobq::jobs`.
     slow_filter: bool,
 }
@@ -493,10 +493,12 @@ async fn list(
 ) -> Result<Html<String>, WebError> {
     let q = Fields::parse(query.as_deref().unwrap_or("").as_bytes());
     let (filter, view, keep) = read_filter(&q, failed_page)?;
+    // A task or a key has an index of its own (see `jobq::jobs`); a queue
+    // or a time without a state walks the primary key.
     let slow_filter = view.state.is_empty()
-        && ["task", "queue", "key", "since"]
-            .iter()
-            .any(|k| q.get(k).is_some());
+        && view.task.is_empty()
+        && view.key.is_empty()
+        && ["queue", "since"].iter().any(|k| q.get(k).is_some());
     let limit = view.limit.parse().unwrap_or(50usize);
     let mut conn = app.conn().await?;
     let jobs = jobq::jobs(&mut conn, &filter)

@@ -88,6 +88,11 @@ async fn every_page_shows_the_jobs_it_is_about() {
         "a filter without a state gets the hint"
     );
     assert!(!failed_only.body.contains("add a state"));
+    let by_task = c.get("/jobs?task=mail.send").await;
+    assert!(
+        !by_task.body.contains("add a state"),
+        "a task has an index of its own"
+    );
 
     let workers = c.get("/workers").await;
     assert!(workers.body.contains("host-a"));

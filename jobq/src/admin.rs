@@ -142,11 +142,13 @@ pub struct JobSummary {
 ///
 /// Each page reads indexes: the primary key newest first, stopping when
 /// the page is full, or the partial index of the state asked for (running
-/// jobs are found through their claims). A task, queue, dedupe key or time
-/// that matches few jobs, given without a state, is the exception: no
-/// index holds finished jobs by those columns, so PostgreSQL may read the
-/// table. Add the state (failed, pending, ...) to such a filter on a big
-/// table.
+/// jobs are found through their claims). A task, with or without a state,
+/// and a dedupe key have indexes of their own, so even a task whose jobs
+/// are all old or one that never failed is listed from a few pages of
+/// them. A queue or time that matches few jobs, given without a state,
+/// task or key, is the exception: no index holds finished jobs by those
+/// columns, so PostgreSQL may walk much of the table. Add a state or a task
+/// to such a filter on a big table.
 ///
 /// ```no_run
 /// # async fn f(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), jobq::Error> {
