@@ -83,6 +83,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "schedules",
         up: include_str!("../../migrations/2026-12-01-000050_schedules/up.sql"),
     },
+    Migration {
+        version: 20261202000400,
+        name: "follow_ups",
+        up: include_str!("../../migrations/2026-12-02-000400_follow_ups/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -340,6 +340,14 @@ fn options(args: &TaskArgs) -> TokenStream {
         chain = quote_spanned!(catch_up.span=>
             #chain.catch_up(::core::time::Duration::from_millis(#value)));
     }
+    if let Some(then) = &args.then {
+        // Spanned at the path, so that a path that is not a task taking
+        // `jobq::Finished` is reported there. The inline const makes the
+        // reference 'static.
+        let path = &then.value;
+        chain = quote_spanned!(then.span=>
+            #chain.then(const { &::jobq::__private::follow_up::<#path>() }));
+    }
     chain
 }
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::FollowUp;
+
 /// A registered task: its payload type, its unique name and its options.
 ///
 /// You do not implement this by hand: `#[jobq::task]` implements it on the
@@ -42,6 +44,7 @@ pub trait Task: 'static {
 /// | `priority` | 0 |
 /// | `global_concurrency` | none (no fleet-wide limit) |
 /// | `key_concurrency` | none (no per-key limit) |
+/// | `then` | none (no follow-up job) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskOptions {
     queue: Option<&'static str>,
@@ -56,6 +59,8 @@ pub struct TaskOptions {
     cron: Option<&'static str>,
     timezone: Option<&'static str>,
     catch_up: Option<Duration>,
+    // Follow-up jobs (`then = ...`).
+    then: Option<&'static FollowUp>,
 }
 
 impl TaskOptions {
@@ -82,6 +87,7 @@ impl TaskOptions {
             cron: None,
             timezone: None,
             catch_up: None,
+            then: None,
         }
     }
 
@@ -232,6 +238,24 @@ impl TaskOptions {
     /// How old a missed tick may be and still run.
     pub const fn catch_up_window(&self) -> Option<Duration> {
         self.catch_up
+    }
+}
+
+// Follow-up jobs: the task given in `#[jobq::task(then = ...)]`.
+impl TaskOptions {
+    /// Enqueues a job of the follow-up task when a job of this task ends
+    /// (completed, failed or cancelled), with a [`crate::Finished`]
+    /// payload. `#[jobq::task(then = notify_client)]` sets it and checks at
+    /// compile time that `notify_client` is a task taking
+    /// `jobq::Finished`.
+    pub const fn then(mut self, follow_up: &'static FollowUp) -> Self {
+        self.then = Some(follow_up);
+        self
+    }
+
+    /// The follow-up, if the task has one.
+    pub const fn follow_up(&self) -> Option<&'static FollowUp> {
+        self.then
     }
 }
 
