@@ -616,4 +616,24 @@ mod tests {
         );
         assert!(!out.contains("cron_payload"), "{out}");
     }
+
+    #[test]
+    fn a_follow_up_is_checked_at_its_path_and_carried_in_the_options() {
+        let out = expand(
+            quote!(then = callbacks::notify_client, queue = "payments"),
+            quote!(
+                async fn charge(job: Charge) -> Result<(), jobq::TaskError> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                ":: jobq :: TaskOptions :: new () . queue (\"payments\") \
+                 . then (const { & :: jobq :: __private :: follow_up :: < callbacks :: notify_client > () })"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+    }
 }

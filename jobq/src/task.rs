@@ -12,6 +12,11 @@ use crate::FollowUp;
 /// You do not implement this by hand: `#[jobq::task]` implements it on the
 /// type it generates next to your function. Generic code can use it to enqueue
 /// any task, see [`crate::enqueue`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a jobq task",
+    label = "not a task",
+    note = "a task is the type `#[jobq::task]` generates next to its async fn, and has the fn's name"
+)]
 pub trait Task: 'static {
     /// The job's payload, stored as `jsonb`.
     type Payload: Serialize + DeserializeOwned + Send + Sync + 'static;
