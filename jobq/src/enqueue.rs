@@ -344,7 +344,7 @@ fn resolve_with<'a>(
     }
     let headers = crate::headers::to_json(&options.headers)?;
     Ok(Resolved {
-        follow_up: defaults.follow_up().map(crate::FollowUp::to_json),
+        follow_up: defaults.follow_up().map(crate::FollowUp::column_text),
         unique,
         key: options.key.as_deref(),
         headers,

@@ -66,11 +66,11 @@ impl FollowUp {
     /// The JSON text of the jobs table's `follow_up` column:
     /// `{"task", "queue", "priority", "max_attempts", "then"?}`, the shape
     /// `jobq.valid_follow_up` accepts.
-    pub(crate) fn to_json(&self) -> String {
-        self.to_value().to_string()
+    pub(crate) fn column_text(&self) -> String {
+        self.column_value().to_string()
     }
 
-    fn to_value(&self) -> serde_json::Value {
+    fn column_value(&self) -> serde_json::Value {
         let mut value = serde_json::json!({
             "task": self.task,
             "queue": self.queue,
@@ -79,7 +79,7 @@ impl FollowUp {
             "max_attempts": self.max_attempts.min(i32::MAX as u32),
         });
         if let Some(then) = self.then {
-            value["then"] = then.to_value();
+            value["then"] = then.column_value();
         }
         value
     }
@@ -106,7 +106,7 @@ mod tests {
             max_attempts: 20,
             then: Some(&LAST),
         };
-        let json: serde_json::Value = serde_json::from_str(&first.to_json()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&first.column_text()).unwrap();
         assert_eq!(
             json,
             serde_json::json!({
@@ -117,6 +117,6 @@ mod tests {
                 }
             })
         );
-        assert!(LAST.to_value().get("then").is_none());
+        assert!(LAST.column_value().get("then").is_none());
     }
 }

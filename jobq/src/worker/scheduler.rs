@@ -159,7 +159,7 @@ fn spec(
         queue: options.queue_name().to_owned(),
         priority: options.default_priority(),
         max_attempts: i32::try_from(options.attempt_limit()).unwrap_or(i32::MAX),
-        follow_up: options.follow_up().map(crate::FollowUp::to_json),
+        follow_up: options.follow_up().map(crate::FollowUp::column_text),
     }
 }
 
