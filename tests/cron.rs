@@ -429,6 +429,7 @@ async fn a_tick_batch_is_a_compare_and_set() {
         max_attempts: 3,
         ticks: &ticks,
         payloads: &payloads,
+        follow_up: None,
     };
     let first = jobq_diesel::enqueue_ticks(&mut conn, &batch).await.unwrap();
     assert!(first.advanced);

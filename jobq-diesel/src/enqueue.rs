@@ -41,6 +41,10 @@ pub struct NewJob<'a> {
     pub key: Option<&'a str>,
     /// Headers as the JSON text of an object of strings; `None` for none.
     pub headers: Option<&'a str>,
+    /// The follow-up enqueued when the job reaches a terminal state, as
+    /// the JSON text the `follow_up` column holds (see the migration
+    /// `follow_ups`); `None` for none.
+    pub follow_up: Option<&'a str>,
 }
 
 /// Many jobs of one task sharing the same options, inserted in one statement.
@@ -64,6 +68,8 @@ pub struct NewJobs<'a> {
     pub key: Option<&'a str>,
     /// Headers of every job, as the JSON text of an object of strings.
     pub headers: Option<&'a str>,
+    /// The follow-up of every job, as for [`NewJob::follow_up`].
+    pub follow_up: Option<&'a str>,
 }
 
 /// The `run_at, state` columns of an `INSERT ... SELECT` and, after them,
@@ -101,8 +107,9 @@ pub async fn insert_job(
     let Some(key) = job.dedupe_key else {
         let query = diesel::sql_query(concat!(
             "INSERT INTO jobq.jobs \
-                 (task, queue, payload, priority, max_attempts, key, headers, run_at, state) \
-             SELECT $1, $2, $3::jsonb, $4, $5, $8, $9::jsonb, ",
+                 (task, queue, payload, priority, max_attempts, key, headers, follow_up, \
+                  run_at, state) \
+             SELECT $1, $2, $3::jsonb, $4, $5, $8, $9::jsonb, $10::jsonb, ",
             due!("$6", "$7"),
             " RETURNING id"
         ))
@@ -114,7 +121,8 @@ pub async fn insert_job(
         .bind::<BigInt, _>(job.delay_ms)
         .bind::<Nullable<Timestamptz>, _>(job.run_at)
         .bind::<Nullable<Text>, _>(job.key)
-        .bind::<Nullable<Text>, _>(job.headers);
+        .bind::<Nullable<Text>, _>(job.headers)
+        .bind::<Nullable<Text>, _>(job.follow_up);
         let row: Id = prepared(query).get_result(conn).await?;
         return Ok(row.id);
     };
@@ -128,8 +136,8 @@ pub async fn insert_job(
             "WITH inserted AS ( \
                  INSERT INTO jobq.jobs \
                      (task, queue, payload, priority, max_attempts, dedupe_key, key, headers, \
-                      run_at, state) \
-                 SELECT $1, $2, $3::jsonb, $4, $5, $7, $9, $10::jsonb, ",
+                      follow_up, run_at, state) \
+                 SELECT $1, $2, $3::jsonb, $4, $5, $7, $9, $10::jsonb, $11::jsonb, ",
             due!("$6", "$8"),
             " ON CONFLICT (task, dedupe_key) \
                      WHERE dedupe_key IS NOT NULL AND state IN ('scheduled', 'pending', 'running') \
@@ -150,7 +158,8 @@ pub async fn insert_job(
         .bind::<Nullable<Text>, _>(Some(key))
         .bind::<Nullable<Timestamptz>, _>(job.run_at)
         .bind::<Nullable<Text>, _>(job.key)
-        .bind::<Nullable<Text>, _>(job.headers);
+        .bind::<Nullable<Text>, _>(job.headers)
+        .bind::<Nullable<Text>, _>(job.follow_up);
         let row: Option<Id> = prepared(query).get_result(conn).await.optional()?;
         if let Some(row) = row {
             return Ok(row.id);
@@ -205,7 +214,7 @@ pub async fn insert_unique_job(
     };
     let query = diesel::sql_query(
         "SELECT job_id, created FROM jobq.enqueue_unique( \
-             $1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)",
+             $1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb)",
     )
     .bind::<Text, _>(job.task)
     .bind::<Text, _>(job.queue)
@@ -218,7 +227,8 @@ pub async fn insert_unique_job(
     .bind::<Nullable<BigInt>, _>(hold_ms)
     .bind::<diesel::sql_types::Bool, _>(forever)
     .bind::<Nullable<Text>, _>(job.key)
-    .bind::<Nullable<Text>, _>(job.headers);
+    .bind::<Nullable<Text>, _>(job.headers)
+    .bind::<Nullable<Text>, _>(job.follow_up);
     prepared(query).get_result(conn).await
 }
 
@@ -237,8 +247,9 @@ pub async fn insert_jobs(
     }
     let query = diesel::sql_query(concat!(
         "INSERT INTO jobq.jobs \
-             (task, queue, payload, priority, max_attempts, key, headers, run_at, state) \
-         SELECT $1, $2, p.payload::jsonb, $4, $5, $8, $9::jsonb, ",
+             (task, queue, payload, priority, max_attempts, key, headers, follow_up, \
+              run_at, state) \
+         SELECT $1, $2, p.payload::jsonb, $4, $5, $8, $9::jsonb, $10::jsonb, ",
         due!("$6", "$7"),
         ", unnest($3::text[]) WITH ORDINALITY AS p(payload, n) \
          ORDER BY p.n \
@@ -252,7 +263,8 @@ pub async fn insert_jobs(
     .bind::<BigInt, _>(jobs.delay_ms)
     .bind::<Nullable<Timestamptz>, _>(jobs.run_at)
     .bind::<Nullable<Text>, _>(jobs.key)
-    .bind::<Nullable<Text>, _>(jobs.headers);
+    .bind::<Nullable<Text>, _>(jobs.headers)
+    .bind::<Nullable<Text>, _>(jobs.follow_up);
     let rows: Vec<Id> = prepared(query).load(conn).await?;
     // Identity values are drawn in insertion order, which follows `n`, so
     // sorting restores the order of `payloads` whatever order RETURNING uses.

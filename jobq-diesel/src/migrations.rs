@@ -94,6 +94,11 @@ const MIGRATIONS: &[Migration] = &[
         up: include_str!("../../migrations/2026-12-02-000200_finished_notify/up.sql"),
     },
     Migration {
+        version: 20261202000400,
+        name: "follow_ups",
+        up: include_str!("../../migrations/2026-12-02-000400_follow_ups/up.sql"),
+    },
+    Migration {
         version: 20261202000500,
         name: "rate_limits",
         up: include_str!("../../migrations/2026-12-02-000500_rate_limits/up.sql"),

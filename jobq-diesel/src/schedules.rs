@@ -171,6 +171,8 @@ pub struct TickBatch<'a> {
     pub ticks: &'a [DateTime<Utc>],
     /// Each tick's payload (JSON text), in the same order.
     pub payloads: &'a [String],
+    /// The task's follow-up (see [`crate::NewJob::follow_up`]).
+    pub follow_up: Option<&'a str>,
 }
 
 /// What [`enqueue_ticks`] did.
@@ -194,8 +196,9 @@ pub const ENQUEUE_TICKS_SQL: &str = "WITH advanced AS ( \
          WHERE name = $1 AND revision = $2 AND NOT paused \
          RETURNING name \
      ), inserted AS ( \
-         INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, run_at, state) \
-         SELECT $4, $5, t.payload::jsonb, $6, $7, t.at, \
+         INSERT INTO jobq.jobs (task, queue, payload, priority, max_attempts, follow_up, \
+             run_at, state) \
+         SELECT $4, $5, t.payload::jsonb, $6, $7, $10::jsonb, t.at, \
              CASE WHEN t.at > now() THEN 'scheduled'::jobq.job_state \
                   ELSE 'pending'::jobq.job_state END \
          FROM unnest($8::timestamptz[], $9::text[]) AS t(at, payload) \
@@ -229,6 +232,7 @@ pub async fn enqueue_ticks(
         .bind::<SmallInt, _>(batch.priority)
         .bind::<Integer, _>(batch.max_attempts)
         .bind::<Array<Timestamptz>, _>(batch.ticks)
-        .bind::<Array<Text>, _>(batch.payloads);
+        .bind::<Array<Text>, _>(batch.payloads)
+        .bind::<Nullable<Text>, _>(batch.follow_up);
     prepared(query).get_result(conn).await
 }

@@ -52,6 +52,7 @@ fn job(task: &str) -> NewJob<'_> {
         dedupe_key: None,
         key: None,
         headers: None,
+        follow_up: None,
     }
 }
 

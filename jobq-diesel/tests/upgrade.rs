@@ -163,6 +163,7 @@ async fn upgrading_to_unique_keys_and_outputs_keeps_every_job() {
         dedupe_key: None,
         key: None,
         headers: None,
+        follow_up: None,
     };
     let first =
         jobq_diesel::insert_unique_job(&mut conn, &job, "k", jobq_diesel::KeyHold::WhileActive)

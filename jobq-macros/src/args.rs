@@ -18,7 +18,7 @@ use crate::errors::Errors;
 use crate::rate::{self, RateSpec};
 
 /// The argument names, in the order the docs list them.
-const ARGUMENTS: [&str; 15] = [
+const ARGUMENTS: [&str; 16] = [
     "name",
     "queue",
     "concurrency",
@@ -35,6 +35,8 @@ const ARGUMENTS: [&str; 15] = [
     "cron",
     "timezone",
     "catch_up",
+    // Follow-up jobs.
+    "then",
 ];
 
 /// A checked value and where it was written, so that the generated code that
@@ -72,6 +74,9 @@ pub struct TaskArgs {
     pub cron: Option<Arg<String>>,
     pub timezone: Option<Arg<String>>,
     pub catch_up: Option<Arg<u64>>,
+    /// The follow-up task, as written; the generated code checks that it
+    /// is a task taking `jobq::Finished`.
+    pub then: Option<Arg<Path>>,
 }
 
 /// One `key = value` of the attribute, or a key written in another form.
@@ -231,6 +236,7 @@ fn apply(args: &mut TaskArgs, key: &str, value: &Expr) -> syn::Result<()> {
         "cron" => args.cron = Some(cron::expression(value, string(value, key)?)?),
         "timezone" => args.timezone = Some(cron::timezone(value, string(value, key)?)?),
         "catch_up" => args.catch_up = Some(duration(value, key)?),
+        "then" => args.then = Some(task_path(value, key)?),
         _ => unreachable!("`{key}` is checked against ARGUMENTS first"),
     }
     Ok(())
@@ -272,6 +278,7 @@ fn example(key: &str) -> &'static str {
         "cron" => "`cron = \"0 */5 * * * *\"`",
         "timezone" => "`timezone = \"Europe/Berlin\"`",
         "catch_up" => "`catch_up = \"1h\"`",
+        "then" => "`then = notify_client`",
         _ => "",
     }
 }
@@ -418,6 +425,24 @@ fn string<'a>(expr: &'a Expr, key: &str) -> syn::Result<&'a LitStr> {
     }
 }
 
+/// The path of a task (the type `#[jobq::task]` generates), such as
+/// `notify_client` or `crate::callbacks::notify_client`.
+fn task_path(expr: &Expr, key: &str) -> syn::Result<Arg<Path>> {
+    match strip_groups(expr) {
+        Expr::Path(path) if path.qself.is_none() && path.attrs.is_empty() => Ok(Arg {
+            value: path.path.clone(),
+            span: path.span(),
+        }),
+        _ => Err(syn::Error::new_spanned(
+            expr,
+            format!(
+                "expected the path of a task for `{key}`, e.g. {}",
+                example(key)
+            ),
+        )),
+    }
+}
+
 fn duration(expr: &Expr, key: &str) -> syn::Result<Arg<u64>> {
     let lit: &LitStr = match strip_groups(expr) {
         Expr::Lit(syn::ExprLit {
@@ -555,7 +580,7 @@ mod tests {
                 "unknown argument `concurency`; the valid arguments are `name`, `queue`, \
               `concurrency`, `retry`, `max_attempts`, `timeout`, `priority`, \
               `global_concurrency`, `key_concurrency`, `rate`, `key_rate`, `burst`, `cron`, \
-              `timezone`, `catch_up`"
+              `timezone`, `catch_up`, `then`"
             ]
         );
         assert!(messages(quote!(jobq::queue = "x"))[0].contains("unknown argument `jobq::queue`"));
@@ -750,6 +775,28 @@ mod tests {
                 "`timezone` applies to periodic tasks only; add `cron = \"...\"`",
                 "`catch_up` applies to periodic tasks only; add `cron = \"...\"`"
             ]
+        );
+    }
+
+    #[test]
+    fn then_takes_a_path() {
+        let args = ok(quote!(then = notify_client));
+        assert!(args.then.unwrap().value.is_ident("notify_client"));
+        let args = ok(quote!(then = crate::callbacks::notify));
+        assert_eq!(args.then.unwrap().value.segments.len(), 3);
+        for bad in [
+            quote!(then = "notify"),
+            quote!(then = notify()),
+            quote!(then = 5),
+        ] {
+            assert_eq!(
+                messages(bad),
+                ["expected the path of a task for `then`, e.g. `then = notify_client`"]
+            );
+        }
+        assert_eq!(
+            messages(quote!(then)),
+            ["expected `then = ...`, e.g. `then = notify_client`"]
         );
     }
 }

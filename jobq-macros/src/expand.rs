@@ -364,6 +364,14 @@ fn options(args: &TaskArgs) -> TokenStream {
         chain = quote_spanned!(catch_up.span=>
             #chain.catch_up(::core::time::Duration::from_millis(#value)));
     }
+    if let Some(then) = &args.then {
+        // Spanned at the path, so that a path that is not a task taking
+        // `jobq::Finished` is reported there. The inline const makes the
+        // reference 'static.
+        let path = &then.value;
+        chain = quote_spanned!(then.span=>
+            #chain.then(const { &::jobq::__private::follow_up::<#path>() }));
+    }
     chain
 }
 
@@ -635,5 +643,25 @@ mod tests {
             ),
         );
         assert!(!out.contains("cron_payload"), "{out}");
+    }
+
+    #[test]
+    fn a_follow_up_is_checked_at_its_path_and_carried_in_the_options() {
+        let out = expand(
+            quote!(then = callbacks::notify_client, queue = "payments"),
+            quote!(
+                async fn charge(job: Charge) -> Result<(), jobq::TaskError> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                ":: jobq :: TaskOptions :: new () . queue (\"payments\") \
+                 . then (const { & :: jobq :: __private :: follow_up :: < callbacks :: notify_client > () })"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("compile_error"), "{out}");
     }
 }

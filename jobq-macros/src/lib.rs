@@ -63,6 +63,7 @@ use proc_macro::TokenStream;
 /// | `cron` | cron expression, five fields or six with seconds first: a periodic task, whose payload is `jobq::Tick` | none |
 /// | `timezone` | IANA time zone the `cron` expression is read in | `"UTC"` |
 /// | `catch_up` | duration: after downtime, run missed ticks up to this age | only the most recent missed tick |
+/// | `then` | path of a task taking `jobq::Finished`: enqueued, in the same transaction, when a job of this task ends (completed, failed or cancelled) | none |
 ///
 /// A duration is an unsigned integer followed by a unit, `ms`, `s`, `m` or
 /// `h`: `"250ms"`, `"30s"`, `"5m"`, `"1h"`. Anything else (`"1.5h"`,

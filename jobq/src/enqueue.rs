@@ -220,6 +220,7 @@ struct Resolved<'a> {
     unique: Option<(&'a str, KeyHold)>,
     key: Option<&'a str>,
     headers: Option<String>,
+    follow_up: Option<String>,
 }
 
 impl Resolved<'_> {
@@ -238,6 +239,7 @@ impl Resolved<'_> {
             dedupe_key: self.dedupe_key,
             key: self.key,
             headers: self.headers.as_deref(),
+            follow_up: self.follow_up.as_deref(),
         }
     }
 }
@@ -342,6 +344,7 @@ fn resolve_with<'a>(
     }
     let headers = crate::headers::to_json(&crate::trace_context::with_current(&options.headers))?;
     Ok(Resolved {
+        follow_up: defaults.follow_up().map(crate::FollowUp::column_text),
         unique,
         key: options.key.as_deref(),
         headers,
@@ -493,6 +496,7 @@ pub async fn enqueue_many_with<T: Task>(
         run_at: resolved.run_at,
         key: resolved.key,
         headers: resolved.headers.as_deref(),
+        follow_up: resolved.follow_up.as_deref(),
     };
     let ids = jobq_diesel::insert_jobs(conn, &jobs)
         .await

@@ -44,6 +44,8 @@ mod context;
 mod cron;
 mod enqueue;
 mod error;
+mod finished;
+mod follow_up;
 mod headers;
 mod job;
 mod job_id;
@@ -81,6 +83,9 @@ pub use enqueue::{
     EnqueueOptions, Enqueued,
 };
 pub use error::Error;
+// Follow-up jobs (`then = ...`).
+pub use finished::Finished;
+pub use follow_up::FollowUp;
 pub use job::{cancel, job, job_by_key, ErrorRecord, JobInfo, JobState};
 pub use job_id::JobId;
 pub use jobq_macros::task;

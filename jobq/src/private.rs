@@ -23,3 +23,23 @@ impl CronPayload for crate::Tick {}
 
 /// Fails to compile unless `P` is [`crate::Tick`].
 pub fn cron_payload<P: CronPayload>() {}
+
+/// The payload a follow-up task must take; implemented for
+/// [`crate::Finished`] only.
+#[diagnostic::on_unimplemented(
+    message = "a follow-up task (`then = ...`) takes `jobq::Finished` as its payload, not `{Self}`",
+    label = "this task's payload is not `jobq::Finished`",
+    note = "write the follow-up task's fn as `async fn name(job: jobq::Finished) -> Result<(), jobq::TaskError>`"
+)]
+pub trait FollowUpPayload {}
+
+impl FollowUpPayload for crate::Finished {}
+
+/// The follow-up `then = T` names; fails to compile unless `T` is a task
+/// taking [`crate::Finished`].
+pub const fn follow_up<T: crate::Task>() -> crate::FollowUp
+where
+    T::Payload: FollowUpPayload,
+{
+    crate::FollowUp::of::<T>()
+}

@@ -5,11 +5,18 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::FollowUp;
+
 /// A registered task: its payload type, its unique name and its options.
 ///
 /// You do not implement this by hand: `#[jobq::task]` implements it on the
 /// type it generates next to your function. Generic code can use it to enqueue
 /// any task, see [`crate::enqueue`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a jobq task",
+    label = "not a task",
+    note = "a task is the type `#[jobq::task]` generates next to its async fn, and has the fn's name"
+)]
 pub trait Task: 'static {
     /// The job's payload, stored as `jsonb`.
     type Payload: Serialize + DeserializeOwned + Send + Sync + 'static;
@@ -44,6 +51,7 @@ pub trait Task: 'static {
 /// | `key_concurrency` | none (no per-key limit) |
 /// | `rate` | none (no rate limit) |
 /// | `key_rate` | none (no per-key rate limit) |
+/// | `then` | none (no follow-up job) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskOptions {
     queue: Option<&'static str>,
@@ -60,6 +68,8 @@ pub struct TaskOptions {
     cron: Option<&'static str>,
     timezone: Option<&'static str>,
     catch_up: Option<Duration>,
+    // Follow-up jobs (`then = ...`).
+    then: Option<&'static FollowUp>,
 }
 
 impl TaskOptions {
@@ -88,6 +98,7 @@ impl TaskOptions {
             cron: None,
             timezone: None,
             catch_up: None,
+            then: None,
         }
     }
 
@@ -262,6 +273,24 @@ impl TaskOptions {
     /// How old a missed tick may be and still run.
     pub const fn catch_up_window(&self) -> Option<Duration> {
         self.catch_up
+    }
+}
+
+// Follow-up jobs: the task given in `#[jobq::task(then = ...)]`.
+impl TaskOptions {
+    /// Enqueues a job of the follow-up task when a job of this task ends
+    /// (completed, failed or cancelled), with a [`crate::Finished`]
+    /// payload. `#[jobq::task(then = notify_client)]` sets it and checks at
+    /// compile time that `notify_client` is a task taking
+    /// `jobq::Finished`.
+    pub const fn then(mut self, follow_up: &'static FollowUp) -> Self {
+        self.then = Some(follow_up);
+        self
+    }
+
+    /// The follow-up, if the task has one.
+    pub const fn follow_up(&self) -> Option<&'static FollowUp> {
+        self.then
     }
 }
 

@@ -44,6 +44,8 @@ pub(crate) struct ScheduleSpec {
     queue: String,
     priority: i16,
     max_attempts: i32,
+    /// The task's follow-up, as the `follow_up` column holds it.
+    follow_up: Option<String>,
 }
 
 /// The schedules of a worker: the `cron = ...` of the tasks it serves and
@@ -157,6 +159,7 @@ fn spec(
         queue: options.queue_name().to_owned(),
         priority: options.default_priority(),
         max_attempts: i32::try_from(options.attempt_limit()).unwrap_or(i32::MAX),
+        follow_up: options.follow_up().map(crate::FollowUp::column_text),
     }
 }
 
@@ -297,6 +300,7 @@ async fn settle(
                 max_attempts: spec.max_attempts,
                 ticks: &ticks,
                 payloads: &payloads,
+                follow_up: spec.follow_up.as_deref(),
             },
         )
         .await
