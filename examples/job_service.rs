@@ -20,9 +20,10 @@
 //! for good with the error code `E_UNREADABLE`, `#flaky` fails its first
 //! attempt (`E_UPSTREAM`, retried after a backoff), `#slow` takes seconds.
 //! When a job has ended, a one-shot callback POSTs its envelope to the
-//! `callback_url`: a 2xx answer marks it `delivered`, anything else
-//! (including no answer within 5 s) `failed`. It is never retried and never
-//! changes the job.
+//! `callback_url` (a follow-up job, `then = deliver_callback`, enqueued in
+//! the transaction that ends the job): a 2xx answer marks it `delivered`,
+//! anything else (including no answer within 5 s) `failed`. It is never
+//! retried and never changes the job.
 //!
 //! jobq does the rest: a job stuck `running` under a dead process is
 //! rescued, an insert's notification wakes the worker within milliseconds,
@@ -36,8 +37,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use diesel::OptionalExtension;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jobq::{EnqueueOptions, JobId, JobInfo, JobState, TaskError};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
@@ -71,13 +73,25 @@ fn failure(code: &str, message: &str) -> String {
     format!("{code}: {message}")
 }
 
-/// The stand-in extraction pipeline.
+/// Where each job's callback stands: the service's own table. The job's
+/// state never depends on it.
+pub const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS service_callbacks (
+        job_id bigint PRIMARY KEY,
+        status text NOT NULL CHECK (status IN ('delivered', 'failed')),
+        detail text NOT NULL,
+        at timestamptz NOT NULL DEFAULT now());
+";
+
+/// The stand-in extraction pipeline. When its job has ended, however it
+/// ended, jobq enqueues `deliver_callback` in the same transaction.
 #[jobq::task(
     queue = "extraction",
     concurrency = 4,
     max_attempts = 3,
     retry = "500ms",
-    timeout = "1m"
+    timeout = "1m",
+    then = deliver_callback
 )]
 async fn extract(ctx: jobq::Context, job: Submission) -> Result<Extracted, TaskError> {
     let document = &job.request.document;
@@ -103,6 +117,88 @@ async fn extract(ctx: jobq::Context, job: Submission) -> Result<Extracted, TaskE
         .filter(|(name, _)| !name.is_empty() && !name.starts_with('#'))
         .collect();
     Ok(Extracted { fields })
+}
+
+/// The one-shot callback: one attempt, never retried (should its worker
+/// die, the rescue fails it rather than deliver twice), and what it gets
+/// back is recorded beside the job, never on it.
+#[jobq::task(
+    queue = "callbacks",
+    concurrency = 8,
+    max_attempts = 1,
+    timeout = "30s"
+)]
+async fn deliver_callback(
+    jobq::State(pool): jobq::State<jobq::Pool>,
+    jobq::State(http): jobq::State<reqwest::Client>,
+    done: jobq::Finished,
+) -> Result<(), TaskError> {
+    let info = {
+        let mut conn = pool.get().await?;
+        jobq::job(&mut conn, done.job_id).await?
+    };
+    let Some(info) = info else {
+        return Ok(()); // pruned meanwhile: nothing to send
+    };
+    let Some(url) = info.payload["callback_url"].as_str() else {
+        return Ok(());
+    };
+    let body = envelope(&info, None);
+    let sent = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await;
+    // Without the URL in the text: it may hold a client's credentials.
+    let (status, detail) = match sent {
+        Ok(response) if response.status().is_success() => {
+            ("delivered", response.status().to_string())
+        }
+        Ok(response) => ("failed", response.status().to_string()),
+        Err(e) if e.is_timeout() => ("failed", "no answer in time".to_owned()),
+        Err(e) => ("failed", e.without_url().to_string()),
+    };
+    let mut conn = pool.get().await?;
+    diesel::sql_query(
+        "INSERT INTO service_callbacks (job_id, status, detail) VALUES ($1, $2, $3) \
+         ON CONFLICT (job_id) DO NOTHING",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(info.id.get())
+    .bind::<diesel::sql_types::Text, _>(status)
+    .bind::<diesel::sql_types::Text, _>(&detail)
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct CallbackRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: String,
+}
+
+/// `pending` until the callback ran, then what it got.
+async fn callback_status(
+    conn: &mut AsyncPgConnection,
+    info: &JobInfo,
+) -> Result<Option<String>, ApiError> {
+    if !info.payload["callback_url"].is_string() {
+        return Ok(None);
+    }
+    let row = diesel::sql_query("SELECT status FROM service_callbacks WHERE job_id = $1")
+        .bind::<diesel::sql_types::BigInt, _>(info.id.get())
+        .get_result::<CallbackRow>(conn)
+        .await
+        .optional()
+        .map_err(jobq::Error::from)?;
+    Ok(Some(row.map_or_else(|| "pending".to_owned(), |r| r.status)))
+}
+
+/// The job and its callback's status, as the API answers them.
+async fn answer(conn: &mut AsyncPgConnection, info: &JobInfo) -> Result<Value, ApiError> {
+    let callback = callback_status(conn, info).await?;
+    Ok(envelope(info, callback))
 }
 
 /// The key a submission is idempotent on. JSON keeps the pair apart
@@ -157,7 +253,7 @@ impl Service {
 }
 
 /// The job as clients see it.
-fn envelope(info: &JobInfo) -> Value {
+fn envelope(info: &JobInfo, callback: Option<String>) -> Value {
     let status = match info.state {
         JobState::Completed => "done",
         JobState::Failed | JobState::Cancelled => "error",
@@ -189,6 +285,10 @@ fn envelope(info: &JobInfo) -> Value {
         "created_at": info.created_at,
         "started_at": info.started_at,
         "finished_at": info.finished_at,
+        "callback": callback.map(|status| json!({
+            "url": submission["callback_url"],
+            "status": status,
+        })),
     })
 }
 
@@ -222,7 +322,7 @@ async fn submit(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(envelope(&info))))
+    Ok((status, Json(answer(&mut conn, &info).await?)))
 }
 
 async fn by_id(
@@ -234,7 +334,7 @@ async fn by_id(
         .await?
         .filter(|info| info.task == "extract")
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(envelope(&info)))
+    Ok(Json(answer(&mut conn, &info).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,7 +356,7 @@ async fn by_client_ids(
     let info = jobq::job_by_key(&mut conn, "extract", &unique_key(&client_id, &request_id))
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(envelope(&info)))
+    Ok(Json(answer(&mut conn, &info).await?))
 }
 
 /// Health: every check bounded, so a database that stopped answering is
@@ -333,11 +433,16 @@ pub fn pool(url: &str) -> jobq::Pool {
         .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
 }
 
-/// The worker of this service.
+/// The worker of this service. Callbacks get 5 s to answer.
 pub fn worker(url: &str, pool: &jobq::Pool) -> jobq::WorkerBuilder {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
     jobq::Worker::builder()
         .database_url(url)
         .state(pool.clone())
+        .state(http)
 }
 
 // `pub`: tests/job_service.rs runs the service from this file.
@@ -354,6 +459,7 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = jobq_testkit::TestDatabase::create().await?;
     let mut conn = AsyncPgConnection::establish(db.url()).await?;
     jobq::migrate(&mut conn).await?;
+    conn.batch_execute(SCHEMA).await?;
     let pool = pool(db.url());
     let metrics = PrometheusBuilder::new().install_recorder()?;
     let worker = if api_only {

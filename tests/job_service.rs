@@ -8,9 +8,10 @@ mod support;
 #[allow(dead_code)]
 mod example;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use diesel_async::SimpleAsyncConnection;
 use jobq_testkit::PrivateServer;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
@@ -39,6 +40,37 @@ async fn serve(service: example::Service) -> String {
     base
 }
 
+/// What a client's callback endpoint received: (path, body).
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// A client's callback endpoint: `/ok` answers 200, `/fail` 500.
+async fn callback_target() -> (String, Received) {
+    let received: Received = Arc::default();
+    let record = |path: &'static str, status: axum::http::StatusCode| {
+        let received = Arc::clone(&received);
+        axum::routing::post(move |body: String| async move {
+            let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
+            received
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((path.to_owned(), body));
+            status
+        })
+    };
+    let app = axum::Router::new()
+        .route("/ok", record("/ok", axum::http::StatusCode::OK))
+        .route(
+            "/fail",
+            record("/fail", axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, received)
+}
+
 struct Api {
     base: String,
     client: reqwest::Client,
@@ -63,16 +95,41 @@ impl Api {
     }
 
     async fn submit(&self, client_id: &str, request_id: &str, document: &str) -> (u16, Value) {
+        self.submit_with_callback(client_id, request_id, document, None)
+            .await
+    }
+
+    async fn submit_with_callback(
+        &self,
+        client_id: &str,
+        request_id: &str,
+        document: &str,
+        callback_url: Option<&str>,
+    ) -> (u16, Value) {
         let body = json!({
             "client_id": client_id,
             "request_id": request_id,
             "request": {"document": document},
+            "callback_url": callback_url,
         });
         self.call(reqwest::Method::POST, "/jobs", Some(body)).await
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// Polls the job until its callback is no longer pending.
+    async fn called_back(&self, id: i64) -> Value {
+        let deadline = Instant::now() + support::SOON;
+        loop {
+            let (_, job) = self.get(&format!("/jobs/{id}")).await;
+            if job["callback"]["status"] != "pending" {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} not called back: {job}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Polls the job until its status is no longer pending or running.
@@ -93,6 +150,11 @@ impl Api {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submissions_are_idempotent_and_end_done_or_in_error() {
     let env = support::env().await;
+    env.conn()
+        .await
+        .batch_execute(example::SCHEMA)
+        .await
+        .expect("the service's table");
     let service = example::Service {
         pool: env.pool.clone(),
         metrics: metrics(),
@@ -102,15 +164,24 @@ async fn submissions_are_idempotent_and_end_done_or_in_error() {
         base: serve(service).await,
         client: reqwest::Client::new(),
     };
+    let (target, received) = callback_target().await;
+    let (ok, fail) = (format!("{target}/ok"), format!("{target}/fail"));
     // Submitted before any worker runs: the first answer is `pending`.
-    let (status, first) = api.submit("c1", "r1", "total: 12 EUR\nvendor: ACME").await;
+    let (status, first) = api
+        .submit_with_callback("c1", "r1", "total: 12 EUR\nvendor: ACME", Some(&ok))
+        .await;
     assert_eq!(status, 201, "{first}");
     assert_eq!(first["status"], "pending");
+    assert_eq!(first["callback"], json!({"url": ok, "status": "pending"}));
     let id = first["id"].as_i64().expect("id");
-    // A retried submission gets the same job, whatever it carries now.
-    let (status, again) = api.submit("c1", "r1", "something else").await;
+    // A retried submission gets the same job, whatever it carries now: the
+    // first submission's callback URL wins.
+    let (status, again) = api
+        .submit_with_callback("c1", "r1", "something else", Some(&fail))
+        .await;
     assert_eq!((status, &again["id"]), (200, &first["id"]), "{again}");
     assert_eq!(again["request"]["document"], "total: 12 EUR\nvendor: ACME");
+    assert_eq!(again["callback"]["url"], json!(ok));
     // The pair is the key, not its concatenation.
     let (a, _) = api.submit("c1/x", "r1", "a: 1").await;
     let (b, _) = api.submit("c1", "x/r1", "a: 1").await;
@@ -133,7 +204,9 @@ async fn submissions_are_idempotent_and_end_done_or_in_error() {
     assert_eq!(api.get("/jobs?client_id=c1").await.0, 400);
     assert_eq!(api.get("/jobs/999999999").await.0, 404);
 
-    let (_, unreadable) = api.submit("c2", "r1", "#unreadable").await;
+    let (_, unreadable) = api
+        .submit_with_callback("c2", "r1", "#unreadable", Some(&fail))
+        .await;
     let (_, flaky) = api.submit("c2", "r2", "#flaky\nsum: 3").await;
     let worker = example::worker(env.db.url(), &env.pool)
         .poll_interval(Duration::from_millis(100))
@@ -159,6 +232,39 @@ async fn submissions_are_idempotent_and_end_done_or_in_error() {
         (&json!("done"), &json!(2)),
         "{retried}"
     );
+
+    // One-shot callbacks, once each job has ended: the job as the API shows
+    // it, to the first submission's URL; a failed delivery is recorded and
+    // changes nothing about the job.
+    let delivered = api.called_back(id).await;
+    assert_eq!(delivered["callback"]["status"], "delivered", "{delivered}");
+    let not_delivered = api
+        .called_back(unreadable["id"].as_i64().expect("id"))
+        .await;
+    assert_eq!(
+        not_delivered["callback"]["status"], "failed",
+        "{not_delivered}"
+    );
+    assert_eq!(not_delivered["status"], "error");
+    assert_eq!(not_delivered["error"]["code"], "E_UNREADABLE");
+    let calls = received.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let to = |path: &str| -> Vec<&Value> {
+        calls
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b)
+            .collect()
+    };
+    assert_eq!(to("/ok").len(), 1, "{calls:?}");
+    assert_eq!(
+        (&to("/ok")[0]["id"], &to("/ok")[0]["status"]),
+        (&json!(id), &json!("done"))
+    );
+    assert_eq!(to("/ok")[0]["response"], done["response"]);
+    assert_eq!(to("/fail").len(), 1, "{calls:?}");
+    assert_eq!(to("/fail")[0]["id"], unreadable["id"]);
+    // Jobs without a callback URL have no callback.
+    assert_eq!(retried["callback"], Value::Null);
 
     let (status, health) = api.get("/healthz").await;
     assert_eq!(status, 200, "{health}");
