@@ -63,13 +63,14 @@ async fn psql_inserts_wake_the_worker_and_sigterm_lets_the_job_finish() {
     support::wait_until("the example's worker to LISTEN", || listening(&url)).await;
 
     // One insert: picked up on its notification. The example polls only
-    // every 30 s, so a pickup within 2 s is the notification's doing.
+    // every 30 s, so a pickup within a second is the notification's doing
+    // (it takes milliseconds; the rest is room for a loaded machine).
     let inserted = Instant::now();
     insert(&url, r#"{"path": "first.png"}"#);
     example.line(support::SOON, |l| l.ends_with("first.png done"));
     let picked_up = inserted.elapsed();
     assert!(
-        picked_up < Duration::from_secs(2),
+        picked_up < Duration::from_secs(1),
         "picked up after {picked_up:?}"
     );
 
