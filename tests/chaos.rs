@@ -65,18 +65,8 @@ async fn chaos_job(ctx: jobq::Context, job: ChaosJob) -> Result<(), TaskError> {
 }
 
 async fn worker_main(url: String) -> Result<(), jobq::Error> {
-    let ledger = bb8::Pool::builder()
-        .max_size(4)
-        .connection_timeout(Duration::from_secs(5))
-        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(&url));
-    let _ = LEDGER.set(ledger);
-    jobq::Worker::builder()
-        .database_url(&url)
-        .poll_interval(Duration::from_millis(250))
-        .lease(LEASE)
-        .heartbeat_interval(Duration::from_millis(250))
-        .maintenance_interval(Duration::from_millis(250))
-        .shutdown_timeout(Duration::from_secs(2))
+    let _ = LEDGER.set(fleet::side_pool(&url));
+    fleet::process_worker(&url, LEASE)
         .connect_timeout(Duration::from_secs(60))
         .pool_size(6)
         .build()

@@ -92,18 +92,8 @@ async fn transfer(ctx: jobq::Context, job: Transfer) -> Result<(), TaskError> {
 }
 
 async fn worker_main(url: String) -> Result<(), jobq::Error> {
-    let app = bb8::Pool::builder()
-        .max_size(4)
-        .connection_timeout(Duration::from_secs(5))
-        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(&url));
-    let _ = APP.set(app);
-    jobq::Worker::builder()
-        .database_url(&url)
-        .poll_interval(Duration::from_millis(200))
-        .lease(LEASE)
-        .heartbeat_interval(Duration::from_millis(200))
-        .maintenance_interval(Duration::from_millis(200))
-        .shutdown_timeout(Duration::from_secs(2))
+    let _ = APP.set(fleet::side_pool(&url));
+    fleet::process_worker(&url, LEASE)
         .connect_timeout(Duration::from_secs(30))
         .pool_size(6)
         .build()

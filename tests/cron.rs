@@ -82,13 +82,8 @@ async fn plain(job: NotATick) -> Result<(), TaskError> {
 // ---------------------------------------------------------------- worker side
 
 async fn worker_main(url: String) -> Result<(), jobq::Error> {
-    jobq::Worker::builder()
-        .database_url(&url)
+    fleet::process_worker(&url, Duration::from_secs(2))
         .tasks(["every_second"])
-        .poll_interval(Duration::from_millis(250))
-        .lease(Duration::from_secs(2))
-        .heartbeat_interval(Duration::from_millis(250))
-        .maintenance_interval(Duration::from_millis(250))
         .retention_completed(Duration::from_secs(3600))
         .pool_size(4)
         .build()

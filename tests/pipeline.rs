@@ -23,6 +23,7 @@ const HIGH: i64 = 10;
 const DEADLINE: Duration = Duration::from_secs(120);
 
 async fn worker_main(url: String) -> Result<(), jobq::Error> {
+    // The example's worker, with the kill tests' short intervals.
     example::worker(&url)
         .poll_interval(Duration::from_millis(250))
         .lease(Duration::from_secs(2))

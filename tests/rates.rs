@@ -94,18 +94,9 @@ async fn key_rated(ctx: jobq::Context, job: Work) -> Result<(), TaskError> {
 }
 
 async fn worker_main(url: String) -> Result<(), jobq::Error> {
-    let ledger = bb8::Pool::builder()
-        .max_size(4)
-        .connection_timeout(Duration::from_secs(5))
-        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(&url));
-    let _ = LEDGER.set(ledger);
-    jobq::Worker::builder()
-        .database_url(&url)
+    let _ = LEDGER.set(fleet::side_pool(&url));
+    fleet::process_worker(&url, Duration::from_secs(2))
         .poll_interval(Duration::from_secs(1))
-        .lease(Duration::from_secs(2))
-        .heartbeat_interval(Duration::from_millis(250))
-        .maintenance_interval(Duration::from_millis(250))
-        .shutdown_timeout(Duration::from_secs(2))
         .pool_size(4)
         .build()
         .await?

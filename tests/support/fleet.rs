@@ -10,6 +10,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::AsyncPgConnection;
 
 /// One test of a `harness = false` binary.
 pub type TestFn = fn() -> Pin<Box<dyn Future<Output = ()>>>;
@@ -55,6 +59,28 @@ where
             Some(ExitCode::FAILURE)
         }
     }
+}
+
+/// The worker of a kill test's process: polls, heartbeats and maintenance
+/// every 250 ms, so that rescues follow `lease` closely, and a short
+/// shutdown.
+pub fn process_worker(url: &str, lease: Duration) -> jobq::WorkerBuilder {
+    jobq::Worker::builder()
+        .database_url(url)
+        .poll_interval(Duration::from_millis(250))
+        .lease(lease)
+        .heartbeat_interval(Duration::from_millis(250))
+        .maintenance_interval(Duration::from_millis(250))
+        .shutdown_timeout(Duration::from_secs(2))
+}
+
+/// A small pool of a worker process's own, for what its handlers write
+/// besides jobq (a ledger, effect rows).
+pub fn side_pool(url: &str) -> jobq::Pool {
+    bb8::Pool::builder()
+        .max_size(4)
+        .connection_timeout(Duration::from_secs(5))
+        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
 }
 
 /// A minimal libtest stand-in: answers `--list`, honours name filters, and
