@@ -53,8 +53,9 @@ async fn nightly(ctx: jobq::Context, job: Report) -> Result<(), TaskError> {
     Ok(())
 }
 
+// `pub`: tests/examples.rs runs this very program as its child.
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
