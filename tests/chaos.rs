@@ -195,12 +195,7 @@ async fn chaos() {
     let server = PrivateServer::start().await.expect("private PostgreSQL");
     let base = server.url().to_owned();
     let controller_url = format!("{base}?application_name=chaos-controller");
-    let pool: Pool = bb8::Pool::builder()
-        .max_size(4)
-        .connection_timeout(Duration::from_secs(5))
-        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
-            &controller_url,
-        ));
+    let pool: Pool = fleet::side_pool(&controller_url);
     {
         let mut conn = pool.get().await.expect("connection");
         jobq::migrate(&mut conn).await.expect("migrate");

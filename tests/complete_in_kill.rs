@@ -173,12 +173,7 @@ async fn registered(pool: &Pool, fleet: &mut Fleet, pid: u32) {
 async fn complete_in_under_kills() {
     let wall = Instant::now();
     let db = TestDatabase::create().await.expect("test database");
-    let pool: Pool = bb8::Pool::builder()
-        .max_size(4)
-        .connection_timeout(Duration::from_secs(5))
-        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
-            db.url(),
-        ));
+    let pool: Pool = fleet::side_pool(db.url());
     {
         let mut conn = pool.get().await.expect("connection");
         jobq::migrate(&mut conn).await.expect("migrate");

@@ -166,12 +166,7 @@ fn assert_rate(what: &str, starts: &[DateTime<Utc>], rate: f64, burst: usize) {
 
 async fn rates() {
     let db = TestDatabase::create().await.expect("test database");
-    let pool: Pool = bb8::Pool::builder()
-        .max_size(2)
-        .connection_timeout(Duration::from_secs(5))
-        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
-            db.url(),
-        ));
+    let pool: Pool = fleet::side_pool(db.url());
     let mut conn = pool.get().await.expect("connection");
     jobq::migrate(&mut conn).await.expect("migrate");
     conn.batch_execute(
