@@ -50,9 +50,10 @@ pub struct LimitedClaimRequest<'a> {
     /// The claim's key among the worker's claims (see
     /// [`crate::ClaimRequest::claim_key`]).
     pub claim_key: i64,
-    /// With a key limit: the partition key after which this claim starts
-    /// looking (the last key of this worker's previous claim of the task,
-    /// see [`next_key_cursor`]), so that claims serve the keys in turn.
+    /// With a key limit: the partition key after which a key walk starts
+    /// when the task has no walk position stored yet (`jobq.key_walks`,
+    /// kept by the claims themselves; see [`KEYED_CLAIM_SQL`]). Workers
+    /// pass the last key of their previous claim ([`next_key_cursor`]).
     pub key_cursor: Option<&'a str>,
     /// Also return each job's due time and limit of attempts (see
     /// [`crate::ClaimRequest::due`]).
@@ -197,6 +198,44 @@ pub const GLOBAL_CLAIM_SQL: &str = concat!(
     limited_tail!()
 );
 
+/// A key's share of a keyed claim: how many of its first pending jobs
+/// may start now, given its running attempts (`$5` minus those counted in
+/// the statement's `busy` map) and its rate bucket's tokens; never more than
+/// the claim's slots. `$key` is the key's SQL expression.
+macro_rules! allowed {
+    ($key:literal) => {
+        concat!(
+            "greatest(0, least($3, \
+                 CASE WHEN $5::int IS NULL THEN NULL \
+                 ELSE $5 - coalesce(((SELECT counts FROM busy) ->> ",
+            $key,
+            ")::int, 0) END, ",
+            tokens!($key, "$11", "$12"),
+            "))"
+        )
+    };
+}
+
+/// One step of the key walk: the first pending job, in the key's order, of
+/// the next key after `$prev` (one descent of `jobs_key_pending_idx`).
+macro_rules! next_key {
+    ($prev:literal) => {
+        concat!(
+            "SELECT k.key, k.id FROM jobq.jobs k \
+             WHERE k.task = $2 AND k.state = 'pending' AND k.key IS NOT NULL AND k.key > ",
+            $prev,
+            " ORDER BY k.key, k.priority DESC, k.id LIMIT 1"
+        )
+    };
+}
+
+/// The most keys one keyed claim's walk visits (see [`KEYED_CLAIM_SQL`]).
+macro_rules! walk_budget {
+    () => {
+        "256"
+    };
+}
+
 /// The claim of a task with a per-key limit or rate (and maybe global
 /// ones), run after the lock. `$1` queues, `$2` task, `$3` free slots, `$4`
 /// global limit or NULL, `$5` key limit or NULL, `$6` worker, `$7` claim
@@ -207,63 +246,114 @@ pub const GLOBAL_CLAIM_SQL: &str = concat!(
 /// blocked keys are passed over; the statement spends the tokens of the
 /// task's bucket and of each key's for the jobs it picked.
 ///
-/// It goes key by key, not job by job: walking the jobs in claim order
-/// would pass over every waiting job of every key that is at its limit,
-/// which with many jobs per key is most of the table (measured: 2.9 s for
-/// one claim over 100,000 jobs of 1,000 keys). The distinct keys with
-/// pending jobs are found by skipping through `jobs_key_pending_idx` (one
-/// descent per key), starting after `$8` and wrapping around, so that
-/// successive claims serve the keys in turn. For each key, its first
-/// `$5` minus its running attempts pending jobs in priority, then enqueue
-/// order are the candidates; the walk stops as soon as it has `$3`. The
-/// cost is therefore one to three index descents per key visited, and the
-/// keys visited are those taken plus those at their limit (at most the
-/// running attempts): bounded by the slots of the fleet, whatever the
-/// backlog. With a `key_rate`, keys whose bucket is empty are visited too
-/// (at most those that started a job within the last interval or burst).
+/// Two ways to find candidates, the cheap one first:
 ///
-/// Within a key the order is exact: a job is a candidate only when every
-/// pending job of its key ahead of it is one too, and running attempts of
-/// the key are counted first. Across keys the order is the walk's (keys in
-/// turn), then the candidates are taken in claim order. Jobs of the task
-/// without a key are taken when they are among its first `$3` pending jobs
-/// in claim order.
+/// - **Head window.** The task's first `2 × $3` pending keyed jobs in key
+///   order (priority, then id; `jobs_key_order_idx`, one range scan),
+///   numbered per key: a job is a candidate when its number is within its
+///   key's share. The window starts at the very first pending job, so a
+///   key's first job in the window is its first pending job overall: the
+///   per-key order is exact without a lookup per key. When the keys near
+///   the head are free this fills the claim for the price of one scan and
+///   a sort of the window (measured: one claim of 1,000 jobs over 1,000
+///   keys 14 ms instead of 26 ms; an unlimited claim of as many, 9 ms).
+/// - **Key walk**, only when the window was full and still gave fewer than
+///   `$3` candidates (keys at their limit crowd the head, or one key's
+///   backlog fills it): the distinct keys with pending jobs, found by
+///   skipping through `jobs_key_pending_idx` (one descent per key, which
+///   also yields the key's first job), starting after `$8` and wrapping
+///   around, so that successive claims serve the keys in turn; it stops as
+///   soon as it has `$3`. Its cost is bounded by the keys taken plus those
+///   at their limit (at most the fleet's running attempts), whatever the
+///   backlog: walking jobs instead would pass over every waiting job of
+///   every key at its limit (measured: 2.9 s for one claim over 100,000
+///   jobs of 1,000 keys).
+///
+/// Running attempts per key are read once per claim (`busy`: the task's
+/// running limited rows, grouped, as a JSON object) and blocked keys once
+/// (`blocked`), instead of one lookup of each per key.
+///
+/// Within a key the order is exact either way: a job is a candidate only
+/// when every pending job of its key ahead of it is one too, and running
+/// attempts of the key are counted first. Candidates are then taken in
+/// claim order. Jobs of the task without a key are taken when they are
+/// among its first `$3` pending jobs in claim order.
 #[doc(hidden)]
 pub const KEYED_CLAIM_SQL: &str = concat!(
-    "WITH RECURSIVE after AS ( \
-         SELECT (SELECT key FROM jobq.jobs WHERE task = $2 AND state = 'pending' \
-                 AND key IS NOT NULL AND key > $8 ORDER BY key LIMIT 1) AS key \
+    "WITH RECURSIVE busy AS ( \
+         SELECT CASE WHEN $5::int IS NULL THEN '{}'::jsonb ELSE coalesce(( \
+             SELECT jsonb_object_agg(running_keys.key, running_keys.n) FROM ( \
+                 SELECT key, count(*) AS n FROM jobq.jobs \
+                 WHERE task = $2 AND state = 'running' AND limited AND key IS NOT NULL \
+                 GROUP BY key) running_keys), '{}') END AS counts \
+     ), blocked AS ( \
+         SELECT ARRAY(SELECT b.key FROM jobq.blocks b \
+             WHERE b.task = $2 AND b.until > now()) AS keys \
+     ), head AS ( \
+         SELECT id, key, priority FROM jobq.jobs \
+         WHERE task = $2 AND state = 'pending' AND key IS NOT NULL \
+         ORDER BY priority DESC, id LIMIT 2 * $3 \
+     ), head_candidates AS ( \
+         SELECT ranked.id FROM ( \
+             SELECT id, key, row_number() OVER (PARTITION BY key ORDER BY priority DESC, id) AS n \
+             FROM head) ranked \
+         WHERE ranked.key <> ALL((SELECT keys FROM blocked)::text[]) AND ranked.n <= ",
+    allowed!("ranked.key"),
+    " ), walk AS ( \
+         SELECT (SELECT count(*) FROM head) = 2 * $3 \
+             AND (SELECT count(*) FROM head_candidates) < $3 \
+             AND coalesce((SELECT w.walked_at < now() - interval '50 milliseconds' \
+                 FROM jobq.key_walks w WHERE w.task = $2), true) AS needed, \
+             coalesce((SELECT w.after_key FROM jobq.key_walks w WHERE w.task = $2), $8) AS start \
+     ), after AS ( \
+         (SELECT key, id, 1 AS n FROM jobq.jobs \
+          WHERE task = $2 AND state = 'pending' AND key IS NOT NULL \
+            AND key > (SELECT start FROM walk) \
+          ORDER BY key, priority DESC, id LIMIT 1) \
          UNION ALL \
-         SELECT (SELECT k.key FROM jobq.jobs k WHERE k.task = $2 AND k.state = 'pending' \
-                 AND k.key IS NOT NULL AND k.key > after.key ORDER BY k.key LIMIT 1) \
-         FROM after WHERE after.key IS NOT NULL \
-     ), up_to AS ( \
-         SELECT (SELECT key FROM jobq.jobs WHERE task = $2 AND state = 'pending' \
-                 AND key IS NOT NULL ORDER BY key LIMIT 1) AS key \
+         SELECT s.key, s.id, after.n + 1 FROM after CROSS JOIN LATERAL (",
+    next_key!("after.key"),
+    ") s WHERE after.n < ",
+    walk_budget!(),
+    " ), up_to AS ( \
+         (SELECT key, id, (SELECT count(*) FROM after) + 1 AS n FROM jobq.jobs \
+          WHERE task = $2 AND state = 'pending' AND key IS NOT NULL \
+          ORDER BY key, priority DESC, id LIMIT 1) \
          UNION ALL \
-         SELECT (SELECT k.key FROM jobq.jobs k WHERE k.task = $2 AND k.state = 'pending' \
-                 AND k.key IS NOT NULL AND k.key > up_to.key ORDER BY k.key LIMIT 1) \
-         FROM up_to WHERE up_to.key IS NOT NULL AND up_to.key <= $8 \
-     ), keys AS ( \
-         SELECT key FROM after WHERE key IS NOT NULL \
+         SELECT s.key, s.id, up_to.n + 1 FROM up_to CROSS JOIN LATERAL (",
+    next_key!("up_to.key"),
+    ") s WHERE up_to.key <= (SELECT start FROM walk) AND up_to.n < ",
+    walk_budget!(),
+    " ), visited AS ( \
+         SELECT key, id, n FROM after \
          UNION ALL \
-         SELECT key FROM up_to WHERE key IS NOT NULL AND key <= $8 \
-     ), candidates AS ( \
-         SELECT h.id FROM keys \
+         SELECT key, id, n FROM up_to \
+         WHERE key <= (SELECT start FROM walk) AND n <= ",
+    walk_budget!(),
+    " ), walked AS ( \
+         SELECT c.id FROM visited h \
+         CROSS JOIN LATERAL (SELECT ",
+    allowed!("h.key"),
+    " AS n) a \
          CROSS JOIN LATERAL ( \
-             SELECT a.id FROM jobq.jobs a \
-             WHERE a.task = $2 AND a.key = keys.key AND a.state = 'pending' \
-               AND NOT EXISTS (SELECT 1 FROM jobq.blocks b \
-                   WHERE b.task = $2 AND b.key = keys.key AND b.until > now()) \
-             ORDER BY a.priority DESC, a.id \
-             LIMIT greatest(0, least($3, \
-                 $5 - CASE WHEN $5::int IS NULL THEN NULL ELSE (SELECT count(*) FROM jobq.jobs r \
-                     WHERE r.task = $2 AND r.key = keys.key AND r.state = 'running' AND r.limited) END, ",
-    tokens!("keys.key", "$11", "$12"),
-    ")) \
-         ) h \
-         LIMIT $3 \
-     ), keyless AS ( \
+             SELECT h.id AS id WHERE a.n = 1 \
+             UNION ALL \
+             (SELECT x.id FROM jobq.jobs x \
+              WHERE a.n > 1 AND x.task = $2 AND x.key = h.key AND x.state = 'pending' \
+              ORDER BY x.priority DESC, x.id LIMIT a.n) \
+         ) c \
+         WHERE a.n >= 1 AND h.key <> ALL((SELECT keys FROM blocked)::text[]) \
+     ), moved AS ( \
+         INSERT INTO jobq.key_walks (task, after_key, walked_at) \
+         SELECT $2, v.key, now() FROM visited v WHERE (SELECT needed FROM walk) \
+         ORDER BY v.n DESC LIMIT 1 \
+         ON CONFLICT (task) DO UPDATE \
+             SET after_key = excluded.after_key, walked_at = excluded.walked_at \
+     ), candidates AS ( \
+         SELECT id FROM head_candidates \
+         UNION \
+         SELECT id FROM walked WHERE (SELECT needed FROM walk) \
+         UNION ALL \
          SELECT f.id FROM ( \
              SELECT id, key FROM jobq.jobs WHERE task = $2 AND state = 'pending' \
              ORDER BY priority DESC, run_at, id LIMIT $3) f \
@@ -273,7 +363,7 @@ pub const KEYED_CLAIM_SQL: &str = concat!(
          WHERE task = $2 AND state = 'running' AND limited \
      ), picked AS ( \
          SELECT j.id, j.key FROM jobq.jobs j \
-         WHERE j.id = ANY(ARRAY(SELECT id FROM candidates UNION ALL SELECT id FROM keyless)) \
+         WHERE j.id = ANY(ARRAY(SELECT id FROM candidates)) \
            AND ",
     claimable!(),
     " ORDER BY j.priority DESC, j.run_at, j.id \

@@ -1650,16 +1650,20 @@ async fn key_concurrency_takes_each_keys_first_jobs_in_priority_then_enqueue_ord
 }
 
 #[tokio::test]
-async fn keyed_claims_serve_the_keys_in_turn_from_the_cursor() {
+async fn keyed_claims_take_free_keys_at_the_head_and_walk_past_busy_ones_in_turn() {
     let (_db, mut conn) = setup().await;
-    let a = keyed(&mut conn, Some("a"), 0).await;
+    // Key "a" crowds the head of the queue; "b" and "c" wait behind it.
+    let mut a = Vec::new();
+    for _ in 0..3 {
+        a.push(keyed(&mut conn, Some("a"), 0).await);
+    }
     let b = keyed(&mut conn, Some("b"), 0).await;
     let c = keyed(&mut conn, Some("c"), 0).await;
     let w = jobq_diesel::register_worker(&mut conn, &info())
         .await
         .unwrap();
     let queues = ["default".to_owned()];
-    let mut one = async |cursor: &str| {
+    let mut one = async |conn: &mut AsyncPgConnection| {
         let request = jobq_diesel::LimitedClaimRequest {
             worker_id: w,
             queues: &queues,
@@ -1668,25 +1672,50 @@ async fn keyed_claims_serve_the_keys_in_turn_from_the_cursor() {
             global_concurrency: None,
             key_concurrency: Some(1),
             claim_key: claim_key(),
-            key_cursor: Some(cursor),
+            key_cursor: None,
             due: false,
             rate: None,
             key_rate: None,
         };
-        ids(&jobq_diesel::claim_limited(&mut conn, &request)
-            .await
-            .unwrap())
+        ids(&jobq_diesel::claim_limited(conn, &request).await.unwrap())
     };
-    // After "b" comes "c"; after "c" the walk wraps around to "a"; then
-    // only "b" is left, found wherever the walk starts.
-    assert_eq!(one("b").await, [c]);
-    assert_eq!(one("c").await, [a]);
-    assert_eq!(one("a").await, [b]);
-    assert_eq!(one("").await, Vec::<i64>::new());
+    // The head (two jobs per slot, in key order) holds a free key: no walk.
+    assert_eq!(one(&mut conn).await, [a[0]]);
+    assert_eq!(walk_position(&mut conn).await, None);
+    // Now the head holds only the busy key "a": the walk goes past it to
+    // "b" and "c", the older of which is taken, and remembers where it
+    // stopped.
+    assert_eq!(one(&mut conn).await, [b]);
+    assert_eq!(walk_position(&mut conn).await.as_deref(), Some("c"));
+    // Walks are spaced out per task: right after one, only the head is
+    // looked at.
+    assert_eq!(one(&mut conn).await, Vec::<i64>::new());
+    // Once the interval has passed, the next walk starts after "c",
+    // wraps around, passes the busy "a" and "b" and finds "c".
+    diesel::sql_query("UPDATE jobq.key_walks SET walked_at = walked_at - interval '1 second'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(one(&mut conn).await, [c]);
     assert_eq!(jobq_diesel::next_key_cursor("b", ["c", "a"]), Some("a"));
     assert_eq!(jobq_diesel::next_key_cursor("b", ["c", "d"]), Some("d"));
     assert_eq!(jobq_diesel::next_key_cursor("", ["x", "y"]), Some("y"));
     assert_eq!(jobq_diesel::next_key_cursor("", []), None);
+}
+
+/// Where the next key walk of the test's keyed task starts, if one ran.
+async fn walk_position(conn: &mut AsyncPgConnection) -> Option<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Position {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        after_key: String,
+    }
+    diesel::sql_query("SELECT after_key FROM jobq.key_walks WHERE task = 'limited'")
+        .load::<Position>(conn)
+        .await
+        .unwrap()
+        .pop()
+        .map(|p| p.after_key)
 }
 
 #[derive(diesel::QueryableByName)]
