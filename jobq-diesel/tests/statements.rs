@@ -1663,7 +1663,7 @@ async fn keyed_claims_take_free_keys_at_the_head_and_walk_past_busy_ones_in_turn
         .await
         .unwrap();
     let queues = ["default".to_owned()];
-    let mut one = async |conn: &mut AsyncPgConnection| {
+    let one = async |conn: &mut AsyncPgConnection| {
         let request = jobq_diesel::LimitedClaimRequest {
             worker_id: w,
             queues: &queues,
