@@ -68,6 +68,19 @@ async fn pruned(job: Tick) -> Result<(), TaskError> {
     Ok(())
 }
 
+/// Every second; each tick's job is followed by `after_tick`.
+#[jobq::task(cron = "* * * * * *", then = after_tick)]
+async fn followed(job: Tick) -> Result<String, TaskError> {
+    Ok(job.at().to_rfc3339())
+}
+
+/// What `followed`'s ticks are followed by.
+#[jobq::task]
+async fn after_tick(job: jobq::Finished) -> Result<(), TaskError> {
+    let _ = job;
+    Ok(())
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct NotATick {
     n: i32,
@@ -98,7 +111,7 @@ fn main() -> std::process::ExitCode {
     if let Some(code) = fleet::worker_process(WORKER_ENV, worker_main) {
         return code;
     }
-    let tests: [(&str, TestFn); 7] = [
+    let tests: [(&str, TestFn); 8] = [
         ("a_tick_batch_is_a_compare_and_set", || {
             Box::pin(a_tick_batch_is_a_compare_and_set())
         }),
@@ -119,6 +132,9 @@ fn main() -> std::process::ExitCode {
         }),
         ("run_time_schedules_are_checked_at_build", || {
             Box::pin(run_time_schedules_are_checked_at_build())
+        }),
+        ("each_tick_of_a_task_with_then_is_followed_once", || {
+            Box::pin(each_tick_of_a_task_with_then_is_followed_once())
         }),
     ];
     fleet::run_tests(&tests)
@@ -560,6 +576,60 @@ async fn run_time_schedules_enqueue_ticks() {
     assert_eq!(listed[0].name, "configured.fast");
     assert_eq!(listed[0].task, "configured");
     assert_eq!(listed[0].timezone, "America/New_York");
+}
+
+async fn each_tick_of_a_task_with_then_is_followed_once() {
+    let env = support::env().await;
+    let handle = env
+        .worker()
+        .tasks(["followed", "after_tick"])
+        .build()
+        .await
+        .unwrap()
+        .spawn();
+    support::wait_until("two ticks followed to the end", || async {
+        env.count(
+            "SELECT count(*) AS n FROM jobq.jobs WHERE task = 'after_tick' AND state = 'completed'",
+        )
+        .await
+            >= 2
+    })
+    .await;
+    handle.shutdown().await.unwrap();
+    // Every tick job that ended has exactly one follow-up, and every
+    // follow-up carries its tick job's output (the tick it ran for).
+    assert_eq!(
+        env.count(
+            "SELECT count(*) AS n FROM jobq.jobs t \
+             WHERE t.task = 'followed' AND t.state = 'completed' \
+               AND (SELECT count(*) FROM jobq.jobs f \
+                    WHERE f.task = 'after_tick' AND f.payload ->> 'job_id' = t.id::text) <> 1"
+        )
+        .await,
+        0,
+        "a tick job without exactly one follow-up"
+    );
+    assert_eq!(
+        env.count(
+            "SELECT count(*) AS n FROM jobq.jobs f \
+             LEFT JOIN jobq.jobs t ON t.id::text = f.payload ->> 'job_id' \
+             WHERE f.task = 'after_tick' \
+               AND (t.task IS DISTINCT FROM 'followed' \
+                    OR f.payload -> 'output' IS DISTINCT FROM t.output)"
+        )
+        .await,
+        0,
+        "a follow-up that does not match its tick job"
+    );
+    assert!(
+        env.count(
+            "SELECT count(*) AS n FROM jobq.jobs \
+             WHERE task = 'followed' AND jsonb_typeof(output) = 'string'"
+        )
+        .await
+            >= 2,
+        "the tick jobs returned their ticks"
+    );
 }
 
 async fn run_time_schedules_are_checked_at_build() {
