@@ -1928,10 +1928,15 @@ async fn a_rate_limit_moves_its_keys_backlog_out_of_the_claim_path_until_the_blo
         message: None,
         output: None,
     };
+    let started = std::time::Instant::now();
     assert!(jobq_diesel::write_outcomes(&mut conn, &[hour], &[])
         .await
         .unwrap()
         .is_empty());
+    eprintln!(
+        "the outcome that blocked the key moved its backlog in {:?}",
+        started.elapsed()
+    );
 
     // The outcome that wrote the block moved the key's backlog out of the
     // claim path, to the block's end.
