@@ -229,6 +229,86 @@ async fn rate_limited_holds_back_only_the_jobs_key_when_it_has_one() {
     b.shutdown().await.unwrap();
 }
 
+/// Serialized per key: the order in which a blocked key's backlog comes
+/// back is the order its jobs run in.
+#[jobq::task(concurrency = 4, key_concurrency = 1)]
+async fn serialized(ctx: jobq::Context, job: Unit) -> Result<(), TaskError> {
+    throttle_first(&ctx, job.n).await
+}
+
+fn start_order(task: &'static str) -> Vec<JobId> {
+    let mut starts: Vec<(DateTime<Utc>, JobId)> = STARTS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.0 .0 == task)
+        .map(|s| (s.1, s.0 .1))
+        .collect();
+    starts.sort();
+    starts.into_iter().map(|s| s.1).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_keys_backlog_waits_out_of_the_claim_path_then_runs_in_order() {
+    let env = support::env().await;
+    let mut conn = env.conn().await;
+    let key = |priority: i16| EnqueueOptions::new().key("acme").priority(priority);
+    // The job that will be told to back off comes first (highest
+    // priority); its backlog is in mixed priorities, enqueued before any
+    // worker runs, so that it is pending when the block is written.
+    let first = serialized::enqueue_with(&mut conn, &Unit { n: 0 }, key(9))
+        .await
+        .unwrap();
+    let mut backlog = Vec::new();
+    for (n, priority) in [(1, 0), (2, 5), (3, 0), (4, 5), (5, 1), (6, 0)] {
+        let id = serialized::enqueue_with(&mut conn, &Unit { n }, key(priority))
+            .await
+            .unwrap();
+        backlog.push((priority, id));
+    }
+    let a = env.worker().build().await.unwrap().spawn();
+    let b = env.worker().build().await.unwrap().spawn();
+    support::wait_until("the block", || async {
+        block_until(&env, "acme").await > DateTime::<Utc>::MIN_UTC
+    })
+    .await;
+    let until = block_until(&env, "acme").await;
+    // The block moved the whole backlog out of the claim path at once:
+    // nothing of the key is pending while it lasts, and all of it waits
+    // for the block's end.
+    let waiting = env
+        .count(
+            "SELECT count(*) AS n FROM jobq.jobs WHERE key = 'acme' AND state = 'scheduled' \
+             AND run_at = (SELECT until FROM jobq.blocks WHERE key = 'acme')",
+        )
+        .await;
+    let pending = env
+        .count("SELECT count(*) AS n FROM jobq.jobs WHERE key = 'acme' AND state = 'pending'")
+        .await;
+    assert!(
+        Utc::now() < until,
+        "the test is too slow to show anything: the block is over"
+    );
+    assert_eq!((waiting, pending), (7, 0));
+
+    // After the block, the throttled job and then its backlog, one at a
+    // time, in priority then enqueue order.
+    for &(_, id) in &backlog {
+        env.wait_state(id, JobState::Completed).await;
+    }
+    env.wait_state(first, JobState::Completed).await;
+    backlog.sort_by_key(|&(priority, id)| (std::cmp::Reverse(priority), id));
+    let expected: Vec<JobId> = std::iter::once(first)
+        .chain(backlog.iter().map(|&(_, id)| id))
+        .collect();
+    assert_eq!(start_order("serialized"), expected);
+    assert!(start_order("serialized")
+        .iter()
+        .all(|&id| started(("serialized", id)).unwrap() >= until));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
 #[jobq::task(concurrency = 8)]
 async fn unrated(ctx: jobq::Context, job: Unit) -> Result<(), TaskError> {
     let _ = job;

@@ -72,6 +72,9 @@ pub enum Command {
     /// Periodic tasks' schedules: list, pause, resume.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
+    /// Rate limits and downstream blocks: list them, lift a block early.
+    #[command(subcommand)]
+    Limits(LimitsCommand),
     /// Enqueue a job by task name.
     ///
     /// The CLI has no registered tasks, so it cannot check the name: it warns
@@ -120,6 +123,24 @@ pub enum QueuesCommand {
     Resume {
         /// The queue's name.
         name: String,
+    },
+}
+
+/// `jobq limits ...`
+#[derive(Debug, Subcommand)]
+pub enum LimitsCommand {
+    /// The live blocks (TaskError::rate_limited: task or key, until, time
+    /// left) and the rate buckets that are not full (when each is full
+    /// again). The rates themselves live in the worker binaries.
+    List,
+    /// Lift a block before its end: the jobs it held back run at once.
+    Unblock {
+        /// The task's name.
+        task: String,
+        /// Lift the block of this partition key (without it: the block of
+        /// the whole task).
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 

@@ -775,3 +775,95 @@ async fn jobs_show_prints_headers_keys_and_output_inertly() {
     );
     assert_eq!(json.json()["output"]["rows"], 3);
 }
+
+#[tokio::test]
+async fn limits_list_blocks_and_buckets_and_unblock_lifts_a_block_early() {
+    let db = migrated().await;
+    let url = db.url();
+    let run = jobq(Some(url), &["limits", "list"]).ok();
+    assert!(run.stdout.contains("no task or key is blocked"), "{run:#?}");
+    assert!(
+        run.stdout.contains("configured in the worker binaries"),
+        "{run:#?}"
+    );
+    // As workers leave them: a key blocked for an hour with three jobs it
+    // moved out of the claim path (due at its end) and one retry of the
+    // key due earlier; a whole task blocked; a key's bucket that is not
+    // full; and rows that have passed, which are not shown.
+    sql(
+        url,
+        "INSERT INTO jobq.blocks (task, key, until) VALUES \
+             ('mail.send', 'acme', date_trunc('second', now()) + interval '1 hour'), \
+             ('reports', '', now() + interval '30 minutes'), \
+             ('mail.send', 'passed-key', now() - interval '1 minute'); \
+         INSERT INTO jobq.jobs (task, payload, key, state, run_at) \
+         SELECT 'mail.send', '{}', 'acme', 'scheduled', \
+             date_trunc('second', now()) + interval '1 hour' FROM generate_series(1, 3); \
+         INSERT INTO jobq.jobs (task, payload, key, state, run_at) \
+         VALUES ('mail.send', '{}', 'acme', 'scheduled', now() + interval '10 minutes'); \
+         INSERT INTO jobq.rate_tokens (task, key, tat) VALUES \
+             ('mail.send', 'acme', now() + interval '20 seconds'), \
+             ('mail.send', '', now() - interval '1 second');",
+    )
+    .await;
+    let table = jobq(Some(url), &["limits", "list"]).ok();
+    for shown in ["mail.send", "acme", "reports", "(whole task)", "59m", "29m"] {
+        assert!(table.stdout.contains(shown), "{shown}: {table:#?}");
+    }
+    assert!(!table.stdout.contains("passed-key"), "{table:#?}");
+    let listed = jobq(Some(url), &["--json", "limits", "list"]).ok().json();
+    let blocks = listed["blocks"].as_array().expect("blocks");
+    assert_eq!(blocks.len(), 2, "{listed:#}");
+    assert_eq!(
+        (&blocks[0]["task"], &blocks[0]["key"]),
+        (&Value::from("mail.send"), &Value::from("acme"))
+    );
+    assert_eq!(blocks[1]["key"], Value::Null);
+    let left = blocks[0]["remaining_ms"].as_u64().expect("remaining_ms");
+    assert!(left > 3_500_000 && left <= 3_600_000, "{left}");
+    let buckets = listed["rate_buckets"].as_array().expect("buckets");
+    assert_eq!(buckets.len(), 1, "{listed:#}");
+    assert_eq!(buckets[0]["key"], "acme");
+    let full_in = buckets[0]["full_in_ms"].as_u64().expect("full_in_ms");
+    assert!(full_in > 15_000 && full_in <= 20_000, "{full_in}");
+    assert!(listed["note"].as_str().expect("note").contains("rate"));
+
+    // Lifting the key's block brings back the jobs it held, and only them.
+    let run = jobq(
+        Some(url),
+        &["--json", "limits", "unblock", "mail.send", "--key", "acme"],
+    )
+    .ok();
+    assert_eq!(
+        run.json(),
+        serde_json::json!({"task": "mail.send", "key": "acme", "lifted": true, "jobs_back": 3})
+    );
+    let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
+    let blocks = jobq::blocks(&mut conn).await.expect("blocks");
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(
+        (blocks[0].task.as_str(), blocks[0].key.as_deref()),
+        ("reports", None)
+    );
+    let pending = jobq(Some(url), &["--json", "jobs", "list", "--state", "pending"]).ok();
+    assert_eq!(
+        pending.json().as_array().map(Vec::len),
+        Some(3),
+        "{pending:#?}"
+    );
+    let run = jobq(
+        Some(url),
+        &["limits", "unblock", "mail.send", "--key", "acme"],
+    )
+    .ok();
+    assert!(run.stdout.contains("was not blocked"), "{run:#?}");
+    let run = jobq(Some(url), &["limits", "unblock", "reports"]).ok();
+    assert!(
+        run.stdout.contains("lifted the block of task reports"),
+        "{run:#?}"
+    );
+    assert!(jobq::blocks(&mut conn).await.expect("blocks").is_empty());
+    // An empty key is refused, not taken for the whole task.
+    let bad = jobq(Some(url), &["limits", "unblock", "reports", "--key", ""]);
+    assert_ne!(bad.code, 0, "{bad:#?}");
+}

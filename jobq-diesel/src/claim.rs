@@ -168,7 +168,11 @@ fn column<'a, ST, T: FromSql<ST, Pg>>(
 /// jobs of a blocked key are passed over. Both sub-selects depend on the
 /// task only, so they run once per task and claim, as one-time steps: one
 /// probe of a table that is empty unless a downstream asked for a pause.
-/// Jobs without a key pay a NULL test.
+/// Jobs without a key pay a NULL test. The walk meets few such jobs: the
+/// outcome that writes a block moves the key's (or task's) pending
+/// backlog out of this index until the block ends (see
+/// [`crate::write_outcomes`]), so only jobs enqueued during the block are
+/// passed over.
 ///
 /// The key and headers come back as NULL for jobs without them, which
 /// costs a reply next to nothing.

@@ -108,6 +108,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "key_order",
         up: include_str!("../../migrations/2026-12-03-000100_key_order/up.sql"),
     },
+    Migration {
+        version: 20261203000300,
+        name: "blocked_backlogs",
+        up: include_str!("../../migrations/2026-12-03-000300_blocked_backlogs/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -510,7 +510,15 @@ const COMPLETE_IN_SQL: &str = concat!(
 /// hand-back, so `attempt` keeps growing (every claim is fenced by its own
 /// number) while `attempt - handbacks`, the attempts used, does not. A
 /// rate-limited outcome also writes the block of its task (or its key) in
-/// `jobq.blocks`, never shortening one already there. A job goes back to
+/// `jobq.blocks`, never shortening one already there, and moves the
+/// pending jobs of that task (or key) out of the claim path until the
+/// block ends (`parked`: `scheduled`, with `run_at` raised to the block's
+/// end, so promotion brings them back then; see [`crate::PROMOTE_SQL`] for
+/// their order). Without that every claim of the task walked past them
+/// (invariant 8). Rows another statement holds locked are skipped, never
+/// waited for: a claim holding one takes it anyway (as before parking
+/// existed), and any other stays pending behind the claims' block filter.
+/// A job goes back to
 /// pending when it is released, or when it failed with attempts left; the
 /// three CASEs spell out that one rule for state, run_at and finished_at (SET sees the old row, so the new state
 /// cannot be reused). Attempts left and the attempt recorded with an
@@ -578,13 +586,32 @@ const OUTCOME_SQL: &str = "\
         WHERE $3::jsonb -> (d.id::text || ':' || d.attempt::text) ->> 'k' = 'rate_limited' \
         GROUP BY 1, 2 \
         ON CONFLICT (task, key) DO UPDATE SET until = greatest(jobq.blocks.until, excluded.until) \
+        RETURNING task, key, until \
+    ), parked AS ( \
+        UPDATE jobq.jobs j SET state = 'scheduled', \
+            run_at = greatest(j.run_at, (SELECT max(b.until) FROM blocked b \
+                WHERE b.task = j.task AND b.key IN ('', coalesce(j.key, '')))) \
+        WHERE j.id = ANY(ARRAY( \
+                SELECT p.id FROM blocked b CROSS JOIN LATERAL ( \
+                    SELECT k.id FROM jobq.jobs k \
+                    WHERE b.key <> '' AND k.task = b.task AND k.key = b.key AND k.state = 'pending' \
+                    FOR UPDATE SKIP LOCKED) p \
+                UNION ALL \
+                SELECT p.id FROM blocked b CROSS JOIN LATERAL ( \
+                    SELECT t.id FROM jobq.jobs t \
+                    WHERE b.key = '' AND t.task = b.task AND t.state = 'pending' \
+                    FOR UPDATE SKIP LOCKED) p)) \
+          AND j.state = 'pending' \
+        RETURNING j.queue, j.run_at \
     ), woken AS ( \
         SELECT count(pg_notify('jobq_jobs', \
             CASE WHEN q.due > now() \
                 THEN ceil(extract(epoch FROM q.due) * 1000)::bigint ELSE 0 END \
             || ' ' || q.queue)) AS n \
         FROM (SELECT queue, min(run_at) AS due FROM done \
-              WHERE state IN ('pending', 'scheduled') GROUP BY queue, state) q \
+              WHERE state IN ('pending', 'scheduled') GROUP BY queue, state \
+              UNION ALL \
+              SELECT queue, min(run_at) FROM parked GROUP BY queue) q \
     ) \
     SELECT d.id, d.attempt FROM done d CROSS JOIN woken";
 
@@ -596,7 +623,10 @@ mod tests {
     fn the_outcome_statement_has_the_row_filter_the_lock_skipping_variant_replaces() {
         assert_eq!(OUTCOME_SQL.matches(ROW_FILTER).count(), 1);
         let variant = OUTCOME_SQL.replace(ROW_FILTER, ROW_FILTER_SKIPPING_LOCKED);
-        assert!(variant.contains("FOR UPDATE SKIP LOCKED"));
+        assert_eq!(
+            variant.matches("FOR UPDATE SKIP LOCKED").count(),
+            OUTCOME_SQL.matches("FOR UPDATE SKIP LOCKED").count() + 1
+        );
     }
 
     fn done(id: i64, attempt: i32) -> Outcome {

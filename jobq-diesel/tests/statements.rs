@@ -1833,3 +1833,212 @@ async fn a_snooze_uses_no_attempt_stays_fenced_and_a_rate_limit_writes_the_longe
     let after = snoozed_row(&mut conn, id).await;
     assert_eq!((after.attempt, after.handbacks), (2, 2));
 }
+
+/// Ids of the jobs of key "acme" in `state`, in claim order within the key
+/// (priority, then enqueue order).
+async fn acme_ids(conn: &mut AsyncPgConnection, state: &str) -> Vec<i64> {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let rows: Vec<Id> = diesel::sql_query(
+        "SELECT id FROM jobq.jobs WHERE key = 'acme' AND state::text = $1 \
+         ORDER BY priority DESC, id",
+    )
+    .bind::<Text, _>(state)
+    .load(conn)
+    .await
+    .unwrap();
+    rows.into_iter().map(|r| r.id).collect()
+}
+
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the unlimited claim of up to 1,000 jobs
+/// of task "limited", rolled back: the buffers its walk of the claim's
+/// index touched, and its plan.
+async fn unlimited_claim_buffers(conn: &mut AsyncPgConnection, worker: i64) -> (u64, String) {
+    let plan = explain_analyze(conn, |c| {
+        Box::pin(async move {
+            let queues = ["default".to_owned()];
+            let tasks = ["limited".to_owned()];
+            diesel::sql_query(format!(
+                "EXPLAIN (ANALYZE, BUFFERS) {}",
+                jobq_diesel::CLAIM_SQL
+            ))
+            .bind::<Array<Text>, _>(&queues[..])
+            .bind::<Array<Text>, _>(&tasks[..])
+            .bind::<Array<Integer>, _>(&[1000][..])
+            .bind::<BigInt, _>(worker)
+            .bind::<BigInt, _>(claim_key())
+            .load(c)
+            .await
+        })
+    })
+    .await;
+    let walk = plan
+        .iter()
+        .position(|l| l.contains("Index Scan using jobs_claim_idx"))
+        .map(|at| buffers(&plan[at..]))
+        .unwrap_or(u64::MAX);
+    (walk, plan.join("\n"))
+}
+
+/// The whole keyed claim's buffers and plan (`key_concurrency = 1`), after its lock.
+async fn keyed_claim_buffers(conn: &mut AsyncPgConnection, worker: i64) -> (u64, String) {
+    use diesel::sql_types::{Double, Nullable};
+    let plan = explain_analyze(conn, |c| {
+        Box::pin(async move {
+            let queues = ["default".to_owned()];
+            diesel::sql_query(format!(
+                "EXPLAIN (ANALYZE, BUFFERS) {}",
+                jobq_diesel::KEYED_CLAIM_SQL
+            ))
+            .bind::<Array<Text>, _>(&queues[..])
+            .bind::<Text, _>("limited")
+            .bind::<Integer, _>(1000)
+            .bind::<Nullable<Integer>, _>(None::<i32>)
+            .bind::<Nullable<Integer>, _>(Some(1))
+            .bind::<BigInt, _>(worker)
+            .bind::<BigInt, _>(claim_key())
+            .bind::<Text, _>("")
+            .bind::<Nullable<Double>, _>(None::<f64>)
+            .bind::<Nullable<Double>, _>(None::<f64>)
+            .bind::<Nullable<Double>, _>(None::<f64>)
+            .bind::<Nullable<Double>, _>(None::<f64>)
+            .load(c)
+            .await
+        })
+    })
+    .await;
+    (buffers(&plan), plan.join("\n"))
+}
+
+#[tokio::test]
+async fn a_rate_limit_moves_its_keys_backlog_out_of_the_claim_path_until_the_block_ends() {
+    let (_db, mut conn) = setup().await;
+    // The job that will be told to back off, first in claim order; then
+    // 100,000 pending jobs of its key in mixed priorities, and 20 others
+    // of the task (ten of another key, ten without one).
+    let throttled = keyed(&mut conn, Some("acme"), 9).await;
+    conn.batch_execute(
+        "INSERT INTO jobq.jobs (task, payload, key, priority) \
+         SELECT 'limited', '{}', 'acme', (i % 3)::int2 FROM generate_series(1, 100000) i; \
+         INSERT INTO jobq.jobs (task, payload, key) \
+         SELECT 'limited', '{}', CASE WHEN i % 2 = 0 THEN 'globex' END \
+         FROM generate_series(1, 20) i;",
+    )
+    .await
+    .unwrap();
+    let in_order = acme_ids(&mut conn, "pending").await;
+    assert_eq!(in_order.len(), 100_001);
+    let w = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    // What a block that leaves the backlog pending costs each claim of the
+    // task (a block written by hand, as blocks were before the move).
+    conn.batch_execute(
+        "INSERT INTO jobq.blocks (task, key, until) VALUES ('limited', 'acme', now() + interval '1 hour')",
+    )
+    .await
+    .unwrap();
+    conn.batch_execute("VACUUM ANALYZE jobq.jobs")
+        .await
+        .unwrap();
+    let (stepping_over, _) = unlimited_claim_buffers(&mut conn, w).await;
+    conn.batch_execute("DELETE FROM jobq.blocks").await.unwrap();
+    let claimed = claim_one(&mut conn, w, "limited").await;
+    assert_eq!(claimed[0].id, throttled);
+    let hour = Outcome {
+        id: throttled,
+        attempt: 1,
+        kind: OutcomeKind::RateLimited {
+            delay_ms: 3_600_000,
+        },
+        message: None,
+        output: None,
+    };
+    let started = std::time::Instant::now();
+    assert!(jobq_diesel::write_outcomes(&mut conn, &[hour], &[])
+        .await
+        .unwrap()
+        .is_empty());
+    eprintln!(
+        "the outcome that blocked the key moved its backlog in {:?}",
+        started.elapsed()
+    );
+
+    // The outcome that wrote the block moved the key's backlog out of the
+    // claim path, to the block's end.
+    assert!(acme_ids(&mut conn, "pending").await.is_empty());
+    let Count { n: parked } = diesel::sql_query(
+        "SELECT count(*) AS n FROM jobq.jobs j JOIN jobq.blocks b ON b.task = j.task \
+         AND b.key = j.key WHERE j.key = 'acme' AND j.state = 'scheduled' AND j.run_at = b.until",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(parked, 100_001);
+    // Claims of the task, unlimited and keyed, no longer step over it.
+    // (Until vacuum, which the move's 100,000 dead index entries set off,
+    // a claim still reads the index pages that hold them, though no row:
+    // 1,173 buffers here. The same goes for the entries every claim and
+    // outcome leave behind.)
+    conn.batch_execute("VACUUM ANALYZE jobq.jobs")
+        .await
+        .unwrap();
+    let (walk, plan) = unlimited_claim_buffers(&mut conn, w).await;
+    assert!(
+        walk < 50 && walk * 100 < stepping_over,
+        "the claim touched {walk} buffers ({stepping_over} beside the pending backlog):\n{plan}"
+    );
+    eprintln!(
+        "claim beside a blocked backlog of 100,001: {stepping_over} buffers pending, {walk} parked"
+    );
+    let (walk, plan) = keyed_claim_buffers(&mut conn, w).await;
+    assert!(
+        walk < 300,
+        "the keyed claim touched {walk} buffers:\n{plan}"
+    );
+    let others = claim_up_to(&mut conn, w, "limited", 1000).await;
+    assert_eq!(others.len(), 20);
+    assert!(others.iter().all(|j| j.key.as_deref() != Some("acme")));
+
+    // Promotion while the block lasts (it was extended after the jobs were
+    // parked, so they fall due before it ends) does not make them pending:
+    // they move on to the block's new end.
+    conn.batch_execute(
+        "UPDATE jobq.blocks SET until = until + interval '1 hour'; \
+         UPDATE jobq.jobs SET run_at = now() - interval '1 second' \
+         WHERE key = 'acme' AND state = 'scheduled';",
+    )
+    .await
+    .unwrap();
+    let promotion = jobq_diesel::promote(&mut conn, &["default".to_owned()], 200_000)
+        .await
+        .unwrap();
+    assert_eq!(promotion.promoted, 0);
+    let ahead = Duration::from_micros(promotion.next_due_in_us.unwrap().try_into().unwrap());
+    assert!(ahead > Duration::from_secs(7000), "{ahead:?}");
+    assert!(acme_ids(&mut conn, "pending").await.is_empty());
+
+    // The block ends: the backlog comes back in batches, each the next
+    // jobs of the key in claim order, so a claim between two batches
+    // never sees a later job of the key pending before an earlier one.
+    conn.batch_execute(
+        "UPDATE jobq.blocks SET until = now() - interval '1 second'; \
+         UPDATE jobq.jobs SET run_at = now() - interval '1 second' \
+         WHERE key = 'acme' AND state = 'scheduled';",
+    )
+    .await
+    .unwrap();
+    let first = jobq_diesel::promote(&mut conn, &["default".to_owned()], 5_000)
+        .await
+        .unwrap();
+    assert_eq!((first.promoted, first.more), (5_000, true));
+    assert_eq!(acme_ids(&mut conn, "pending").await, in_order[..5_000]);
+    let again = jobq_diesel::promote(&mut conn, &["default".to_owned()], 5_000)
+        .await
+        .unwrap();
+    assert_eq!(again.promoted, 5_000);
+    assert_eq!(acme_ids(&mut conn, "pending").await, in_order[..10_000]);
+}

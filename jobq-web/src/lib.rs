@@ -32,6 +32,7 @@ mod auth;
 mod chart;
 mod error;
 mod form;
+mod limits_page;
 mod pages;
 mod text;
 

@@ -17,7 +17,7 @@ use crate::auth::{Access, Auth, COOKIE};
 use crate::error::WebError;
 use crate::form::Fields;
 use crate::text::{cell, clip};
-use crate::{assets, chart};
+use crate::{assets, chart, limits_page};
 
 /// Jobs one action may name: a page shows at most this many.
 const MAX_IDS: usize = 1_000;
@@ -33,10 +33,10 @@ pub struct App {
     pub auth: Auth,
 }
 
-type Shared = Arc<App>;
+pub(crate) type Shared = Arc<App>;
 
 impl App {
-    async fn conn(&self) -> Result<jobq_diesel::PooledConnection<'_>, WebError> {
+    pub(crate) async fn conn(&self) -> Result<jobq_diesel::PooledConnection<'_>, WebError> {
         self.pool
             .get()
             .await
@@ -53,6 +53,8 @@ pub fn routes(app: Shared) -> Router {
         .route("/queues", get(queues))
         .route("/workers", get(workers))
         .route("/schedules", get(schedules))
+        .route("/limits", get(limits_page::limits))
+        .route("/actions/unblock", post(limits_page::unblock))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/actions/retry", post(retry))
@@ -109,7 +111,7 @@ async fn security_headers(mut response: Response) -> Response {
 
 /// Where the dashboard is mounted ("" at the root, "/admin" when nested
 /// there): the original path without the part the router matched.
-pub struct Base(String);
+pub struct Base(pub(crate) String);
 
 impl<S: Send + Sync> FromRequestParts<S> for Base {
     type Rejection = std::convert::Infallible;
@@ -132,16 +134,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Base {
 
 /// What every page's frame shows.
 pub struct Chrome {
-    base: String,
-    nav: &'static str,
-    read_only: bool,
-    logged_in: bool,
-    csrf: String,
-    notice: Option<String>,
+    pub(crate) base: String,
+    pub(crate) nav: &'static str,
+    pub(crate) read_only: bool,
+    pub(crate) logged_in: bool,
+    pub(crate) csrf: String,
+    pub(crate) notice: Option<String>,
 }
 
 impl Chrome {
-    fn new(app: &App, base: Base, headers: &HeaderMap, nav: &'static str) -> Self {
+    pub(crate) fn new(app: &App, base: Base, headers: &HeaderMap, nav: &'static str) -> Self {
         let (read_only, logged_in, csrf) = match app.auth.access(headers) {
             Access::ReadOnly => (true, false, String::new()),
             Access::LoggedOut => (false, false, String::new()),
@@ -159,7 +161,7 @@ impl Chrome {
 
     /// The outcome of an action, from the numbers its redirect carries
     /// (numbers only: a link cannot put words on the page).
-    fn with_notice(mut self, fields: &Fields) -> Self {
+    pub(crate) fn with_notice(mut self, fields: &Fields) -> Self {
         let n = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
         let mut parts = Vec::new();
         if let Some(v) = n("retried") {
@@ -183,6 +185,11 @@ impl Chrome {
             Some(_) => parts.push("resumed".to_owned()),
             None => {}
         }
+        match (n("lifted"), n("back")) {
+            (Some(0), _) => parts.push("was not blocked".to_owned()),
+            (Some(_), Some(back)) => parts.push(format!("block lifted, {back} jobs pending again")),
+            _ => {}
+        }
         if !parts.is_empty() {
             self.notice = Some(parts.join(", "));
         }
@@ -190,17 +197,17 @@ impl Chrome {
     }
 }
 
-fn render(t: &impl Template) -> Result<Html<String>, WebError> {
+pub(crate) fn render(t: &impl Template) -> Result<Html<String>, WebError> {
     t.render()
         .map(Html)
         .map_err(|e| WebError::Internal(format!("rendering a page: {e}")))
 }
 
-fn url_encode(s: &str) -> String {
+pub(crate) fn url_encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn time(t: DateTime<Utc>) -> String {
+pub(crate) fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
@@ -912,7 +919,7 @@ fn with_cookie(redirect: Redirect, cookie: &str) -> Response {
 
 /// Where an action returns to: a path of the dashboard from the form's
 /// `back` field, never another site.
-fn back_to(base: &str, fields: &Fields, outcome: &str) -> Redirect {
+pub(crate) fn back_to(base: &str, fields: &Fields, outcome: &str) -> Redirect {
     let back = fields
         .get("back")
         .filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains(['\\', '\r', '\n']))
@@ -1061,7 +1068,7 @@ async fn retry_failed(
 /// percent-encoded (as in links): the page then holds no control
 /// character, and a name with a carriage return or edge blanks, which a
 /// browser would change in a plain field, still arrives byte for byte.
-fn encoded_name(fields: &Fields, key: &'static str) -> Result<String, WebError> {
+pub(crate) fn encoded_name(fields: &Fields, key: &'static str) -> Result<String, WebError> {
     let encoded = fields
         .all(key)
         .next()

@@ -912,3 +912,114 @@ async fn the_job_page_shows_keys_headers_and_output_escaped() {
     let page = c.get(&format!("/jobs/{plain}")).await;
     assert!(page.body.contains("No header."));
 }
+
+#[tokio::test]
+async fn limits_show_blocks_and_buckets_and_a_block_is_lifted_behind_the_guards() {
+    let env = env().await;
+    let hostile = "k<script>alert(1)</script>\u{1b}'\" ";
+    // As workers leave them: a key blocked for an hour (with two jobs it
+    // moved out of the claim path, due at its end), a whole task blocked,
+    // a key's rate bucket that is not full.
+    env.execute(&format!(
+        "INSERT INTO jobq.blocks (task, key, until) VALUES \
+             ('mail.send', {k}, date_trunc('second', now()) + interval '1 hour'), \
+             ('reports', '', now() + interval '30 minutes'); \
+         INSERT INTO jobq.jobs (task, payload, key, state, run_at) \
+         SELECT 'mail.send', '{{}}', {k}, 'scheduled', \
+             date_trunc('second', now()) + interval '1 hour' FROM generate_series(1, 2); \
+         INSERT INTO jobq.rate_tokens (task, key, tat) \
+         VALUES ('mail.send', 'acme', now() + interval '20 seconds');",
+        k = format!("'{}'", hostile.replace('\'', "''"))
+    ))
+    .await;
+
+    let ro = dashboard(&env, None).await;
+    let page = ro.get("/limits").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("href=\"/limits\" class=\"here\""));
+    assert!(page.body.contains("not stored in the database"));
+    assert!(page
+        .body
+        .contains("href=\"/jobs?task=mail.send\">mail.send</a>"));
+    assert!(page.body.contains("<em>whole task</em>"), "{}", page.body);
+    assert!(page.body.contains("id=\"buckets\"") && page.body.contains(">acme<"));
+    assert!(page.body.contains("59m"), "time left: {}", page.body);
+    assert!(!page.body.contains("<script>alert") && !page.body.contains('\u{1b}'));
+    assert!(!page.body.contains("/actions/unblock"));
+    let form = [("task", "reports")];
+    assert_eq!(ro.post("/actions/unblock", &form, None).await.status, 403);
+
+    let mut c = dashboard(&env, Some(TOKEN)).await;
+    assert_eq!(
+        c.post("/actions/unblock", &form, None).await.status,
+        403,
+        "logged out"
+    );
+    c.login("", TOKEN).await;
+    let csrf = c.csrf("/limits").await;
+    let r = c
+        .post(
+            "/actions/unblock",
+            &[("task", "reports"), ("csrf", csrf.as_str())],
+            Some("http://evil.example"),
+        )
+        .await;
+    assert_eq!(r.status, 403, "another origin");
+    let mut conn = env.pool.get().await.expect("connection");
+    assert_eq!(jobq::blocks(&mut conn).await.expect("blocks").len(), 2);
+
+    // The hostile key round-trips through the page's own form.
+    let page = c.get("/limits").await;
+    let marker = format!(
+        "class=\"unblock\" data-task=\"mail.send\" data-key=\"{}\"",
+        encoded(hostile)
+    );
+    assert!(page.body.contains(&marker), "{}", page.body);
+    let r = c
+        .post(
+            "/actions/unblock",
+            &[
+                ("csrf", csrf.as_str()),
+                ("task", "mail.send"),
+                ("key", &encoded(hostile)),
+                ("back", "/limits?"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.location.as_deref(), Some("/limits?lifted=1&back=2"));
+    let left = jobq::blocks(&mut conn).await.expect("blocks");
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].task.as_str(), left[0].key.as_deref()),
+        ("reports", None)
+    );
+    let page = c.get("/limits?lifted=1&back=2").await;
+    assert!(
+        page.body.contains("block lifted, 2 jobs pending again"),
+        "{}",
+        page.body
+    );
+    let pending = jobq::jobs(&mut conn, &jobq::JobFilter::new().state(JobState::Pending))
+        .await
+        .expect("jobs");
+    assert_eq!(pending.len(), 2);
+
+    // The whole task's block (no key), then nothing left to lift.
+    let whole = [
+        ("csrf", csrf.as_str()),
+        ("task", "reports"),
+        ("back", "/limits?"),
+    ];
+    let r = c.post("/actions/unblock", &whole, None).await;
+    assert_eq!(r.location.as_deref(), Some("/limits?lifted=1&back=0"));
+    let r = c.post("/actions/unblock", &whole, None).await;
+    assert_eq!(r.location.as_deref(), Some("/limits?lifted=0"));
+    assert!(c
+        .get("/limits?lifted=0")
+        .await
+        .body
+        .contains("was not blocked"));
+    assert!(c.get("/limits").await.body.contains("id=\"no-blocks\""));
+}

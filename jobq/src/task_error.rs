@@ -96,7 +96,11 @@ impl TaskError {
     /// the job has a partition key ([`crate::EnqueueOptions::key`]), no job
     /// of that key: the whole fleet honours the downstream's
     /// `Retry-After`. The block is a row in `jobq.blocks` that every claim
-    /// reads; a later block never shortens an earlier, longer one.
+    /// reads; a later block never shortens an earlier, longer one. The
+    /// pending jobs of the task (or key) wait as scheduled until the block
+    /// ends, their `run_at` moved to its end, and come back then in their
+    /// order; [`crate::blocks`] lists blocks and [`crate::unblock`] lifts
+    /// one early.
     ///
     /// ```
     /// # #[derive(serde::Serialize, serde::Deserialize)] struct Push { user: u64 }

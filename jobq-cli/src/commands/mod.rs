@@ -4,12 +4,13 @@
 mod dashboard;
 mod enqueue;
 mod jobs;
+mod limits;
 mod queues;
 mod schedules;
 mod schema;
 mod status;
 
-use crate::args::{Cli, Command, JobsCommand, QueuesCommand, SchedulesCommand};
+use crate::args::{Cli, Command, JobsCommand, LimitsCommand, QueuesCommand, SchedulesCommand};
 use crate::error::CliError;
 
 /// Runs the command the user asked for.
@@ -31,6 +32,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             SchedulesCommand::List => schedules::list(url, json).await,
             SchedulesCommand::Pause { name } => schedules::pause(url, json, &name, true).await,
             SchedulesCommand::Resume { name } => schedules::pause(url, json, &name, false).await,
+        },
+        Command::Limits(command) => match command {
+            LimitsCommand::List => limits::list(url, json).await,
+            LimitsCommand::Unblock { task, key } => {
+                limits::unblock(url, json, &task, key.as_deref()).await
+            }
         },
         Command::Enqueue(args) => enqueue::enqueue(url, json, args).await,
         Command::Dashboard(args) => dashboard::dashboard(url, args).await,

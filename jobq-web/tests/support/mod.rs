@@ -94,6 +94,12 @@ impl Env {
         .expect("declare schedule");
     }
 
+    /// Runs SQL that sets up rows as workers would leave them.
+    pub async fn execute(&self, sql: &str) {
+        let mut conn = self.pool.get().await.expect("connection");
+        conn.batch_execute(sql).await.expect(sql);
+    }
+
     pub async fn paused_queues(&self) -> Vec<String> {
         let mut conn = self.pool.get().await.expect("connection");
         jobq::paused_queues(&mut conn).await.expect("paused queues")
