@@ -518,6 +518,11 @@ const COMPLETE_IN_SQL: &str = concat!(
 /// (invariant 8). Rows another statement holds locked are skipped, never
 /// waited for: a claim holding one takes it anyway (as before parking
 /// existed), and any other stays pending behind the claims' block filter.
+/// At most the first 100,000 pending jobs of each blocked task or key (in
+/// the order claims would take them) are moved, so that one rate-limited
+/// outcome holds its batch for a bounded time (moving costs some 26 µs a
+/// job); a longer backlog's rest stays pending and is passed over by
+/// claims, as before.
 /// A job goes back to
 /// pending when it is released, or when it failed with attempts left; the
 /// three CASEs spell out that one rule for state, run_at and finished_at (SET sees the old row, so the new state
@@ -595,11 +600,13 @@ const OUTCOME_SQL: &str = "\
                 SELECT p.id FROM blocked b CROSS JOIN LATERAL ( \
                     SELECT k.id FROM jobq.jobs k \
                     WHERE b.key <> '' AND k.task = b.task AND k.key = b.key AND k.state = 'pending' \
+                    ORDER BY k.priority DESC, k.id LIMIT 100000 \
                     FOR UPDATE SKIP LOCKED) p \
                 UNION ALL \
                 SELECT p.id FROM blocked b CROSS JOIN LATERAL ( \
                     SELECT t.id FROM jobq.jobs t \
                     WHERE b.key = '' AND t.task = b.task AND t.state = 'pending' \
+                    ORDER BY t.priority DESC, t.run_at, t.id LIMIT 100000 \
                     FOR UPDATE SKIP LOCKED) p)) \
           AND j.state = 'pending' \
         RETURNING j.queue, j.run_at \
