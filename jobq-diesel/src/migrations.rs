@@ -103,6 +103,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "rate_limits",
         up: include_str!("../../migrations/2026-12-02-000500_rate_limits/up.sql"),
     },
+    Migration {
+        version: 20261203000200,
+        name: "awaited_jobs",
+        up: include_str!("../../migrations/2026-12-03-000200_awaited_jobs/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
