@@ -70,26 +70,12 @@ const LOOK_UP_CHUNK: usize = 5_000;
 /// committed shows here either as finished or as unsettled. A set xmax
 /// can also be left by a transaction that rolled back or only locked the
 /// row; those cost a few extra look-ups, never a missed wake-up.
-///
-/// The same statement removes `$2`'s registrations of the jobs it finds
-/// ended or missing: their waits are resolved from here on (a later wait
-/// for the same id reads the outcome the waiter keeps), so nothing needs
-/// announcing any more, and the ending waits cost no statement of their
-/// own. (The registrations live in an unlogged table: writing them makes
-/// no WAL to flush at commit.)
 const LOOK_UP_SQL: &str = "/* jobq waiter */ \
-    WITH found AS MATERIALIZED ( \
-        SELECT id, task, state::text AS state, \
-            CASE WHEN state = 'completed' THEN output::text END AS output, \
-            CASE WHEN state = 'failed' THEN errors -> -1 ->> 'message' END AS last_error, \
-            (state NOT IN ('completed', 'failed', 'cancelled') AND xmax::text <> '0') AS unsettled \
-        FROM jobq.jobs WHERE id = ANY($1) \
-    ), forgotten AS ( \
-        DELETE FROM jobq.awaited a WHERE a.waiter = $2 AND a.job_id = ANY($1) \
-          AND NOT EXISTS (SELECT 1 FROM found f WHERE f.id = a.job_id \
-                          AND f.state NOT IN ('completed', 'failed', 'cancelled')) \
-    ) \
-    SELECT id, task, state, output, last_error, unsettled FROM found";
+    SELECT id, task, state::text AS state, \
+        CASE WHEN state = 'completed' THEN output::text END AS output, \
+        CASE WHEN state = 'failed' THEN errors -> -1 ->> 'message' END AS last_error, \
+        (state NOT IN ('completed', 'failed', 'cancelled') AND xmax::text <> '0') AS unsettled \
+    FROM jobq.jobs WHERE id = ANY($1)";
 
 /// A dedicated connection LISTENing on [`FINISHED_CHANNEL`].
 pub struct FinishedListener {
@@ -149,18 +135,12 @@ impl FinishedListener {
 
     /// The jobs among `ids` that exist, finished or not, in one statement
     /// per [`LOOK_UP_CHUNK`] ids. An id missing from the result has no job
-    /// (never committed, or pruned). Removes `waiter`'s registrations of
-    /// the ids that ended or have no job, in the same statement.
-    pub async fn look_up(
-        &mut self,
-        waiter: i64,
-        ids: &[i64],
-    ) -> diesel::QueryResult<Vec<WaitedJob>> {
+    /// (never committed, or pruned).
+    pub async fn look_up(&mut self, ids: &[i64]) -> diesel::QueryResult<Vec<WaitedJob>> {
         let mut found = Vec::new();
         for chunk in ids.chunks(LOOK_UP_CHUNK) {
             let rows: Vec<WaitedJob> = diesel::sql_query(LOOK_UP_SQL)
                 .bind::<Array<BigInt>, _>(chunk)
-                .bind::<BigInt, _>(waiter)
                 .load(&mut self.conn)
                 .await?;
             found.extend(rows);

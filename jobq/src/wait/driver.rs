@@ -148,6 +148,7 @@ impl Driver {
             };
             let recheck_at = rechecks.due_at();
             let step = tokio::select! {
+                biased;
                 () = self.stop.cancelled() => return,
                 next = conn.next() => match next {
                     Some(Ok(ids)) => {
@@ -168,11 +169,6 @@ impl Driver {
                     let ids = self.shared.waits.unresolved_among(ids);
                     self.register(conn, ids).await
                 }
-                Some(first) = self.gone.recv() => {
-                    let ids = drain(first, &mut self.gone);
-                    let ids = self.shared.waits.unwaited_among(ids);
-                    self.deregister(conn, ids).await.map(|()| Vec::new())
-                }
                 () = sleep_until(recheck_at) => {
                     let ids = rechecks.take();
                     let ids = self.shared.waits.unresolved_among(ids);
@@ -185,6 +181,14 @@ impl Driver {
                 _ = poll.tick() => {
                     let ids = self.shared.waits.unresolved();
                     self.look_up(conn, ids).await
+                }
+                // Last: removing registrations is never urgent (an extra
+                // notification is all a stale one costs), so it waits
+                // while notifications, new waits and look-ups are due.
+                Some(first) = self.gone.recv() => {
+                    let ids = drain(first, &mut self.gone);
+                    let ids = self.shared.waits.unwaited_among(ids);
+                    self.deregister(conn, ids).await.map(|()| Vec::new())
                 }
             };
             match step {
@@ -275,7 +279,7 @@ impl Driver {
         ids.sort_unstable();
         ids.dedup();
         let rows = self
-            .on_connection("looking up waited jobs", conn.look_up(self.waiter, &ids))
+            .on_connection("looking up waited jobs", conn.look_up(&ids))
             .await?;
         let mut found: HashMap<i64, _> = rows.into_iter().map(|row| (row.id, row)).collect();
         let mut unsettled = Vec::new();

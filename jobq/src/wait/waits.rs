@@ -3,10 +3,8 @@
 //!
 //! A wait registers, gets a [`Registration`] holding a watch receiver, and
 //! deregisters by dropping it (a dropped wait future leaks nothing). When
-//! an id's last wait goes before the id was resolved (a timeout, an
-//! abandoned wait), the id is handed to the driver, which removes its row
-//! from `jobq.awaited` (a resolved id's row went with the look-up that
-//! resolved it). The
+//! an id's last wait goes, the id is handed to the driver, which removes
+//! its row from `jobq.awaited` when it has nothing more urgent to do. The
 //! driver resolves ids; a resolved id keeps its outcome until its last
 //! wait is gone, so a wait registered just after the resolution still sees
 //! it.
@@ -105,16 +103,11 @@ impl Waits {
         if let Some((_, count)) = slots.get_mut(&id) {
             *count -= 1;
             if *count == 0 {
-                let resolved = slots
-                    .remove(&id)
-                    .is_some_and(|(slot, _)| slot.borrow().is_some());
-                // A resolved id's registration went with the look-up that
-                // resolved it. The driver may be gone (the Waiter dropped,
-                // the runtime shutting down): its connection then goes
-                // too, and the rows with it (`jobq_diesel::clean_awaited`).
-                if !resolved {
-                    let _ = self.gone.send(id);
-                }
+                slots.remove(&id);
+                // The driver may be gone (the Waiter dropped, the runtime
+                // shutting down): its connection then goes too, and the
+                // rows with it (`jobq_diesel::clean_awaited`).
+                let _ = self.gone.send(id);
             }
         }
     }
@@ -173,19 +166,17 @@ mod tests {
 
         drop((a, b));
         assert_eq!(waits.unwaited_among([1, 2, 3]), vec![3]);
+        assert!(gone.try_recv().is_err(), "id 1 still has a wait");
         drop(late);
         assert_eq!(waits.len(), 1, "id 1 is forgotten with its last wait");
         assert_eq!(waits.unwaited_among([1, 2, 3]), vec![1, 3]);
-        assert!(
-            gone.try_recv().is_err(),
-            "a resolved id's registration went with its look-up"
-        );
-        drop(c);
         assert_eq!(
             gone.try_recv().ok(),
-            Some(2),
-            "an unresolved id is handed over to be deregistered"
+            Some(1),
+            "and handed over to be deregistered"
         );
+        drop(c);
+        assert_eq!(gone.try_recv().ok(), Some(2));
         assert_eq!(waits.len(), 0);
     }
 }
