@@ -454,8 +454,6 @@ async fn a_45_second_outage_with_the_default_lease_runs_no_job_twice() {
                 .spawn(),
         );
     }
-    let lease = Duration::from_secs(30);
-    assert!(LONG_OUTAGE > lease + Duration::from_secs(10));
     let ids = {
         let mut conn = pool.get().await.expect("connection");
         let payloads: Vec<Work> = (0..6).map(|n| Work { n, sleep_ms: 0 }).collect();
@@ -487,6 +485,16 @@ async fn a_45_second_outage_with_the_default_lease_runs_no_job_twice() {
     )
     .await;
     assert_eq!(holders, 2, "both workers hold jobs");
+    // The lease the workers registered: the default, 30 s.
+    let lease_ms = support_count(
+        &pool,
+        "SELECT CASE WHEN min(lease_ms) = max(lease_ms) THEN min(lease_ms) END AS n \
+         FROM jobq.workers",
+    )
+    .await;
+    let lease = Duration::from_millis(u64::try_from(lease_ms).unwrap());
+    assert_eq!(lease, Duration::from_secs(30), "the default lease");
+    assert!(LONG_OUTAGE > lease + Duration::from_secs(10));
 
     // A canary: a worker row that heartbeats now and never again. It is
     // alive until the outage, dead after it; its row disappears in the
