@@ -39,6 +39,9 @@ GRANT SELECT, INSERT, UPDATE ON jobq.schedules TO jobq_worker;
 -- attempts write blocks, maintenance removes the ones that have passed.
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.rate_tokens TO jobq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.blocks TO jobq_worker;
+-- Waiters register the jobs they await (jobq::Waiter, usually the
+-- application's); maintenance removes the rows of waiters that are gone.
+GRANT SELECT, DELETE ON jobq.awaited TO jobq_worker;
 
 -- The application enqueues and reads status. It cannot claim, change or
 -- delete jobs. To let it cancel jobs as well, add:
@@ -47,6 +50,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.blocks TO jobq_worker;
 -- (Context::complete_in) on a connection of this role:
 --   GRANT UPDATE (state, finished_at, worker_id, output) ON jobq.jobs TO jobq_app;
 GRANT SELECT, INSERT ON jobq.jobs TO jobq_app;
+-- Awaiting jobs (jobq::Waiter): the ids waited for, registered and removed.
+GRANT SELECT, INSERT, DELETE ON jobq.awaited TO jobq_app;
 
 -- Tables added by later jobq migrations get the same grants.
 ALTER DEFAULT PRIVILEGES FOR ROLE jobq_owner IN SCHEMA jobq

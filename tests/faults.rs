@@ -398,6 +398,185 @@ async fn an_outage_longer_than_the_lease_is_not_the_death_of_live_workers() {
     }
 }
 
+/// Handler starts per job id of `held_through_outage`.
+static LONG_STARTED: Mutex<Option<HashMap<i64, u32>>> = Mutex::new(None);
+
+/// Opened by the 45 s outage test once a rescue pass has run after it.
+static LONG_GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+static LONG_GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Like `held`, with a gate of its own (the tests run in parallel).
+#[jobq::task(name = "faults.held_through_outage", concurrency = 3)]
+async fn held_through_outage(ctx: jobq::Context, job: Work) -> Result<(), TaskError> {
+    let _ = job;
+    *LONG_STARTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .entry(ctx.job_id().get())
+        .or_default() += 1;
+    loop {
+        let opened = LONG_GATE.notified();
+        if LONG_GATE_OPEN.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        opened.await;
+    }
+}
+
+/// The default lease is 30 s: an outage of 45 s leaves every worker's
+/// last heartbeat older than its lease when the database comes back, so
+/// a worker that judged others on their heartbeat alone would rescue live
+/// jobs, and run them twice.
+const LONG_OUTAGE: Duration = Duration::from_secs(45);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_45_second_outage_with_the_default_lease_runs_no_job_twice() {
+    capture_logs();
+    let server = PrivateServer::start().await.expect("server");
+    let url = server.url().to_owned();
+    let pool = pool_on(&url);
+    {
+        let mut conn = pool.get().await.expect("connection");
+        jobq::migrate(&mut conn).await.expect("migrate");
+    }
+    // Two live workers with every default (the lease above all), each
+    // holding jobs.
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        workers.push(
+            jobq::Worker::builder()
+                .pool(pool_on(&url))
+                .queues(["default"])
+                .build()
+                .await
+                .expect("worker")
+                .spawn(),
+        );
+    }
+    let ids = {
+        let mut conn = pool.get().await.expect("connection");
+        let payloads: Vec<Work> = (0..6).map(|n| Work { n, sleep_ms: 0 }).collect();
+        held_through_outage::enqueue_many(&mut conn, &payloads)
+            .await
+            .expect("enqueue")
+    };
+    let started = || {
+        LONG_STARTED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    };
+    wait_until("all six jobs running", support::SOON, || async {
+        ids.iter().all(|id| started().contains_key(&id.get()))
+    })
+    .await;
+    let holders = support_count(
+        &pool,
+        &format!(
+            "SELECT count(DISTINCT worker_id) AS n FROM jobq.jobs \
+             WHERE state = 'running' AND id IN ({})",
+            ids.iter()
+                .map(|id| id.get().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    )
+    .await;
+    assert_eq!(holders, 2, "both workers hold jobs");
+    // The lease the workers registered: the default, 30 s.
+    let lease_ms = support_count(
+        &pool,
+        "SELECT CASE WHEN min(lease_ms) = max(lease_ms) THEN min(lease_ms) END AS n \
+         FROM jobq.workers",
+    )
+    .await;
+    let lease = Duration::from_millis(u64::try_from(lease_ms).unwrap());
+    assert_eq!(lease, Duration::from_secs(30), "the default lease");
+    assert!(LONG_OUTAGE > lease + Duration::from_secs(10));
+
+    // A canary: a worker row that heartbeats now and never again. It is
+    // alive until the outage, dead after it; its row disappears in the
+    // first rescue pass that judges other workers after the outage, which
+    // is when a wrong rescue of the live workers would happen too.
+    let canary = support_count(
+        &pool,
+        "INSERT INTO jobq.workers (hostname, pid, queues) \
+         VALUES ('canary', 0, ARRAY['none']) RETURNING id AS n",
+    )
+    .await;
+
+    server.stop().await.expect("stop");
+    // The outage itself (the one sleep: nothing to wait for but time).
+    tokio::time::sleep(LONG_OUTAGE).await;
+    let back = Instant::now();
+    server.start_again().await.expect("start again");
+
+    // A worker judges others only after it has seen the database for a
+    // lease without a break: allow that, plus a few maintenance intervals.
+    wait_until(
+        "a rescue pass after the outage (the canary's row gone)",
+        lease + Duration::from_secs(30),
+        || async {
+            support_count(
+                &pool,
+                &format!("SELECT count(*) AS n FROM jobq.workers WHERE id = {canary}"),
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
+    let judged_after = back.elapsed();
+    assert_eq!(
+        support_count(
+            &pool,
+            "SELECT count(*) AS n FROM jobq.workers WHERE hostname <> 'canary'"
+        )
+        .await,
+        2,
+        "both live workers still registered"
+    );
+
+    LONG_GATE_OPEN.store(true, std::sync::atomic::Ordering::SeqCst);
+    LONG_GATE.notify_waiters();
+    wait_until("every job completed", support::SOON, || async {
+        let mut done = 0;
+        for &id in &ids {
+            done += usize::from(
+                job_state(&pool, id)
+                    .await
+                    .is_some_and(|j| j.state == JobState::Completed),
+            );
+        }
+        done == ids.len()
+    })
+    .await;
+    for handle in workers {
+        handle.shutdown().await.expect("shutdown");
+    }
+    let started = started();
+    let mut conn = pool.get().await.expect("connection");
+    for &id in &ids {
+        let info = jobq::job(&mut conn, id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                started.get(&id.get()).copied(),
+                info.attempt,
+                info.errors.len()
+            ),
+            (Some(1), 1, 0),
+            "job {id} ran more than once (rescue pass {judged_after:?} after the outage): {info:#?}"
+        );
+    }
+    let rescues = log_lines(&["rescued a job", "held_through_outage"]);
+    assert!(
+        rescues.is_empty(),
+        "no job rescued, yet the logs say: {rescues:?}"
+    );
+}
+
 async fn finished_count(pool: &jobq::Pool, ids: &[jobq::JobId]) -> usize {
     let Ok(mut conn) = pool.get().await else {
         return 0;

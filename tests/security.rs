@@ -151,6 +151,21 @@ async fn roles_sql_gives_app_and_worker_only_what_they_need() {
     let cancel = jobq::cancel(&mut as_app, id).await;
     assert!(cancel.is_err(), "app cancelled without the optional grant");
 
+    // The application awaits the job (registering it in jobq.awaited);
+    // the worker's outcome statement runs the announcing trigger, which
+    // reads that table with its owner's rights.
+    let waiter = jobq::Waiter::connect(&as_user(db.url(), &app))
+        .await
+        .expect("app connects a waiter");
+    let wait = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { role_job::wait(&waiter, id, support::SOON).await }
+    });
+    support::wait_until("the app's wait to register", || async {
+        waiter.waiting() == 1
+    })
+    .await;
+
     // The worker role starts (no DDL needed on a current schema) and runs
     // jobs, but cannot change the schema.
     let handle = jobq::Worker::builder()
@@ -176,6 +191,7 @@ async fn roles_sql_gives_app_and_worker_only_what_they_need() {
         assert!(std::time::Instant::now() < deadline, "{state:#?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(wait.await.expect("wait task"), Ok(()), "the app's wait");
     handle.shutdown().await.expect("clean shutdown");
     let mut as_worker = connect(&as_user(db.url(), &worker)).await;
     denied(

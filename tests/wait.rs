@@ -139,6 +139,12 @@ async fn a_wait_times_out_and_a_dropped_wait_deregisters() {
     );
     assert!(started.elapsed() >= timeout);
     assert_eq!(waiter.waiting(), 0);
+    // Its registration in the database goes too (the job is unfinished,
+    // so no look-up removed it).
+    support::wait_until("the timed-out wait's row to go", || async {
+        awaited_rows(&mut *env.conn().await, None).await == 0
+    })
+    .await;
 
     // A wait abandoned half-way (a client gone, a select! that chose
     // another branch) leaves no entry behind.
@@ -343,5 +349,297 @@ async fn a_job_failed_by_a_rescue_out_of_attempts_resolves_as_failed() {
     assert!(
         matches!(&result, Err(WaitError::Failed { id: got, error: Some(e) }) if *got == id && e.contains("rescued")),
         "{result:?}"
+    );
+}
+
+/// Rows in `jobq.awaited` (the ids waiters registered), optionally of one
+/// job.
+async fn awaited_rows(conn: &mut AsyncPgConnection, job: Option<JobId>) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let filter = job.map_or(String::new(), |id| format!(" WHERE job_id = {}", id.get()));
+    diesel::sql_query(format!("SELECT count(*) AS n FROM jobq.awaited{filter}"))
+        .get_result::<N>(conn)
+        .await
+        .unwrap()
+        .n
+}
+
+/// The payloads a raw LISTEN connection received on `jobq_finished` up to
+/// (not including) the marker `marker`, which the test sends after the
+/// statements it checks: notifications arrive in commit order, so
+/// anything those statements sent comes before it.
+async fn finished_payloads_until(
+    listener: &mut AsyncPgConnection,
+    notifier: &mut AsyncPgConnection,
+    marker: &str,
+) -> Vec<String> {
+    use futures_util::StreamExt;
+    notifier
+        .batch_execute(&format!("NOTIFY jobq_finished, '{marker}'"))
+        .await
+        .unwrap();
+    let mut stream = std::pin::pin!(listener.notifications_stream());
+    let mut payloads = Vec::new();
+    loop {
+        let n = tokio::time::timeout(SOON, stream.next())
+            .await
+            .expect("the marker notification")
+            .expect("the listener's connection")
+            .unwrap();
+        if n.payload == marker {
+            return payloads;
+        }
+        payloads.push(n.payload);
+    }
+}
+
+#[tokio::test]
+async fn only_awaited_jobs_are_announced_and_nothing_at_all_when_nobody_waits() {
+    let env = support::env().await;
+    let mut conn = env.conn().await;
+    let mut listener = AsyncPgConnection::establish(env.db.url()).await.unwrap();
+    listener
+        .batch_execute("LISTEN jobq_finished")
+        .await
+        .unwrap();
+    let complete = |ids: &[JobId]| {
+        format!(
+            "UPDATE jobq.jobs SET state = 'completed', finished_at = now(), \
+                 output = jsonb_build_object('n', 1, 'label', 'by sql') \
+             WHERE id IN ({})",
+            ids.iter()
+                .map(|id| id.get().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    let payloads: Vec<Shape> = (0..6).map(|n| shape(n, "ok")).collect();
+    let ids = area::enqueue_many(&mut conn, &payloads).await.unwrap();
+
+    // Nobody waits: finishing jobs sends nothing.
+    conn.batch_execute(&complete(&ids[0..2])).await.unwrap();
+    assert_eq!(
+        finished_payloads_until(&mut listener, &mut conn, "marker-1").await,
+        Vec::<String>::new(),
+        "no waiter, no notification"
+    );
+
+    // One job awaited: a statement finishing it with two others announces
+    // it alone.
+    let waiter = Waiter::builder()
+        .poll_interval(Duration::from_secs(3600))
+        .connect(env.db.url())
+        .await
+        .unwrap();
+    let awaited = ids[3];
+    let wait = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { area::wait(&waiter, awaited, SOON).await }
+    });
+    support::wait_until("the wait to register in the database", || async {
+        awaited_rows(&mut *env.conn().await, Some(awaited)).await == 1
+    })
+    .await;
+    conn.batch_execute(&complete(&ids[2..5])).await.unwrap();
+    assert_eq!(
+        finished_payloads_until(&mut listener, &mut conn, "marker-2").await,
+        vec![awaited.get().to_string()],
+        "only the awaited id"
+    );
+    assert_eq!(wait.await.unwrap().unwrap().label, "by sql");
+
+    // The ended wait removed its registration: nothing is announced again.
+    support::wait_until("the ended wait to deregister", || async {
+        awaited_rows(&mut *env.conn().await, None).await == 0
+    })
+    .await;
+    conn.batch_execute(&complete(&ids[5..])).await.unwrap();
+    assert_eq!(
+        finished_payloads_until(&mut listener, &mut conn, "marker-3").await,
+        Vec::<String>::new()
+    );
+
+    // An abandoned wait and a dropped Waiter leave no rows behind.
+    let pending = area::enqueue(&mut conn, &shape(9, "ok")).await.unwrap();
+    let abandoned = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { area::wait(&waiter, pending, SOON).await }
+    });
+    support::wait_until("the wait to register in the database", || async {
+        awaited_rows(&mut *env.conn().await, Some(pending)).await == 1
+    })
+    .await;
+    abandoned.abort();
+    drop(waiter);
+    support::wait_until("the dropped waiter's rows to go", || async {
+        awaited_rows(&mut *env.conn().await, None).await == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_whose_outcome_commits_just_after_the_wait_registered_still_resolves() {
+    let env = support::env().await;
+    let name = "jobq_wait_race";
+    let mut conn = env.conn().await;
+    let id = area::enqueue(&mut conn, &shape(4, "ok")).await.unwrap();
+    // The outcome's statement runs (and with it the trigger, which finds
+    // no registration) but does not commit yet.
+    let mut outcome = AsyncPgConnection::establish(env.db.url()).await.unwrap();
+    outcome
+        .batch_execute(&format!(
+            "BEGIN; UPDATE jobq.jobs SET state = 'completed', finished_at = now(), \
+                 output = '{{\"n\": 4, \"label\": \"late commit\"}}' WHERE id = {}",
+            id.get()
+        ))
+        .await
+        .unwrap();
+    // An hour-long poll: neither a notification (none is sent) nor the
+    // poll can resolve this wait; only the waiter's own look-ups.
+    let waiter = Waiter::builder()
+        .poll_interval(Duration::from_secs(3600))
+        .connect(&named_url(&env, name))
+        .await
+        .unwrap();
+    let wait = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { area::wait(&waiter, id, SOON).await }
+    });
+    // The waiter registered, then looked the job up (its last statement,
+    // seen in pg_stat_activity, is the look-up) and found it unfinished.
+    support::wait_until("the waiter's look-up after registering", || async {
+        awaited_rows(&mut *env.conn().await, Some(id)).await == 1 && {
+            #[derive(diesel::QueryableByName)]
+            struct N {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                n: i64,
+            }
+            let looked: N = diesel::sql_query(format!(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = '{name}' \
+                 AND state = 'idle' AND query LIKE '/* jobq waiter */ SELECT%'"
+            ))
+            .get_result(&mut env.conn().await)
+            .await
+            .unwrap();
+            looked.n == 1
+        }
+    })
+    .await;
+    assert!(!wait.is_finished());
+    outcome.batch_execute("COMMIT").await.unwrap();
+    let out = wait.await.unwrap().expect("resolved by a look-up again");
+    assert_eq!(out.label, "late commit");
+}
+
+#[tokio::test]
+async fn the_look_up_after_registering_marks_a_job_an_open_outcome_holds_as_unsettled() {
+    let env = support::env().await;
+    let mut conn = env.conn().await;
+    let id = area::enqueue(&mut conn, &shape(5, "ok")).await.unwrap();
+    let mut listener = jobq_diesel::FinishedListener::connect(&env.pool)
+        .await
+        .unwrap();
+    let look = |rows: Vec<jobq_diesel::WaitedJob>| {
+        let row = rows.into_iter().next().expect("the job");
+        (row.state, row.unsettled)
+    };
+    listener.register(42, &[id.get()]).await.unwrap();
+    assert_eq!(
+        look(listener.look_up(&[id.get()]).await.unwrap()),
+        ("pending".to_owned(), false),
+        "nobody is changing it"
+    );
+
+    let mut outcome = AsyncPgConnection::establish(env.db.url()).await.unwrap();
+    outcome
+        .batch_execute(&format!(
+            "BEGIN; UPDATE jobq.jobs SET state = 'cancelled', finished_at = now() WHERE id = {}",
+            id.get()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        look(listener.look_up(&[id.get()]).await.unwrap()),
+        ("pending".to_owned(), true),
+        "an uncommitted change to a terminal state may have missed the registration"
+    );
+    outcome.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        look(listener.look_up(&[id.get()]).await.unwrap()),
+        ("cancelled".to_owned(), false)
+    );
+
+    listener.deregister(42, &[id.get()]).await.unwrap();
+    assert_eq!(awaited_rows(&mut conn, None).await, 0);
+    listener.register(42, &[id.get(), 1, 2]).await.unwrap();
+    listener.register(7, &[id.get()]).await.unwrap();
+    listener.deregister_all(42).await.unwrap();
+    assert_eq!(
+        awaited_rows(&mut conn, None).await,
+        1,
+        "waiter 7's row stays"
+    );
+}
+
+#[tokio::test]
+async fn maintenance_removes_the_registrations_of_waiters_whose_connection_is_gone() {
+    let env = support::env().await;
+    let mut conn = env.conn().await;
+    // Rows of a backend that does not exist (pid 0) and of one that does
+    // (this connection's), the latter also once a day old.
+    conn.batch_execute(
+        "INSERT INTO jobq.awaited (job_id, waiter, pid) VALUES (1, 1, 0); \
+         INSERT INTO jobq.awaited (job_id, waiter) VALUES (2, 2), (3, 3); \
+         UPDATE jobq.awaited SET since = now() - interval '25 hours' WHERE job_id = 3",
+    )
+    .await
+    .unwrap();
+    assert_eq!(jobq_diesel::clean_awaited(&mut conn).await.unwrap(), 2);
+    assert_eq!(awaited_rows(&mut conn, None).await, 1);
+    assert_eq!(
+        awaited_rows(&mut conn, Some(JobId::from(2))).await,
+        1,
+        "a live waiter's row stays"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_draining_jobs_nobody_waits_for_sends_no_finished_notification() {
+    let env = support::env().await;
+    let mut conn = env.conn().await;
+    let mut listener = AsyncPgConnection::establish(env.db.url()).await.unwrap();
+    listener
+        .batch_execute("LISTEN jobq_finished")
+        .await
+        .unwrap();
+    let payloads: Vec<Shape> = (0..50)
+        .map(|n| shape(n, if n % 10 == 0 { "fail" } else { "ok" }))
+        .collect();
+    let ids = area::enqueue_many(&mut conn, &payloads).await.unwrap();
+    let last = *ids.last().unwrap();
+    jobq::cancel(&mut conn, ids[1]).await.unwrap();
+    let handle = worker(&env).build().await.unwrap().spawn();
+    support::wait_until("every job to end", || async {
+        let mut conn = env.conn().await;
+        let mut ended = 0;
+        for &id in &ids {
+            if let Ok(Some(job)) = jobq::job(&mut conn, id).await {
+                ended += usize::from(job.state.is_terminal());
+            }
+        }
+        ended == ids.len()
+    })
+    .await;
+    handle.shutdown().await.unwrap();
+    assert_eq!(env.job(last).await.state, JobState::Completed);
+    assert_eq!(env.job(ids[0]).await.state, JobState::Failed);
+    assert_eq!(
+        finished_payloads_until(&mut listener, &mut conn, "marker").await,
+        Vec::<String>::new(),
+        "completions, failures and a cancellation nobody waited for announce nothing"
     );
 }

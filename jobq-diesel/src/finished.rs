@@ -1,12 +1,14 @@
 //! The connection that learns when jobs finish, for `jobq::Waiter`.
 //!
-//! A trigger on the jobs table (migration `finished_notify`) sends the ids
-//! of the jobs a statement took to a terminal state on the channel
-//! `jobq_finished`, at commit. This connection LISTENs on it and also runs
-//! the look-ups of the jobs being waited on, so that one connection serves
-//! any number of waits.
+//! A trigger on the jobs table (migrations `finished_notify` and
+//! `awaited_jobs`) sends the ids of the jobs a statement took to a
+//! terminal state on the channel `jobq_finished`, at commit, for those
+//! ids someone registered in `jobq.awaited` (see `awaited.rs`).
+//! This connection LISTENs on it and also registers the waited ids and
+//! runs their look-ups, so that one connection serves any number of
+//! waits.
 
-use diesel::sql_types::{Array, BigInt, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::StreamExt;
@@ -35,6 +37,13 @@ pub struct WaitedJob {
     /// The message of the last error recorded, read only for a failed job.
     #[diesel(sql_type = Nullable<Text>)]
     pub last_error: Option<String>,
+    /// Not finished, and the row version read is marked by another
+    /// transaction (its xmax is set): possibly an outcome that has not
+    /// committed yet, whose trigger may have run before this waiter's
+    /// registration did. Look again shortly instead of relying on a
+    /// notification.
+    #[diesel(sql_type = Bool)]
+    pub unsettled: bool,
 }
 
 impl WaitedJob {
@@ -52,10 +61,20 @@ const LOOK_UP_CHUNK: usize = 5_000;
 /// The look-up of waited jobs. Outputs and errors are read only for the
 /// rows that carry them, so a poll over unfinished jobs moves little. The
 /// comment names the statement in `pg_stat_activity`.
+///
+/// `unsettled`: a transaction that updated (or locked) a row sets the
+/// xmax of the version it replaces the moment it does so, and this
+/// statement, whose snapshot is taken after the waiter's registration
+/// committed, sees that old version as long as the transaction has not
+/// committed. So an outcome that ran its trigger before the registration
+/// committed shows here either as finished or as unsettled. A set xmax
+/// can also be left by a transaction that rolled back or only locked the
+/// row; those cost a few extra look-ups, never a missed wake-up.
 const LOOK_UP_SQL: &str = "/* jobq waiter */ \
     SELECT id, task, state::text AS state, \
         CASE WHEN state = 'completed' THEN output::text END AS output, \
-        CASE WHEN state = 'failed' THEN errors -> -1 ->> 'message' END AS last_error \
+        CASE WHEN state = 'failed' THEN errors -> -1 ->> 'message' END AS last_error, \
+        (state NOT IN ('completed', 'failed', 'cancelled') AND xmax::text <> '0') AS unsettled \
     FROM jobq.jobs WHERE id = ANY($1)";
 
 /// A dedicated connection LISTENing on [`FINISHED_CHANNEL`].
@@ -79,6 +98,10 @@ impl FinishedListener {
     /// Opens a connection with `connector` and LISTENs.
     pub async fn connect_with(connector: &Connector) -> Result<FinishedListener, ListenerError> {
         Self::listen_on(direct(connector).await?).await
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut AsyncPgConnection {
+        &mut self.conn
     }
 
     async fn listen_on(mut conn: AsyncPgConnection) -> Result<FinishedListener, ListenerError> {

@@ -10,6 +10,7 @@
 //! say otherwise, so none holds locks while a handler runs.
 
 mod admin;
+mod awaited;
 mod blocks;
 mod claim;
 mod connect;
@@ -42,6 +43,7 @@ pub use admin::{
     list_jobs, list_jobs_sql, purge, retry, retry_failed, retry_failed_sql, task_has_jobs,
     uninstall, JobQuery, JobSummaryRow, RetryResult, PURGE_SQL, TASK_HAS_JOBS_SQL,
 };
+pub use awaited::{clean_awaited, AWAITED_MAX_AGE_HOURS};
 pub use blocks::{blocks, rate_buckets, unblock, BlockRow, BucketRow};
 pub use claim::{claim, release_claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
 pub use connect::{

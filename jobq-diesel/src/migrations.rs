@@ -109,6 +109,11 @@ const MIGRATIONS: &[Migration] = &[
         up: include_str!("../../migrations/2026-12-03-000100_key_order/up.sql"),
     },
     Migration {
+        version: 20261203000200,
+        name: "awaited_jobs",
+        up: include_str!("../../migrations/2026-12-03-000200_awaited_jobs/up.sql"),
+    },
+    Migration {
         version: 20261203000300,
         name: "blocked_backlogs",
         up: include_str!("../../migrations/2026-12-03-000300_blocked_backlogs/up.sql"),

@@ -2,14 +2,16 @@
 //! of waits, and `my_task::wait(&waiter, id, timeout)`, which resolves with
 //! the job's typed output, or its failure, cancellation or a timeout.
 //!
-//! How it learns of outcomes: a statement-level trigger on the jobs table
-//! (migration `finished_notify`) sends, at commit, the ids of the jobs each
-//! statement took to `completed`, `failed` or `cancelled` on the channel
-//! `jobq_finished`, whichever path did it (the workers' outcome batches,
-//! `jobq::cancel`, the CLI and dashboard, a rescue failing a job out of
-//! attempts, an outcome written in the handler's transaction, raw SQL).
-//! The waiter's connection LISTENs, and looks up the waited ones among
-//! them, on the same connection, in one statement.
+//! How it learns of outcomes: the waiter registers the ids it waits for in
+//! `jobq.awaited`, and a statement-level trigger on the jobs table
+//! (migrations `finished_notify`, `awaited_jobs`) sends, at commit, those
+//! of the ids each statement took to `completed`, `failed` or `cancelled`
+//! that are registered, on the channel `jobq_finished`, whichever path did
+//! it (the workers' outcome batches, `jobq::cancel`, the CLI and
+//! dashboard, a rescue failing a job out of attempts, an outcome written
+//! in the handler's transaction, raw SQL). Jobs nobody waits for are not
+//! announced at all. The waiter's connection LISTENs, and looks up the
+//! waited ones among them, on the same connection, in one statement.
 //!
 //! What a wait promises: it returns the job's outcome once the job's
 //! terminal state has committed, normally within a notification's trip and
@@ -22,12 +24,15 @@
 //! rows change back from a terminal state (`jobq::retry`): a wait resolves
 //! at the first terminal state it sees.
 //!
-//! Map, look-ups and reconnection: see [`waits`] (who waits for what) and
-//! [`driver`] (the connection's task).
+//! Map, look-ups and reconnection: see [`waits`] (who waits for what),
+//! [`driver`] (the connection's task: registration, look-ups,
+//! reconnection) and [`recheck`] (jobs whose outcome may have been written
+//! just before their registration committed).
 
 mod driver;
 mod error;
 mod finish;
+mod recheck;
 mod waits;
 
 use std::sync::{Arc, Mutex};
@@ -41,6 +46,7 @@ use crate::{Error, JobId, Task};
 use driver::{Driver, Shared, Source};
 pub use error::WaitError;
 use finish::Finish;
+use waits::Waits;
 
 /// One connection to the database that learns when jobs finish, shared by
 /// any number of waits (`my_task::wait(&waiter, id, timeout)`): make one
@@ -192,8 +198,9 @@ impl WaiterBuilder {
             },
         })?;
         let (fresh_tx, fresh_rx) = mpsc::unbounded_channel();
+        let (gone_tx, gone_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            waits: Arc::default(),
+            waits: Arc::new(Waits::new(gone_tx)),
             fresh: fresh_tx,
             down: Mutex::new(None),
         });
@@ -201,9 +208,11 @@ impl WaiterBuilder {
         let driver = Driver {
             shared: Arc::clone(&shared),
             fresh: fresh_rx,
+            gone: gone_rx,
             source,
             poll_interval: self.poll_interval,
             stop: stop.clone(),
+            waiter: waiter_name(),
         };
         tokio::spawn(driver.run(listener));
         Ok(Waiter {
@@ -223,4 +232,21 @@ pub async fn wait<T: Task>(
     timeout: Duration,
 ) -> Result<T::Output, WaitError> {
     waiter.finished(id, timeout).await?.to_result::<T>(id)
+}
+
+/// A random name for a Waiter's rows in `jobq.awaited`: 63 random bits
+/// from the standard library's per-instance random hasher keys (no other
+/// use of randomness in jobq justifies a crate). Two Waiters drawing the
+/// same name would only see each other's notifications, and remove each
+/// other's rows on reconnecting (their poll still resolves every wait).
+fn waiter_name() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    // Positive, so that it reads well in psql.
+    i64::try_from(hasher.finish() >> 1).unwrap_or(i64::MAX)
 }

@@ -2,7 +2,9 @@
 //! only way to change it.
 //!
 //! A wait registers, gets a [`Registration`] holding a watch receiver, and
-//! deregisters by dropping it (a dropped wait future leaks nothing). The
+//! deregisters by dropping it (a dropped wait future leaks nothing). When
+//! an id's last wait goes, the id is handed to the driver, which removes
+//! its row from `jobq.awaited` when it has nothing more urgent to do. The
 //! driver resolves ids; a resolved id keeps its outcome until its last
 //! wait is gone, so a wait registered just after the resolution still sees
 //! it.
@@ -10,19 +12,29 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::finish::Finish;
 
 type Slot = watch::Sender<Option<Arc<Finish>>>;
 
 /// The waited ids.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Waits {
     slots: Mutex<HashMap<i64, (Slot, usize)>>,
+    /// Ids nobody waits for any more, for the driver to deregister.
+    gone: mpsc::UnboundedSender<i64>,
 }
 
 impl Waits {
+    /// No waits yet; ids whose last wait ends are sent to `gone`.
+    pub(crate) fn new(gone: mpsc::UnboundedSender<i64>) -> Self {
+        Self {
+            slots: Mutex::default(),
+            gone,
+        }
+    }
+
     fn slots(&self) -> MutexGuard<'_, HashMap<i64, (Slot, usize)>> {
         // A panic while holding the lock cannot leave the map half-changed
         // (every change is one insert, remove or counter step).
@@ -64,6 +76,15 @@ impl Waits {
             .collect()
     }
 
+    /// Those of `ids` that nobody waits for (their last wait ended and no
+    /// new one started since).
+    pub(crate) fn unwaited_among(&self, ids: impl IntoIterator<Item = i64>) -> Vec<i64> {
+        let slots = self.slots();
+        ids.into_iter()
+            .filter(|id| !slots.contains_key(id))
+            .collect()
+    }
+
     /// Wakes every wait for `id` with its outcome (nothing when nobody
     /// waits any more).
     pub(crate) fn resolve(&self, id: i64, finish: Finish) {
@@ -83,6 +104,10 @@ impl Waits {
             *count -= 1;
             if *count == 0 {
                 slots.remove(&id);
+                // The driver may be gone (the Waiter dropped, the runtime
+                // shutting down): its connection then goes too, and the
+                // rows with it (`jobq_diesel::clean_awaited`).
+                let _ = self.gone.send(id);
             }
         }
     }
@@ -118,10 +143,11 @@ mod tests {
 
     #[tokio::test]
     async fn waits_share_an_outcome_and_leave_nothing_behind() {
-        let waits = Arc::new(Waits::default());
+        let (gone_tx, mut gone) = mpsc::unbounded_channel();
+        let waits = Arc::new(Waits::new(gone_tx));
         let mut a = waits.register(1);
         let b = waits.register(1);
-        let _c = waits.register(2);
+        let c = waits.register(2);
         assert_eq!(waits.len(), 2);
         let mut unresolved = waits.unresolved();
         unresolved.sort_unstable();
@@ -138,10 +164,19 @@ mod tests {
         let mut late = waits.register(1);
         assert!(late.finished().await.is_some());
 
-        drop((a, b, late));
+        drop((a, b));
+        assert_eq!(waits.unwaited_among([1, 2, 3]), vec![3]);
+        assert!(gone.try_recv().is_err(), "id 1 still has a wait");
+        drop(late);
         assert_eq!(waits.len(), 1, "id 1 is forgotten with its last wait");
-        // Resolving an id nobody waits for is a no-op.
-        waits.resolve(1, Finish::NotFound);
-        assert_eq!(waits.len(), 1);
+        assert_eq!(waits.unwaited_among([1, 2, 3]), vec![1, 3]);
+        assert_eq!(
+            gone.try_recv().ok(),
+            Some(1),
+            "and handed over to be deregistered"
+        );
+        drop(c);
+        assert_eq!(gone.try_recv().ok(), Some(2));
+        assert_eq!(waits.len(), 0);
     }
 }

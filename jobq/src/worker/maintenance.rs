@@ -1,5 +1,6 @@
 //! The maintenance loop: rescue jobs of dead workers, prune finished jobs,
-//! and vacuum jobq's tables where autovacuum does not. Every worker runs
+//! forget the registrations of waiters that are gone, and vacuum jobq's
+//! tables where autovacuum does not. Every worker runs
 //! it; advisory locks (and `SKIP_LOCKED` for the vacuum) let one at a time
 //! do the work.
 
@@ -41,6 +42,15 @@ async fn tick(shared: &Shared) -> Result<Option<Vacuum>, String> {
     let mut conn = shared.pool.get().await.map_err(|e| error_chain(&e))?;
     rescue(shared, &mut conn).await?;
     prune(shared, &mut conn).await?;
+    let forgotten = jobq_diesel::clean_awaited(&mut conn)
+        .await
+        .map_err(|e| format!("cleaning up the registrations of gone waiters: {e}"))?;
+    if forgotten > 0 {
+        tracing::debug!(
+            forgotten,
+            "removed the waited-job registrations of gone waiters"
+        );
+    }
     if !shared.config.vacuum {
         return Ok(None);
     }
