@@ -39,6 +39,8 @@ GRANT SELECT, INSERT, UPDATE ON jobq.schedules TO jobq_worker;
 -- attempts write blocks, maintenance removes the ones that have passed.
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.rate_tokens TO jobq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.blocks TO jobq_worker;
+-- Key-limited tasks: a claim that walks the keys records where it stopped.
+GRANT SELECT, INSERT, UPDATE ON jobq.key_walks TO jobq_worker;
 -- Waiters register the jobs they await (jobq::Waiter, usually the
 -- application's); maintenance removes the rows of waiters that are gone.
 GRANT SELECT, DELETE ON jobq.awaited TO jobq_worker;

@@ -20,6 +20,13 @@ async fn role_job(job: Doc) -> Result<(), jobq::TaskError> {
     Ok(())
 }
 
+/// A key-limited task: its claims read and write `jobq.key_walks`.
+#[jobq::task(queue = "roles", key_concurrency = 1)]
+async fn keyed_role_job(job: Doc) -> Result<(), jobq::TaskError> {
+    let _ = job;
+    Ok(())
+}
+
 /// `url` with its user replaced (the test servers use trust auth).
 fn as_user(url: &str, user: &str) -> String {
     let rest = url.strip_prefix("postgres://").expect("a postgres:// URL");
@@ -166,6 +173,16 @@ async fn roles_sql_gives_app_and_worker_only_what_they_need() {
     })
     .await;
 
+    let keyed_id = keyed_role_job::enqueue_with(
+        &mut as_app,
+        &Doc {
+            text: "keyed".into(),
+        },
+        EnqueueOptions::new().key("acct-1"),
+    )
+    .await
+    .expect("app enqueues a keyed job");
+
     // The worker role starts (no DDL needed on a current schema) and runs
     // jobs, but cannot change the schema.
     let handle = jobq::Worker::builder()
@@ -192,6 +209,13 @@ async fn roles_sql_gives_app_and_worker_only_what_they_need() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(wait.await.expect("wait task"), Ok(()), "the app's wait");
+    support::wait_until("the key-limited job to complete", || async {
+        jobq::job(&mut connect(&as_user(db.url(), &app)).await, keyed_id)
+            .await
+            .expect("status")
+            .is_some_and(|j| j.state == JobState::Completed)
+    })
+    .await;
     handle.shutdown().await.expect("clean shutdown");
     let mut as_worker = connect(&as_user(db.url(), &worker)).await;
     denied(
