@@ -251,3 +251,15 @@ mod tests {
         assert_eq!(stat_ticks("garbage", true), None);
     }
 }
+
+/// The machine's 1-minute load average (`/proc/loadavg`), which the
+/// long scenarios report beside their figures: above 2 on this 2-core
+/// machine, other work competed with the run. `None` where unreadable.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
