@@ -52,7 +52,7 @@ const BACKLOG_SQL: &str = "SELECT count(*) AS n FROM \
      (SELECT 1 FROM jobq.jobs WHERE state = 'pending' LIMIT 30000) p";
 
 /// Applies `--autovacuum` to the fresh database; returns what holds.
-pub async fn apply_autovacuum(
+async fn apply_autovacuum(
     conn: &mut diesel_async::AsyncPgConnection,
     wanted: Option<Autovacuum>,
 ) -> anyhow::Result<&'static str> {
