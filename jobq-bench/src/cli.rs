@@ -1,6 +1,6 @@
 //! Command-line options (clap).
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Throughput and latency benchmarks of jobq. The database: DATABASE_URL's
 /// server if set, else a private throwaway server (fsync off: not durable
@@ -50,6 +50,19 @@ pub enum Command {
     /// `--finished-rows` finished jobs (not part of `all`: a minute of
     /// set-up)
     Dashboard(Options),
+    /// The queue kept saturated for `--minutes` while 2 worker processes
+    /// drain: throughput of the first and last minute, 5 s samples, table
+    /// size and dead tuples (not part of `all`: minutes long)
+    Soak(Options),
+    /// Producers at `--rate` (default 1,000/s) and one worker process, with
+    /// a snapshot held open for `--minutes` between a clean and a released
+    /// minute: pickup latency and dead tuples per phase (not part of `all`)
+    Pinned(Options),
+    /// Drain with the worker process behind a `--rtt-ms` round trip (a
+    /// network namespace with netem, set up and removed by the bench; needs
+    /// root, `ip` and `tc`) vs the same drain without it. Issue 16 calls
+    /// it `latency`; that name is the idle pickup scenario of `all`
+    Rtt(Options),
     /// A worker process started by `drain` and `sustained`.
     #[command(hide = true)]
     Worker(WorkerOptions),
@@ -73,9 +86,10 @@ pub struct Options {
     /// Duration of the sustained run, in seconds
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub seconds: u64,
-    /// Sustained enqueue rate, jobs/s
-    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub rate: u64,
+    /// Enqueue rate, jobs/s (default: 5,000 for sustained, 1,000 for
+    /// pinned)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
     /// Pending rows and finished rows of the backlog table
     #[arg(long, default_value_t = 1_000_000)]
     pub backlog_rows: u64,
@@ -101,6 +115,16 @@ pub struct Options {
     /// warm-up)
     #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub page_requests: usize,
+    /// Duration of the soak run, and of the pinned snapshot, in minutes
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub minutes: u64,
+    /// Autovacuum for jobq's tables in the soak's database (default: the
+    /// server's setting)
+    #[arg(long, value_enum)]
+    pub autovacuum: Option<Autovacuum>,
+    /// Round trip between the rtt scenario's worker and the database, ms
+    #[arg(long, default_value_t = 2.0, value_parser = non_negative_ms)]
+    pub rtt_ms: f64,
     /// Worker process counts of the drain scenario
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     pub workers: Vec<usize>,
@@ -119,6 +143,30 @@ pub struct WorkerOptions {
     /// `tasks` scenario's hundred).
     #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
+}
+
+/// `--autovacuum`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Autovacuum {
+    /// The server's autovacuum (which must be on).
+    On,
+    /// Off for jobq's tables in the scenario's database.
+    Off,
+}
+
+impl Options {
+    /// `--rate`, or the scenario's own default.
+    pub fn rate_or(&self, default: u64) -> u64 {
+        self.rate.unwrap_or(default)
+    }
+}
+
+fn non_negative_ms(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(_) => Err("must be a finite number of ms, at least 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn at_least_one(raw: &str) -> Result<usize, String> {

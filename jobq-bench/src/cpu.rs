@@ -216,6 +216,18 @@ pub fn own_cpu_seconds() -> f64 {
         .map_or(0.0, |t| t as f64 / TICKS_PER_SECOND)
 }
 
+/// The machine's 1-minute load average (`/proc/loadavg`), which the
+/// long scenarios report beside their figures: above 2 on this 2-core
+/// machine, other work competed with the run. `None` where unreadable.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,8 @@
 //!
 //! Scenarios: `enqueue`, `drain`, `latency`, `sustained`, `backlog`, or
 //! `all` (those five), and `scheduled`, `limits`, `await` and `dashboard`
-//! (every page of the web dashboard beside a million finished jobs). Each
+//! (every page of the web dashboard beside a million finished jobs), and the
+//! long storage scenarios of issue 16: `soak`, `pinned` and `rtt`. Each
 //! runs on a fresh database created with `jobq-testkit`: on `DATABASE_URL`'s
 //! server when it is set, else on a private throwaway
 //! server (tuned for speed: `fsync=off`, so its numbers are not the durable
@@ -23,13 +24,17 @@
 mod cli;
 mod cpu;
 mod db;
+mod delay_proxy;
 mod limit;
 mod listen_limit;
+mod netns;
 mod report;
 mod scenario;
 mod spread;
 mod sql_loop;
+mod storage;
 mod tasks;
+mod windows;
 mod worker;
 
 use clap::Parser;
@@ -59,6 +64,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Limits(o) => (o, vec!["limits"]),
         Command::Await(o) => (o, vec!["await"]),
         Command::Dashboard(o) => (o, vec!["dashboard"]),
+        Command::Soak(o) => (o, vec!["soak"]),
+        Command::Pinned(o) => (o, vec!["pinned"]),
+        Command::Rtt(o) => (o, vec!["rtt"]),
         Command::All(o) => (
             o,
             vec!["enqueue", "drain", "latency", "sustained", "backlog"],
@@ -80,6 +88,9 @@ async fn main() -> anyhow::Result<()> {
             "limits" => scenario::limits::run(&options).await?,
             "await" => scenario::wait::run(&options).await?,
             "dashboard" => scenario::dashboard::run(&options).await?,
+            "soak" => scenario::soak::run(&options).await?,
+            "pinned" => scenario::pinned::run(&options).await?,
+            "rtt" => scenario::rtt::run(&options).await?,
             other => unreachable!("scenario {other} is not in the list above"),
         };
         results.append(&mut rows);

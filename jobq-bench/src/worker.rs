@@ -111,10 +111,29 @@ impl Workers {
         until_empty: bool,
         tasks: &[String],
     ) -> anyhow::Result<Self> {
+        Self::start_wrapped(&[], url, n, until_empty, tasks)
+    }
+
+    /// The same, each started through `wrapper` (a command prefix such as
+    /// `ip netns exec NAME`; empty: none).
+    pub fn start_wrapped(
+        wrapper: &[String],
+        url: &str,
+        n: usize,
+        until_empty: bool,
+        tasks: &[String],
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding this binary to start workers")?;
         let mut children = Vec::with_capacity(n);
         for _ in 0..n {
-            let mut cmd = Command::new(&exe);
+            let mut cmd = match wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut cmd = Command::new(program);
+                    cmd.args(args).arg(&exe);
+                    cmd
+                }
+                None => Command::new(&exe),
+            };
             cmd.args(["worker", "--url", url]);
             if until_empty {
                 cmd.arg("--until-empty");

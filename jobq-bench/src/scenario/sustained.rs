@@ -86,7 +86,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
     let t0 = db::seconds(&mut conn, "SELECT extract(epoch FROM now())::float8 AS s").await?;
 
     let run_for = Duration::from_secs(options.seconds);
-    let per_tick = options.rate as f64 / PRODUCERS as f64 * TICK.as_secs_f64();
+    let rate = options.rate_or(5_000);
+    let per_tick = rate as f64 / PRODUCERS as f64 * TICK.as_secs_f64();
     let mut producers = Vec::new();
     for p in 0..PRODUCERS {
         let mut conn = db::connect(&url).await?;
@@ -191,7 +192,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
             "sustained",
             format!(
                 "{} jobs/s offered for {} s, {WORKERS} workers",
-                options.rate, options.seconds
+                rate, options.seconds
             ),
         )
     }

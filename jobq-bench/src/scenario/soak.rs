@@ -1,0 +1,201 @@
+//! `soak`: the queue kept saturated for `--minutes` while two worker
+//! processes (default settings, default retention) drain it. (Issue 16:
+//! the last minute's throughput ≥ 0.9 of the first's, no 5 s sample below
+//! 0.8 of the median, and jobq's tables bounded.)
+//!
+//! Two producer connections keep at least [`LOW`] jobs pending, topping
+//! the backlog up towards [`HIGH`] with `enqueue_many` in batches of
+//! 1,000, so the workers never wait for work. Every 5 s the bench counts
+//! the jobs finished in the window by their `finished_at` (up to a second
+//! ago, so that outcome transactions already under way have committed;
+//! finished jobs are pruned a minute after they finish, long after they
+//! were counted), and samples the jobs table's total size, live and dead
+//! tuples and the claim index's size.
+//!
+//! `--autovacuum off` turns autovacuum off for jobq's tables in the fresh
+//! database only (`ALTER TABLE ... SET (autovacuum_enabled = false)`), as
+//! on the CI server where only jobq's maintenance vacuums; `on` needs a
+//! server with autovacuum on (the private throwaway server has it; a table
+//! cannot turn it on where the server has it off). Without the option the
+//! server's setting applies.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cli::{Autovacuum, Options};
+use crate::db;
+use crate::report::BenchResult;
+use crate::scenario::drain::enqueue_noops;
+use crate::storage::{self, mib, Storage};
+use crate::tasks::{noop, noops};
+use crate::windows::{steadiness, Window};
+use crate::worker::{max_rss_mib, Workers};
+
+/// Worker processes.
+const WORKERS: usize = 2;
+/// Producer connections.
+const PRODUCERS: u64 = 2;
+/// The backlog never to fall below.
+const LOW: i64 = 20_000;
+/// The backlog the producers top up to.
+const HIGH: i64 = 30_000;
+/// Sampling window.
+const WINDOW: Duration = Duration::from_secs(5);
+/// Workers' start-up before the first window: process start, pool, first
+/// claims.
+const WARM_UP: Duration = Duration::from_secs(5);
+
+/// The pending backlog, counted up to [`HIGH`] only (no need to read
+/// further, and the count stays cheap however the table grows).
+const BACKLOG_SQL: &str = "SELECT count(*) AS n FROM \
+     (SELECT 1 FROM jobq.jobs WHERE state = 'pending' LIMIT 30000) p";
+
+/// Applies `--autovacuum` to the fresh database; returns what holds.
+async fn apply_autovacuum(
+    conn: &mut diesel_async::AsyncPgConnection,
+    wanted: Option<Autovacuum>,
+) -> anyhow::Result<&'static str> {
+    let server_on = db::count(
+        conn,
+        "SELECT (current_setting('autovacuum') = 'on')::int::int8 AS n",
+    )
+    .await?
+        == 1;
+    match wanted {
+        Some(Autovacuum::Off) => {
+            let tables = storage::disable_autovacuum(conn).await?;
+            println!(
+                "   autovacuum off for jobq's {} tables (this database only)",
+                tables.len()
+            );
+            Ok("off (tables)")
+        }
+        Some(Autovacuum::On) if !server_on => anyhow::bail!(
+            "--autovacuum on: this server has autovacuum off, which no table setting \
+             overrides; unset DATABASE_URL to use the private server (autovacuum on)"
+        ),
+        _ if server_on => Ok("on (server)"),
+        _ => Ok("off (server)"),
+    }
+}
+
+/// Runs the scenario.
+pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
+    println!("== soak");
+    let database = db::fresh().await?;
+    let url = database.url().to_owned();
+    let mut conn = db::connect(&url).await?;
+    let autovacuum = apply_autovacuum(&mut conn, options.autovacuum).await?;
+    enqueue_noops(&url, HIGH as usize).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 0..PRODUCERS {
+        let mut conn = db::connect(&url).await?;
+        let stop = Arc::clone(&stop);
+        producers.push(tokio::spawn(async move {
+            let mut n = (p + 1) << 40;
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let backlog = db::count(&mut conn, BACKLOG_SQL).await?;
+                if backlog >= LOW + (HIGH - LOW) / 2 {
+                    // Pacing, not synchronisation: look again soon.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                // Each producer tops up its share of the gap.
+                let mut owed = ((HIGH - backlog) / PRODUCERS as i64).max(1000) as usize;
+                while owed > 0 && !stop.load(Ordering::Relaxed) {
+                    let size = owed.min(1000);
+                    noop::enqueue_many(&mut conn, &noops(&mut n, size)).await?;
+                    owed -= size;
+                    sent += size as u64;
+                }
+            }
+            anyhow::Ok(sent)
+        }));
+    }
+    let workers = Workers::start(&url, WORKERS, false)?;
+    tokio::time::sleep(WARM_UP).await;
+
+    let run_for = Duration::from_secs(options.minutes * 60);
+    let t0 = storage::db_now(&mut conn).await? - 1.0;
+    let mut after = t0;
+    let mut windows = Vec::new();
+    let mut looks: Vec<Storage> = Vec::new();
+    let mut lowest_backlog = i64::MAX;
+    let started = Instant::now();
+    let mut next = started + WINDOW;
+    while started.elapsed() < run_for {
+        tokio::time::sleep_until(next.into()).await;
+        next += WINDOW;
+        let upto = storage::db_now(&mut conn).await? - 1.0;
+        let jobs = storage::finished_count(&mut conn, after, upto).await?;
+        let look = storage::storage(&mut conn).await?;
+        let backlog = db::count(&mut conn, BACKLOG_SQL).await?;
+        lowest_backlog = lowest_backlog.min(backlog);
+        let window = Window {
+            start_s: after - t0,
+            end_s: upto - t0,
+            jobs,
+        };
+        println!(
+            "  t={:>5.0}s  {:>7.0} jobs/s  table={:>7.1} MiB  claim idx={:>6.1} MiB  \
+             live={:>8}  dead={:>8}  vacuums={}  backlog={}",
+            window.end_s,
+            window.rate(),
+            mib(look.total_bytes),
+            mib(look.claim_index_bytes),
+            look.live,
+            look.dead,
+            look.vacuums,
+            backlog
+        );
+        windows.push(window);
+        looks.push(look);
+        after = upto;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut enqueued = HIGH as u64;
+    for p in producers {
+        enqueued += p.await??;
+    }
+    let reports = workers.stop().await?;
+
+    let s =
+        steadiness(&windows, 60.0).ok_or_else(|| anyhow::anyhow!("soak: no window was sampled"))?;
+    let peak = |of: fn(&Storage) -> i64| looks.iter().map(of).max().unwrap_or(0);
+    let finished: u64 = windows.iter().map(|w| w.jobs).sum();
+    let span = windows.last().map_or(0.0, |w| w.end_s);
+    Ok(vec![BenchResult {
+        jobs_per_sec: Some(finished as f64 / span.max(1e-9)),
+        rss_mib: max_rss_mib(&reports),
+        ..BenchResult::new(
+            "soak",
+            format!(
+                "saturated {} min, {WORKERS} workers, autovacuum {autovacuum}",
+                options.minutes
+            ),
+        )
+    }
+    .extra("first_minute_jobs_per_sec", s.first)
+    .extra("last_minute_jobs_per_sec", s.last)
+    .extra("last_to_first", s.last_to_first())
+    .extra("median_5s_jobs_per_sec", s.median)
+    .extra("lowest_5s_jobs_per_sec", s.lowest)
+    .extra("lowest_to_median", s.lowest_to_median())
+    .extra("table_mib_max", mib(peak(|l| l.total_bytes)))
+    .extra(
+        "table_mib_end",
+        looks.last().map_or(0.0, |l| mib(l.total_bytes)),
+    )
+    .extra("claim_index_mib_max", mib(peak(|l| l.claim_index_bytes)))
+    .extra("dead_tuples_max", peak(|l| l.dead))
+    .extra("live_tuples_max", peak(|l| l.live))
+    .extra("vacuums", looks.last().map_or(0, |l| l.vacuums))
+    .extra("lowest_backlog", lowest_backlog)
+    .extra("enqueued", enqueued)
+    .extra("load_average", crate::cpu::load_average())
+    .emit()])
+}
