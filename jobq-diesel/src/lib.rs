@@ -57,9 +57,7 @@ pub use jobs::{
     cancel, find_job, find_job_by_key, find_output, pending_unknown_tasks, Cancel, CancelResult,
     JobRow, OutputRow, UnknownTask,
 };
-pub use limited_claim::{
-    claim_limited, next_key_cursor, LimitedClaimRequest, GLOBAL_CLAIM_SQL, KEYED_CLAIM_SQL,
-};
+pub use limited_claim::{claim_limited, LimitedClaimRequest, GLOBAL_CLAIM_SQL, KEYED_CLAIM_SQL};
 pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention, RESCUE_SQL};
 pub use migrations::{migrate, schema_version, MigrateError, LATEST_VERSION};

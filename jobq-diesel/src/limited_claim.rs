@@ -50,11 +50,6 @@ pub struct LimitedClaimRequest<'a> {
     /// The claim's key among the worker's claims (see
     /// [`crate::ClaimRequest::claim_key`]).
     pub claim_key: i64,
-    /// With a key limit: the partition key after which a key walk starts
-    /// when the task has no walk position stored yet (`jobq.key_walks`,
-    /// kept by the claims themselves; see [`KEYED_CLAIM_SQL`]). Workers
-    /// pass the last key of their previous claim ([`next_key_cursor`]).
-    pub key_cursor: Option<&'a str>,
     /// Also return each job's due time and limit of attempts (see
     /// [`crate::ClaimRequest::due`]).
     pub due: bool,
@@ -62,19 +57,6 @@ pub struct LimitedClaimRequest<'a> {
     pub rate: Option<RateLimit>,
     /// Most starts per partition key per unit of time, fleet-wide.
     pub key_rate: Option<RateLimit>,
-}
-
-/// Where the next keyed claim should start: the last key of `claimed` in
-/// the order the claim that started after `cursor` walked them (keys
-/// after the cursor, then the ones it wrapped around to). `None` when no
-/// job had a key.
-pub fn next_key_cursor<'k>(
-    cursor: &str,
-    claimed: impl IntoIterator<Item = &'k str>,
-) -> Option<&'k str> {
-    claimed
-        .into_iter()
-        .max_by(|a, b| (*a <= cursor, *a).cmp(&(*b <= cursor, *b)))
 }
 
 /// First of the two keys of the advisory lock that serializes the limited
@@ -210,7 +192,7 @@ macro_rules! allowed {
                  ELSE $5 - coalesce(((SELECT counts FROM busy) ->> ",
             $key,
             ")::int, 0) END, ",
-            tokens!($key, "$11", "$12"),
+            tokens!($key, "$10", "$11"),
             "))"
         )
     };
@@ -239,9 +221,8 @@ macro_rules! walk_budget {
 /// The claim of a task with a per-key limit or rate (and maybe global
 /// ones), run after the lock. `$1` queues, `$2` task, `$3` free slots, `$4`
 /// global limit or NULL, `$5` key limit or NULL, `$6` worker, `$7` claim
-/// key, `$8` the key this worker's previous claim of the task ended at (''
-/// at first), `$9`/`$10` the task's rate interval and burst tolerance in
-/// microseconds, `$11`/`$12` the same per key, each NULL without that
+/// key, `$8`/`$9` the task's rate interval and burst tolerance in
+/// microseconds, `$10`/`$11` the same per key, each NULL without that
 /// rate. A key's candidates are also bounded by its bucket's tokens, and
 /// blocked keys are passed over; the statement spends the tokens of the
 /// task's bucket and of each key's for the jobs it picked.
@@ -259,15 +240,17 @@ macro_rules! walk_budget {
 ///   keys 14 ms instead of 26 ms; an unlimited claim of as many, 9 ms).
 /// - **Key walk**, only when the window was full and still gave fewer than
 ///   `$3` candidates (keys at their limit crowd the head, or one key's
-///   backlog fills it): the distinct keys with pending jobs, found by
-///   skipping through `jobs_key_pending_idx` (one descent per key, which
-///   also yields the key's first job), starting after `$8` and wrapping
-///   around, so that successive claims serve the keys in turn; it stops as
-///   soon as it has `$3`. Its cost is bounded by the keys taken plus those
-///   at their limit (at most the fleet's running attempts), whatever the
-///   backlog: walking jobs instead would pass over every waiting job of
-///   every key at its limit (measured: 2.9 s for one claim over 100,000
-///   jobs of 1,000 keys).
+///   backlog fills it), and at most once per task every 50 ms: the
+///   distinct keys with pending jobs, found by skipping through
+///   `jobs_key_pending_idx` (one descent per key, which also yields the
+///   key's first job), at most 256 keys, starting after the
+///   key where the task's previous walk stopped (`jobq.key_walks`, written
+///   by this statement under the task's lock) and wrapping around, so that
+///   successive walks, by any worker, reach every key in turn. Its cost is
+///   bounded whatever the backlog: walking jobs instead would pass over
+///   every waiting job of every key at its limit (measured: 2.9 s for one
+///   claim over 100,000 jobs of 1,000 keys), and walking every key on
+///   every claim cost 8 µs a key even when all were busy.
 ///
 /// Running attempts per key are read once per claim (`busy`: the task's
 /// running limited rows, grouped, as a JSON object) and blocked keys once
@@ -304,7 +287,7 @@ pub const KEYED_CLAIM_SQL: &str = concat!(
              AND (SELECT count(*) FROM head_candidates) < $3 \
              AND coalesce((SELECT w.walked_at < now() - interval '50 milliseconds' \
                  FROM jobq.key_walks w WHERE w.task = $2), true) AS needed, \
-             coalesce((SELECT w.after_key FROM jobq.key_walks w WHERE w.task = $2), $8) AS start \
+             coalesce((SELECT w.after_key FROM jobq.key_walks w WHERE w.task = $2), '') AS start \
      ), after AS ( \
          (SELECT key, id, 1 AS n FROM jobq.jobs \
           WHERE task = $2 AND state = 'pending' AND key IS NOT NULL \
@@ -368,10 +351,10 @@ pub const KEYED_CLAIM_SQL: &str = concat!(
     claimable!(),
     " ORDER BY j.priority DESC, j.run_at, j.id \
          LIMIT greatest(0, least($3, $4 - (SELECT n FROM running), ",
-    tokens!("''", "$9", "$10"),
+    tokens!("''", "$8", "$9"),
     ")) FOR UPDATE OF j SKIP LOCKED ",
-    spend!("spent", "''::text", "$9"),
-    spend!("key_spent", "p.key", "$11"),
+    spend!("spent", "''::text", "$8"),
+    spend!("key_spent", "p.key", "$10"),
     limited_tail!()
 );
 
@@ -420,7 +403,6 @@ pub async fn claim_limited(
         let tau = |r: Option<RateLimit>| r.map(|r| r.tau_us());
         if keyed {
             let query = query
-                .bind::<Text, _>(request.key_cursor.unwrap_or(""))
                 .bind::<Nullable<Double>, _>(interval(request.rate))
                 .bind::<Nullable<Double>, _>(tau(request.rate))
                 .bind::<Nullable<Double>, _>(interval(request.key_rate))

@@ -1351,7 +1351,6 @@ async fn claim_limited(
         global_concurrency: global,
         key_concurrency: per_key,
         claim_key: claim_key(),
-        key_cursor: None,
         due: false,
         rate: None,
         key_rate: None,
@@ -1376,7 +1375,6 @@ async fn claim_rated(
         global_concurrency: None,
         key_concurrency: None,
         claim_key: claim_key(),
-        key_cursor: None,
         due: false,
         rate,
         key_rate,
@@ -1672,7 +1670,6 @@ async fn keyed_claims_take_free_keys_at_the_head_and_walk_past_busy_ones_in_turn
             global_concurrency: None,
             key_concurrency: Some(1),
             claim_key: claim_key(),
-            key_cursor: None,
             due: false,
             rate: None,
             key_rate: None,
@@ -1697,10 +1694,6 @@ async fn keyed_claims_take_free_keys_at_the_head_and_walk_past_busy_ones_in_turn
         .await
         .unwrap();
     assert_eq!(one(&mut conn).await, [c]);
-    assert_eq!(jobq_diesel::next_key_cursor("b", ["c", "a"]), Some("a"));
-    assert_eq!(jobq_diesel::next_key_cursor("b", ["c", "d"]), Some("d"));
-    assert_eq!(jobq_diesel::next_key_cursor("", ["x", "y"]), Some("y"));
-    assert_eq!(jobq_diesel::next_key_cursor("", []), None);
 }
 
 /// Where the next key walk of the test's keyed task starts, if one ran.
@@ -1900,7 +1893,6 @@ async fn keyed_claim_buffers(conn: &mut AsyncPgConnection, worker: i64) -> (u64,
             .bind::<Nullable<Integer>, _>(Some(1))
             .bind::<BigInt, _>(worker)
             .bind::<BigInt, _>(claim_key())
-            .bind::<Text, _>("")
             .bind::<Nullable<Double>, _>(None::<f64>)
             .bind::<Nullable<Double>, _>(None::<f64>)
             .bind::<Nullable<Double>, _>(None::<f64>)

@@ -114,10 +114,6 @@ struct ClaimKeys {
     /// oldest first: their jobs would otherwise run under this worker,
     /// unknown to it, for as long as it heartbeats.
     lost: Vec<i64>,
-    /// Per task with a key limit (by task index), the partition key its
-    /// last claim ended at: the next one starts after it, so that the keys
-    /// are served in turn.
-    key_cursors: std::collections::HashMap<usize, String>,
     /// When the next token of a rate-limited task whose claim came back
     /// short falls due: the fetcher wakes then, once, instead of polling.
     rate_wake: Option<Instant>,
@@ -313,7 +309,6 @@ async fn claim_batch(
                 jobq_diesel::claim(&mut conn, &request).await
             }
             Some(limits) => {
-                let cursor = keys.key_cursors.get(&indices[0]).map(String::as_str);
                 let request = LimitedClaimRequest {
                     worker_id: shared.worker_id,
                     queues: &shared.queues,
@@ -322,7 +317,6 @@ async fn claim_batch(
                     global_concurrency: limits.global,
                     key_concurrency: limits.per_key,
                     claim_key,
-                    key_cursor: cursor,
                     due: cfg!(feature = "metrics"),
                     rate: limits.rate.map(|r| r.as_limit()),
                     key_rate: limits.key_rate.map(|r| r.as_limit()),
@@ -331,15 +325,6 @@ async fn claim_batch(
                 if let Ok(claimed) = &result {
                     if limits.rated() && claimed.len() < slots[0] as usize {
                         note_next_token(&mut conn, &mut keys.rate_wake, &request).await;
-                    }
-                }
-                if let (Ok(claimed), Some(_)) = (&result, limits.per_key) {
-                    let next = jobq_diesel::next_key_cursor(
-                        cursor.unwrap_or(""),
-                        claimed.iter().filter_map(|j| j.key.as_deref()),
-                    );
-                    if let Some(next) = next {
-                        keys.key_cursors.insert(indices[0], next.to_owned());
                     }
                 }
                 result
