@@ -367,35 +367,11 @@ async fn an_outage_longer_than_the_lease_is_not_the_death_of_live_workers() {
 
     GATE_OPEN.store(true, std::sync::atomic::Ordering::SeqCst);
     GATE.notify_waiters();
-    wait_until("every job completed", support::SOON, || async {
-        let mut done = 0;
-        for &id in &ids {
-            done += usize::from(
-                job_state(&pool, id)
-                    .await
-                    .is_some_and(|j| j.state == JobState::Completed),
-            );
-        }
-        done == ids.len()
-    })
-    .await;
+    wait_all_completed(&pool, &ids).await;
     for handle in workers {
         handle.shutdown().await.expect("shutdown");
     }
-    let started = started();
-    let mut conn = pool.get().await.expect("connection");
-    for &id in &ids {
-        let info = jobq::job(&mut conn, id).await.unwrap().unwrap();
-        assert_eq!(
-            (
-                started.get(&id.get()).copied(),
-                info.attempt,
-                info.errors.len()
-            ),
-            (Some(1), 1, 0),
-            "job {id} ran more than once: {info:#?}"
-        );
-    }
+    assert_each_ran_once(&pool, &ids, &started(), "").await;
 }
 
 /// Handler starts per job id of `held_through_outage`.
@@ -541,11 +517,31 @@ async fn a_45_second_outage_with_the_default_lease_runs_no_job_twice() {
 
     LONG_GATE_OPEN.store(true, std::sync::atomic::Ordering::SeqCst);
     LONG_GATE.notify_waiters();
+    wait_all_completed(&pool, &ids).await;
+    for handle in workers {
+        handle.shutdown().await.expect("shutdown");
+    }
+    assert_each_ran_once(
+        &pool,
+        &ids,
+        &started(),
+        &format!(" (rescue pass {judged_after:?} after the outage)"),
+    )
+    .await;
+    let rescues = log_lines(&["rescued a job", "held_through_outage"]);
+    assert!(
+        rescues.is_empty(),
+        "no job rescued, yet the logs say: {rescues:?}"
+    );
+}
+
+/// Waits until every job of `ids` is completed.
+async fn wait_all_completed(pool: &jobq::Pool, ids: &[jobq::JobId]) {
     wait_until("every job completed", support::SOON, || async {
         let mut done = 0;
-        for &id in &ids {
+        for &id in ids {
             done += usize::from(
-                job_state(&pool, id)
+                job_state(pool, id)
                     .await
                     .is_some_and(|j| j.state == JobState::Completed),
             );
@@ -553,12 +549,18 @@ async fn a_45_second_outage_with_the_default_lease_runs_no_job_twice() {
         done == ids.len()
     })
     .await;
-    for handle in workers {
-        handle.shutdown().await.expect("shutdown");
-    }
-    let started = started();
+}
+
+/// Each job of `ids` started once (`started`: starts by job id), used one
+/// attempt and recorded no error; `context` ends the failure message.
+async fn assert_each_ran_once(
+    pool: &jobq::Pool,
+    ids: &[jobq::JobId],
+    started: &HashMap<i64, u32>,
+    context: &str,
+) {
     let mut conn = pool.get().await.expect("connection");
-    for &id in &ids {
+    for &id in ids {
         let info = jobq::job(&mut conn, id).await.unwrap().unwrap();
         assert_eq!(
             (
@@ -567,14 +569,9 @@ async fn a_45_second_outage_with_the_default_lease_runs_no_job_twice() {
                 info.errors.len()
             ),
             (Some(1), 1, 0),
-            "job {id} ran more than once (rescue pass {judged_after:?} after the outage): {info:#?}"
+            "job {id} ran more than once{context}: {info:#?}"
         );
     }
-    let rescues = log_lines(&["rescued a job", "held_through_outage"]);
-    assert!(
-        rescues.is_empty(),
-        "no job rescued, yet the logs say: {rescues:?}"
-    );
 }
 
 async fn finished_count(pool: &jobq::Pool, ids: &[jobq::JobId]) -> usize {
