@@ -1335,6 +1335,90 @@ async fn a_claim_connection_plans_the_claim_once_beside_many_scheduled_rows() {
     assert_eq!(claim_plans(&mut claims).await, (CLAIMS, 0));
 }
 
+/// The plan of the claim this connection prepared, for a claim of one job
+/// of task `t` by `worker`: the generic plan it keeps using.
+async fn prepared_claim_plan(conn: &mut AsyncPgConnection, worker: i64) -> String {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    #[derive(QueryableByName)]
+    struct Line {
+        #[diesel(sql_type = Text)]
+        #[diesel(column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let prepared: Name = diesel::sql_query(
+        "SELECT name FROM pg_prepared_statements WHERE statement LIKE 'WITH picked AS%'",
+    )
+    .get_result(conn)
+    .await
+    .unwrap();
+    let lines: Vec<Line> = diesel::sql_query(format!(
+        "EXPLAIN EXECUTE {}('{{default}}', '{{t}}', '{{1}}', {worker}, 0)",
+        prepared.name
+    ))
+    .load(conn)
+    .await
+    .unwrap();
+    lines
+        .into_iter()
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn a_claim_planned_beside_an_empty_table_does_not_scan_it_once_jobs_arrive_nor_jit_compile() {
+    let (db, mut conn) = setup().await;
+    // No ANALYZE may rescue the plan during the test.
+    conn.batch_execute("ALTER TABLE jobq.jobs SET (autovacuum_enabled = false)")
+        .await
+        .unwrap();
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let options = jobq_diesel::ConnectOptions::parse(db.url()).unwrap();
+    let mut claims = jobq_diesel::Connector::new(options)
+        .with_generic_plans()
+        .connect()
+        .await
+        .unwrap();
+    // The control: the same generic plan without the claim connection's
+    // settings, planned beside the empty table.
+    let mut plain = AsyncPgConnection::establish(db.url()).await.unwrap();
+    plain
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    assert!(claim_one(&mut claims, worker, "t").await.is_empty());
+    assert!(claim_one(&mut plain, worker, "t").await.is_empty());
+    conn.batch_execute(
+        "INSERT INTO jobq.jobs (task, payload) \
+         SELECT 't', jsonb_build_object('n', g) FROM generate_series(1, 20000) AS g",
+    )
+    .await
+    .unwrap();
+    let control = prepared_claim_plan(&mut plain, worker).await;
+    assert!(control.contains("Seq Scan on jobs"), "{control}");
+    assert_eq!(claim_one(&mut claims, worker, "t").await.len(), 1);
+    let plan = prepared_claim_plan(&mut claims, worker).await;
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    // A cached plan is compiled again by every execution it is JIT'ed in:
+    // never on this connection, whatever the estimates.
+    #[derive(QueryableByName)]
+    struct Jit {
+        #[diesel(sql_type = Text)]
+        jit: String,
+    }
+    let jit: Jit = diesel::sql_query("SHOW jit")
+        .get_result(&mut claims)
+        .await
+        .unwrap();
+    assert_eq!(jit.jit, "off");
+}
+
 async fn claim_limited(
     conn: &mut AsyncPgConnection,
     worker_id: i64,
