@@ -20,6 +20,8 @@
 
 use std::time::Instant;
 
+use diesel_async::AsyncPgConnection;
+
 use crate::cli::Options;
 use crate::cpu::{self, MachineSampler, Sample};
 use crate::db;
@@ -42,13 +44,20 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
 /// Enqueues `jobs` no-op jobs through the typed API, in batches of 1,000.
 pub async fn enqueue_noops(url: &str, jobs: usize) -> anyhow::Result<()> {
     let mut conn = db::connect(url).await?;
+    enqueue_noops_only(&mut conn, jobs).await?;
+    db::settle(&mut conn).await
+}
+
+/// The same on `conn`, in its transaction if one is open, without
+/// settling the table afterwards.
+pub async fn enqueue_noops_only(conn: &mut AsyncPgConnection, jobs: usize) -> anyhow::Result<()> {
     let mut n = 0u64;
     while (n as usize) < jobs {
         let size = 1000.min(jobs - n as usize);
         let payloads = noops(&mut n, size);
-        noop::enqueue_many(&mut conn, &payloads).await?;
+        noop::enqueue_many(conn, &payloads).await?;
     }
-    db::settle(&mut conn).await
+    Ok(())
 }
 
 async fn run_one(options: &Options, workers: usize) -> anyhow::Result<BenchResult> {
