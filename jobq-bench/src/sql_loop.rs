@@ -48,6 +48,7 @@ pub async fn drain_on(
             slots: &slots,
             claim_key,
             due: false,
+            floors: &[],
         };
         let claimed = jobq_diesel::claim(conn, &request).await?;
         if claimed.is_empty() {
