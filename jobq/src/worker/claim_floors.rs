@@ -24,7 +24,9 @@
 //! - nothing announces a job that a concurrent claim locked (so this one
 //!   skipped it) and then rolled back, nor a key whose block ran out: for
 //!   those, a claim starts from the head at least once per poll interval
-//!   ([`ClaimFloors::begin`]), which is what polling promised before.
+//!   ([`ClaimFloors::begin`]), which is what polling promised before;
+//! - a worker that gets no notifications at all walks from the head every
+//!   time ([`ClaimFloors::turn_off`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -53,6 +55,9 @@ struct Inner {
     lowered_in_flight: HashMap<String, Floor>,
     /// When the last claim that walked every task from the head began.
     last_from_head: Option<Instant>,
+    /// No notifications arrive (listening is off or does not work): every
+    /// claim walks from the head, as nothing could lower a floor.
+    off: bool,
 }
 
 /// A claim in flight: the floors it walks from, same order as the tasks
@@ -78,6 +83,7 @@ impl ClaimFloors {
                 in_flight: 0,
                 lowered_in_flight: HashMap::new(),
                 last_from_head: None,
+                off: false,
             }),
             from_head_every,
         }
@@ -103,14 +109,21 @@ impl ClaimFloors {
         }
     }
 
+    /// Notifications do not reach this worker (it polls alone): from now
+    /// on every claim walks from the head.
+    pub(crate) fn turn_off(&self) {
+        self.inner().off = true;
+    }
+
     /// Starts a claim of `tasks`: the floors it walks from (all at the
     /// head when the last walk from the head is a poll interval old).
     pub(crate) fn begin(&self, tasks: &[String], now: Instant) -> Flight {
         let mut inner = self.inner();
         inner.in_flight += 1;
-        let from_head = inner
-            .last_from_head
-            .is_none_or(|last| now.saturating_duration_since(last) >= self.from_head_every);
+        let from_head = inner.off
+            || inner
+                .last_from_head
+                .is_none_or(|last| now.saturating_duration_since(last) >= self.from_head_every);
         let floors = tasks
             .iter()
             .map(|t| {
@@ -343,6 +356,19 @@ mod tests {
             vec![Some(at(0, 3)), Some(at(0, 20))],
             "the walk from the head found job 3 before the floor; b kept its floor"
         );
+        floors.finish(flight, []);
+    }
+
+    #[test]
+    fn without_notifications_every_claim_walks_from_the_head() {
+        let t0 = Instant::now();
+        let floors = after_a_first_claim(t0);
+        floors.turn_off();
+        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        assert_eq!(flight.floors, vec![None, None]);
+        floors.finish(flight, [("a", at(0, 30))]);
+        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        assert_eq!(flight.floors, vec![None, None]);
         floors.finish(flight, []);
     }
 

@@ -47,6 +47,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                          running on polling alone. Give the listener a direct connection with \
                          WorkerBuilder::listen_url / JOBQ_LISTEN_URL, or set .listen(false)"
                     );
+                    shared.floors.turn_off();
                     if let Err(e) = listener.unlisten().await {
                         tracing::debug!(error = %error_chain(&e), "UNLISTEN failed");
                     }
