@@ -39,6 +39,9 @@ pub async fn drain_on(
     let slots = vec![BATCH];
     let mut done = 0usize;
     let mut claim_key = 0;
+    // As the worker does: each claim starts at the last job this loop
+    // took (no job is enqueued meanwhile, so nothing lands before it).
+    let mut floors = vec![None];
     while until.is_none_or(|n| done < n) {
         claim_key += 1;
         let request = ClaimRequest {
@@ -48,11 +51,13 @@ pub async fn drain_on(
             slots: &slots,
             claim_key,
             due: false,
+            floors: &floors,
         };
         let claimed = jobq_diesel::claim(conn, &request).await?;
         if claimed.is_empty() {
             break;
         }
+        floors[0] = claimed.iter().map(|j| j.position).max();
         let outcomes: Vec<Outcome> = claimed
             .iter()
             .map(|j| Outcome {

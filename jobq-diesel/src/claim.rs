@@ -7,9 +7,10 @@ use chrono::{DateTime, Utc};
 use diesel::deserialize::{self, FromSql, QueryableByName};
 use diesel::pg::Pg;
 use diesel::row::{Field, NamedRow, Row};
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, SmallInt, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+use crate::claim_position::ClaimPosition;
 use crate::prepared::prepared;
 
 /// What a worker asks for: up to `slots[i]` jobs of `tasks[i]`, from the
@@ -34,6 +35,17 @@ pub struct ClaimRequest<'a> {
     /// as ever; with it, measured at up to a tenth fewer jobs/s in a
     /// two-worker drain of no-op jobs.
     pub due: bool,
+    /// Where each task's walk starts, same order as `tasks` (`None`, or a
+    /// slice shorter than `tasks`: at the task's first pending job).
+    ///
+    /// A floor skips the index entries before it: under a snapshot held
+    /// open (a long transaction anywhere on the server), every job claimed
+    /// since leaves a dead entry at the head of its task's range that
+    /// nothing can remove while it is held, and a claim from the head
+    /// visits each of them. The caller must give a floor at or before
+    /// every job of the task that is pending for it (the worker's
+    /// `ClaimFloors` keeps them so).
+    pub floors: &'a [Option<ClaimPosition>],
 }
 
 /// A job now running under the claiming worker: what its attempt needs.
@@ -75,6 +87,9 @@ pub struct ClaimedJob {
     /// The job's limit of attempts and due time, when the request asked
     /// for them ([`ClaimRequest::due`]).
     pub due: Option<Due>,
+    /// The job's place in its task's claim order (a claim floor for the
+    /// next claim of the task is the last of these).
+    pub position: ClaimPosition,
 }
 
 /// What a claim returns besides the job when asked ([`ClaimRequest::due`]).
@@ -88,10 +103,11 @@ pub struct Due {
     pub run_at: DateTime<Utc>,
 }
 
-/// `sql`, a claim statement, with the columns of [`Due`] added to its
-/// RETURNING: built once per statement, then shared by every claim.
+/// `sql`, a claim statement, with the column of [`Due`] that it does not
+/// return already added to its RETURNING: built once per statement, then
+/// shared by every claim.
 pub(crate) fn with_due(sql: &'static str, built: &'static OnceLock<String>) -> &'static str {
-    built.get_or_init(|| format!("{sql}, max_attempts, run_at"))
+    built.get_or_init(|| format!("{sql}, max_attempts"))
 }
 
 impl ClaimedJob {
@@ -108,8 +124,14 @@ impl QueryableByName<Pg> for ClaimedJob {
         // By position, in the order of CLAIM_SQL's RETURNING: a lookup by
         // name for every column of every row shows up in a busy worker's
         // profile.
+        let id = column::<BigInt, _>(row, 0)?;
+        let position = ClaimPosition {
+            priority: column::<SmallInt, _>(row, 10)?,
+            run_at: column::<Timestamptz, _>(row, 11)?,
+            id,
+        };
         Ok(ClaimedJob {
-            id: column::<BigInt, _>(row, 0)?,
+            id,
             task: column::<Nullable<Text>, _>(row, 1)?,
             queue: column::<Nullable<Text>, _>(row, 2)?,
             payload: column::<Text, _>(row, 3)?,
@@ -119,14 +141,15 @@ impl QueryableByName<Pg> for ClaimedJob {
             handbacks: column::<Integer, _>(row, 7)?,
             key: column::<Nullable<Text>, _>(row, 8)?,
             headers: column::<Nullable<Text>, _>(row, 9)?,
-            due: if row.field_count() > 10 {
+            due: if row.field_count() > 12 {
                 Some(Due {
-                    max_attempts: column::<Integer, _>(row, 10)?,
-                    run_at: column::<Timestamptz, _>(row, 11)?,
+                    max_attempts: column::<Integer, _>(row, 12)?,
+                    run_at: position.run_at,
                 })
             } else {
                 None
             },
+            position,
         })
     }
 }
@@ -140,9 +163,37 @@ fn column<'a, ST, T: FromSql<ST, Pg>>(
     T::from_nullable_sql(field.value())
 }
 
+/// The conditions every job a claim takes meets, in both halves of the
+/// walk: pending, due, in a served queue that is not paused, and neither
+/// its task nor its key blocked.
+macro_rules! claimable {
+    () => {
+        "state = 'pending' AND task = w.task AND run_at <= now() \
+         AND queue = ANY(ARRAY(SELECT q FROM unnest($1::text[]) AS q \
+             WHERE NOT EXISTS (SELECT 1 FROM jobq.paused_queues p WHERE p.queue = q))) \
+         AND NOT EXISTS (SELECT 1 FROM jobq.blocks b \
+             WHERE b.task = w.task AND b.key = '' AND b.until > now()) \
+         AND (key IS NULL OR key <> ALL(ARRAY(SELECT b.key FROM jobq.blocks b \
+             WHERE b.task = w.task AND b.until > now())))"
+    };
+}
+
 /// The claim statement; `$1` queues, `$2` tasks, `$3` free slots per task,
-/// `$4` the worker, `$5` the claim key. Public so that tests can `EXPLAIN`
-/// the real thing.
+/// `$4` the worker, `$5` the claim key, `$6`, `$7`, `$8` each task's
+/// floor (priority, `run_at`, id; NULL for none). Public so that tests can
+/// `EXPLAIN` the real thing.
+///
+/// The walk of a task starts at its floor, in two halves that are each a
+/// plain range of `jobs_claim_idx` (the index runs priority DESC, so a
+/// single row comparison across priorities is no range): the floor's
+/// priority from the floor on, then the lower priorities from their
+/// start. The second half runs only when the first does not fill the
+/// slots (an Append runs its inputs in order and the LIMIT stops it).
+/// Without a floor the first half is empty and the second is the whole
+/// task. A floor avoids visiting the dead entries of jobs claimed since a
+/// snapshot that is still held was taken: neither vacuum nor the index's
+/// own pruning can remove those while it is held, and a walk from the
+/// head visited every one of them on every claim.
 ///
 /// The task and queue names come back only when the request named more
 /// than one: the planner folds the CASEs to NULL otherwise, so a worker of
@@ -177,38 +228,54 @@ fn column<'a, ST, T: FromSql<ST, Pg>>(
 /// The key and headers come back as NULL for jobs without them, which
 /// costs a reply next to nothing.
 #[doc(hidden)]
-pub const CLAIM_SQL: &str = "WITH picked AS ( \
-             SELECT j.id \
-             FROM unnest($2::text[], $3::int[]) AS w(task, slots) \
-             CROSS JOIN LATERAL ( \
-                 SELECT id FROM jobq.jobs \
-                 WHERE state = 'pending' AND task = w.task AND run_at <= now() \
-                   AND queue = ANY(ARRAY(SELECT q FROM unnest($1::text[]) AS q \
-                       WHERE NOT EXISTS (SELECT 1 FROM jobq.paused_queues p WHERE p.queue = q))) \
-                   AND NOT EXISTS (SELECT 1 FROM jobq.blocks b \
-                       WHERE b.task = w.task AND b.key = '' AND b.until > now()) \
-                   AND (key IS NULL OR key <> ALL(ARRAY(SELECT b.key FROM jobq.blocks b \
-                       WHERE b.task = w.task AND b.until > now()))) \
-                 ORDER BY priority DESC, run_at, id \
-                 LIMIT w.slots \
-                 FOR UPDATE SKIP LOCKED \
-             ) j \
-             WHERE EXISTS ( \
-                 SELECT 1 FROM jobq.workers me WHERE me.id = $4 \
-                   AND me.heartbeat_at >= now() - me.lease_ms * interval '1 millisecond') \
-         ), claim AS ( \
-             INSERT INTO jobq.claims (worker_id, claim_key, jobs) \
-             SELECT $4, $5, range_agg(int8range(id, id, '[]')) FROM picked HAVING count(*) > 0 \
-             RETURNING id \
-         ) \
-         UPDATE jobq.jobs SET state = 'running', attempt = attempt + 1, started_at = now(), \
-             worker_id = $4 \
-         WHERE id = ANY(ARRAY(SELECT id FROM picked)) \
-         RETURNING id, \
-             CASE WHEN cardinality($2::text[]) > 1 THEN task END AS task, \
-             CASE WHEN cardinality($1::text[]) > 1 THEN queue END AS queue, \
-             payload::text AS payload, attempt, cancel_requested, \
-             (SELECT id FROM claim) AS claim, handbacks, key, headers::text AS headers";
+pub const CLAIM_SQL: &str = concat!(
+    "WITH picked AS ( \
+         SELECT j.id \
+         FROM unnest($2::text[], $3::int[], $6::int[], $7::timestamptz[], $8::int8[]) \
+             AS w(task, slots, floor_priority, floor_run_at, floor_id) \
+         CROSS JOIN LATERAL ( \
+             SELECT id FROM ( \
+                 SELECT id FROM ( \
+                     SELECT id FROM jobq.jobs \
+                     WHERE priority = w.floor_priority \
+                       AND (run_at, id) >= (w.floor_run_at, w.floor_id) AND ",
+    claimable!(),
+    " \
+                     ORDER BY run_at, id \
+                     LIMIT w.slots \
+                     FOR UPDATE SKIP LOCKED \
+                 ) same \
+                 UNION ALL \
+                 SELECT id FROM ( \
+                     SELECT id FROM jobq.jobs \
+                     WHERE priority < coalesce(w.floor_priority, 32768) AND ",
+    claimable!(),
+    " \
+                     ORDER BY priority DESC, run_at, id \
+                     LIMIT w.slots \
+                     FOR UPDATE SKIP LOCKED \
+                 ) lower \
+             ) walk \
+             LIMIT w.slots \
+         ) j \
+         WHERE EXISTS ( \
+             SELECT 1 FROM jobq.workers me WHERE me.id = $4 \
+               AND me.heartbeat_at >= now() - me.lease_ms * interval '1 millisecond') \
+     ), claim AS ( \
+         INSERT INTO jobq.claims (worker_id, claim_key, jobs) \
+         SELECT $4, $5, range_agg(int8range(id, id, '[]')) FROM picked HAVING count(*) > 0 \
+         RETURNING id \
+     ) \
+     UPDATE jobq.jobs SET state = 'running', attempt = attempt + 1, started_at = now(), \
+         worker_id = $4 \
+     WHERE id = ANY(ARRAY(SELECT id FROM picked)) \
+     RETURNING id, \
+         CASE WHEN cardinality($2::text[]) > 1 THEN task END AS task, \
+         CASE WHEN cardinality($1::text[]) > 1 THEN queue END AS queue, \
+         payload::text AS payload, attempt, cancel_requested, \
+         (SELECT id FROM claim) AS claim, handbacks, key, headers::text AS headers, \
+         priority, run_at"
+);
 
 /// Claims due jobs: per task, the highest priority first, then the earliest
 /// `run_at`, then the lowest id, skipping rows other workers hold locked.
@@ -229,12 +296,24 @@ pub async fn claim(
     } else {
         CLAIM_SQL
     };
+    let floor = |i: usize| request.floors.get(i).copied().flatten();
+    let tasks = 0..request.tasks.len();
+    let floor_priorities: Vec<Option<i32>> = tasks
+        .clone()
+        .map(|i| floor(i).map(|f| i32::from(f.priority)))
+        .collect();
+    let floor_run_ats: Vec<Option<DateTime<Utc>>> =
+        tasks.clone().map(|i| floor(i).map(|f| f.run_at)).collect();
+    let floor_ids: Vec<Option<i64>> = tasks.map(|i| floor(i).map(|f| f.id)).collect();
     let query = diesel::sql_query(sql)
         .bind::<Array<Text>, _>(request.queues)
         .bind::<Array<Text>, _>(request.tasks)
         .bind::<Array<Integer>, _>(request.slots)
         .bind::<BigInt, _>(request.worker_id)
-        .bind::<BigInt, _>(request.claim_key);
+        .bind::<BigInt, _>(request.claim_key)
+        .bind::<Array<Nullable<Integer>>, _>(floor_priorities)
+        .bind::<Array<Nullable<Timestamptz>>, _>(floor_run_ats)
+        .bind::<Array<Nullable<BigInt>>, _>(floor_ids);
     // Kept prepared: an idle worker runs it the moment a notification
     // arrives, and planning it was a quarter of the pickup latency.
     prepared(query).load(conn).await

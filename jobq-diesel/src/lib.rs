@@ -13,6 +13,7 @@ mod admin;
 mod awaited;
 mod blocks;
 mod claim;
+mod claim_position;
 mod connect;
 mod conninfo;
 mod enqueue;
@@ -46,6 +47,7 @@ pub use admin::{
 pub use awaited::{clean_awaited, AWAITED_MAX_AGE_HOURS};
 pub use blocks::{blocks, rate_buckets, unblock, BlockRow, BucketRow};
 pub use claim::{claim, release_claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
+pub use claim_position::ClaimPosition;
 pub use connect::{
     redact, ConnectFuture, ConnectHook, ConnectOptions, ConnectOptionsError, Connector, SslMode,
 };

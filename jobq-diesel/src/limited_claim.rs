@@ -83,7 +83,8 @@ macro_rules! limited_tail {
          RETURNING id, NULL::text AS task, \
              CASE WHEN cardinality($1::text[]) > 1 THEN queue END AS queue, \
              payload::text AS payload, attempt, cancel_requested, \
-             (SELECT id FROM claim) AS claim, handbacks, key, headers::text AS headers"
+             (SELECT id FROM claim) AS claim, handbacks, key, headers::text AS headers, \
+             priority, run_at"
     };
 }
 

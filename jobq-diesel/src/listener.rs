@@ -9,19 +9,33 @@ use futures_util::StreamExt;
 
 use diesel_async::pooled_connection::PoolError;
 
-use crate::{ConnectOptions, Connector, Pool};
+use crate::{ClaimPosition, ConnectOptions, Connector, Pool};
 
 /// A wake-up delivered by PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notification {
-    /// Jobs became pending on `queue` (committed inserts, retries, rescues,
-    /// releases).
+    /// Jobs became pending on `queue` (retries, rescues, releases,
+    /// promotions, unpauses), or will be at `due_at_ms`: at any place in
+    /// their tasks' claim order.
     Jobs {
         /// The queue.
         queue: String,
         /// Epoch milliseconds of the earliest of them when it lies in the
         /// future; `None` when some are due now.
         due_at_ms: Option<i64>,
+    },
+    /// Jobs due now became pending on `queue` by an insert: the first of
+    /// them in `task`'s claim order is at `first`. A worker whose claim
+    /// floor for the task lies past it must lower the floor (see
+    /// [`crate::ClaimRequest::floors`]): the inserting transaction may
+    /// have started before jobs already claimed were enqueued.
+    Pending {
+        /// The queue.
+        queue: String,
+        /// The task.
+        task: String,
+        /// The first of the jobs in the task's claim order.
+        first: ClaimPosition,
     },
     /// Someone asked to cancel this running job.
     Cancel {
@@ -163,6 +177,7 @@ pub(crate) async fn direct(connector: &Connector) -> Result<AsyncPgConnection, L
 
 fn parse(channel: &str, payload: &str) -> Option<Notification> {
     match channel {
+        "jobq_jobs" if payload.starts_with('=') => parse_pending(&payload[1..]),
         "jobq_jobs" => {
             let (due, queue) = payload.split_once(' ')?;
             let due: i64 = due.parse().ok()?;
@@ -181,9 +196,61 @@ fn parse(channel: &str, payload: &str) -> Option<Notification> {
     }
 }
 
+/// `<priority> <run_at epoch µs> <id> <task's length in characters>
+/// <task><queue>` (the insert trigger's, after its `=`): both names may
+/// hold spaces, so the task's length says where the queue begins.
+fn parse_pending(payload: &str) -> Option<Notification> {
+    let mut fields = payload.splitn(5, ' ');
+    let priority: i16 = fields.next()?.parse().ok()?;
+    let run_at_us: i64 = fields.next()?.parse().ok()?;
+    let id: i64 = fields.next()?.parse().ok()?;
+    let task_chars: usize = fields.next()?.parse().ok()?;
+    let names = fields.next()?;
+    let split = names
+        .char_indices()
+        .nth(task_chars)
+        .map_or(names.len(), |(at, _)| at);
+    let (task, queue) = names.split_at(split);
+    if task.chars().count() != task_chars || queue.is_empty() {
+        return None;
+    }
+    Some(Notification::Pending {
+        queue: queue.to_owned(),
+        task: task.to_owned(),
+        first: ClaimPosition {
+            priority,
+            run_at: chrono::DateTime::from_timestamp_micros(run_at_us)?,
+            id,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_the_first_position_of_inserted_jobs() {
+        assert_eq!(
+            parse("jobq_jobs", "=-2 1700000000123456 42 7 tâche 1my queue"),
+            Some(Notification::Pending {
+                queue: "my queue".into(),
+                task: "tâche 1".into(),
+                first: ClaimPosition {
+                    priority: -2,
+                    run_at: chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+                    id: 42,
+                },
+            })
+        );
+        assert_eq!(
+            parse("jobq_jobs", "=0 1 2 9 short"),
+            None,
+            "task longer than the rest"
+        );
+        assert_eq!(parse("jobq_jobs", "=0 1 2 5 tasks"), None, "no queue");
+        assert_eq!(parse("jobq_jobs", "=x 1 2 1 tq"), None);
+    }
 
     #[test]
     fn parses_payloads() {

@@ -118,6 +118,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "blocked_backlogs",
         up: include_str!("../../migrations/2026-12-03-000300_blocked_backlogs/up.sql"),
     },
+    Migration {
+        version: 20261204000200,
+        name: "claim_floors",
+        up: include_str!("../../migrations/2026-12-04-000200_claim_floors/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use diesel::sql_types::{Array, BigInt, Integer, Text};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jobq_diesel::{ClaimRequest, NewJob, Outcome, OutcomeKind, WorkerInfo};
@@ -72,6 +72,7 @@ async fn claim_up_to(
         slots: &[slots],
         claim_key: claim_key(),
         due: false,
+        floors: &[],
     };
     jobq_diesel::claim(conn, &request).await.unwrap()
 }
@@ -363,6 +364,9 @@ async fn the_claim_is_an_index_scan_on_a_table_of_finished_jobs() {
         .bind::<Array<Integer>, _>(&[10][..])
         .bind::<BigInt, _>(1i64)
         .bind::<BigInt, _>(1i64)
+        .bind::<Array<Nullable<Integer>>, _>(&[None::<i32>][..])
+        .bind::<Array<Nullable<Timestamptz>>, _>(&[None::<chrono::DateTime<chrono::Utc>>][..])
+        .bind::<Array<Nullable<BigInt>>, _>(&[None::<i64>][..])
         .load(&mut conn)
         .await
         .unwrap();
@@ -488,6 +492,9 @@ async fn the_claim_never_visits_jobs_due_later() {
             .bind::<Array<Integer>, _>(&[1000][..])
             .bind::<BigInt, _>(worker)
             .bind::<BigInt, _>(claim_key())
+            .bind::<Array<Nullable<Integer>>, _>(&[None::<i32>][..])
+            .bind::<Array<Nullable<Timestamptz>>, _>(&[None::<chrono::DateTime<chrono::Utc>>][..])
+            .bind::<Array<Nullable<BigInt>>, _>(&[None::<i64>][..])
             .load(c)
             .await
         })
@@ -506,11 +513,15 @@ async fn the_claim_never_visits_jobs_due_later() {
     );
     let walk = plan
         .iter()
-        .position(|l| l.contains("Index Scan using jobs_claim_idx"))
+        // Without a floor the walk is the second half's scan (the first
+        // finds no floor and touches nothing).
+        .rposition(|l| l.contains("Index Scan using jobs_claim_idx"))
         .map(|at| buffers(&plan[at..]))
         .unwrap_or(u64::MAX);
+    // 499 buffers when the claim was one scan, 502 as the second half of
+    // the walk from a floor: the same pages, the bound close above.
     assert!(
-        walk < 500,
+        walk < 520,
         "the claim's index scan touched {walk} buffers:\n{text}"
     );
     assert_eq!(claim_up_to(&mut conn, worker, "t", 1000).await.len(), 100);
@@ -699,6 +710,7 @@ async fn the_claim_names_the_task_and_queue_only_when_asked_for_several() {
             slots: &slots[..1],
             claim_key: claim_key(),
             due: false,
+            floors: &[],
         },
     )
     .await
@@ -720,6 +732,7 @@ async fn the_claim_names_the_task_and_queue_only_when_asked_for_several() {
             slots: &slots,
             claim_key: claim_key(),
             due: false,
+            floors: &[],
         },
     )
     .await
@@ -971,6 +984,7 @@ async fn claim_with_key(
             slots: &[10],
             claim_key,
             due: false,
+            floors: &[],
         },
     )
     .await
@@ -1947,6 +1961,9 @@ async fn unlimited_claim_buffers(conn: &mut AsyncPgConnection, worker: i64) -> (
             .bind::<Array<Integer>, _>(&[1000][..])
             .bind::<BigInt, _>(worker)
             .bind::<BigInt, _>(claim_key())
+            .bind::<Array<Nullable<Integer>>, _>(&[None::<i32>][..])
+            .bind::<Array<Nullable<Timestamptz>>, _>(&[None::<chrono::DateTime<chrono::Utc>>][..])
+            .bind::<Array<Nullable<BigInt>>, _>(&[None::<i64>][..])
             .load(c)
             .await
         })
@@ -1954,7 +1971,9 @@ async fn unlimited_claim_buffers(conn: &mut AsyncPgConnection, worker: i64) -> (
     .await;
     let walk = plan
         .iter()
-        .position(|l| l.contains("Index Scan using jobs_claim_idx"))
+        // Without a floor the walk is the second half's scan (the first
+        // finds no floor and touches nothing).
+        .rposition(|l| l.contains("Index Scan using jobs_claim_idx"))
         .map(|at| buffers(&plan[at..]))
         .unwrap_or(u64::MAX);
     (walk, plan.join("\n"))
@@ -1986,7 +2005,12 @@ async fn keyed_claim_buffers(conn: &mut AsyncPgConnection, worker: i64) -> (u64,
         })
     })
     .await;
-    (buffers(&plan), plan.join("\n"))
+    let picking = plan
+        .iter()
+        .position(|l| l.contains("CTE picked"))
+        .map(|at| buffers(&plan[at..]))
+        .unwrap_or(u64::MAX);
+    (picking, plan.join("\n"))
 }
 
 #[tokio::test]
@@ -2117,4 +2141,115 @@ async fn a_rate_limit_moves_its_keys_backlog_out_of_the_claim_path_until_the_blo
         .unwrap();
     assert_eq!(again.promoted, 5_000);
     assert_eq!(acme_ids(&mut conn, "pending").await, in_order[..10_000]);
+}
+
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the unlimited claim of up to 1,000 jobs
+/// of task "pin" from `floor`, rolled back: the buffers its choice of jobs
+/// touched (the walk, without the update of the jobs it took), and its
+/// plan.
+async fn claim_from_buffers(
+    conn: &mut AsyncPgConnection,
+    worker: i64,
+    floor: Option<jobq_diesel::ClaimPosition>,
+) -> (u64, String) {
+    let plan = explain_analyze(conn, |c| {
+        Box::pin(async move {
+            let queues = ["default".to_owned()];
+            let tasks = ["pin".to_owned()];
+            diesel::sql_query(format!(
+                "EXPLAIN (ANALYZE, BUFFERS) {}",
+                jobq_diesel::CLAIM_SQL
+            ))
+            .bind::<Array<Text>, _>(&queues[..])
+            .bind::<Array<Text>, _>(&tasks[..])
+            .bind::<Array<Integer>, _>(&[1000][..])
+            .bind::<BigInt, _>(worker)
+            .bind::<BigInt, _>(claim_key())
+            .bind::<Array<Nullable<Integer>>, _>(&[floor.map(|f| i32::from(f.priority))][..])
+            .bind::<Array<Nullable<Timestamptz>>, _>(&[floor.map(|f| f.run_at)][..])
+            .bind::<Array<Nullable<BigInt>>, _>(&[floor.map(|f| f.id)][..])
+            .load(c)
+            .await
+        })
+    })
+    .await;
+    let picking = plan
+        .iter()
+        .position(|l| l.contains("CTE picked"))
+        .map(|at| buffers(&plan[at..]))
+        .unwrap_or(u64::MAX);
+    (picking, plan.join("\n"))
+}
+
+#[tokio::test]
+async fn under_a_held_snapshot_a_claim_from_its_floor_steps_over_no_dead_head() {
+    let (db, mut conn) = setup().await;
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    // A snapshot held open: no entry of a job claimed from now on can be
+    // removed from the claim's index, nor pruned by the scans that meet it.
+    let mut holder = AsyncPgConnection::establish(db.url()).await.unwrap();
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT txid_current();")
+        .await
+        .unwrap();
+    let queues = ["default".to_owned()];
+    let tasks = ["pin".to_owned()];
+    let mut floor = None;
+    for _ in 0..100 {
+        conn.batch_execute(
+            "INSERT INTO jobq.jobs (task, payload) SELECT 'pin', '{}' FROM generate_series(1, 100)",
+        )
+        .await
+        .unwrap();
+        let floors = [floor];
+        let request = ClaimRequest {
+            worker_id: worker,
+            queues: &queues,
+            tasks: &tasks,
+            slots: &[100],
+            claim_key: claim_key(),
+            due: false,
+            floors: &floors,
+        };
+        let claimed = jobq_diesel::claim(&mut conn, &request).await.unwrap();
+        assert_eq!(claimed.len(), 100, "the floor skipped pending jobs");
+        floor = claimed.iter().map(|j| j.position).max();
+    }
+    conn.batch_execute(
+        "INSERT INTO jobq.jobs (task, payload) SELECT 'pin', '{}' FROM generate_series(1, 10)",
+    )
+    .await
+    .unwrap();
+
+    let (from_head, head_plan) = claim_from_buffers(&mut conn, worker, None).await;
+    let (from_floor, floor_plan) = claim_from_buffers(&mut conn, worker, floor).await;
+    assert!(
+        from_head > 200,
+        "the 10,000 dead entries cost a walk from the head only {from_head} buffers: \
+         the test no longer sets up what it means to\n{head_plan}"
+    );
+    assert!(
+        from_floor < 50 && from_floor * 5 < from_head,
+        "from its floor the claim touched {from_floor} buffers (from the head \
+         {from_head}):\n{floor_plan}"
+    );
+    let floors = [floor];
+    let claimed = jobq_diesel::claim(
+        &mut conn,
+        &ClaimRequest {
+            worker_id: worker,
+            queues: &queues,
+            tasks: &tasks,
+            slots: &[1000],
+            claim_key: claim_key(),
+            due: false,
+            floors: &floors,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 10, "from the floor, every pending job");
+    holder.batch_execute("COMMIT").await.unwrap();
 }

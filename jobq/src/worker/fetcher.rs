@@ -218,6 +218,8 @@ async fn promote(shared: &Shared) -> Result<(), String> {
             .map_err(|e| format!("promoting due scheduled jobs: {e}"))?;
         if promotion.promoted > 0 {
             tracing::trace!(jobs = promotion.promoted, "promoted due scheduled jobs");
+            // They keep their run_at, in the past: before the floors.
+            shared.floors.reset();
         }
         if promotion.more && !shared.stopping.is_cancelled() {
             continue;
@@ -298,6 +300,7 @@ async fn claim_batch(
         let claim_key = keys.next();
         let result = match limits {
             None => {
+                let flight = shared.floors.begin(&tasks, Instant::now());
                 let request = ClaimRequest {
                     worker_id: shared.worker_id,
                     queues: &shared.queues,
@@ -305,8 +308,20 @@ async fn claim_batch(
                     slots: &slots,
                     claim_key,
                     due: cfg!(feature = "metrics"),
+                    floors: &flight.floors,
                 };
-                jobq_diesel::claim(&mut conn, &request).await
+                let result = jobq_diesel::claim(&mut conn, &request).await;
+                match &result {
+                    Ok(claimed) => shared.floors.finish(
+                        flight,
+                        claimed.iter().map(|job| {
+                            let task = job.task.as_deref().unwrap_or(tasks[0].as_str());
+                            (task, job.position)
+                        }),
+                    ),
+                    Err(_) => shared.floors.abandon(flight),
+                }
+                result
             }
             Some(limits) => {
                 let request = LimitedClaimRequest {

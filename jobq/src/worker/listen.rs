@@ -47,6 +47,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                          running on polling alone. Give the listener a direct connection with \
                          WorkerBuilder::listen_url / JOBQ_LISTEN_URL, or set .listen(false)"
                     );
+                    shared.floors.turn_off();
                     if let Err(e) = listener.unlisten().await {
                         tracing::debug!(error = %error_chain(&e), "UNLISTEN failed");
                     }
@@ -66,7 +67,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         connected_before = true;
         backoff.reset();
         // Anything committed while we were not listening sent its
-        // notification to nobody: look once now.
+        // notification to nobody: look once now, from the head.
+        shared.floors.reset();
         shared.wake.now();
         loop {
             match listener.next().await {
@@ -133,8 +135,19 @@ fn handle(shared: &Shared, notification: Notification) {
                 Some(ms) => shared
                     .wake
                     .at(instant_of_epoch_ms(ms).unwrap_or_else(Instant::now)),
-                None => shared.wake.now(),
+                None => {
+                    // Anywhere in the order of its tasks.
+                    shared.floors.reset();
+                    shared.wake.now();
+                }
             }
+        }
+        Notification::Pending { queue, task, first } => {
+            if !shared.serves_queue(&queue) {
+                return;
+            }
+            shared.floors.lower(&task, first);
+            shared.wake.now();
         }
         Notification::Cancel { job_id } => {
             if shared.attempts.cancel(job_id) {

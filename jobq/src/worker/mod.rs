@@ -14,6 +14,7 @@ mod attempts;
 mod backlog;
 pub(crate) mod backoff;
 mod builder;
+mod claim_floors;
 mod completer;
 mod config;
 pub(crate) mod error_text;

@@ -61,6 +61,9 @@ impl Running {
         background.push(tokio::spawn(super::gauges::run(Arc::clone(&shared))));
         if shared.config.listen {
             background.push(tokio::spawn(listen::run(Arc::clone(&shared))));
+        } else {
+            // Claim floors move back only on notifications.
+            shared.floors.turn_off();
         }
         let fetcher = tokio::spawn(fetcher::run(Arc::clone(&shared), tx.clone()));
         Self {

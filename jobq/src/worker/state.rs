@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempts::Attempts;
 use super::backlog::Backlog;
+use super::claim_floors::ClaimFloors;
 use super::config::Config;
 use super::open_claims::OpenClaims;
 use super::slots::Slots;
@@ -122,6 +123,8 @@ pub(crate) struct Shared {
     pub(crate) slots: Slots,
     /// What wakes the fetcher besides freed slots.
     pub(crate) wake: Wakeups,
+    /// Where the unlimited claims start their walk of each task.
+    pub(crate) floors: ClaimFloors,
     /// Fires when shutdown begins.
     pub(crate) stopping: CancellationToken,
     /// Outcomes handed to the completer and not yet written.
@@ -153,6 +156,14 @@ impl Shared {
         // Room for a full outcome batch, and for every slot to finish twice
         // over while a write is under way.
         let backlog_limit = config.outcome_batch.max(2 * slots);
+        // Limited tasks walk as before (their claims take few jobs per key).
+        let floors = ClaimFloors::new(
+            tasks
+                .iter()
+                .filter(|t| !t.fleet.any())
+                .map(|t| t.descriptor.name.to_owned()),
+            config.poll_interval,
+        );
         Arc::new(Self {
             pool: pools.main,
             claim_pool: pools.claims,
@@ -167,6 +178,7 @@ impl Shared {
             claims: OpenClaims::default(),
             slots: Slots::new(n),
             wake: Wakeups::default(),
+            floors,
             stopping: CancellationToken::new(),
             backlog: Backlog::new(backlog_limit),
             standing: Standing::default(),
