@@ -1370,7 +1370,7 @@ async fn prepared_claim_plan(conn: &mut AsyncPgConnection, worker: i64) -> Strin
     .await
     .unwrap();
     let lines: Vec<Line> = diesel::sql_query(format!(
-        "EXPLAIN EXECUTE {}('{{default}}', '{{t}}', '{{1}}', {worker}, 0)",
+        "EXPLAIN EXECUTE {}('{{default}}', '{{t}}', '{{1}}', {worker}, 0, '{{NULL}}', '{{NULL}}', '{{NULL}}')",
         prepared.name
     ))
     .load(conn)
