@@ -36,19 +36,6 @@ async fn paced(job: Step) -> Result<(), TaskError> {
 /// no test waits for.
 const NEVER: Duration = Duration::from_secs(3600);
 
-/// Waits until a worker of this test's database listens.
-async fn listening(env: &support::Env) {
-    support::wait_until("the worker to LISTEN", || async {
-        env.count(
-            "SELECT count(*) AS n FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE 'LISTEN jobq_jobs%'",
-        )
-        .await
-            > 0
-    })
-    .await;
-}
-
 /// Enqueues `n` jobs one by one and waits until all have completed: the
 /// worker's floor is then at the last of them.
 async fn run_some(env: &support::Env, n: u32) {
@@ -72,7 +59,7 @@ async fn a_job_a_long_transaction_commits_before_the_floor_runs_without_polling(
         .await
         .unwrap()
         .spawn();
-    listening(&env).await;
+    env.wait_listening().await;
     run_some(&env, 2).await;
 
     // A transaction that enqueues and commits only after later jobs ran:
@@ -113,7 +100,7 @@ async fn a_promoted_job_of_a_higher_priority_runs_though_the_floor_lies_past_it(
         .await
         .unwrap()
         .spawn();
-    listening(&env).await;
+    env.wait_listening().await;
     let mut conn = env.conn().await;
     let urgent = floored::enqueue_with(
         &mut conn,
@@ -149,7 +136,7 @@ async fn a_higher_priority_insert_runs_before_the_rest_of_the_queue() {
         .await
         .unwrap()
         .spawn();
-    listening(&env).await;
+    env.wait_listening().await;
     env.wait_state(backlog[2], JobState::Completed).await;
     let urgent = paced::enqueue_with(
         &mut conn,

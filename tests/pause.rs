@@ -38,14 +38,6 @@ async fn quick(job: Unit) -> Result<(), jobq::TaskError> {
 /// notification, not from a poll.
 const POLL: Duration = Duration::from_secs(60);
 
-async fn listeners(env: &support::Env) -> i64 {
-    env.count(
-        "SELECT count(*) AS n FROM pg_stat_activity \
-         WHERE datname = current_database() AND query LIKE 'LISTEN jobq_jobs%'",
-    )
-    .await
-}
-
 fn other() -> EnqueueOptions {
     EnqueueOptions::new().queue("other")
 }
@@ -60,7 +52,7 @@ async fn pause_stops_claims_at_once_lets_running_jobs_finish_survives_workers_an
             .build()
     };
     let first = worker().await.unwrap().spawn();
-    support::wait_until("the listener", || async { listeners(&env).await >= 1 }).await;
+    support::wait_until("the listener", || async { env.listeners().await >= 1 }).await;
     let mut conn = env.conn().await;
 
     // A job of the queue is running when the pause comes.
@@ -96,7 +88,7 @@ async fn pause_stops_claims_at_once_lets_running_jobs_finish_survives_workers_an
     // claims at start-up) honours it too.
     first.shutdown().await.unwrap();
     let second = worker().await.unwrap().spawn();
-    support::wait_until("the new listener", || async { listeners(&env).await >= 1 }).await;
+    support::wait_until("the new listener", || async { env.listeners().await >= 1 }).await;
     let passes = quick::enqueue_with(&mut conn, &Unit { n: 4 }, other())
         .await
         .unwrap();

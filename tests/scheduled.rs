@@ -57,21 +57,6 @@ async fn a_delayed_job_is_scheduled_until_due_then_runs_without_polling() {
     assert_eq!(info.attempt, 1);
 }
 
-/// Waits until a worker of this test's database listens: with polling
-/// off, a job enqueued before that is announced to nobody (what these
-/// tests check is the wake-up by notification, not start-up).
-async fn listening(env: &support::Env) {
-    support::wait_until("the worker to LISTEN", || async {
-        env.count(
-            "SELECT count(*) AS n FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE 'LISTEN jobq_jobs%'",
-        )
-        .await
-            > 0
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_enqueued_while_the_worker_runs_starts_when_due_without_polling() {
     let env = support::env().await;
@@ -82,7 +67,7 @@ async fn a_job_enqueued_while_the_worker_runs_starts_when_due_without_polling() 
         .await
         .unwrap()
         .spawn();
-    listening(&env).await;
+    env.wait_listening().await;
     let mut conn = env.conn().await;
     // The worker learns the due time from the insert's notification. Two
     // jobs, so that the second is due after the first has been promoted:
@@ -249,7 +234,7 @@ async fn a_raw_insert_while_the_worker_runs_starts_when_due_without_polling() {
         .await
         .unwrap()
         .spawn();
-    listening(&env).await;
+    env.wait_listening().await;
     let id = jobq::JobId::from(
         env.count(
             "INSERT INTO jobq.jobs (task, payload, run_at) \

@@ -51,18 +51,6 @@ async fn committed_job_runs_to_completion() {
     );
 }
 
-/// True once a session of this database is LISTENing (its last statement
-/// was the LISTEN), so that what follows tests notifications, not the
-/// wake-up every (re)connect does.
-async fn listener_ready(env: &support::Env) -> bool {
-    env.count(
-        "SELECT count(*) AS n FROM pg_stat_activity \
-         WHERE datname = current_database() AND query LIKE 'LISTEN jobq_jobs%'",
-    )
-    .await
-        > 0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notification_wakes_the_worker_long_before_the_poll() {
     let env = support::env().await;
@@ -74,7 +62,7 @@ async fn notification_wakes_the_worker_long_before_the_poll() {
         .await
         .unwrap()
         .spawn();
-    support::wait_until("the listener", || listener_ready(&env)).await;
+    env.wait_listening().await;
     let mut conn = env.conn().await;
     let enqueued = Instant::now();
     let id = record_note::enqueue(

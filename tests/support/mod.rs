@@ -118,6 +118,26 @@ impl Env {
             .expect(sql);
         row.n
     }
+
+    /// How many sessions of this database are LISTENing for new jobs
+    /// (their last statement was the LISTEN).
+    pub async fn listeners(&self) -> i64 {
+        self.count(
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN jobq_jobs%'",
+        )
+        .await
+    }
+
+    /// Waits until a worker of this database listens: with polling slowed
+    /// down, a job enqueued before that is announced to nobody, and what a
+    /// test checks is the wake-up by notification, not start-up.
+    pub async fn wait_listening(&self) {
+        wait_until("a worker to LISTEN", || async {
+            self.listeners().await > 0
+        })
+        .await;
+    }
 }
 
 /// Polls `check` until it returns true or the deadline passes.
