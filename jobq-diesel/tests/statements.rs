@@ -439,6 +439,15 @@ where
 
 /// Shared buffers (hit and read) the whole statement touched: the first
 /// `Buffers:` line of a plan is its top node's, which counts its children.
+/// Buffers the `picked` CTE of a claim's `EXPLAIN (ANALYZE, BUFFERS)`
+/// touched (`u64::MAX` when the plan has none).
+fn picking_buffers(plan: &[String]) -> u64 {
+    plan.iter()
+        .position(|l| l.contains("CTE picked"))
+        .map(|at| buffers(&plan[at..]))
+        .unwrap_or(u64::MAX)
+}
+
 fn buffers(plan: &[String]) -> u64 {
     let line = plan
         .iter()
@@ -2005,12 +2014,7 @@ async fn keyed_claim_buffers(conn: &mut AsyncPgConnection, worker: i64) -> (u64,
         })
     })
     .await;
-    let picking = plan
-        .iter()
-        .position(|l| l.contains("CTE picked"))
-        .map(|at| buffers(&plan[at..]))
-        .unwrap_or(u64::MAX);
-    (picking, plan.join("\n"))
+    (picking_buffers(&plan), plan.join("\n"))
 }
 
 #[tokio::test]
@@ -2173,12 +2177,7 @@ async fn claim_from_buffers(
         })
     })
     .await;
-    let picking = plan
-        .iter()
-        .position(|l| l.contains("CTE picked"))
-        .map(|at| buffers(&plan[at..]))
-        .unwrap_or(u64::MAX);
-    (picking, plan.join("\n"))
+    (picking_buffers(&plan), plan.join("\n"))
 }
 
 #[tokio::test]
