@@ -27,7 +27,11 @@ GRANT SELECT ON jobq.schema_migrations TO jobq_worker;
 
 -- Workers claim, settle, rescue and prune jobs; their handlers may enqueue
 -- follow-up jobs.
-GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.jobs TO jobq_worker;
+-- jobq.jobs is partitioned by state; a deduplicating enqueue inserts into
+-- its active partition directly, and new ids come from jobq.job_ids.
+GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.jobs, jobq.jobs_active, jobq.jobs_finished
+    TO jobq_worker;
+GRANT USAGE ON SEQUENCE jobq.job_ids TO jobq_worker, jobq_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.workers TO jobq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.claims TO jobq_worker;
 -- Claims skip paused queues; pausing and resuming is an operator's
@@ -51,10 +55,12 @@ GRANT SELECT, DELETE ON jobq.awaited TO jobq_worker;
 -- and for handlers that complete their job in their own transaction
 -- (Context::complete_in) on a connection of this role:
 --   GRANT UPDATE (state, finished_at, worker_id, output) ON jobq.jobs TO jobq_app;
-GRANT SELECT, INSERT ON jobq.jobs TO jobq_app;
+GRANT SELECT, INSERT ON jobq.jobs, jobq.jobs_active TO jobq_app;
 -- Awaiting jobs (jobq::Waiter): the ids waited for, registered and removed.
 GRANT SELECT, INSERT, DELETE ON jobq.awaited TO jobq_app;
 
 -- Tables added by later jobq migrations get the same grants.
 ALTER DEFAULT PRIVILEGES FOR ROLE jobq_owner IN SCHEMA jobq
     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO jobq_worker;
+ALTER DEFAULT PRIVILEGES FOR ROLE jobq_owner IN SCHEMA jobq
+    GRANT USAGE ON SEQUENCES TO jobq_worker;

@@ -692,7 +692,9 @@ async fn listing_plans_on_a_million_finished_jobs() {
             },
         ),
     ];
-    let reads_the_table = |plan: &str| plan.contains("Seq Scan on jobs");
+    // The million jobs are finished; the active partition holds a few
+    // hundred, where a scan is the planner's right choice.
+    let reads_the_table = |plan: &str| plan.contains("Seq Scan on jobs_finished");
     for (what, query) in cases {
         let plan = explain_list(&mut conn, &query).await;
         assert!(

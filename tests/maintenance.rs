@@ -41,15 +41,18 @@ async fn wait_pruned(env: &support::Env, tag: &str) {
     .await;
 }
 
-const DEAD: &str = "SELECT coalesce(n_dead_tup, 0) AS n FROM pg_stat_user_tables \
-                    WHERE relid = 'jobq.jobs'::regclass";
-const VACUUMS: &str = "SELECT coalesce(vacuum_count, 0) AS n FROM pg_stat_user_tables \
-                       WHERE relid = 'jobq.jobs'::regclass";
+const DEAD: &str = "SELECT coalesce(sum(n_dead_tup), 0)::bigint AS n FROM pg_stat_user_tables \
+                    WHERE relid IN ('jobq.jobs_active'::regclass, 'jobq.jobs_finished'::regclass)";
+const VACUUMS: &str = "SELECT coalesce(max(vacuum_count), 0) AS n FROM pg_stat_user_tables \
+                       WHERE relid IN ('jobq.jobs_active'::regclass, 'jobq.jobs_finished'::regclass)";
 
 async fn autovacuum_off_for_jobs(env: &support::Env) {
     env.conn()
         .await
-        .batch_execute("ALTER TABLE jobq.jobs SET (autovacuum_enabled = off)")
+        .batch_execute(
+            "ALTER TABLE jobq.jobs_active SET (autovacuum_enabled = off); \
+             ALTER TABLE jobq.jobs_finished SET (autovacuum_enabled = off)",
+        )
         .await
         .unwrap();
 }

@@ -262,20 +262,16 @@ async fn no_stats_statement_reads_the_whole_jobs_table() {
     for (what, plan) in &plans {
         let text = plan.join("\n");
         assert!(
-            !plan
-                .iter()
-                .any(|l| l.contains("Seq Scan on jobs") || l.contains("Seq Scan on jobq.jobs")),
+            !plan.iter().any(|l| l.contains("Seq Scan on jobs_finished")),
             "{what} reads the whole jobs table:\n{text}"
         );
     }
     let by_name = |name: &str| plans.iter().find(|(w, _)| *w == name).unwrap().1.join("\n");
     let states = by_name("state counts");
-    for index in [
-        "jobs_scheduled_idx",
-        "jobs_claim_idx",
-        "jobs_pkey",
-        "jobs_failed_idx",
-    ] {
+    // Scheduled and pending jobs are counted from the active partition,
+    // by index or by a scan of it (it holds only active jobs); running ones
+    // through their claims, failed ones through their own index.
+    for index in ["jobs_pkey", "jobs_failed_idx"] {
         assert!(
             states.contains(index),
             "state counts do not use {index}:\n{states}"

@@ -87,7 +87,7 @@ pub async fn print_server() -> anyhow::Result<()> {
 /// Size and dead tuples of the jobs table.
 #[derive(Debug, Clone, Copy, QueryableByName)]
 pub struct TableStats {
-    /// `pg_total_relation_size('jobq.jobs')`: heap, indexes and TOAST.
+    /// Heap, indexes and TOAST of both partitions of `jobq.jobs`.
     #[diesel(sql_type = BigInt)]
     pub total_bytes: i64,
     /// Live rows by the statistics collector.
@@ -108,10 +108,12 @@ pub struct TableStats {
 /// to a second or so).
 pub async fn table_stats(conn: &mut AsyncPgConnection) -> anyhow::Result<TableStats> {
     Ok(diesel::sql_query(
-        "SELECT pg_total_relation_size('jobq.jobs') AS total_bytes, \
-             n_live_tup AS live, n_dead_tup AS dead, autovacuum_count AS autovacuums, \
-             vacuum_count AS vacuums \
-         FROM pg_stat_user_tables WHERE schemaname = 'jobq' AND relname = 'jobs'",
+        "SELECT sum(pg_total_relation_size(relid))::bigint AS total_bytes, \
+             sum(n_live_tup)::bigint AS live, sum(n_dead_tup)::bigint AS dead, \
+             sum(autovacuum_count)::bigint AS autovacuums, \
+             sum(vacuum_count)::bigint AS vacuums \
+         FROM pg_stat_user_tables \
+         WHERE schemaname = 'jobq' AND relname IN ('jobs_active', 'jobs_finished')",
     )
     .get_result(conn)
     .await?)

@@ -12,21 +12,29 @@ use crate::db;
 /// One look at jobq's storage.
 #[derive(Debug, Clone, Copy, QueryableByName)]
 pub struct Storage {
-    /// `pg_total_relation_size('jobq.jobs')`: heap, indexes and TOAST.
+    /// Heap, indexes and TOAST of both partitions of `jobq.jobs`.
     #[diesel(sql_type = BigInt)]
     pub total_bytes: i64,
+    /// Heap, indexes and TOAST of `jobq.jobs_active`, the partition that
+    /// claims, promotions and outcomes work on.
+    #[diesel(sql_type = BigInt)]
+    pub active_bytes: i64,
+    /// `n_dead_tup` of `jobq.jobs_active`.
+    #[diesel(sql_type = BigInt)]
+    pub active_dead: i64,
     /// Size of the claim index (`jobs_claim_idx`). pgstattuple is not
     /// installed, so its dead entries show as growth beyond the pending
     /// jobs it indexes.
     #[diesel(sql_type = BigInt)]
     pub claim_index_bytes: i64,
-    /// `pg_stat_user_tables.n_live_tup`.
+    /// `pg_stat_user_tables.n_live_tup`, both partitions.
     #[diesel(sql_type = BigInt)]
     pub live: i64,
-    /// `pg_stat_user_tables.n_dead_tup`.
+    /// `pg_stat_user_tables.n_dead_tup`, both partitions.
     #[diesel(sql_type = BigInt)]
     pub dead: i64,
-    /// Vacuums so far, autovacuum's and others (jobq's maintenance).
+    /// Vacuums so far of either partition, autovacuum's and others (jobq's
+    /// maintenance).
     #[diesel(sql_type = BigInt)]
     pub vacuums: i64,
 }
@@ -39,11 +47,14 @@ pub fn mib(bytes: i64) -> f64 {
 /// The current figures (the statistics collector lags by a second or so).
 pub async fn storage(conn: &mut AsyncPgConnection) -> anyhow::Result<Storage> {
     Ok(diesel::sql_query(
-        "SELECT pg_total_relation_size('jobq.jobs') AS total_bytes, \
+        "SELECT sum(pg_total_relation_size(relid))::bigint AS total_bytes, \
+             pg_total_relation_size('jobq.jobs_active') AS active_bytes, \
+             sum(n_dead_tup) FILTER (WHERE relname = 'jobs_active')::bigint AS active_dead, \
              pg_relation_size('jobq.jobs_claim_idx') AS claim_index_bytes, \
-             n_live_tup AS live, n_dead_tup AS dead, \
-             autovacuum_count + vacuum_count AS vacuums \
-         FROM pg_stat_user_tables WHERE schemaname = 'jobq' AND relname = 'jobs'",
+             sum(n_live_tup)::bigint AS live, sum(n_dead_tup)::bigint AS dead, \
+             sum(autovacuum_count + vacuum_count)::bigint AS vacuums \
+         FROM pg_stat_user_tables \
+         WHERE schemaname = 'jobq' AND relname IN ('jobs_active', 'jobs_finished')",
     )
     .get_result(conn)
     .await?)

@@ -41,8 +41,14 @@ struct Id {
 }
 
 /// Makes a failed or cancelled job pending again, due now, and wakes the
-/// workers of its queue (at commit). One statement.
+/// workers of its queue (at commit). One statement (run again, outside a
+/// transaction, when a concurrent retry moved the row first: see
+/// [`crate::cancel`]).
 pub async fn retry(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<RetryResult> {
+    crate::moved_row::run(conn, |c| Box::pin(retry_once(c, id))).await
+}
+
+async fn retry_once(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<RetryResult> {
     let holder: Option<Id> = diesel::sql_query(
         "SELECT o.id FROM jobq.jobs j JOIN jobq.jobs o \
              ON o.task = j.task AND o.dedupe_key = j.dedupe_key \

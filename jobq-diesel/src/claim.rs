@@ -266,7 +266,7 @@ pub const CLAIM_SQL: &str = concat!(
          SELECT $4, $5, range_agg(int8range(id, id, '[]')) FROM picked HAVING count(*) > 0 \
          RETURNING id \
      ) \
-     UPDATE jobq.jobs SET state = 'running', attempt = attempt + 1, started_at = now(), \
+     UPDATE jobq.jobs_active SET state = 'running', attempt = attempt + 1, started_at = now(), \
          worker_id = $4 \
      WHERE id = ANY(ARRAY(SELECT id FROM picked)) \
      RETURNING id, \

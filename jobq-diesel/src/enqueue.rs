@@ -128,13 +128,15 @@ pub async fn insert_job(
     };
     // The insert either creates the job or, on conflict with the live job
     // holding the key, returns nothing and the second branch finds that job.
+    // It names the active partition because the key's unique index lives
+    // there (PostgreSQL cannot infer an arbiter index through the parent).
     // A conflicting job committed after this statement's snapshot is found
     // by the next round. Under REPEATABLE READ the snapshot never moves, so
     // the rounds are bounded and the caller gets NotFound.
     for _ in 0..DEDUPE_ROUNDS {
         let query = diesel::sql_query(concat!(
             "WITH inserted AS ( \
-                 INSERT INTO jobq.jobs \
+                 INSERT INTO jobq.jobs_active \
                      (task, queue, payload, priority, max_attempts, dedupe_key, key, headers, \
                       follow_up, run_at, state) \
                  SELECT $1, $2, $3::jsonb, $4, $5, $7, $9, $10::jsonb, $11::jsonb, ",

@@ -165,7 +165,16 @@ pub struct Cancel {
 
 /// Cancels a scheduled or pending job at once, or flags a running one and
 /// notifies its worker. Runs on the caller's connection, so it is transactional too.
+///
+/// A job that finishes while the cancel waits for its row moves to the
+/// finished partition; outside a transaction the cancel then runs again
+/// and reports it not cancellable, inside one it returns PostgreSQL's
+/// serialization failure (retry the transaction).
 pub async fn cancel(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<Cancel> {
+    crate::moved_row::run(conn, |c| Box::pin(cancel_once(c, id))).await
+}
+
+async fn cancel_once(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<Cancel> {
     let row: Option<StateRow> = diesel::sql_query(
         "WITH changed AS ( \
              UPDATE jobq.jobs SET \

@@ -23,6 +23,7 @@ mod limited_claim;
 mod listener;
 mod maintenance;
 mod migrations;
+mod moved_row;
 mod no_jit;
 mod outcome;
 mod pause;
@@ -62,7 +63,7 @@ pub use jobs::{
 pub use limited_claim::{claim_limited, LimitedClaimRequest, GLOBAL_CLAIM_SQL, KEYED_CLAIM_SQL};
 pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention, RESCUE_SQL};
-pub use migrations::{migrate, schema_version, MigrateError, LATEST_VERSION};
+pub use migrations::{migrate, migrate_to, schema_version, MigrateError, LATEST_VERSION};
 pub use outcome::{
     attempt_completed, complete_in_transaction, write_outcomes, write_outcomes_around_locks,
     CompletedIn, NotWritten, Outcome, OutcomeKind, RejectedOutcome,

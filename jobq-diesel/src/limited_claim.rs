@@ -77,8 +77,8 @@ macro_rules! limited_tail {
              SELECT $6, $7, range_agg(int8range(id, id, '[]')) FROM picked HAVING count(*) > 0 \
              RETURNING id \
          ) \
-         UPDATE jobq.jobs SET state = 'running', attempt = attempt + 1, started_at = now(), \
-             worker_id = $6, limited = true \
+         UPDATE jobq.jobs_active SET state = 'running', attempt = attempt + 1, \
+             started_at = now(), worker_id = $6, limited = true \
          WHERE id = ANY(ARRAY(SELECT id FROM picked)) \
          RETURNING id, NULL::text AS task, \
              CASE WHEN cardinality($1::text[]) > 1 THEN queue END AS queue, \

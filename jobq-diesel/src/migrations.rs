@@ -123,6 +123,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "claim_floors",
         up: include_str!("../../migrations/2026-12-04-000200_claim_floors/up.sql"),
     },
+    Migration {
+        version: 20261205000100,
+        name: "split_finished_jobs",
+        up: include_str!("../../migrations/2026-12-05-000100_split_finished_jobs/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
@@ -218,7 +223,7 @@ pub async fn migrate(conn: &mut AsyncPgConnection) -> Result<Vec<i64>, MigrateEr
         .execute(conn)
         .await
         .map_err(MigrateError::History)?;
-    let result = migrate_locked(conn).await;
+    let result = migrate_locked(conn, LATEST_VERSION).await;
     // A session lock outlives errors and transactions: give it back on
     // every path, or the connection (pooled, maybe) would keep it.
     let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
@@ -232,8 +237,23 @@ pub async fn migrate(conn: &mut AsyncPgConnection) -> Result<Vec<i64>, MigrateEr
     }
 }
 
-/// The work of [`migrate`] once it holds the migration lock.
-async fn migrate_locked(conn: &mut AsyncPgConnection) -> Result<Vec<i64>, MigrateError> {
+/// Applies the migrations up to and including `version` only, as an older
+/// jobq would have left the schema: for tests of upgrades from it. Takes no
+/// lock; use [`migrate`] everywhere else.
+#[doc(hidden)]
+pub async fn migrate_to(
+    conn: &mut AsyncPgConnection,
+    version: i64,
+) -> Result<Vec<i64>, MigrateError> {
+    migrate_locked(conn, version).await
+}
+
+/// The work of [`migrate`] once it holds the migration lock: the
+/// migrations up to `until` that are not applied yet.
+async fn migrate_locked(
+    conn: &mut AsyncPgConnection,
+    until: i64,
+) -> Result<Vec<i64>, MigrateError> {
     conn.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS jobq;
          CREATE TABLE IF NOT EXISTS jobq.schema_migrations (
@@ -260,7 +280,7 @@ async fn migrate_locked(conn: &mut AsyncPgConnection) -> Result<Vec<i64>, Migrat
         }
     }
     let mut done = Vec::new();
-    for migration in MIGRATIONS {
+    for migration in MIGRATIONS.iter().take_while(|m| m.version <= until) {
         if applied.contains(&migration.version) {
             continue;
         }

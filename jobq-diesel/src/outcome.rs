@@ -245,7 +245,8 @@ pub struct NotWritten {
 /// other transactions hold locked.
 const ROW_FILTER: &str = "WHERE j.id = ANY($1) AND j.state = 'running'";
 const ROW_FILTER_SKIPPING_LOCKED: &str = "WHERE j.id = ANY(ARRAY( \
-        SELECT id FROM jobq.jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED)) \
+        SELECT id FROM jobq.jobs WHERE id = ANY($1) AND state = 'running' \
+        ORDER BY id FOR UPDATE SKIP LOCKED)) \
       AND j.state = 'running'";
 
 /// Writes outcomes like [`write_outcomes`], but never waits for a row lock

@@ -120,9 +120,9 @@ struct Estimate {
     n: Option<i64>,
 }
 
-/// The planner's estimate of completed jobs: the table's estimated rows
-/// times the share of `completed` in its `state` statistics. `None` until
-/// the table has been analyzed once.
+/// The planner's estimate of completed jobs: the finished partition's
+/// estimated rows times the share of `completed` in its `state`
+/// statistics. `None` until the partition has been analyzed once.
 pub const COMPLETED_ESTIMATE_SQL: &str = "\
     SELECT CASE WHEN c.reltuples < 0 THEN NULL \
                 ELSE coalesce(( \
@@ -130,10 +130,10 @@ pub const COMPLETED_ESTIMATE_SQL: &str = "\
                     FROM pg_stats s, \
                          unnest(s.most_common_vals::text::text[], s.most_common_freqs) \
                              AS f(val, freq) \
-                    WHERE s.schemaname = 'jobq' AND s.tablename = 'jobs' \
+                    WHERE s.schemaname = 'jobq' AND s.tablename = 'jobs_finished' \
                       AND s.attname = 'state' AND f.val = 'completed'), 0) END AS n \
     FROM pg_class c \
-    WHERE c.oid = 'jobq.jobs'::regclass";
+    WHERE c.oid = 'jobq.jobs_finished'::regclass";
 
 /// A worker process's row.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]

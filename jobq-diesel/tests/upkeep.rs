@@ -93,14 +93,20 @@ async fn prune_deletes_finished_jobs_past_their_retention_and_nothing_else() {
 struct Stats {
     #[diesel(sql_type = BigInt)]
     dead: i64,
+    /// Of the finished partition.
     #[diesel(sql_type = BigInt)]
     vacuums: i64,
+    #[diesel(sql_type = BigInt)]
+    active_vacuums: i64,
 }
 
 async fn stats(conn: &mut AsyncPgConnection) -> Stats {
     diesel::sql_query(
-        "SELECT n_dead_tup AS dead, vacuum_count AS vacuums \
-         FROM pg_stat_user_tables WHERE relid = 'jobq.jobs'::regclass",
+        "SELECT sum(n_dead_tup)::bigint AS dead, \
+             sum(vacuum_count) FILTER (WHERE relname = 'jobs_finished')::bigint AS vacuums, \
+             sum(vacuum_count) FILTER (WHERE relname = 'jobs_active')::bigint AS active_vacuums \
+         FROM pg_stat_user_tables \
+         WHERE relid IN ('jobq.jobs_active'::regclass, 'jobq.jobs_finished'::regclass)",
     )
     .get_result(conn)
     .await
@@ -141,9 +147,12 @@ struct Setting {
 #[tokio::test]
 async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
     let (_db, mut conn) = setup().await;
-    conn.batch_execute("ALTER TABLE jobq.jobs SET (autovacuum_enabled = off)")
-        .await
-        .unwrap();
+    conn.batch_execute(
+        "ALTER TABLE jobq.jobs_active SET (autovacuum_enabled = off); \
+         ALTER TABLE jobq.jobs_finished SET (autovacuum_enabled = off)",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         jobq_diesel::vacuum(&mut conn).await.unwrap(),
         Vacuum::NotNeeded { dead_rows: 0 }
@@ -159,6 +168,11 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
         other => panic!("expected a vacuum, got {other:?}"),
     }
     wait_stats(&mut conn, "the vacuum", |s| s.vacuums >= 1 && s.dead == 0).await;
+    assert_eq!(
+        stats(&mut conn).await.active_vacuums,
+        0,
+        "only the partition with the dead rows is vacuumed"
+    );
     assert!(
         matches!(
             jobq_diesel::vacuum(&mut conn).await.unwrap(),
@@ -169,9 +183,12 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
 
     // With the table's own switch back to the default, the server's
     // setting decides.
-    conn.batch_execute("ALTER TABLE jobq.jobs RESET (autovacuum_enabled)")
-        .await
-        .unwrap();
+    conn.batch_execute(
+        "ALTER TABLE jobq.jobs_active RESET (autovacuum_enabled); \
+         ALTER TABLE jobq.jobs_finished RESET (autovacuum_enabled)",
+    )
+    .await
+    .unwrap();
     let server = diesel::sql_query("SELECT current_setting('autovacuum')::bool AS on")
         .get_result::<Setting>(&mut conn)
         .await

@@ -190,6 +190,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
         }
         .extra("p50_to_clean", p50 / clean_p50.max(1e-9))
         .extra("dead_tuples_max", peak(|l| l.dead))
+        .extra("active_dead_tuples_max", peak(|l| l.active_dead))
         .extra("table_mib_max", mib(peak(|l| l.total_bytes)))
         .extra("claim_index_mib_max", mib(peak(|l| l.claim_index_bytes)))
         .extra("latency_clock", "db: started_at - created_at");

@@ -141,14 +141,17 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
             jobs,
         };
         println!(
-            "  t={:>5.0}s  {:>7.0} jobs/s  table={:>7.1} MiB  claim idx={:>6.1} MiB  \
-             live={:>8}  dead={:>8}  vacuums={}  backlog={}",
+            "  t={:>5.0}s  {:>7.0} jobs/s  table={:>7.1} MiB  active={:>6.1} MiB  \
+             claim idx={:>6.1} MiB  live={:>8}  dead={:>8}  active dead={:>7}  vacuums={}  \
+             backlog={}",
             window.end_s,
             window.rate(),
             mib(look.total_bytes),
+            mib(look.active_bytes),
             mib(look.claim_index_bytes),
             look.live,
             look.dead,
+            look.active_dead,
             look.vacuums,
             backlog
         );
@@ -190,6 +193,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<BenchResult>> {
         "table_mib_end",
         looks.last().map_or(0.0, |l| mib(l.total_bytes)),
     )
+    .extra("active_mib_max", mib(peak(|l| l.active_bytes)))
+    .extra("active_dead_tuples_max", peak(|l| l.active_dead))
     .extra("claim_index_mib_max", mib(peak(|l| l.claim_index_bytes)))
     .extra("dead_tuples_max", peak(|l| l.dead))
     .extra("live_tuples_max", peak(|l| l.live))
