@@ -45,7 +45,7 @@ struct Id {
 /// transaction, when a concurrent retry moved the row first: see
 /// [`crate::cancel`]).
 pub async fn retry(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<RetryResult> {
-    crate::moved_row::run(conn, |c| Box::pin(retry_once(c, id))).await
+    crate::moved_row::rerun_if_moved!(conn, retry_once(conn, id).await)
 }
 
 async fn retry_once(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<RetryResult> {

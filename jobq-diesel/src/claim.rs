@@ -283,7 +283,19 @@ pub const CLAIM_SQL: &str = concat!(
 /// incremented, and the claim is recorded in `jobq.claims` (one row for
 /// all the jobs of the statement), through which heartbeats and rescue
 /// find the worker's jobs.
+///
+/// A job claimed by another worker and finished between this statement's
+/// snapshot and its lock has moved to the finished partition, and
+/// PostgreSQL fails the statement rather than skip the row; the claim then
+/// runs again (nothing of it committed).
 pub async fn claim(
+    conn: &mut AsyncPgConnection,
+    request: &ClaimRequest<'_>,
+) -> diesel::QueryResult<Vec<ClaimedJob>> {
+    crate::moved_row::rerun_if_moved!(conn, claim_once(conn, request).await)
+}
+
+async fn claim_once(
     conn: &mut AsyncPgConnection,
     request: &ClaimRequest<'_>,
 ) -> diesel::QueryResult<Vec<ClaimedJob>> {

@@ -171,7 +171,7 @@ pub struct Cancel {
 /// and reports it not cancellable, inside one it returns PostgreSQL's
 /// serialization failure (retry the transaction).
 pub async fn cancel(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<Cancel> {
-    crate::moved_row::run(conn, |c| Box::pin(cancel_once(c, id))).await
+    crate::moved_row::rerun_if_moved!(conn, cancel_once(conn, id).await)
 }
 
 async fn cancel_once(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<Cancel> {

@@ -387,6 +387,14 @@ pub async fn claim_limited(
     if request.slots <= 0 {
         return Ok(Vec::new());
     }
+    // Run again when a row moved between partitions, as `claim` does.
+    crate::moved_row::rerun_if_moved!(conn, claim_limited_once(conn, request).await)
+}
+
+async fn claim_limited_once(
+    conn: &mut AsyncPgConnection,
+    request: &LimitedClaimRequest<'_>,
+) -> diesel::QueryResult<Vec<ClaimedJob>> {
     conn.transaction::<_, diesel::result::Error, _>(async |conn| {
         prepared(
             diesel::sql_query(LOCK_SQL)

@@ -10,49 +10,84 @@
 //! transaction block; inside one, the failure aborts the caller's
 //! transaction and is returned like any other.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use diesel::result::{DatabaseErrorKind, Error};
-use diesel::QueryResult;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
 /// Runs of a statement before its serialization failure is returned: each
 /// run after the first sees the rows that made the one before it fail, so
 /// only a row moved again in between needs another.
-const RUNS: usize = 3;
+pub(crate) const RUNS: usize = 3;
 
-/// A statement's future, borrowing the connection it runs on.
-pub(crate) type Statement<'c, T> = Pin<Box<dyn Future<Output = QueryResult<T>> + Send + 'c>>;
-
-/// Runs `statement` on `conn`, again (up to [`RUNS`] in all) while it fails
-/// only because a row it waited for moved to the other partition and no
-/// transaction block is open.
-pub(crate) async fn run<T, F>(conn: &mut AsyncPgConnection, mut statement: F) -> QueryResult<T>
-where
-    F: for<'c> FnMut(&'c mut AsyncPgConnection) -> Statement<'c, T>,
-{
-    let mut runs = 1;
-    loop {
-        match statement(conn).await {
-            Err(e) if runs < RUNS && run_again(conn, &e) => runs += 1,
-            done => return done,
+/// Evaluates `$statement` (an expression ending in `.await` that uses
+/// `$conn`) again, up to [`RUNS`] times in all, while it fails only because
+/// a row it waited for moved to the other partition and no transaction
+/// block is open on `$conn`.
+macro_rules! rerun_if_moved {
+    ($conn:expr, $statement:expr) => {{
+        let mut runs = 1;
+        loop {
+            match $statement {
+                Err(e) if runs < $crate::moved_row::RUNS
+                    && $crate::moved_row::run_again($conn, &e) =>
+                {
+                    tracing::debug!(error = %e, "a row moved between partitions; running again");
+                    runs += 1
+                }
+                done => break done,
+            }
         }
-    }
+    }};
 }
+pub(crate) use rerun_if_moved;
 
 /// Whether `error` is PostgreSQL's refusal to follow a row into another
 /// partition, and the statement could simply run again on `conn` (no
 /// transaction block of the caller's is open).
-fn run_again(conn: &mut AsyncPgConnection, error: &Error) -> bool {
-    let moved = matches!(
-        error,
-        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, info)
-            if info.message().contains("moved to another partition")
-    );
-    moved
+pub(crate) fn run_again(conn: &mut AsyncPgConnection, error: &Error) -> bool {
+    moved_row(error)
         && matches!(
             AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth(),
             Ok(None)
         )
+}
+
+/// Whether `error` is PostgreSQL's refusal to follow a row into another
+/// partition ("tuple to be locked/updated was already moved to another
+/// partition due to concurrent update").
+fn moved_row(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, info)
+            if info.message().contains("moved to another partition")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serialization_failure(message: &str) -> Error {
+        Error::DatabaseError(
+            DatabaseErrorKind::SerializationFailure,
+            Box::new(message.to_owned()),
+        )
+    }
+
+    #[test]
+    fn only_a_row_moved_between_partitions_is_run_again() {
+        for message in [
+            "tuple to be locked was already moved to another partition due to concurrent update",
+            "tuple to be updated was already moved to another partition due to concurrent update",
+        ] {
+            assert!(moved_row(&serialization_failure(message)), "{message}");
+        }
+        assert!(!moved_row(&serialization_failure(
+            "could not serialize access due to concurrent update"
+        )));
+        assert!(!moved_row(&Error::DatabaseError(
+            DatabaseErrorKind::UniqueViolation,
+            Box::new("moved to another partition".to_owned()),
+        )));
+        assert!(!moved_row(&Error::NotFound));
+    }
 }
