@@ -188,3 +188,12 @@ pub async fn drained_rate(
     .await?;
     Ok(jobs as f64 / span.max(1e-9))
 }
+
+/// 1 while jobs are left to drain: a pending job (the claim index's first
+/// entry) or a claim holding jobs; 0 once all are done. Cheap while workers
+/// run: it reads no finished row. A claim that failed leaves an empty row
+/// (its key's tombstone) for as long as its worker lives; it holds no job.
+pub const BUSY_SQL: &str = "\
+    SELECT ((SELECT id FROM jobq.jobs WHERE state = 'pending' \
+               ORDER BY task, priority DESC, run_at, id LIMIT 1) IS NOT NULL \
+          OR EXISTS (SELECT 1 FROM jobq.claims WHERE NOT isempty(jobs)))::int::int8 AS n";

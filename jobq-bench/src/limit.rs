@@ -103,9 +103,23 @@ where
 }
 
 /// The minimal claim: up to [`BATCH`] due jobs of `task`, `SKIP LOCKED`,
-/// committed.
+/// committed. Run again when it met a row another loop claimed and
+/// finished after its snapshot: that row moved to the finished partition,
+/// and PostgreSQL fails the statement instead of skipping it.
 pub async fn claim_batch(conn: &mut AsyncPgConnection, task: &str) -> anyhow::Result<Vec<Claimed>> {
-    Ok(diesel::sql_query(
+    loop {
+        match claim_once(conn, task).await {
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::SerializationFailure,
+                info,
+            )) if info.message().contains("moved to another partition") => continue,
+            claimed => return Ok(claimed?),
+        }
+    }
+}
+
+async fn claim_once(conn: &mut AsyncPgConnection, task: &str) -> diesel::QueryResult<Vec<Claimed>> {
+    diesel::sql_query(
         "WITH picked AS ( \
              SELECT id FROM jobq.jobs \
              WHERE state = 'pending' AND task = $1 AND run_at <= now() \
@@ -118,7 +132,7 @@ pub async fn claim_batch(conn: &mut AsyncPgConnection, task: &str) -> anyhow::Re
     .bind::<Text, _>(task)
     .bind::<BigInt, _>(BATCH)
     .load(conn)
-    .await?)
+    .await
 }
 
 async fn complete(conn: &mut AsyncPgConnection, claimed: &[Claimed]) -> anyhow::Result<usize> {

@@ -61,13 +61,7 @@ pub async fn child_main(options: WorkerOptions) -> anyhow::Result<()> {
             // claim index's order for pending jobs; for running ones, the
             // claims table, which holds a row per batch in flight).
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let busy = db::count(
-                &mut conn,
-                "SELECT ((SELECT id FROM jobq.jobs WHERE state = 'pending' \
-                           ORDER BY task, priority DESC, run_at, id LIMIT 1) IS NOT NULL \
-                      OR EXISTS (SELECT 1 FROM jobq.claims))::int::int8 AS n",
-            )
-            .await?;
+            let busy = db::count(&mut conn, db::BUSY_SQL).await?;
             if busy == 0 {
                 break;
             }

@@ -192,15 +192,8 @@ async fn wait_listening(conn: &mut AsyncPgConnection, processes: usize) -> anyho
 async fn wait_drained(conn: &mut AsyncPgConnection, jobs: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        // Cheap while the workers run: the claim index's first entry and
-        // the claims table, as the worker processes' own check.
-        let busy = db::count(
-            conn,
-            "SELECT ((SELECT id FROM jobq.jobs WHERE state = 'pending' \
-                       ORDER BY task, priority DESC, run_at, id LIMIT 1) IS NOT NULL \
-                  OR EXISTS (SELECT 1 FROM jobq.claims))::int::int8 AS n",
-        )
-        .await?;
+        // The worker processes' own check.
+        let busy = db::count(conn, db::BUSY_SQL).await?;
         if busy == 0 {
             return Ok(());
         }
