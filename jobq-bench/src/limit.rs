@@ -109,10 +109,7 @@ where
 pub async fn claim_batch(conn: &mut AsyncPgConnection, task: &str) -> anyhow::Result<Vec<Claimed>> {
     loop {
         match claim_once(conn, task).await {
-            Err(diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::SerializationFailure,
-                info,
-            )) if info.message().contains("moved to another partition") => continue,
+            Err(e) if jobq_diesel::moved_between_partitions(&e) => continue,
             claimed => return Ok(claimed?),
         }
     }

@@ -64,6 +64,7 @@ pub use limited_claim::{claim_limited, LimitedClaimRequest, GLOBAL_CLAIM_SQL, KE
 pub use listener::{send_probe, Listener, ListenerError, Notification};
 pub use maintenance::{prune, rescue, RescuedJob, Retention, RESCUE_SQL};
 pub use migrations::{migrate, migrate_to, schema_version, MigrateError, LATEST_VERSION};
+pub use moved_row::moved_between_partitions;
 pub use outcome::{
     attempt_completed, complete_in_transaction, write_outcomes, write_outcomes_around_locks,
     CompletedIn, NotWritten, Outcome, OutcomeKind, RejectedOutcome,

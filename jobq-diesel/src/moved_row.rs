@@ -44,17 +44,32 @@ pub(crate) use rerun_if_moved;
 /// partition, and the statement could simply run again on `conn` (no
 /// transaction block of the caller's is open).
 pub(crate) fn run_again(conn: &mut AsyncPgConnection, error: &Error) -> bool {
-    moved_row(error)
+    moved_between_partitions(error)
         && matches!(
             AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth(),
             Ok(None)
         )
 }
 
-/// Whether `error` is PostgreSQL's refusal to follow a row into another
-/// partition ("tuple to be locked/updated was already moved to another
-/// partition due to concurrent update").
-fn moved_row(error: &Error) -> bool {
+/// Whether `error` is PostgreSQL's refusal to follow a job row into the
+/// other partition of `jobq.jobs` ("tuple to be locked/updated was already
+/// moved to another partition due to concurrent update"): the statement
+/// met a job that finished (or was retried) meanwhile, and run again it
+/// sees the job where it is now. For applications that update or lock
+/// jobs rows themselves.
+///
+/// ```
+/// use diesel::result::{DatabaseErrorKind, Error};
+///
+/// let e = Error::DatabaseError(
+///     DatabaseErrorKind::SerializationFailure,
+///     Box::new("tuple to be locked was already moved to another partition \
+///               due to concurrent update".to_owned()),
+/// );
+/// assert!(jobq_diesel::moved_between_partitions(&e));
+/// assert!(!jobq_diesel::moved_between_partitions(&Error::NotFound));
+/// ```
+pub fn moved_between_partitions(error: &Error) -> bool {
     matches!(
         error,
         Error::DatabaseError(DatabaseErrorKind::SerializationFailure, info)
@@ -79,15 +94,18 @@ mod tests {
             "tuple to be locked was already moved to another partition due to concurrent update",
             "tuple to be updated was already moved to another partition due to concurrent update",
         ] {
-            assert!(moved_row(&serialization_failure(message)), "{message}");
+            assert!(
+                moved_between_partitions(&serialization_failure(message)),
+                "{message}"
+            );
         }
-        assert!(!moved_row(&serialization_failure(
+        assert!(!moved_between_partitions(&serialization_failure(
             "could not serialize access due to concurrent update"
         )));
-        assert!(!moved_row(&Error::DatabaseError(
+        assert!(!moved_between_partitions(&Error::DatabaseError(
             DatabaseErrorKind::UniqueViolation,
             Box::new("moved to another partition".to_owned()),
         )));
-        assert!(!moved_row(&Error::NotFound));
+        assert!(!moved_between_partitions(&Error::NotFound));
     }
 }

@@ -107,4 +107,4 @@ pub use tick::Tick;
 pub use wait::{WaitError, Waiter, WaiterBuilder};
 pub use worker::{run, Pool, ShutdownHandle, Worker, WorkerBuilder};
 // Connection set-up (TLS, the connect hook): see WorkerBuilder::connect_with.
-pub use jobq_diesel::{ConnectOptions, SslMode};
+pub use jobq_diesel::{moved_between_partitions, ConnectOptions, SslMode};
