@@ -331,23 +331,6 @@ async fn cancelling_a_running_job_is_followed() {
     handle.shutdown().await.unwrap();
 }
 
-/// A worker on a runtime of its own, so that dropping the runtime stops it
-/// the way a crash does: no outcome, no more heartbeats.
-fn crashable(builder: jobq::WorkerBuilder) -> tokio::runtime::Runtime {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let worker = rt.block_on(builder.build()).unwrap();
-        rt.spawn(worker.run_until(std::future::pending()));
-        rt
-    })
-    .join()
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_workers_job_rescued_out_of_attempts_is_followed() {
     let env = support::env().await;
@@ -359,7 +342,7 @@ async fn a_dead_workers_job_rescued_out_of_attempts_is_followed() {
     )
     .await
     .unwrap();
-    let doomed = crashable(worker(&env));
+    let doomed = env.crashable(|w| w.queues(["default", "callbacks"]));
     env.wait_state(id, JobState::Running).await;
     doomed.shutdown_background();
     let rescuer = worker(&env).build().await.unwrap().spawn();

@@ -30,28 +30,10 @@ async fn hangs_first_time(ctx: jobq::Context, job: Step) -> Result<(), TaskError
     Ok(())
 }
 
-/// A worker running on a runtime of its own, so that dropping the runtime
-/// (`shutdown_background`) stops it the way a crash does: no shutdown, no
-/// more heartbeats.
-fn crashable(builder: jobq::WorkerBuilder) -> tokio::runtime::Runtime {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let worker = rt.block_on(builder.build()).unwrap();
-        rt.spawn(worker.run_until(std::future::pending()));
-        rt
-    })
-    .join()
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_workers_job_is_rescued_and_finished_by_another() {
     let env = support::env().await;
-    let doomed = crashable(env.worker());
+    let doomed = env.crashable(|w| w);
     let mut conn = env.conn().await;
     let id = hangs_first_time::enqueue(&mut conn, &Step { millis: 0 })
         .await
@@ -360,7 +342,7 @@ async fn a_long_lease_worker_rescues_a_dead_short_lease_workers_job_after_the_sh
     let env = support::env().await;
     // A worker with a 2 s lease crashes (see
     // a_crashed_workers_job_is_rescued_and_finished_by_another).
-    let doomed = crashable(env.worker());
+    let doomed = env.crashable(|w| w);
     let mut conn = env.conn().await;
     let id = hangs_first_time::enqueue(&mut conn, &Step { millis: 0 })
         .await

@@ -59,13 +59,39 @@ impl Env {
     /// A worker builder on this database with settings that keep tests
     /// fast: short poll, lease and intervals.
     pub fn worker(&self) -> jobq::WorkerBuilder {
-        jobq::Worker::builder()
-            .pool(self.pool.clone())
-            .poll_interval(Duration::from_millis(200))
-            .lease(Duration::from_secs(2))
-            .heartbeat_interval(Duration::from_millis(200))
-            .maintenance_interval(Duration::from_millis(200))
-            .shutdown_timeout(Duration::from_secs(5))
+        fast_worker(self.pool.clone())
+    }
+
+    /// A worker running on a runtime and a pool of its own, so that
+    /// dropping the returned runtime (`shutdown_background`) stops it the
+    /// way a crash does: no outcome, no more heartbeats, and its
+    /// connections gone with it. A pool shared with the test would outlive
+    /// the "crash" with connections whose tasks died on the dropped runtime
+    /// and could run dry for the workers that follow.
+    pub fn crashable(
+        &self,
+        configure: impl FnOnce(jobq::WorkerBuilder) -> jobq::WorkerBuilder + Send + 'static,
+    ) -> tokio::runtime::Runtime {
+        let url = self.db.url().to_owned();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let worker = rt
+                .block_on(async {
+                    let pool = bb8::Pool::builder().max_size(8).build_unchecked(
+                        AsyncDieselConnectionManager::<AsyncPgConnection>::new(url),
+                    );
+                    configure(fast_worker(pool)).build().await
+                })
+                .expect("worker");
+            rt.spawn(worker.run_until(std::future::pending()));
+            rt
+        })
+        .join()
+        .expect("crashable worker thread")
     }
 
     pub async fn job(&self, id: JobId) -> JobInfo {
@@ -196,4 +222,15 @@ pub fn pgbouncer(test: &str) -> Option<std::path::PathBuf> {
         .map(|dir| dir.join("pgbouncer"))
         .find(|p| p.exists());
     required_tool("pgbouncer", test, "apt-get install pgbouncer", found)
+}
+
+/// Worker settings that keep tests fast: short poll, lease and intervals.
+fn fast_worker(pool: jobq::Pool) -> jobq::WorkerBuilder {
+    jobq::Worker::builder()
+        .pool(pool)
+        .poll_interval(Duration::from_millis(200))
+        .lease(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(200))
+        .maintenance_interval(Duration::from_millis(200))
+        .shutdown_timeout(Duration::from_secs(5))
 }
