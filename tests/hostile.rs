@@ -291,12 +291,12 @@ async fn an_outcome_the_database_refuses_is_isolated_and_the_rest_of_its_batch_i
         conn.batch_execute(&format!(
             "CREATE FUNCTION public.refuse_history() RETURNS trigger LANGUAGE plpgsql AS $$ \
              BEGIN \
-                 IF NEW.id = {refused} AND NEW.errors <> OLD.errors THEN \
+                 IF NEW.id = {refused} AND NEW.errors <> '[]' THEN \
                      RAISE EXCEPTION 'job {refused} may not record errors'; \
                  END IF; \
                  RETURN NEW; \
              END $$; \
-             CREATE TRIGGER refuse_history BEFORE UPDATE ON jobq.jobs \
+             CREATE TRIGGER refuse_history BEFORE INSERT OR UPDATE ON jobq.jobs \
                  FOR EACH ROW EXECUTE FUNCTION public.refuse_history();"
         ))
         .await
@@ -312,6 +312,12 @@ async fn an_outcome_the_database_refuses_is_isolated_and_the_rest_of_its_batch_i
     handle.shutdown().await.unwrap();
 }
 
+/// A row trigger's condition (SQL) for a job leaving `running`: updated
+/// out of it (back to the queue), or ended (a worker finishes a job by
+/// inserting its row into the finished partition).
+const LEAVES_RUNNING: &str = "(OLD.state = 'running' AND NEW.state <> 'running') \
+    OR (TG_OP = 'INSERT' AND NEW.state IN ('completed', 'failed', 'cancelled'))";
+
 /// What `fine` needs in all: the fetcher stops claiming at the outcome
 /// backlog's bound, which is at least the outcome batch (1,000).
 const BACKLOG_BOUND: i64 = 1000;
@@ -324,18 +330,18 @@ async fn while_outcomes_cannot_be_written_the_worker_stops_claiming() {
     // database is up and claims work, but no outcome can be written.
     let mut holder = AsyncPgConnection::establish(env.db.url()).await.unwrap();
     holder
-        .batch_execute(
+        .batch_execute(&format!(
             "CREATE FUNCTION public.hold_outcomes() RETURNS trigger LANGUAGE plpgsql AS $$ \
              BEGIN \
-                 IF OLD.state = 'running' AND NEW.state <> 'running' THEN \
+                 IF {LEAVES_RUNNING} THEN \
                      PERFORM pg_advisory_xact_lock(4242); \
                  END IF; \
                  RETURN NEW; \
              END $$; \
-             CREATE TRIGGER hold_outcomes BEFORE UPDATE ON jobq.jobs \
+             CREATE TRIGGER hold_outcomes BEFORE INSERT OR UPDATE ON jobq.jobs \
                  FOR EACH ROW EXECUTE FUNCTION public.hold_outcomes(); \
-             SELECT pg_advisory_lock(4242);",
-        )
+             SELECT pg_advisory_lock(4242);"
+        ))
         .await
         .unwrap();
     let n = 3 * BACKLOG_BOUND as usize;
@@ -396,12 +402,12 @@ async fn an_outcome_refused_in_every_form_waits_aside_and_is_written_once_accept
             "CREATE TABLE public.gate (closed bool); INSERT INTO public.gate VALUES (true); \
              CREATE FUNCTION public.gatekeeper() RETURNS trigger LANGUAGE plpgsql AS $$ \
              BEGIN \
-                 IF NEW.id = {gated} AND OLD.state = 'running' AND EXISTS (SELECT 1 FROM public.gate) THEN \
+                 IF NEW.id = {gated} AND ({LEAVES_RUNNING}) AND EXISTS (SELECT 1 FROM public.gate) THEN \
                      RAISE EXCEPTION 'the gate is closed'; \
                  END IF; \
                  RETURN NEW; \
              END $$; \
-             CREATE TRIGGER gatekeeper BEFORE UPDATE ON jobq.jobs \
+             CREATE TRIGGER gatekeeper BEFORE INSERT OR UPDATE ON jobq.jobs \
                  FOR EACH ROW EXECUTE FUNCTION public.gatekeeper();"
         ))
         .await

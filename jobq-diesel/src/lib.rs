@@ -67,7 +67,7 @@ pub use migrations::{migrate, migrate_to, schema_version, MigrateError, LATEST_V
 pub use moved_row::moved_between_partitions;
 pub use outcome::{
     attempt_completed, complete_in_transaction, write_outcomes, write_outcomes_around_locks,
-    CompletedIn, NotWritten, Outcome, OutcomeKind, RejectedOutcome,
+    CompletedIn, NotWritten, Outcome, OutcomeKind, RejectedOutcome, JOB_COLUMNS,
 };
 pub use pause::{pause_queue, paused_queues, resume_queue};
 pub use ping::ping;

@@ -128,6 +128,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "split_finished_jobs",
         up: include_str!("../../migrations/2026-12-05-000100_split_finished_jobs/up.sql"),
     },
+    Migration {
+        version: 20261206000100,
+        name: "finish_by_insert",
+        up: include_str!("../../migrations/2026-12-06-000100_finish_by_insert/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.

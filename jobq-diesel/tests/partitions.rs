@@ -11,8 +11,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use jobq_diesel::CancelResult;
 use jobq_testkit::TestDatabase;
 
-/// The last migration before the split.
+/// The last migration before the split, and the split.
 const BEFORE_SPLIT: i64 = 20261204000200;
+const SPLIT: i64 = 20261205000100;
 
 #[derive(QueryableByName, Debug, PartialEq, Eq)]
 struct Placed {
@@ -102,7 +103,7 @@ async fn upgrading_splits_the_jobs_by_state_and_keeps_every_job_id_and_grant() {
     .await;
 
     let applied = jobq_diesel::migrate(&mut conn).await.unwrap();
-    assert_eq!(applied, [jobq_diesel::LATEST_VERSION]);
+    assert_eq!(applied[0], SPLIT);
 
     let placed: Vec<Placed> = diesel::sql_query(
         "SELECT task, state::text AS state, tableoid::regclass::text AS partition \
@@ -286,4 +287,177 @@ async fn inside_a_transaction_the_cancel_returns_the_serialization_failure() {
         Err(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => {}
         other => panic!("expected a serialization failure, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn the_finishing_statements_copy_every_column_of_the_table() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
+    jobq_diesel::migrate(&mut conn).await.unwrap();
+    #[derive(QueryableByName)]
+    struct Columns {
+        #[diesel(sql_type = Text)]
+        names: String,
+    }
+    let table: Columns = diesel::sql_query(
+        "SELECT string_agg(attname, ', ' ORDER BY attnum) AS names FROM pg_attribute \
+         WHERE attrelid = 'jobq.jobs'::regclass AND attnum > 0 AND NOT attisdropped",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    let copied: Vec<&str> = jobq_diesel::JOB_COLUMNS.split(',').map(str::trim).collect();
+    assert_eq!(copied.join(", "), table.names);
+}
+
+/// An advisory lock the statement of [`a_locker_mid_statement`] waits for
+/// after it read its row.
+const GATE: i64 = 4242;
+
+/// Starts, on a connection of its own, a statement that reads job `id` as
+/// pending, waits at the gate, and then locks the row the way a claim
+/// does, inside a transaction block (where no rerun could hide an error).
+/// Returns its backend pid and the statement's rows or error.
+async fn a_locker_mid_statement(
+    db: &TestDatabase,
+    id: i64,
+) -> (i64, tokio::task::JoinHandle<Result<Vec<N>, Error>>) {
+    let mut locker = AsyncPgConnection::establish(db.url()).await.unwrap();
+    let pid = number(&mut locker, "SELECT pg_backend_pid()::bigint AS n").await;
+    let task = tokio::spawn(async move {
+        locker
+            .transaction::<_, Error, _>(async |c| {
+                diesel::sql_query(format!(
+                    "SELECT id AS n FROM jobq.jobs_active \
+                     WHERE id = {id} AND state = 'pending' \
+                       AND (SELECT true FROM (SELECT pg_advisory_lock({GATE})) g) \
+                     FOR UPDATE SKIP LOCKED"
+                ))
+                .load::<N>(c)
+                .await
+            })
+            .await
+    });
+    (pid, task)
+}
+
+/// A claim that read a job as pending, and reaches its row only after
+/// another worker claimed it and wrote its outcome, skips it: the outcome
+/// deleted the row from the active partition instead of moving it, which
+/// would fail the claim with "tuple to be locked was already moved to
+/// another partition". Both outcome statements: the plain completion and
+/// the general one (a failure with its message).
+#[tokio::test]
+async fn a_claim_that_meets_a_job_finished_after_its_snapshot_skips_it() {
+    use jobq_diesel::{Outcome, OutcomeKind};
+    let db = TestDatabase::create().await.unwrap();
+    let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
+    jobq_diesel::migrate(&mut conn).await.unwrap();
+    let mut gate = AsyncPgConnection::establish(db.url()).await.unwrap();
+    for (kind, message) in [
+        (OutcomeKind::Completed, None),
+        (OutcomeKind::Failed, Some("no \u{1F4A5} here".to_owned())),
+    ] {
+        let id = number(
+            &mut conn,
+            "INSERT INTO jobq.jobs (task, payload) VALUES ('t', '{}') RETURNING id AS n",
+        )
+        .await;
+        gate.batch_execute(&format!("SELECT pg_advisory_lock({GATE})"))
+            .await
+            .unwrap();
+        let (pid, locker) = a_locker_mid_statement(&db, id).await;
+        wait_for_lock_wait(&mut conn, pid).await;
+        // Another worker claims the job and finishes it meanwhile.
+        conn.batch_execute(&format!(
+            "UPDATE jobq.jobs_active SET state = 'running', attempt = 1, started_at = now() \
+             WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+        let outcome = Outcome {
+            id,
+            attempt: 1,
+            kind,
+            message,
+            output: None,
+        };
+        let rejected = jobq_diesel::write_outcomes(&mut conn, &[outcome], &[])
+            .await
+            .unwrap();
+        assert!(rejected.is_empty(), "{kind:?}: {rejected:?}");
+        gate.batch_execute(&format!("SELECT pg_advisory_unlock({GATE})"))
+            .await
+            .unwrap();
+
+        let rows = locker
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{kind:?}: the claim failed: {e}"));
+        assert!(rows.is_empty(), "{kind:?}: a finished job was claimed");
+        let job = jobq_diesel::find_job(&mut conn, id).await.unwrap().unwrap();
+        let ended = if kind == OutcomeKind::Completed {
+            "completed"
+        } else {
+            "failed"
+        };
+        assert_eq!(job.state, ended);
+    }
+}
+
+/// An outcome that would put its job back in the queue, written while a
+/// cancellation of the job commits: the outcome waits for the row, sees the
+/// cancellation and ends the job cancelled in the finished partition,
+/// neither lost nor left running.
+#[tokio::test]
+async fn a_retry_outcome_that_waited_for_a_cancellation_ends_the_job_cancelled() {
+    use jobq_diesel::{Outcome, OutcomeKind};
+    let db = TestDatabase::create().await.unwrap();
+    let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
+    jobq_diesel::migrate(&mut conn).await.unwrap();
+    let id = number(
+        &mut conn,
+        "INSERT INTO jobq.jobs (task, payload, state, attempt, started_at) \
+         VALUES ('t', '{}', 'running', 1, now()) RETURNING id AS n",
+    )
+    .await;
+    let mut canceller = AsyncPgConnection::establish(db.url()).await.unwrap();
+    canceller
+        .batch_execute(&format!(
+            "BEGIN; UPDATE jobq.jobs SET cancel_requested = true WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+    let mut writer = AsyncPgConnection::establish(db.url()).await.unwrap();
+    let pid = number(&mut writer, "SELECT pg_backend_pid()::bigint AS n").await;
+    let write = tokio::spawn(async move {
+        let outcome = Outcome {
+            id,
+            attempt: 1,
+            kind: OutcomeKind::Retry { delay_ms: 0 },
+            message: Some("try again".to_owned()),
+            output: None,
+        };
+        jobq_diesel::write_outcomes(&mut writer, &[outcome], &[]).await
+    });
+    wait_for_lock_wait(&mut conn, pid).await;
+    canceller.batch_execute("COMMIT").await.unwrap();
+
+    let rejected = write.await.unwrap().unwrap();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    let placed: Placed = diesel::sql_query(format!(
+        "SELECT task, state::text AS state, tableoid::regclass::text AS partition \
+         FROM jobq.jobs WHERE id = {id}"
+    ))
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(placed.state, "cancelled");
+    assert_eq!(placed.partition, "jobq.jobs_finished");
+    let job = jobq_diesel::find_job(&mut conn, id).await.unwrap().unwrap();
+    assert!(
+        job.errors.to_string().contains("try again"),
+        "{:?}",
+        job.errors
+    );
 }

@@ -36,16 +36,20 @@ use crate::db;
 use crate::report::{ms, percentile, BenchResult};
 use crate::tasks::{noops, square, SQUARE};
 
-/// Records when each UPDATE statement on the jobs table started (`now()`,
-/// which is also what the outcome statement writes as `finished_at`) and
-/// ended (`clock_timestamp()`, just before its commit): the trigger's
-/// name sorts after jobq's own, so it fires last.
+/// Records when each statement that finishes jobs started (`now()`, which
+/// is also what the outcome statement writes as `finished_at`) and ended
+/// (`clock_timestamp()`, just before its commit): jobq's outcomes insert
+/// into the finished partition, the bench's own completions update the
+/// jobs table. The triggers' names sort after jobq's own, so they fire
+/// last.
 const STATEMENT_ENDS_SQL: &str = "\
     CREATE TABLE public.bench_statement_ends (started timestamptz, ended timestamptz); \
     CREATE FUNCTION public.bench_statement_end() RETURNS trigger LANGUAGE plpgsql AS $$ \
     BEGIN INSERT INTO public.bench_statement_ends VALUES (now(), clock_timestamp()); \
     RETURN NULL; END $$; \
     CREATE TRIGGER zz_bench_statement_end AFTER UPDATE ON jobq.jobs \
+        FOR EACH STATEMENT EXECUTE FUNCTION public.bench_statement_end(); \
+    CREATE TRIGGER zz_bench_statement_end AFTER INSERT ON jobq.jobs_finished \
         FOR EACH STATEMENT EXECUTE FUNCTION public.bench_statement_end();";
 
 /// The queue of the jobs the bench completes itself (no worker serves it).
