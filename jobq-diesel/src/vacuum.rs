@@ -1,11 +1,19 @@
-//! Vacuuming jobq's tables when the server's autovacuum does not.
+//! Vacuuming jobq's tables when the server's autovacuum does not, or
+//! cannot keep up.
 //!
 //! Every job leaves dead row versions behind: its claim and its move to the
 //! finished partition in `jobq.jobs_active`, its pruning in
 //! `jobq.jobs_finished`. Autovacuum normally reclaims them (the migrations
 //! tune it for both partitions); on a server or partition where autovacuum
 //! is switched off nothing does, and the partitions grow by those dead row
-//! versions for ever. Then jobq vacuums its own tables.
+//! versions for ever. Then jobq vacuums its own tables. Where autovacuum
+//! runs, it visits a table at most once per `autovacuum_naptime` (a minute
+//! by default): at tens of thousands of jobs a second the active partition
+//! gathers millions of dead versions in between, and claims slow down
+//! walking past them. When a partition's dead rows pass ten times the
+//! threshold autovacuum would have acted on, jobq vacuums it too.
+
+use std::collections::HashMap;
 
 use diesel::sql_types::{BigInt, Bool, Text};
 use diesel::QueryableByName;
@@ -19,20 +27,27 @@ const DEAD_BASE: i64 = 1_000;
 /// `autovacuum_vacuum_scale_factor`.
 const DEAD_SHARE: f64 = 0.02;
 
+/// How far past its threshold a partition autovacuum looks after may get
+/// before jobq vacuums it too: far enough that autovacuum, working as
+/// configured, always gets there first on a queue of ordinary pace.
+const LAGGING: i64 = 10;
+
 /// What [`vacuum`] found and did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vacuum {
-    /// Autovacuum looks after both partitions of the jobs table; nothing to
-    /// do.
+    /// Autovacuum looks after every partition of the jobs table and keeps
+    /// up; nothing to do.
     Autovacuum,
-    /// Too few dead rows to be worth a vacuum.
+    /// Too few dead rows to be worth a vacuum (or, where autovacuum runs,
+    /// not enough to say it fell behind).
     NotNeeded {
         /// Dead rows in the partitions autovacuum leaves alone, from the
         /// statistics.
         dead_rows: i64,
     },
-    /// A partition needs a vacuum, but this role may not run one (only the
-    /// table's owner, the database's owner or a superuser may).
+    /// A partition autovacuum leaves alone needs a vacuum, but this role
+    /// may not run one (only the table's owner, the database's owner or a
+    /// superuser may).
     NotAllowed {
         /// Dead rows in the partitions that need a vacuum.
         dead_rows: i64,
@@ -46,7 +61,7 @@ pub enum Vacuum {
     },
 }
 
-#[derive(QueryableByName)]
+#[derive(QueryableByName, Debug)]
 struct PartitionState {
     /// The partition's name, quoted for SQL.
     #[diesel(sql_type = Text)]
@@ -62,24 +77,58 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    /// Left to jobq: autovacuum is off for it and its dead rows passed the
-    /// threshold.
-    fn needs_vacuum(&self) -> bool {
-        !self.autovacuum && self.dead > DEAD_BASE + (self.live as f64 * DEAD_SHARE) as i64
+    /// Dead rows past which autovacuum would have vacuumed the partition.
+    fn threshold(&self) -> i64 {
+        DEAD_BASE + (self.live.max(0) as f64 * DEAD_SHARE) as i64
     }
 }
 
-/// Vacuums (and analyzes) the partitions of `jobq.jobs` that need it, with
-/// `jobq.workers` and `jobq.claims`: a partition needs it when autovacuum
-/// is off for it (server-wide, or by its `autovacuum_enabled` storage
-/// parameter) and its dead rows exceed 1,000 plus 2 % of its live ones, by
-/// the server's statistics. Each partition is judged on its own, so the
-/// small, busy active partition is not vacuumed only as often as the
-/// finished history can be. Not a transaction: `VACUUM` cannot run inside
-/// one. `SKIP_LOCKED` makes a second worker's vacuum return at once instead
-/// of queueing behind the first.
-pub async fn vacuum(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vacuum> {
-    let partitions: Vec<PartitionState> = diesel::sql_query(
+/// Decides which partitions jobq vacuums, pass after pass. Left to jobq: a
+/// partition autovacuum leaves alone, once its dead rows pass the
+/// threshold; one autovacuum looks after, once they pass ten times that.
+/// A vacuum that could not remove most dead rows (an open snapshot holds
+/// them) is not repeated until they have doubled, so that a held snapshot
+/// costs a few passes over the partition, not one per check. Keep one per
+/// process (each worker has its own) and hand it to every [`vacuum`].
+#[derive(Debug, Default)]
+pub struct VacuumPace {
+    /// Dead rows each partition still had after this process vacuumed it.
+    left: HashMap<String, i64>,
+}
+
+impl VacuumPace {
+    /// A pace that has vacuumed nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether `p` is due for a vacuum now. Fewer dead rows than the last
+    /// pass left means someone else (autovacuum, another worker) vacuumed
+    /// it since: what this process's pass left no longer counts.
+    fn due(&mut self, p: &PartitionState) -> bool {
+        if self.left.get(&p.name).is_some_and(|&left| p.dead < left) {
+            self.left.remove(&p.name);
+        }
+        let threshold = if p.autovacuum {
+            p.threshold().saturating_mul(LAGGING)
+        } else {
+            p.threshold()
+        };
+        let left = self.left.get(&p.name).copied().unwrap_or(0);
+        p.dead > threshold.max(left.saturating_mul(2))
+    }
+
+    /// Records what a vacuum of partition `name` left behind.
+    fn vacuumed(&mut self, name: &str, dead_left: i64) {
+        self.left.insert(name.to_owned(), dead_left);
+    }
+}
+
+/// The partitions of `jobq.jobs`, with what the statistics say of them.
+async fn partition_states(
+    conn: &mut AsyncPgConnection,
+) -> diesel::QueryResult<Vec<PartitionState>> {
+    diesel::sql_query(
         "SELECT l.oid::regclass::text AS name, \
              current_setting('autovacuum')::bool \
                AND coalesce((SELECT o.option_value::bool \
@@ -97,12 +146,33 @@ pub async fn vacuum(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vacuum>
          ORDER BY l.relname",
     )
     .load(conn)
-    .await?;
-    if partitions.iter().all(|p| p.autovacuum) {
-        return Ok(Vacuum::Autovacuum);
-    }
-    let due: Vec<&PartitionState> = partitions.iter().filter(|p| p.needs_vacuum()).collect();
+    .await
+}
+
+/// Vacuums (and analyzes) the partitions of `jobq.jobs` that `pace` finds
+/// due, with `jobq.workers` and `jobq.claims`: a partition autovacuum
+/// leaves alone (server-wide, or by its `autovacuum_enabled` storage
+/// parameter) when its dead rows exceed 1,000 plus 2 % of its live ones,
+/// by the server's statistics; one autovacuum looks after when they exceed
+/// ten times that (autovacuum fell behind). Each partition is judged on its
+/// own, so the small, busy active partition is not vacuumed only as often
+/// as the finished history can be. Not a transaction: `VACUUM` cannot run
+/// inside one. `SKIP_LOCKED` makes the call return at once for a partition
+/// another session (a second worker, autovacuum) is vacuuming, instead of
+/// queueing behind it.
+pub async fn vacuum(
+    conn: &mut AsyncPgConnection,
+    pace: &mut VacuumPace,
+) -> diesel::QueryResult<Vacuum> {
+    let partitions = partition_states(conn).await?;
+    let mut due: Vec<&PartitionState> = partitions.iter().filter(|p| pace.due(p)).collect();
+    // Where autovacuum runs, a role that may not vacuum leaves it to
+    // autovacuum, late as it is.
+    due.retain(|p| p.allowed || !p.autovacuum);
     if due.is_empty() {
+        if partitions.iter().all(|p| p.autovacuum) {
+            return Ok(Vacuum::Autovacuum);
+        }
         return Ok(Vacuum::NotNeeded {
             dead_rows: partitions
                 .iter()
@@ -121,5 +191,77 @@ pub async fn vacuum(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vacuum>
         tables.join(", ")
     ))
     .await?;
+    let vacuumed: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    // Read in a transaction of its own, the statistics show what the
+    // vacuum could not remove.
+    for after in partition_states(conn).await? {
+        if vacuumed.contains(&after.name) {
+            pace.vacuumed(&after.name, after.dead);
+        }
+    }
     Ok(Vacuum::Vacuumed { dead_rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(autovacuum: bool, dead: i64, live: i64) -> PartitionState {
+        PartitionState {
+            name: "jobq.jobs_active".to_owned(),
+            autovacuum,
+            allowed: true,
+            dead,
+            live,
+        }
+    }
+
+    #[test]
+    fn without_autovacuum_a_partition_is_due_past_the_threshold() {
+        let mut pace = VacuumPace::new();
+        // 1,000 + 2 % of 100,000 = 3,000.
+        assert!(!pace.due(&partition(false, 3_000, 100_000)));
+        assert!(pace.due(&partition(false, 3_001, 100_000)));
+        assert!(!pace.due(&partition(false, 1_000, 0)));
+        assert!(pace.due(&partition(false, 1_001, -1)), "bad statistics");
+    }
+
+    #[test]
+    fn with_autovacuum_only_ten_times_past_the_threshold() {
+        let mut pace = VacuumPace::new();
+        assert!(!pace.due(&partition(true, 3_001, 100_000)));
+        assert!(!pace.due(&partition(true, 30_000, 100_000)));
+        assert!(pace.due(&partition(true, 30_001, 100_000)));
+    }
+
+    #[test]
+    fn a_pass_that_left_dead_rows_is_repeated_once_they_doubled() {
+        let mut pace = VacuumPace::new();
+        assert!(pace.due(&partition(false, 50_000, 10_000)));
+        // A snapshot held the rows: the vacuum removed none.
+        pace.vacuumed("jobq.jobs_active", 50_000);
+        assert!(!pace.due(&partition(false, 60_000, 10_000)));
+        assert!(!pace.due(&partition(false, 100_000, 10_000)));
+        assert!(pace.due(&partition(false, 100_001, 10_000)));
+        // A pass that removed them all leaves the usual threshold.
+        pace.vacuumed("jobq.jobs_active", 0);
+        assert!(pace.due(&partition(false, 1_201, 10_000)));
+    }
+
+    #[test]
+    fn a_vacuum_by_someone_else_resets_what_the_last_pass_left() {
+        let mut pace = VacuumPace::new();
+        pace.vacuumed("jobq.jobs_active", 500_000);
+        assert!(!pace.due(&partition(false, 900_000, 10_000)));
+        // Autovacuum (or another worker) cleaned up since.
+        assert!(!pace.due(&partition(false, 1_000, 10_000)));
+        assert!(pace.due(&partition(false, 1_300, 10_000)));
+    }
+
+    #[test]
+    fn partitions_are_paced_each_on_its_own() {
+        let mut pace = VacuumPace::new();
+        pace.vacuumed("jobq.jobs_finished", 1_000_000);
+        assert!(pace.due(&partition(false, 5_000, 10_000)));
+    }
 }

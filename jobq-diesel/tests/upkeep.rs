@@ -147,6 +147,7 @@ struct Setting {
 #[tokio::test]
 async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
     let (_db, mut conn) = setup().await;
+    let mut pace = jobq_diesel::VacuumPace::new();
     conn.batch_execute(
         "ALTER TABLE jobq.jobs_active SET (autovacuum_enabled = off); \
          ALTER TABLE jobq.jobs_finished SET (autovacuum_enabled = off)",
@@ -154,7 +155,7 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
     .await
     .unwrap();
     assert_eq!(
-        jobq_diesel::vacuum(&mut conn).await.unwrap(),
+        jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap(),
         Vacuum::NotNeeded { dead_rows: 0 }
     );
 
@@ -163,7 +164,7 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
         .await
         .unwrap();
     wait_stats(&mut conn, "5,000 dead rows", |s| s.dead >= 5_000).await;
-    match jobq_diesel::vacuum(&mut conn).await.unwrap() {
+    match jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap() {
         Vacuum::Vacuumed { dead_rows } => assert!(dead_rows >= 5_000, "{dead_rows}"),
         other => panic!("expected a vacuum, got {other:?}"),
     }
@@ -175,7 +176,7 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
     );
     assert!(
         matches!(
-            jobq_diesel::vacuum(&mut conn).await.unwrap(),
+            jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap(),
             Vacuum::NotNeeded { .. }
         ),
         "nothing left to vacuum"
@@ -193,11 +194,60 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
         .get_result::<Setting>(&mut conn)
         .await
         .unwrap();
-    let outcome = jobq_diesel::vacuum(&mut conn).await.unwrap();
+    let outcome = jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap();
     assert_eq!(
         outcome == Vacuum::Autovacuum,
         server.on,
         "server autovacuum = {}, vacuum() said {outcome:?}",
         server.on
+    );
+}
+
+/// Where autovacuum runs but falls far behind (as it does at tens of
+/// thousands of jobs a second: it visits a table once a minute), jobq
+/// vacuums the partition itself, once its dead rows pass ten times the
+/// threshold autovacuum acts on, and not before. A private server, so that
+/// autovacuum is on whatever the shared server says; the partition's own
+/// thresholds keep autovacuum away meanwhile, as load would.
+#[tokio::test]
+async fn where_autovacuum_falls_far_behind_jobq_vacuums_the_partition_itself() {
+    let server = jobq_testkit::PrivateServer::start().await.unwrap();
+    let db = TestDatabase::create_on(server.url()).await.unwrap();
+    let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
+    jobq_diesel::migrate(&mut conn).await.unwrap();
+    conn.batch_execute(
+        "ALTER TABLE jobq.jobs_finished SET (autovacuum_vacuum_threshold = 2000000000, \
+             autovacuum_vacuum_insert_threshold = -1, autovacuum_analyze_threshold = 2000000000)",
+    )
+    .await
+    .unwrap();
+    let mut pace = jobq_diesel::VacuumPace::new();
+    let churn = async |conn: &mut AsyncPgConnection, n: i64| {
+        finished(conn, "churn", "completed", 0, n).await;
+        conn.batch_execute("DELETE FROM jobq.jobs WHERE task = 'churn'")
+            .await
+            .unwrap();
+    };
+
+    // 8,000 dead rows: past autovacuum's threshold (1,000), not ten times.
+    churn(&mut conn, 8_000).await;
+    wait_stats(&mut conn, "8,000 dead rows", |s| s.dead >= 8_000).await;
+    assert_eq!(
+        jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap(),
+        Vacuum::Autovacuum
+    );
+    assert_eq!(stats(&mut conn).await.vacuums, 0);
+
+    churn(&mut conn, 4_000).await;
+    wait_stats(&mut conn, "12,000 dead rows", |s| s.dead >= 12_000).await;
+    match jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap() {
+        Vacuum::Vacuumed { dead_rows } => assert!(dead_rows >= 12_000, "{dead_rows}"),
+        other => panic!("expected a vacuum, got {other:?}"),
+    }
+    wait_stats(&mut conn, "the vacuum", |s| s.vacuums >= 1 && s.dead == 0).await;
+    assert_eq!(
+        jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap(),
+        Vacuum::Autovacuum,
+        "caught up"
     );
 }

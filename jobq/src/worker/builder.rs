@@ -31,7 +31,7 @@ use crate::{Error, Schedule};
 /// | [`maintenance_interval`](Self::maintenance_interval) | | 5 s |
 /// | [`retention_completed`](Self::retention_completed) | `JOBQ_RETENTION_COMPLETED` | 1 min |
 /// | [`retention_failed`](Self::retention_failed) | `JOBQ_RETENTION_FAILED` | 7 days (failed and cancelled jobs) |
-/// | [`vacuum`](Self::vacuum) | `JOBQ_VACUUM` (`on`/`off`) | on (acts only where autovacuum is off) |
+/// | [`vacuum`](Self::vacuum) | `JOBQ_VACUUM` (`on`/`off`) | on (acts where autovacuum is off or far behind) |
 /// | [`listen`](Self::listen) | | on |
 /// | [`listen_url`](Self::listen_url) | `JOBQ_LISTEN_URL` | the pool's database |
 /// | [`connect_timeout`](Self::connect_timeout) | `JOBQ_CONNECT_TIMEOUT` | 30 s |
@@ -217,11 +217,16 @@ impl WorkerBuilder {
         self.retention_completed(completed).retention_failed(failed)
     }
 
-    /// Whether the maintenance pass vacuums jobq's tables itself when the
-    /// server's autovacuum is off for them (default on). Every job leaves
-    /// dead row versions behind; without any vacuum the table grows for
-    /// ever. Where autovacuum runs, this does nothing. It needs the role
-    /// to own the tables (or the database); otherwise the worker logs one
+    /// Whether the worker vacuums jobq's tables itself where the server's
+    /// autovacuum is off for them, or has fallen far behind (default on).
+    /// Every job leaves dead row versions behind; without any vacuum the
+    /// table grows for ever, and autovacuum, visiting a table once a
+    /// minute, lets a busy active partition gather millions of them. The
+    /// worker reads the statistics every second (or every maintenance
+    /// interval, when shorter) and vacuums a partition once its dead rows
+    /// pass autovacuum's threshold where autovacuum is off, ten times that
+    /// where it is on. It needs the role to own the tables (or the
+    /// database); otherwise, where autovacuum is off, the worker logs one
     /// warning and leaves it.
     pub fn vacuum(mut self, vacuum: bool) -> Self {
         self.vacuum = Some(vacuum);

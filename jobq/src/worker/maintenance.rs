@@ -1,12 +1,11 @@
-//! The maintenance loop: rescue jobs of dead workers, prune finished jobs,
-//! forget the registrations of waiters that are gone, and vacuum jobq's
-//! tables where autovacuum does not. Every worker runs
-//! it; advisory locks (and `SKIP_LOCKED` for the vacuum) let one at a time
-//! do the work.
+//! The maintenance loop: rescue jobs of dead workers, prune finished jobs
+//! and forget the registrations of waiters that are gone. Every worker runs
+//! it; advisory locks let one at a time do the work. (Vacuuming has a loop
+//! of its own, `super::vacuum`.)
 
 use std::sync::Arc;
 
-use jobq_diesel::{PooledConnection, Vacuum};
+use jobq_diesel::PooledConnection;
 
 use super::error_text::error_chain;
 use super::state::Shared;
@@ -17,28 +16,15 @@ const PRUNE_BATCH: i64 = 5_000;
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(shared.config.maintenance_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut warned_not_allowed = false;
     loop {
         ticker.tick().await;
-        match tick(&shared).await {
-            Ok(Some(Vacuum::NotAllowed { dead_rows })) if !warned_not_allowed => {
-                warned_not_allowed = true;
-                tracing::warn!(
-                    dead_rows,
-                    "autovacuum is off for jobq.jobs and this role may not vacuum it \
-                     (it needs to own the table or the database): dead rows will pile up; \
-                     turn autovacuum on, or vacuum jobq.jobs from a job of your own"
-                );
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "maintenance failed; trying again next interval");
-            }
+        if let Err(e) = tick(&shared).await {
+            tracing::warn!(error = %e, "maintenance failed; trying again next interval");
         }
     }
 }
 
-async fn tick(shared: &Shared) -> Result<Option<Vacuum>, String> {
+async fn tick(shared: &Shared) -> Result<(), String> {
     let mut conn = shared.pool.get().await.map_err(|e| error_chain(&e))?;
     rescue(shared, &mut conn).await?;
     prune(shared, &mut conn).await?;
@@ -51,16 +37,7 @@ async fn tick(shared: &Shared) -> Result<Option<Vacuum>, String> {
             "removed the waited-job registrations of gone waiters"
         );
     }
-    if !shared.config.vacuum {
-        return Ok(None);
-    }
-    let outcome = jobq_diesel::vacuum(&mut conn)
-        .await
-        .map_err(|e| format!("vacuum: {e}"))?;
-    if let Vacuum::Vacuumed { dead_rows } = outcome {
-        tracing::debug!(dead_rows, "vacuumed jobq.jobs (autovacuum is off)");
-    }
-    Ok(Some(outcome))
+    Ok(())
 }
 
 async fn rescue(shared: &Shared, conn: &mut PooledConnection<'_>) -> Result<(), String> {

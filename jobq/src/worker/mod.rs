@@ -36,6 +36,7 @@ mod slots;
 mod standing;
 mod state;
 pub(crate) mod url;
+mod vacuum;
 mod wakeups;
 
 use std::future::Future;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error_text::error_chain;
 use super::state::{Finished, Shared};
-use super::{completer, executor, fetcher, heartbeat, listen, maintenance, scheduler};
+use super::{completer, executor, fetcher, heartbeat, listen, maintenance, scheduler, vacuum};
 
 /// How long the final outcome writes may keep trying after the shutdown
 /// timeout before the worker exits anyway (its jobs are then rescued).
@@ -55,6 +55,7 @@ impl Running {
         let mut background = vec![
             tokio::spawn(heartbeat::run(Arc::clone(&shared), info)),
             tokio::spawn(maintenance::run(Arc::clone(&shared))),
+            tokio::spawn(vacuum::run(Arc::clone(&shared))),
             tokio::spawn(scheduler::run(Arc::clone(&shared), schedules)),
         ];
         #[cfg(feature = "metrics")]
