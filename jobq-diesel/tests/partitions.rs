@@ -210,9 +210,9 @@ async fn placed_id(conn: &mut AsyncPgConnection, task: &str) -> i64 {
     .await
 }
 
-/// A running job, and a second connection holding its row moved to the
-/// finished partition in an open transaction.
-async fn running_job_being_finished(db: &TestDatabase) -> (i64, AsyncPgConnection) {
+/// jobq's schema on `db` and a job running its first attempt there; the
+/// job's id and the connection that made it.
+async fn running_job(db: &TestDatabase) -> (i64, AsyncPgConnection) {
     let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
     jobq_diesel::migrate(&mut conn).await.unwrap();
     let id = number(
@@ -221,6 +221,13 @@ async fn running_job_being_finished(db: &TestDatabase) -> (i64, AsyncPgConnectio
          VALUES ('t', '{}', 'running', 1, now()) RETURNING id AS n",
     )
     .await;
+    (id, conn)
+}
+
+/// A running job, and a second connection holding its row moved to the
+/// finished partition in an open transaction.
+async fn running_job_being_finished(db: &TestDatabase) -> (i64, AsyncPgConnection) {
+    let (id, mut conn) = running_job(db).await;
     conn.batch_execute(&format!(
         "BEGIN; UPDATE jobq.jobs SET state = 'completed', finished_at = now() WHERE id = {id}"
     ))
@@ -413,14 +420,7 @@ async fn a_claim_that_meets_a_job_finished_after_its_snapshot_skips_it() {
 async fn a_retry_outcome_that_waited_for_a_cancellation_ends_the_job_cancelled() {
     use jobq_diesel::{Outcome, OutcomeKind};
     let db = TestDatabase::create().await.unwrap();
-    let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
-    jobq_diesel::migrate(&mut conn).await.unwrap();
-    let id = number(
-        &mut conn,
-        "INSERT INTO jobq.jobs (task, payload, state, attempt, started_at) \
-         VALUES ('t', '{}', 'running', 1, now()) RETURNING id AS n",
-    )
-    .await;
+    let (id, mut conn) = running_job(&db).await;
     let mut canceller = AsyncPgConnection::establish(db.url()).await.unwrap();
     canceller
         .batch_execute(&format!(
