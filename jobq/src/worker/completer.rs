@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::outcome_writer::{BatchWrite, Entry, PoolStore};
+use super::outcome_writer::{BatchWrite, Entry, ParkedBecause, PoolStore};
 use super::state::{Finished, Shared};
 
 /// Longest an outcome waits for others to share its statement.
@@ -20,8 +20,23 @@ const GATHER_WINDOW: Duration = Duration::from_millis(2);
 /// Longest pause between two tries of a failing write.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
+/// First pause before parked outcomes are tried again. Short, because
+/// the usual lock on a job's row is a claim of another worker's passing
+/// over it: a `FOR UPDATE SKIP LOCKED` walk that reaches a row claimed
+/// after its snapshot was taken locks the row before it sees that the
+/// row is no longer pending, and PostgreSQL keeps that lock until the
+/// claim commits, milliseconds later (longer with many workers on a busy
+/// server). A retry is written around locks, so it costs one statement
+/// and never waits.
+const FIRST_PARKED_DELAY: Duration = Duration::from_millis(50);
+
 /// Longest pause between two tries of outcomes the database refused.
 const MAX_PARKED_DELAY: Duration = Duration::from_secs(30);
+
+/// How long a job's row may stay locked by another transaction before
+/// the waiting outcome is logged as a warning: past anything a claim
+/// holds it for, so the application's own long transaction.
+const LONG_LOCK: Duration = Duration::from_secs(10);
 
 /// Runs until the channel closes, or `stop` fires, and everything received
 /// is written; or until `give_up` fires while writes keep failing (the jobs
@@ -116,7 +131,7 @@ impl Default for Parked {
         Self {
             entries: Vec::new(),
             due: None,
-            backoff: Backoff::new(Duration::from_secs(1), MAX_PARKED_DELAY),
+            backoff: Backoff::new(FIRST_PARKED_DELAY, MAX_PARKED_DELAY),
         }
     }
 }
@@ -223,15 +238,37 @@ async fn write(
         );
     }
     let mut parked = Vec::new();
-    for (entry, why) in report.parked {
-        tracing::error!(
-            job.id = entry.outcome.id,
-            job.attempt = entry.outcome.attempt,
-            error = %why,
-            "the database refuses every form of this outcome for now; trying it again later \
-             (its job stays running under this worker meanwhile)"
-        );
+    let mut locked = 0;
+    for (mut entry, why) in report.parked {
+        match why {
+            ParkedBecause::Refused(error) => tracing::error!(
+                job.id = entry.outcome.id,
+                job.attempt = entry.outcome.attempt,
+                error = %error,
+                "the database refuses every form of this outcome for now; trying it again later \
+                 (its job stays running under this worker meanwhile)"
+            ),
+            ParkedBecause::Locked { since } => {
+                locked += 1;
+                if since.elapsed() >= LONG_LOCK && !entry.long_lock_logged {
+                    entry.long_lock_logged = true;
+                    tracing::warn!(
+                        job.id = entry.outcome.id,
+                        job.attempt = entry.outcome.attempt,
+                        locked_for = ?since.elapsed(),
+                        "another transaction keeps this job's row locked; its outcome waits \
+                         (the job stays running under this worker meanwhile)"
+                    );
+                }
+            }
+        }
         parked.push(entry);
+    }
+    if locked > 0 {
+        tracing::debug!(
+            outcomes = locked,
+            "outcomes wait for row locks of other transactions; trying them again shortly"
+        );
     }
     if let Some(delay_ms) = retry_in {
         let delay = Duration::from_millis(u64::try_from(delay_ms).unwrap_or(0));

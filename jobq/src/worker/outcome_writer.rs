@@ -7,7 +7,8 @@
 //! message the database refuses, a rule of the application's that refuses
 //! a row): the batch is written again without waiting for row locks, and
 //! split in halves until the outcomes it refuses stand alone, so that
-//! every other outcome is written. Outcomes of locked rows are parked. An outcome refused on its own is tried again a few times (a
+//! every other outcome is written. Outcomes of locked rows are parked.
+//! An outcome refused on its own is tried again a few times (a
 //! lock timeout looks the same from here), then written with less: its
 //! message replaced by a note, then without a message (an outcome whose
 //! output is refused becomes a failure saying so). One that is
@@ -18,6 +19,8 @@
 
 use std::future::Future;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use jobq_diesel::{NotWritten, Outcome, Pool, RejectedOutcome};
 
@@ -123,7 +126,21 @@ pub(crate) struct Entry {
     pub(crate) settles_claim: bool,
     state: EntryState,
     /// Why it was parked, when it was.
-    parked_because: String,
+    parked_because: Option<ParkedBecause>,
+    /// Since when its row has been found locked, while it is.
+    locked_since: Option<Instant>,
+    /// Whether a long-held lock on its row was logged already.
+    pub(crate) long_lock_logged: bool,
+}
+
+/// Why an outcome could not be written for now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ParkedBecause {
+    /// Another transaction holds the job's row locked, since `since`
+    /// (the first write that found it locked).
+    Locked { since: Instant },
+    /// The database refused every form of it; the last refusal.
+    Refused(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +157,9 @@ impl Entry {
             claim,
             settles_claim,
             state: EntryState::Unwritten,
-            parked_because: String::new(),
+            parked_because: None,
+            locked_since: None,
+            long_lock_logged: false,
         }
     }
 }
@@ -154,7 +173,7 @@ pub(crate) struct Report {
     pub(crate) degraded: Vec<(i64, i32, String)>,
     /// Outcomes that could not be written in any form, as they were, with
     /// the last refusal: to be tried again later.
-    pub(crate) parked: Vec<(Entry, String)>,
+    pub(crate) parked: Vec<(Entry, ParkedBecause)>,
 }
 
 /// A batch on its way to the database. [`write`](Self::write) may be
@@ -240,7 +259,10 @@ impl BatchWrite {
         for mut entry in self.entries.drain(..) {
             if entry.state == EntryState::Parked {
                 entry.state = EntryState::Unwritten;
-                let why = std::mem::take(&mut entry.parked_because);
+                let why = entry
+                    .parked_because
+                    .take()
+                    .unwrap_or_else(|| ParkedBecause::Refused(String::new()));
                 report.parked.push((entry, why));
             }
         }
@@ -287,12 +309,13 @@ impl BatchWrite {
                 .locked
                 .iter()
                 .any(|l| l.id == o.id && l.attempt == o.attempt);
+            let entry = &mut self.entries[i];
             if locked {
-                self.entries[i].state = EntryState::Parked;
-                self.entries[i].parked_because =
-                    "another transaction holds the job's row locked".into();
+                let since = *entry.locked_since.get_or_insert_with(Instant::now);
+                entry.state = EntryState::Parked;
+                entry.parked_because = Some(ParkedBecause::Locked { since });
             } else {
-                self.entries[i].state = EntryState::Written;
+                entry.state = EntryState::Written;
             }
         }
         self.report.rejected.extend(not_written.rejected);
@@ -376,8 +399,10 @@ impl BatchWrite {
                 Err(WriteError::Refused(e)) => refusal = e,
             }
         }
-        self.entries[i].state = EntryState::Parked;
-        self.entries[i].parked_because = refusal;
+        let entry = &mut self.entries[i];
+        entry.state = EntryState::Parked;
+        entry.parked_because = Some(ParkedBecause::Refused(refusal));
+        entry.locked_since = None;
         Ok(())
     }
 }
@@ -587,7 +612,7 @@ mod tests {
         assert_eq!(store.written_ids(), (0..19).collect());
         assert_eq!(report.parked.len(), 1);
         let (parked, why) = report.parked.pop().unwrap();
-        assert_eq!(why, "invalid input");
+        assert_eq!(why, ParkedBecause::Refused("invalid input".into()));
         assert_eq!(parked.outcome.id, 19);
         assert_eq!(
             parked.outcome.message.as_deref(),
@@ -649,7 +674,9 @@ mod tests {
         assert_eq!(store.written_ids(), (0..10).filter(|&i| i != 4).collect());
         assert!(report.degraded.is_empty(), "a lock is not the data's fault");
         let (parked, why) = report.parked.pop().unwrap();
-        assert!(why.contains("locked"), "{why}");
+        let ParkedBecause::Locked { since: first_found } = why else {
+            panic!("{why:?}")
+        };
         assert_eq!(parked.outcome.message.as_deref(), Some("boom"));
         // The whole batch, one statement around the locks (no bisection,
         // no single tries), and the settled claims.
@@ -658,9 +685,15 @@ mod tests {
         // write that would wait for the lock.
         let mut retry = BatchWrite::retrying(vec![parked]);
         let statements = store.statements;
+        tokio::time::advance(Duration::from_secs(3)).await;
         let report = retry.write(&mut store).await.unwrap();
         assert_eq!(report.parked.len(), 1);
         assert_eq!(store.statements, statements + 1);
+        // Locked since the first write that found it so.
+        assert_eq!(
+            report.parked[0].1,
+            ParkedBecause::Locked { since: first_found }
+        );
         // Once the lock is gone, it is written as it was.
         store.locked.clear();
         let (parked, _) = report.parked.into_iter().next().unwrap();
