@@ -125,8 +125,6 @@ pub(crate) struct Entry {
     /// once it is written.
     pub(crate) settles_claim: bool,
     state: EntryState,
-    /// Why it was parked, when it was.
-    parked_because: Option<ParkedBecause>,
     /// Since when its row has been found locked, while it is.
     locked_since: Option<Instant>,
     /// Whether a long-held lock on its row was logged already.
@@ -143,11 +141,11 @@ pub(crate) enum ParkedBecause {
     Refused(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum EntryState {
     Unwritten,
     Written,
-    Parked,
+    Parked(ParkedBecause),
 }
 
 impl Entry {
@@ -157,7 +155,6 @@ impl Entry {
             claim,
             settles_claim,
             state: EntryState::Unwritten,
-            parked_because: None,
             locked_since: None,
             long_lock_logged: false,
         }
@@ -248,7 +245,7 @@ impl BatchWrite {
     fn settled_claims(&self) -> Vec<i64> {
         self.entries
             .iter()
-            .filter(|e| e.settles_claim && e.state != EntryState::Parked)
+            .filter(|e| e.settles_claim && !matches!(e.state, EntryState::Parked(_)))
             .filter_map(|e| e.claim)
             .collect()
     }
@@ -257,12 +254,9 @@ impl BatchWrite {
         self.isolating = false;
         let mut report = std::mem::take(&mut self.report);
         for mut entry in self.entries.drain(..) {
-            if entry.state == EntryState::Parked {
-                entry.state = EntryState::Unwritten;
-                let why = entry
-                    .parked_because
-                    .take()
-                    .unwrap_or_else(|| ParkedBecause::Refused(String::new()));
+            if let EntryState::Parked(why) =
+                std::mem::replace(&mut entry.state, EntryState::Unwritten)
+            {
                 report.parked.push((entry, why));
             }
         }
@@ -312,8 +306,7 @@ impl BatchWrite {
             let entry = &mut self.entries[i];
             if locked {
                 let since = *entry.locked_since.get_or_insert_with(Instant::now);
-                entry.state = EntryState::Parked;
-                entry.parked_because = Some(ParkedBecause::Locked { since });
+                entry.state = EntryState::Parked(ParkedBecause::Locked { since });
             } else {
                 entry.state = EntryState::Written;
             }
@@ -400,8 +393,7 @@ impl BatchWrite {
             }
         }
         let entry = &mut self.entries[i];
-        entry.state = EntryState::Parked;
-        entry.parked_because = Some(ParkedBecause::Refused(refusal));
+        entry.state = EntryState::Parked(ParkedBecause::Refused(refusal));
         entry.locked_since = None;
         Ok(())
     }
