@@ -31,6 +31,13 @@ GRANT SELECT ON jobq.schema_migrations TO jobq_worker;
 -- its active partition directly, and new ids come from jobq.job_ids.
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.jobs, jobq.jobs_active, jobq.jobs_finished
     TO jobq_worker;
+-- Completed jobs are written to a ring of segments (partitions of
+-- jobq.jobs_finished), which maintenance turns and prunes by truncating a
+-- whole segment.
+GRANT SELECT, UPDATE ON jobq.completed_segments TO jobq_worker;
+GRANT TRUNCATE ON jobq.jobs_completed_0, jobq.jobs_completed_1, jobq.jobs_completed_2,
+    jobq.jobs_completed_3, jobq.jobs_completed_4, jobq.jobs_completed_5,
+    jobq.jobs_completed_6, jobq.jobs_completed_7 TO jobq_worker;
 GRANT USAGE ON SEQUENCE jobq.job_ids TO jobq_worker, jobq_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.workers TO jobq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.claims TO jobq_worker;

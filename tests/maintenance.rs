@@ -42,16 +42,16 @@ async fn wait_pruned(env: &support::Env, tag: &str) {
 }
 
 const DEAD: &str = "SELECT coalesce(sum(n_dead_tup), 0)::bigint AS n FROM pg_stat_user_tables \
-                    WHERE relid IN ('jobq.jobs_active'::regclass, 'jobq.jobs_finished'::regclass)";
+                    WHERE relid IN ('jobq.jobs_active'::regclass, 'jobq.jobs_finished_kept'::regclass)";
 const VACUUMS: &str = "SELECT coalesce(max(vacuum_count), 0) AS n FROM pg_stat_user_tables \
-                       WHERE relid IN ('jobq.jobs_active'::regclass, 'jobq.jobs_finished'::regclass)";
+                       WHERE relid IN ('jobq.jobs_active'::regclass, 'jobq.jobs_finished_kept'::regclass)";
 
 async fn autovacuum_off_for_jobs(env: &support::Env) {
     env.conn()
         .await
         .batch_execute(
             "ALTER TABLE jobq.jobs_active SET (autovacuum_enabled = off); \
-             ALTER TABLE jobq.jobs_finished SET (autovacuum_enabled = off)",
+             ALTER TABLE jobq.jobs_finished_kept SET (autovacuum_enabled = off)",
         )
         .await
         .unwrap();
@@ -103,4 +103,46 @@ async fn vacuum_off_leaves_the_table_alone() {
     }
     worker.shutdown().await.unwrap();
     assert_eq!(env.count(VACUUMS).await, 0, "no vacuum with vacuum(false)");
+}
+
+/// Completed jobs go to the ring's open segment and leave it whole: the
+/// worker truncates a segment once its jobs are past their retention,
+/// and deletes none of them.
+#[tokio::test]
+async fn the_worker_truncates_segments_of_completed_jobs_past_their_retention() {
+    let env = support::env().await;
+    let worker = env
+        .worker()
+        .retention_completed(Duration::from_secs(2))
+        .maintenance_interval(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap()
+        .spawn();
+    let mut conn = env.conn().await;
+    for _ in 0..20 {
+        idle::enqueue(&mut conn, &Nothing {}).await.unwrap();
+    }
+    // Kept two seconds, and a second more in their segment, at least.
+    support::wait_until("the 20 jobs completed into segments", || async {
+        env.count(
+            "SELECT count(*) AS n FROM jobq.jobs \
+             WHERE state = 'completed' AND tableoid::regclass::text LIKE 'jobq.jobs_completed_%'",
+        )
+        .await
+            == 20
+    })
+    .await;
+    support::wait_until("the segments holding them to be truncated", || async {
+        env.count("SELECT count(*) AS n FROM jobq.jobs").await == 0
+    })
+    .await;
+    worker.shutdown().await.unwrap();
+    // Pruning deletes only from the kept partition; these were never
+    // there, so truncation it was.
+    assert_eq!(
+        env.count("SELECT count(*) AS n FROM jobq.jobs_finished_kept")
+            .await,
+        0
+    );
 }

@@ -218,6 +218,20 @@ async fn roles_sql_gives_app_and_worker_only_what_they_need() {
     .await;
     handle.shutdown().await.expect("clean shutdown");
     let mut as_worker = connect(&as_user(db.url(), &worker)).await;
+    // The worker role prunes completed jobs a segment at a time: it may
+    // truncate one whose jobs are all past their retention.
+    exec(
+        &mut admin,
+        "UPDATE jobq.completed_segments SET opened_at = now() - interval '3 hours', \
+             closed_at = CASE WHEN segment = 0 THEN now() - interval '2 hours' END \
+         WHERE segment IN (0, 1)",
+    )
+    .await
+    .expect("the ring aged");
+    let turned = jobq_diesel::turn_completed_segments(&mut as_worker, Duration::from_secs(60))
+        .await
+        .expect("the worker role turns the ring");
+    assert_eq!(turned.truncated, [0], "{turned:?}");
     denied(
         exec(&mut as_worker, "DROP TABLE jobq.jobs").await,
         "worker drops the table",

@@ -87,7 +87,7 @@ pub async fn print_server() -> anyhow::Result<()> {
 /// Size and dead tuples of the jobs table.
 #[derive(Debug, Clone, Copy, QueryableByName)]
 pub struct TableStats {
-    /// Heap, indexes and TOAST of both partitions of `jobq.jobs`.
+    /// Heap, indexes and TOAST of every partition of `jobq.jobs`.
     #[diesel(sql_type = BigInt)]
     pub total_bytes: i64,
     /// Live rows by the statistics collector.
@@ -113,7 +113,7 @@ pub async fn table_stats(conn: &mut AsyncPgConnection) -> anyhow::Result<TableSt
              sum(autovacuum_count)::bigint AS autovacuums, \
              sum(vacuum_count)::bigint AS vacuums \
          FROM pg_stat_user_tables \
-         WHERE schemaname = 'jobq' AND relname IN ('jobs_active', 'jobs_finished')",
+         WHERE relid IN (SELECT relid FROM pg_partition_tree('jobq.jobs') WHERE isleaf)",
     )
     .get_result(conn)
     .await?)

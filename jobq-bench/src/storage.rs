@@ -12,7 +12,7 @@ use crate::db;
 /// One look at jobq's storage.
 #[derive(Debug, Clone, Copy, QueryableByName)]
 pub struct Storage {
-    /// Heap, indexes and TOAST of both partitions of `jobq.jobs`.
+    /// Heap, indexes and TOAST of every partition of `jobq.jobs`.
     #[diesel(sql_type = BigInt)]
     pub total_bytes: i64,
     /// Heap, indexes and TOAST of `jobq.jobs_active`, the partition that
@@ -27,13 +27,13 @@ pub struct Storage {
     /// jobs it indexes.
     #[diesel(sql_type = BigInt)]
     pub claim_index_bytes: i64,
-    /// `pg_stat_user_tables.n_live_tup`, both partitions.
+    /// `pg_stat_user_tables.n_live_tup`, every partition.
     #[diesel(sql_type = BigInt)]
     pub live: i64,
-    /// `pg_stat_user_tables.n_dead_tup`, both partitions.
+    /// `pg_stat_user_tables.n_dead_tup`, every partition.
     #[diesel(sql_type = BigInt)]
     pub dead: i64,
-    /// Vacuums so far of either partition, autovacuum's and others (jobq's
+    /// Vacuums so far of any partition, autovacuum's and others (jobq's
     /// maintenance).
     #[diesel(sql_type = BigInt)]
     pub vacuums: i64,
@@ -54,7 +54,7 @@ pub async fn storage(conn: &mut AsyncPgConnection) -> anyhow::Result<Storage> {
              sum(n_live_tup)::bigint AS live, sum(n_dead_tup)::bigint AS dead, \
              sum(autovacuum_count + vacuum_count)::bigint AS vacuums \
          FROM pg_stat_user_tables \
-         WHERE schemaname = 'jobq' AND relname IN ('jobs_active', 'jobs_finished')",
+         WHERE relid IN (SELECT relid FROM pg_partition_tree('jobq.jobs') WHERE isleaf)",
     )
     .get_result(conn)
     .await?)

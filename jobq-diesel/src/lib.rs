@@ -14,6 +14,7 @@ mod awaited;
 mod blocks;
 mod claim;
 mod claim_position;
+mod completed_segments;
 mod connect;
 mod conninfo;
 mod enqueue;
@@ -49,6 +50,7 @@ pub use awaited::{clean_awaited, AWAITED_MAX_AGE_HOURS};
 pub use blocks::{blocks, rate_buckets, unblock, BlockRow, BucketRow};
 pub use claim::{claim, release_claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
 pub use claim_position::ClaimPosition;
+pub use completed_segments::{turn_completed_segments, Turned};
 pub use connect::{
     redact, ConnectFuture, ConnectHook, ConnectOptions, ConnectOptionsError, Connector, SslMode,
 };

@@ -185,20 +185,20 @@ pub async fn prune(
     let row: Count = diesel::sql_query(
         "WITH lock AS (SELECT pg_try_advisory_xact_lock($1) AS held), \
          gone AS ( \
-             DELETE FROM jobq.jobs WHERE id = ANY(ARRAY( \
-                 (SELECT id FROM jobq.jobs \
+             DELETE FROM jobq.jobs_finished_kept WHERE id = ANY(ARRAY( \
+                 (SELECT id FROM jobq.jobs_finished_kept \
                   WHERE (SELECT held FROM lock) AND state = 'completed' \
                     AND finished_at < now() - $2 * interval '1 millisecond' \
                     AND unique_until IS NULL \
                   LIMIT $4) \
                  UNION ALL \
-                 (SELECT id FROM jobq.jobs \
+                 (SELECT id FROM jobq.jobs_finished_kept \
                   WHERE (SELECT held FROM lock) AND state IN ('failed', 'cancelled') \
                     AND finished_at < now() - $3 * interval '1 millisecond' \
                     AND unique_until IS NULL \
                   LIMIT $4) \
                  UNION ALL \
-                 (SELECT id FROM jobq.jobs \
+                 (SELECT id FROM jobq.jobs_finished_kept \
                   WHERE (SELECT held FROM lock) \
                     AND unique_until IS NOT NULL AND unique_until <= now() \
                     AND state IN ('completed', 'failed', 'cancelled') \

@@ -133,6 +133,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "finish_by_insert",
         up: include_str!("../../migrations/2026-12-06-000100_finish_by_insert/up.sql"),
     },
+    Migration {
+        version: 20261207000100,
+        name: "completed_segments",
+        up: include_str!("../../migrations/2026-12-07-000100_completed_segments/up.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -442,7 +442,7 @@ macro_rules! job_columns {
         "id, task, queue, payload, state, priority, attempt, max_attempts, run_at, \
          created_at, started_at, finished_at, worker_id, cancel_requested, dedupe_key, \
          errors, handbacks, key, headers, limited, output, unique_key, unique_gen, \
-         unique_until, follow_up"
+         unique_until, follow_up, completed_segment"
     };
 }
 
@@ -469,7 +469,10 @@ macro_rules! succeeded_state {
 /// The rows `ended`, deleted from the active partition (RETURNING every
 /// column), inserted into the finished partition with the state `$state`,
 /// the errors `$errors` and the output `$output` (SQL over the alias `e`),
-/// finished now and by no worker. Jobs finish this way rather than by an
+/// finished now and by no worker. A completed job that holds no unique key
+/// goes to the open segment of completed jobs (see
+/// `crate::completed_segments`), any other to the partition pruned row by
+/// row. Jobs finish this way rather than by an
 /// UPDATE that moves them between partitions: a claim that read a job as
 /// pending and reaches it after another worker claimed and finished it
 /// skips a deleted row, while a moved one fails the whole claim with a
@@ -486,7 +489,11 @@ macro_rules! insert_finished {
             $errors,
             ", e.handbacks, e.key, e.headers, e.limited, ",
             $output,
-            ", e.unique_key, e.unique_gen, e.unique_until, e.follow_up FROM ended e"
+            ", e.unique_key, e.unique_gen, e.unique_until, e.follow_up, CASE WHEN (",
+            $state,
+            ") = 'completed' AND e.unique_until IS NULL THEN ",
+            crate::completed_segments::open_segment!(),
+            " END FROM ended e"
         )
     };
 }

@@ -120,20 +120,22 @@ struct Estimate {
     n: Option<i64>,
 }
 
-/// The planner's estimate of completed jobs: the finished partition's
-/// estimated rows times the share of `completed` in its `state`
-/// statistics. `None` until the partition has been analyzed once.
+/// The planner's estimate of completed jobs: over the partitions of the
+/// finished jobs, each one's estimated rows times the share of `completed`
+/// in its `state` statistics. `None` until one of them has been analyzed.
 pub const COMPLETED_ESTIMATE_SQL: &str = "\
-    SELECT CASE WHEN c.reltuples < 0 THEN NULL \
-                ELSE coalesce(( \
+    SELECT CASE WHEN bool_and(c.reltuples < 0) THEN NULL \
+                ELSE sum(CASE WHEN c.reltuples < 0 THEN 0 ELSE coalesce(( \
                     SELECT round(c.reltuples * f.freq)::bigint \
                     FROM pg_stats s, \
                          unnest(s.most_common_vals::text::text[], s.most_common_freqs) \
                              AS f(val, freq) \
-                    WHERE s.schemaname = 'jobq' AND s.tablename = 'jobs_finished' \
-                      AND s.attname = 'state' AND f.val = 'completed'), 0) END AS n \
-    FROM pg_class c \
-    WHERE c.oid = 'jobq.jobs_finished'::regclass";
+                    WHERE s.schemaname = 'jobq' AND s.tablename = c.relname \
+                      AND s.attname = 'state' AND f.val = 'completed'), 0) END)::bigint \
+           END AS n \
+    FROM pg_partition_tree('jobq.jobs_finished') t \
+    JOIN pg_class c ON c.oid = t.relid \
+    WHERE t.isleaf";
 
 /// A worker process's row.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]

@@ -120,10 +120,10 @@ async fn upgrading_splits_the_jobs_by_state_and_keeps_every_job_id_and_grant() {
     assert_eq!(
         placed,
         [
-            place("broke", "failed", "jobq.jobs_finished"),
+            place("broke", "failed", "jobq.jobs_finished_kept"),
             place("busy", "running", "jobq.jobs_active"),
-            place("done", "completed", "jobq.jobs_finished"),
-            place("dropped", "cancelled", "jobq.jobs_finished"),
+            place("done", "completed", "jobq.jobs_finished_kept"),
+            place("dropped", "cancelled", "jobq.jobs_finished_kept"),
             place("due", "pending", "jobq.jobs_active"),
             place("due", "pending", "jobq.jobs_active"),
             place("due", "pending", "jobq.jobs_active"),
@@ -453,7 +453,7 @@ async fn a_retry_outcome_that_waited_for_a_cancellation_ends_the_job_cancelled()
     .await
     .unwrap();
     assert_eq!(placed.state, "cancelled");
-    assert_eq!(placed.partition, "jobq.jobs_finished");
+    assert_eq!(placed.partition, "jobq.jobs_finished_kept");
     let job = jobq_diesel::find_job(&mut conn, id).await.unwrap().unwrap();
     assert!(
         job.errors.to_string().contains("try again"),

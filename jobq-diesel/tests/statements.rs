@@ -561,9 +561,14 @@ async fn the_claim_never_visits_jobs_due_later() {
         .iter()
         .filter(|l| {
             l.contains("Scan")
-                && [" on jobs ", " on jobs_active ", " on jobs_finished "]
-                    .iter()
-                    .any(|t| l.contains(t))
+                && [
+                    " on jobs ",
+                    " on jobs_active ",
+                    " on jobs_finished",
+                    " on jobs_completed_",
+                ]
+                .iter()
+                .any(|t| l.contains(t))
         })
         .collect();
     assert!(
@@ -877,9 +882,14 @@ fn jobs_scans(plan: Vec<PlanLine>) -> Vec<String> {
         .map(|p| p.line)
         .filter(|l| {
             l.contains("Scan")
-                && [" on jobs ", " on jobs_active ", " on jobs_finished "]
-                    .iter()
-                    .any(|t| l.contains(t))
+                && [
+                    " on jobs ",
+                    " on jobs_active ",
+                    " on jobs_finished",
+                    " on jobs_completed_",
+                ]
+                .iter()
+                .any(|t| l.contains(t))
         })
         .collect()
 }

@@ -103,10 +103,10 @@ struct Stats {
 async fn stats(conn: &mut AsyncPgConnection) -> Stats {
     diesel::sql_query(
         "SELECT sum(n_dead_tup)::bigint AS dead, \
-             sum(vacuum_count) FILTER (WHERE relname = 'jobs_finished')::bigint AS vacuums, \
+             sum(vacuum_count) FILTER (WHERE relname = 'jobs_finished_kept')::bigint AS vacuums, \
              sum(vacuum_count) FILTER (WHERE relname = 'jobs_active')::bigint AS active_vacuums \
          FROM pg_stat_user_tables \
-         WHERE relid IN ('jobq.jobs_active'::regclass, 'jobq.jobs_finished'::regclass)",
+         WHERE relid IN ('jobq.jobs_active'::regclass, 'jobq.jobs_finished_kept'::regclass)",
     )
     .get_result(conn)
     .await
@@ -150,7 +150,7 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
     let mut pace = jobq_diesel::VacuumPace::new();
     conn.batch_execute(
         "ALTER TABLE jobq.jobs_active SET (autovacuum_enabled = off); \
-         ALTER TABLE jobq.jobs_finished SET (autovacuum_enabled = off)",
+         ALTER TABLE jobq.jobs_finished_kept SET (autovacuum_enabled = off)",
     )
     .await
     .unwrap();
@@ -186,7 +186,7 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
     // setting decides.
     conn.batch_execute(
         "ALTER TABLE jobq.jobs_active RESET (autovacuum_enabled); \
-         ALTER TABLE jobq.jobs_finished RESET (autovacuum_enabled)",
+         ALTER TABLE jobq.jobs_finished_kept RESET (autovacuum_enabled)",
     )
     .await
     .unwrap();
@@ -216,7 +216,7 @@ async fn where_autovacuum_falls_far_behind_jobq_vacuums_the_partition_itself() {
     let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
     jobq_diesel::migrate(&mut conn).await.unwrap();
     conn.batch_execute(
-        "ALTER TABLE jobq.jobs_finished SET (autovacuum_vacuum_threshold = 2000000000, \
+        "ALTER TABLE jobq.jobs_finished_kept SET (autovacuum_vacuum_threshold = 2000000000, \
              autovacuum_vacuum_insert_threshold = -1, autovacuum_analyze_threshold = 2000000000)",
     )
     .await

@@ -1,5 +1,6 @@
 //! The maintenance loop: rescue jobs of dead workers, prune finished jobs
-//! and forget the registrations of waiters that are gone. Every worker runs
+//! (turning the ring of completed jobs' segments, deleting the others) and
+//! forget the registrations of waiters that are gone. Every worker runs
 //! it; advisory locks let one at a time do the work. (Vacuuming has a loop
 //! of its own, `super::vacuum`.)
 
@@ -28,6 +29,7 @@ async fn tick(shared: &Shared) -> Result<(), String> {
     let mut conn = shared.pool.get().await.map_err(|e| error_chain(&e))?;
     rescue(shared, &mut conn).await?;
     prune(shared, &mut conn).await?;
+    turn_segments(shared, &mut conn).await?;
     let forgotten = jobq_diesel::clean_awaited(&mut conn)
         .await
         .map_err(|e| format!("cleaning up the registrations of gone waiters: {e}"))?;
@@ -72,4 +74,26 @@ async fn prune(shared: &Shared, conn: &mut PooledConnection<'_>) -> Result<(), S
             return Ok(());
         }
     }
+}
+
+async fn turn_segments(shared: &Shared, conn: &mut PooledConnection<'_>) -> Result<(), String> {
+    let turned = jobq_diesel::turn_completed_segments(conn, shared.config.retention.completed)
+        .await
+        .map_err(|e| format!("turning the segments of completed jobs: {e}"))?;
+    if !turned.truncated.is_empty() || turned.opened.is_some() {
+        tracing::debug!(
+            truncated = ?turned.truncated,
+            opened = ?turned.opened,
+            "turned the segments of completed jobs"
+        );
+    }
+    if !turned.busy.is_empty() {
+        // Readers of jobq.jobs held the segment past the truncation's
+        // wait; its jobs stay a pass longer.
+        tracing::debug!(
+            busy = ?turned.busy,
+            "segments of completed jobs due for truncation were in use; trying again next pass"
+        );
+    }
+    Ok(())
 }
