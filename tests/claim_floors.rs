@@ -155,3 +155,51 @@ async fn a_higher_priority_insert_runs_before_the_rest_of_the_queue() {
         "the urgent job waited for the whole backlog: {info:#?}"
     );
 }
+
+/// A job that a claim passed over because another transaction held it
+/// locked, released without a word, lies before the floor and nothing
+/// announces it: the probe of the claim heads finds it within a poll
+/// interval (claims themselves never walk from the head again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_a_claim_passed_over_while_locked_runs_by_the_probe() {
+    let env = support::env().await;
+    let handle = env
+        .worker()
+        .poll_interval(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap()
+        .spawn();
+    env.wait_listening().await;
+    let mut conn = env.conn().await;
+    jobq::pause_queue(&mut conn, "default").await.unwrap();
+    let held = floored::enqueue(&mut conn, &Step { n: 1 }).await.unwrap();
+    let mut locker = diesel_async::AsyncPgConnection::establish(env.db.url())
+        .await
+        .unwrap();
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM jobq.jobs WHERE id = {} FOR UPDATE",
+            i64::from(held)
+        ))
+        .await
+        .unwrap();
+    let mut later = Vec::new();
+    for n in 2..5 {
+        later.push(floored::enqueue(&mut conn, &Step { n }).await.unwrap());
+    }
+    jobq::resume_queue(&mut conn, "default").await.unwrap();
+    for id in later {
+        env.wait_state(id, JobState::Completed).await;
+    }
+    // Claims that start at their floor now (whatever notification came
+    // while the first claims were in flight).
+    run_some(&env, 2).await;
+    let info = jobq::job(&mut conn, held).await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Pending, "passed over while locked");
+
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let info = env.wait_state(held, JobState::Completed).await;
+    handle.shutdown().await.unwrap();
+    assert_eq!(info.attempt, 1);
+}

@@ -177,6 +177,7 @@ macro_rules! claimable {
              WHERE b.task = w.task AND b.until > now())))"
     };
 }
+pub(crate) use claimable;
 
 /// The claim statement; `$1` queues, `$2` tasks, `$3` free slots per task,
 /// `$4` the worker, `$5` the claim key, `$6`, `$7`, `$8` each task's

@@ -2277,3 +2277,87 @@ async fn under_a_held_snapshot_a_claim_from_its_floor_steps_over_no_dead_head() 
     assert_eq!(claimed.len(), 10, "from the floor, every pending job");
     holder.batch_execute("COMMIT").await.unwrap();
 }
+
+/// The probe of the claim heads finds each task's first job in claim
+/// order, leaves out what a claim would (paused queues, blocked keys, jobs
+/// not yet due, other tasks), counts a job another claim holds locked,
+/// and locks nothing itself.
+#[tokio::test]
+async fn claim_heads_find_each_tasks_first_claimable_job_without_locking() {
+    let (db, mut conn) = setup().await;
+    let queues = ["default".to_owned(), "paused".to_owned()];
+    let tasks = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+    let low = jobq_diesel::insert_job(&mut conn, &job("a")).await.unwrap();
+    let high = jobq_diesel::insert_job(
+        &mut conn,
+        &NewJob {
+            priority: 5,
+            ..job("a")
+        },
+    )
+    .await
+    .unwrap();
+    let _blocked = jobq_diesel::insert_job(
+        &mut conn,
+        &NewJob {
+            key: Some("k"),
+            priority: 9,
+            ..job("b")
+        },
+    )
+    .await
+    .unwrap();
+    let free = jobq_diesel::insert_job(&mut conn, &job("b")).await.unwrap();
+    jobq_diesel::insert_job(
+        &mut conn,
+        &NewJob {
+            queue: "paused",
+            ..job("c")
+        },
+    )
+    .await
+    .unwrap();
+    jobq_diesel::insert_job(
+        &mut conn,
+        &NewJob {
+            delay_ms: 3_600_000,
+            ..job("c")
+        },
+    )
+    .await
+    .unwrap();
+    conn.batch_execute(
+        "INSERT INTO jobq.paused_queues (queue) VALUES ('paused'); \
+         INSERT INTO jobq.blocks (task, key, until) VALUES ('b', 'k', now() + interval '1 hour')",
+    )
+    .await
+    .unwrap();
+    // Another transaction holds the first job of "a".
+    let mut holder = AsyncPgConnection::establish(db.url()).await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM jobq.jobs WHERE id = {high} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+
+    let mut heads = jobq_diesel::claim_heads(&mut conn, &queues, &tasks)
+        .await
+        .unwrap();
+    heads.sort_by(|x, y| x.0.cmp(&y.0));
+    let found: Vec<(&str, i64, i16)> = heads
+        .iter()
+        .map(|(t, at)| (t.as_str(), at.id, at.priority))
+        .collect();
+    assert_eq!(found, [("a", high, 5), ("b", free, 0)]);
+    assert!(low < high);
+    holder.batch_execute("COMMIT").await.unwrap();
+    // Nothing was locked: the holder's lock was the only one, and a claim
+    // takes the head at once.
+    let worker = jobq_diesel::register_worker(&mut conn, &info())
+        .await
+        .unwrap();
+    let claimed = claim_one(&mut conn, worker, "a").await;
+    assert_eq!(claimed[0].id, high);
+    assert_eq!(claimed[0].position, heads[0].1);
+}

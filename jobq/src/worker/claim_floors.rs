@@ -23,14 +23,15 @@
 //!   floor past it ([`ClaimFloors::finish`]);
 //! - nothing announces a job that a concurrent claim locked (so this one
 //!   skipped it) and then rolled back, nor a key whose block ran out: for
-//!   those, a claim starts from the head at least once per poll interval
-//!   ([`ClaimFloors::begin`]), which is what polling promised before;
+//!   those, a probe of every task's first claimable job, once per poll
+//!   interval (`super::head_probe`), lowers the floors, which is what
+//!   polling promised before. The probe walks the dead entries below the
+//!   floor, not a claim that a handler waits for;
 //! - a worker that gets no notifications at all walks from the head every
 //!   time ([`ClaimFloors::turn_off`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use jobq_diesel::ClaimPosition;
 
@@ -42,8 +43,6 @@ type Floor = Option<ClaimPosition>;
 #[derive(Debug)]
 pub(crate) struct ClaimFloors {
     inner: Mutex<Inner>,
-    /// How often a claim walks from the head whatever the floors say.
-    from_head_every: Duration,
 }
 
 #[derive(Debug)]
@@ -53,8 +52,6 @@ struct Inner {
     in_flight: u32,
     /// The lowest floor each task was given while a claim was in flight.
     lowered_in_flight: HashMap<String, Floor>,
-    /// When the last claim that walked every task from the head began.
-    last_from_head: Option<Instant>,
     /// No notifications arrive (listening is off or does not work): every
     /// claim walks from the head, as nothing could lower a floor.
     off: bool,
@@ -69,24 +66,32 @@ pub(crate) struct Flight {
     /// The floor of each task of the claim.
     pub(crate) floors: Vec<Floor>,
     tasks: Vec<String>,
-    began: Instant,
-    from_head: bool,
 }
 
 impl ClaimFloors {
-    /// Floors for `tasks`, all at their heads; the safety walk from the
-    /// head runs at least every `from_head_every` (the poll interval).
-    pub(crate) fn new(tasks: impl IntoIterator<Item = String>, from_head_every: Duration) -> Self {
+    /// Floors for `tasks`, all at their heads.
+    pub(crate) fn new(tasks: impl IntoIterator<Item = String>) -> Self {
         ClaimFloors {
             inner: Mutex::new(Inner {
                 floors: tasks.into_iter().map(|t| (t, None)).collect(),
                 in_flight: 0,
                 lowered_in_flight: HashMap::new(),
-                last_from_head: None,
                 off: false,
             }),
-            from_head_every,
         }
+    }
+
+    /// The tasks that have floors, for the probe to check.
+    pub(crate) fn tasks(&self) -> Vec<String> {
+        let mut tasks: Vec<String> = self.inner().floors.keys().cloned().collect();
+        tasks.sort();
+        tasks
+    }
+
+    /// Whether every claim walks from the head anyway (see
+    /// [`ClaimFloors::turn_off`]): then nothing needs probing.
+    pub(crate) fn is_off(&self) -> bool {
+        self.inner().off
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -94,9 +99,11 @@ impl ClaimFloors {
     }
 
     /// A job of `task` is pending at `at`: no floor of the task may lie
-    /// past it. Unknown tasks (not served here) are ignored.
-    pub(crate) fn lower(&self, task: &str, at: ClaimPosition) {
-        self.inner().lower(task, Some(at));
+    /// past it. Unknown tasks (not served here) are ignored. Returns
+    /// whether a claim may now find a job it would not have: the floor
+    /// lay past `at`, or a claim in flight will keep its floor at `at`.
+    pub(crate) fn lower(&self, task: &str, at: ClaimPosition) -> bool {
+        self.inner().lower(task, Some(at))
     }
 
     /// Jobs became pending somewhere unknown: every task walks from its
@@ -116,18 +123,15 @@ impl ClaimFloors {
     }
 
     /// Starts a claim of `tasks`: the floors it walks from (all at the
-    /// head when the last walk from the head is a poll interval old).
-    pub(crate) fn begin(&self, tasks: &[String], now: Instant) -> Flight {
+    /// head when the floors are off).
+    pub(crate) fn begin(&self, tasks: &[String]) -> Flight {
         let mut inner = self.inner();
         inner.in_flight += 1;
-        let from_head = inner.off
-            || inner
-                .last_from_head
-                .is_none_or(|last| now.saturating_duration_since(last) >= self.from_head_every);
+        let off = inner.off;
         let floors = tasks
             .iter()
             .map(|t| {
-                if from_head {
+                if off {
                     None
                 } else {
                     inner.floors.get(t).copied().flatten()
@@ -137,8 +141,6 @@ impl ClaimFloors {
         Flight {
             floors,
             tasks: tasks.to_vec(),
-            began: now,
-            from_head,
         }
     }
 
@@ -171,9 +173,6 @@ impl ClaimFloors {
                 None => Some(at),
             };
         }
-        if flight.from_head {
-            inner.last_from_head = Some(flight.began);
-        }
         inner.land();
     }
 
@@ -187,15 +186,17 @@ impl ClaimFloors {
 }
 
 impl Inner {
-    fn lower(&mut self, task: &str, to: Floor) {
+    fn lower(&mut self, task: &str, to: Floor) -> bool {
         let Some(floor) = self.floors.get_mut(task) else {
-            return;
+            return false;
         };
+        let past = to < *floor;
         *floor = (*floor).min(to);
         if self.in_flight > 0 {
             let lowered = self.lowered_in_flight.entry(task.to_owned()).or_insert(to);
             *lowered = (*lowered).min(to);
         }
+        past || self.in_flight > 0
     }
 
     fn land(&mut self) {
@@ -212,8 +213,6 @@ mod tests {
 
     use super::*;
 
-    const EVERY: Duration = Duration::from_secs(1);
-
     fn at(priority: i16, id: i64) -> ClaimPosition {
         ClaimPosition {
             priority,
@@ -228,9 +227,9 @@ mod tests {
 
     /// Floors after a first claim (from the head, as every first claim is)
     /// that took job 10 of "a" and job 20 of "b".
-    fn after_a_first_claim(t0: Instant) -> ClaimFloors {
-        let floors = ClaimFloors::new(tasks(), EVERY);
-        let flight = floors.begin(&tasks(), t0);
+    fn after_a_first_claim() -> ClaimFloors {
+        let floors = ClaimFloors::new(tasks());
+        let flight = floors.begin(&tasks());
         assert_eq!(
             flight.floors,
             vec![None, None],
@@ -245,30 +244,28 @@ mod tests {
 
     #[test]
     fn a_claim_moves_each_floor_to_the_last_job_it_took_of_the_task() {
-        let t0 = Instant::now();
-        let floors = after_a_first_claim(t0);
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let floors = after_a_first_claim();
+        let flight = floors.begin(&tasks());
         assert_eq!(flight.floors, vec![Some(at(0, 10)), Some(at(0, 20))]);
         // "b" took nothing: its floor stays.
         floors.finish(flight, [("a", at(0, 11))]);
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let flight = floors.begin(&tasks());
         assert_eq!(flight.floors, vec![Some(at(0, 11)), Some(at(0, 20))]);
         floors.finish(flight, []);
     }
 
     #[test]
     fn an_announced_job_before_the_floor_lowers_it_and_one_after_does_not() {
-        let t0 = Instant::now();
-        let floors = after_a_first_claim(t0);
+        let floors = after_a_first_claim();
         floors.lower("a", at(0, 5));
         floors.lower("a", at(0, 8));
         floors.lower("b", at(0, 25));
         floors.lower("elsewhere", at(0, 1));
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let flight = floors.begin(&tasks());
         assert_eq!(flight.floors, vec![Some(at(0, 5)), Some(at(0, 20))]);
         floors.finish(flight, []);
         floors.lower("b", at(3, 99));
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let flight = floors.begin(&tasks());
         assert_eq!(
             flight.floors[1],
             Some(at(3, 99)),
@@ -279,9 +276,8 @@ mod tests {
 
     #[test]
     fn an_announcement_during_a_claim_keeps_the_floor_from_passing_it() {
-        let t0 = Instant::now();
-        let floors = after_a_first_claim(t0);
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let floors = after_a_first_claim();
+        let flight = floors.begin(&tasks());
         // Job 12 committed after the claim's snapshot was taken, which
         // went on to take 11 to 15: 12 is still pending.
         floors.lower("a", at(0, 12));
@@ -291,10 +287,10 @@ mod tests {
             flight,
             [("a", at(0, 11)), ("a", at(0, 15)), ("b", at(0, 24))],
         );
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let flight = floors.begin(&tasks());
         assert_eq!(flight.floors, vec![Some(at(0, 12)), Some(at(0, 24))]);
         floors.finish(flight, [("a", at(0, 16))]);
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let flight = floors.begin(&tasks());
         assert_eq!(
             flight.floors[0],
             Some(at(0, 16)),
@@ -305,18 +301,17 @@ mod tests {
 
     #[test]
     fn a_reset_sends_every_task_to_its_head_also_during_a_claim() {
-        let t0 = Instant::now();
-        let floors = after_a_first_claim(t0);
+        let floors = after_a_first_claim();
         floors.reset();
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let flight = floors.begin(&tasks());
         assert_eq!(flight.floors, vec![None, None]);
         floors.finish(flight, [("a", at(0, 40)), ("b", at(0, 41))]);
 
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let flight = floors.begin(&tasks());
         assert_eq!(flight.floors, vec![Some(at(0, 40)), Some(at(0, 41))]);
         floors.reset();
         floors.finish(flight, [("a", at(0, 50))]);
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let flight = floors.begin(&tasks());
         assert_eq!(
             flight.floors,
             vec![None, None],
@@ -327,60 +322,53 @@ mod tests {
 
     #[test]
     fn a_failed_claim_sends_every_task_to_its_head() {
-        let t0 = Instant::now();
-        let floors = after_a_first_claim(t0);
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let floors = after_a_first_claim();
+        let flight = floors.begin(&tasks());
         floors.abandon(flight);
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let flight = floors.begin(&tasks());
         assert_eq!(flight.floors, vec![None, None]);
         floors.finish(flight, []);
     }
 
     #[test]
-    fn a_claim_walks_from_the_head_once_per_interval_and_keeps_its_floors() {
-        let t0 = Instant::now();
-        let floors = after_a_first_claim(t0);
-        let flight = floors.begin(&tasks(), t0 + EVERY - Duration::from_millis(1));
-        assert_eq!(flight.floors, vec![Some(at(0, 10)), Some(at(0, 20))]);
-        floors.finish(flight, []);
-        let flight = floors.begin(&tasks(), t0 + EVERY);
-        assert_eq!(
-            flight.floors,
-            vec![None, None],
-            "an interval since the last"
+    fn a_probed_head_lowers_only_the_floors_it_lies_before() {
+        let floors = after_a_first_claim();
+        assert_eq!(floors.tasks(), tasks());
+        // The probe found job 3 of "a" claimable (a claim that held it
+        // rolled back) and job 25 of "b", past its floor.
+        assert!(floors.lower("a", at(0, 3)), "below the floor");
+        assert!(!floors.lower("b", at(0, 25)), "past the floor");
+        assert!(!floors.lower("elsewhere", at(0, 1)), "not served here");
+        let flight = floors.begin(&tasks());
+        assert_eq!(flight.floors, vec![Some(at(0, 3)), Some(at(0, 20))]);
+        assert!(
+            floors.lower("b", at(0, 26)),
+            "while a claim is in flight, a head found holds its floor back"
         );
-        floors.finish(flight, [("a", at(0, 3))]);
-        let flight = floors.begin(&tasks(), t0 + EVERY + Duration::from_millis(1));
+        floors.finish(
+            flight,
+            [("a", at(0, 3)), ("a", at(0, 12)), ("b", at(0, 30))],
+        );
+        let flight = floors.begin(&tasks());
         assert_eq!(
             flight.floors,
-            vec![Some(at(0, 3)), Some(at(0, 20))],
-            "the walk from the head found job 3 before the floor; b kept its floor"
+            vec![Some(at(0, 12)), Some(at(0, 26))],
+            "claims walk from their floors again, never from the head"
         );
         floors.finish(flight, []);
     }
 
     #[test]
     fn without_notifications_every_claim_walks_from_the_head() {
-        let t0 = Instant::now();
-        let floors = after_a_first_claim(t0);
+        let floors = after_a_first_claim();
+        assert!(!floors.is_off());
         floors.turn_off();
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        assert!(floors.is_off());
+        let flight = floors.begin(&tasks());
         assert_eq!(flight.floors, vec![None, None]);
         floors.finish(flight, [("a", at(0, 30))]);
-        let flight = floors.begin(&tasks(), t0 + EVERY / 2);
+        let flight = floors.begin(&tasks());
         assert_eq!(flight.floors, vec![None, None]);
-        floors.finish(flight, []);
-    }
-
-    #[test]
-    fn a_failed_walk_from_the_head_is_tried_again_at_once() {
-        let t0 = Instant::now();
-        let floors = after_a_first_claim(t0);
-        let flight = floors.begin(&tasks(), t0 + EVERY);
-        assert!(flight.from_head);
-        floors.abandon(flight);
-        let flight = floors.begin(&tasks(), t0 + EVERY + Duration::from_millis(1));
-        assert!(flight.from_head);
         floors.finish(flight, []);
     }
 }

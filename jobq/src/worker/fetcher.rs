@@ -300,7 +300,7 @@ async fn claim_batch(
         let claim_key = keys.next();
         let result = match limits {
             None => {
-                let flight = shared.floors.begin(&tasks, Instant::now());
+                let flight = shared.floors.begin(&tasks);
                 let request = ClaimRequest {
                     worker_id: shared.worker_id,
                     queues: &shared.queues,

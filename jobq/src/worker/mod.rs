@@ -22,6 +22,7 @@ mod executor;
 mod fetcher;
 #[cfg(feature = "metrics")]
 mod gauges;
+mod head_probe;
 mod heartbeat;
 mod listen;
 mod maintenance;

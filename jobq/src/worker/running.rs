@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::error_text::error_chain;
 use super::state::{Finished, Shared};
-use super::{completer, executor, fetcher, heartbeat, listen, maintenance, scheduler, vacuum};
+use super::{
+    completer, executor, fetcher, head_probe, heartbeat, listen, maintenance, scheduler, vacuum,
+};
 
 /// How long the final outcome writes may keep trying after the shutdown
 /// timeout before the worker exits anyway (its jobs are then rescued).
@@ -62,6 +64,7 @@ impl Running {
         background.push(tokio::spawn(super::gauges::run(Arc::clone(&shared))));
         if shared.config.listen {
             background.push(tokio::spawn(listen::run(Arc::clone(&shared))));
+            background.push(tokio::spawn(head_probe::run(Arc::clone(&shared))));
         } else {
             // Claim floors move back only on notifications.
             shared.floors.turn_off();

@@ -162,7 +162,6 @@ impl Shared {
                 .iter()
                 .filter(|t| !t.fleet.any())
                 .map(|t| t.descriptor.name.to_owned()),
-            config.poll_interval,
         );
         Arc::new(Self {
             pool: pools.main,
