@@ -228,9 +228,13 @@ async fn roles_sql_gives_app_and_worker_only_what_they_need() {
     )
     .await
     .expect("the ring aged");
-    let turned = jobq_diesel::turn_completed_segments(&mut as_worker, Duration::from_secs(60))
-        .await
-        .expect("the worker role turns the ring");
+    let turned = jobq_diesel::turn_completed_segments(
+        &mut as_worker,
+        Duration::from_secs(60),
+        jobq_diesel::TruncationWait::SHORTEST,
+    )
+    .await
+    .expect("the worker role turns the ring");
     assert_eq!(turned.truncated, [0], "{turned:?}");
     denied(
         exec(&mut as_worker, "DROP TABLE jobq.jobs").await,

@@ -52,7 +52,7 @@ pub use blocks::{blocks, rate_buckets, unblock, BlockRow, BucketRow};
 pub use claim::{claim, release_claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
 pub use claim_heads::{claim_heads, CLAIM_HEADS_SQL};
 pub use claim_position::ClaimPosition;
-pub use completed_segments::{turn_completed_segments, Turned};
+pub use completed_segments::{turn_completed_segments, TruncationWait, Turned};
 pub use connect::{
     redact, ConnectFuture, ConnectHook, ConnectOptions, ConnectOptionsError, Connector, SslMode,
 };

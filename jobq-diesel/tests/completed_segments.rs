@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use diesel::sql_types::{BigInt, Bool, Nullable, SmallInt, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use jobq_diesel::{Outcome, OutcomeKind, Turned};
+use jobq_diesel::{Outcome, OutcomeKind, TruncationWait, Turned};
 use jobq_testkit::TestDatabase;
 
 /// The last migration before the ring, and the ring.
@@ -15,6 +15,9 @@ const BEFORE_RING: i64 = 20261206000100;
 const RING: i64 = 20261207000100;
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// How long the tests' truncations wait for readers.
+const WAIT: Duration = TruncationWait::SHORTEST;
 
 async fn setup() -> (TestDatabase, AsyncPgConnection) {
     let db = TestDatabase::create().await.unwrap();
@@ -247,14 +250,14 @@ async fn the_ring_turns_after_a_quarter_of_the_retention_and_truncates_what_is_p
 
     // Open for less than a quarter of the retention: stays open.
     age_segment(&mut conn, 0, Duration::from_secs(14 * 60)).await;
-    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     assert_eq!(turned, Turned::default());
 
     // Past it: closed, and the next one takes the completions.
     age_segment(&mut conn, 0, Duration::from_secs(60)).await;
-    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     assert_eq!(
@@ -276,7 +279,7 @@ async fn the_ring_turns_after_a_quarter_of_the_retention_and_truncates_what_is_p
 
     // Closed less than the retention ago: its jobs stay.
     age_segment(&mut conn, 0, Duration::from_secs(58 * 60)).await;
-    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     assert!(turned.truncated.is_empty(), "{turned:?}");
@@ -287,7 +290,7 @@ async fn the_ring_turns_after_a_quarter_of_the_retention_and_truncates_what_is_p
 
     // Closed more than the retention ago: truncated, the rest untouched.
     age_segment(&mut conn, 0, Duration::from_secs(3 * 60)).await;
-    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     assert_eq!(turned.truncated, [0]);
@@ -321,7 +324,7 @@ async fn a_full_ring_keeps_its_open_segment_open_rather_than_prune_early() {
     .await
     .unwrap();
     complete(&mut conn, "t", 1).await;
-    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     assert_eq!(turned, Turned::default());
@@ -332,7 +335,7 @@ async fn a_full_ring_keeps_its_open_segment_open_rather_than_prune_early() {
 
     // Once the next one is past the retention, it is truncated and opened.
     age_segment(&mut conn, 4, HOUR).await;
-    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     assert_eq!((turned.truncated, turned.opened), (vec![4], Some(4)));
@@ -343,7 +346,7 @@ async fn a_reader_of_a_segment_delays_its_truncation_without_being_blocked() {
     let (db, mut conn) = setup().await;
     let ids = complete(&mut conn, "t", 2).await;
     age_segment(&mut conn, 0, 2 * HOUR).await;
-    jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     age_segment(&mut conn, 0, 2 * HOUR).await;
@@ -356,7 +359,7 @@ async fn a_reader_of_a_segment_delays_its_truncation_without_being_blocked() {
         .unwrap()
         .is_some());
     let started = Instant::now();
-    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     assert_eq!(turned.busy, [0], "{turned:?}");
@@ -370,7 +373,7 @@ async fn a_reader_of_a_segment_delays_its_truncation_without_being_blocked() {
         .is_some());
     reader.batch_execute("COMMIT").await.unwrap();
 
-    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     assert_eq!(turned.truncated, [0]);
@@ -378,6 +381,42 @@ async fn a_reader_of_a_segment_delays_its_truncation_without_being_blocked() {
         number(&mut conn, "SELECT count(*) AS n FROM jobq.jobs").await,
         0
     );
+}
+
+#[tokio::test]
+async fn a_longer_wait_outlasts_a_reader_the_first_wait_did_not() {
+    let (db, mut conn) = setup().await;
+    let ids = complete(&mut conn, "t", 1).await;
+    age_segment(&mut conn, 0, 2 * HOUR).await;
+    jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
+        .await
+        .unwrap();
+    age_segment(&mut conn, 0, 2 * HOUR).await;
+    // A reader whose transaction holds the segment for 300 ms.
+    let mut reader = AsyncPgConnection::establish(db.url()).await.unwrap();
+    reader.batch_execute("BEGIN").await.unwrap();
+    assert!(jobq_diesel::find_job(&mut reader, ids[0])
+        .await
+        .unwrap()
+        .is_some());
+    let reading = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        reader.batch_execute("COMMIT").await.unwrap();
+    });
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(turned.busy, [0]);
+    let mut wait = TruncationWait::new();
+    for _ in 0..5 {
+        wait.after(&turned);
+    }
+    assert_eq!(wait.next(), TruncationWait::LONGEST);
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, wait.next())
+        .await
+        .unwrap();
+    assert_eq!(turned.truncated, [0], "{turned:?}");
+    reading.await.unwrap();
 }
 
 #[tokio::test]
@@ -389,12 +428,12 @@ async fn one_worker_at_a_time_turns_the_ring() {
         .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7669456929825582695)")
         .await
         .unwrap();
-    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     assert_eq!(turned, Turned::default(), "another holds the ring's lock");
     other.batch_execute("COMMIT").await.unwrap();
-    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     assert_eq!(turned.opened, Some(1));
@@ -520,7 +559,7 @@ async fn upgrading_keeps_every_finished_job_grant_and_trigger() {
     ))
     .await
     .unwrap();
-    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     assert_eq!(turned.opened, Some(1));
@@ -532,7 +571,7 @@ async fn upgrading_keeps_every_finished_job_grant_and_trigger() {
     ))
     .await
     .unwrap();
-    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR)
+    let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
         .unwrap();
     assert_eq!(turned.truncated, [0]);

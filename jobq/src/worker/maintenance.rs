@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use jobq_diesel::PooledConnection;
+use jobq_diesel::{PooledConnection, TruncationWait};
 
 use super::error_text::error_chain;
 use super::state::Shared;
@@ -17,19 +17,20 @@ const PRUNE_BATCH: i64 = 5_000;
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(shared.config.maintenance_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = TruncationWait::new();
     loop {
         ticker.tick().await;
-        if let Err(e) = tick(&shared).await {
+        if let Err(e) = tick(&shared, &mut wait).await {
             tracing::warn!(error = %e, "maintenance failed; trying again next interval");
         }
     }
 }
 
-async fn tick(shared: &Shared) -> Result<(), String> {
+async fn tick(shared: &Shared, wait: &mut TruncationWait) -> Result<(), String> {
     let mut conn = shared.pool.get().await.map_err(|e| error_chain(&e))?;
     rescue(shared, &mut conn).await?;
     prune(shared, &mut conn).await?;
-    turn_segments(shared, &mut conn).await?;
+    turn_segments(shared, &mut conn, wait).await?;
     let forgotten = jobq_diesel::clean_awaited(&mut conn)
         .await
         .map_err(|e| format!("cleaning up the registrations of gone waiters: {e}"))?;
@@ -76,10 +77,16 @@ async fn prune(shared: &Shared, conn: &mut PooledConnection<'_>) -> Result<(), S
     }
 }
 
-async fn turn_segments(shared: &Shared, conn: &mut PooledConnection<'_>) -> Result<(), String> {
-    let turned = jobq_diesel::turn_completed_segments(conn, shared.config.retention.completed)
-        .await
-        .map_err(|e| format!("turning the segments of completed jobs: {e}"))?;
+async fn turn_segments(
+    shared: &Shared,
+    conn: &mut PooledConnection<'_>,
+    wait: &mut TruncationWait,
+) -> Result<(), String> {
+    let turned =
+        jobq_diesel::turn_completed_segments(conn, shared.config.retention.completed, wait.next())
+            .await
+            .map_err(|e| format!("turning the segments of completed jobs: {e}"))?;
+    wait.after(&turned);
     if !turned.truncated.is_empty() || turned.opened.is_some() {
         tracing::debug!(
             truncated = ?turned.truncated,
@@ -89,9 +96,10 @@ async fn turn_segments(shared: &Shared, conn: &mut PooledConnection<'_>) -> Resu
     }
     if !turned.busy.is_empty() {
         // Readers of jobq.jobs held the segment past the truncation's
-        // wait; its jobs stay a pass longer.
+        // wait; its jobs stay a pass longer, and the next wait is longer.
         tracing::debug!(
             busy = ?turned.busy,
+            next_wait = ?wait.next(),
             "segments of completed jobs due for truncation were in use; trying again next pass"
         );
     }
