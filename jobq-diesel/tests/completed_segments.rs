@@ -341,23 +341,34 @@ async fn a_full_ring_keeps_its_open_segment_open_rather_than_prune_early() {
     assert_eq!((turned.truncated, turned.opened), (vec![4], Some(4)));
 }
 
-#[tokio::test]
-async fn a_reader_of_a_segment_delays_its_truncation_without_being_blocked() {
-    let (db, mut conn) = setup().await;
-    let ids = complete(&mut conn, "t", 2).await;
-    age_segment(&mut conn, 0, 2 * HOUR).await;
-    jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
+/// Jobs `t` completed into segment 0, closed since long past the hour's
+/// retention, and a transaction that read the first of them (so holds
+/// every partition's lock, its segment's among them) still open on the
+/// returned connection. Returns the jobs' ids.
+async fn a_segment_due_and_a_reader(
+    db: &TestDatabase,
+    conn: &mut AsyncPgConnection,
+    jobs: usize,
+) -> (Vec<i64>, AsyncPgConnection) {
+    let ids = complete(conn, "t", jobs).await;
+    age_segment(conn, 0, 2 * HOUR).await;
+    jobq_diesel::turn_completed_segments(conn, HOUR, WAIT)
         .await
         .unwrap();
-    age_segment(&mut conn, 0, 2 * HOUR).await;
-
-    // A transaction that read a job holds every partition's lock.
+    age_segment(conn, 0, 2 * HOUR).await;
     let mut reader = AsyncPgConnection::establish(db.url()).await.unwrap();
     reader.batch_execute("BEGIN").await.unwrap();
     assert!(jobq_diesel::find_job(&mut reader, ids[0])
         .await
         .unwrap()
         .is_some());
+    (ids, reader)
+}
+
+#[tokio::test]
+async fn a_reader_of_a_segment_delays_its_truncation_without_being_blocked() {
+    let (db, mut conn) = setup().await;
+    let (ids, mut reader) = a_segment_due_and_a_reader(&db, &mut conn, 2).await;
     let started = Instant::now();
     let turned = jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
         .await
@@ -386,19 +397,8 @@ async fn a_reader_of_a_segment_delays_its_truncation_without_being_blocked() {
 #[tokio::test]
 async fn a_longer_wait_outlasts_a_reader_the_first_wait_did_not() {
     let (db, mut conn) = setup().await;
-    let ids = complete(&mut conn, "t", 1).await;
-    age_segment(&mut conn, 0, 2 * HOUR).await;
-    jobq_diesel::turn_completed_segments(&mut conn, HOUR, WAIT)
-        .await
-        .unwrap();
-    age_segment(&mut conn, 0, 2 * HOUR).await;
-    // A reader whose transaction holds the segment for 300 ms.
-    let mut reader = AsyncPgConnection::establish(db.url()).await.unwrap();
-    reader.batch_execute("BEGIN").await.unwrap();
-    assert!(jobq_diesel::find_job(&mut reader, ids[0])
-        .await
-        .unwrap()
-        .is_some());
+    // The reader lets go after 300 ms.
+    let (_, mut reader) = a_segment_due_and_a_reader(&db, &mut conn, 1).await;
     let reading = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         reader.batch_execute("COMMIT").await.unwrap();
