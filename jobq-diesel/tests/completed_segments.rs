@@ -2,13 +2,16 @@
 //! maintenance turns the ring and truncates what is past its retention,
 //! and the upgrade that introduced it.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::{BigInt, Bool, Nullable, SmallInt, Text};
+use diesel::sql_types::{Nullable, SmallInt, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jobq_diesel::{Outcome, OutcomeKind, TruncationWait, Turned};
 use jobq_testkit::TestDatabase;
+use support::{flag, number, setup};
 
 /// The last migration before the ring, and the ring.
 const BEFORE_RING: i64 = 20261206000100;
@@ -18,41 +21,6 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 /// How long the tests' truncations wait for readers.
 const WAIT: Duration = TruncationWait::SHORTEST;
-
-async fn setup() -> (TestDatabase, AsyncPgConnection) {
-    let db = TestDatabase::create().await.unwrap();
-    let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
-    jobq_diesel::migrate(&mut conn).await.unwrap();
-    (db, conn)
-}
-
-#[derive(QueryableByName)]
-struct N {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-async fn number(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
-    diesel::sql_query(sql)
-        .get_result::<N>(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .n
-}
-
-#[derive(QueryableByName)]
-struct Flag {
-    #[diesel(sql_type = Bool)]
-    yes: bool,
-}
-
-async fn flag(conn: &mut AsyncPgConnection, sql: &str) -> bool {
-    diesel::sql_query(sql)
-        .get_result::<Flag>(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .yes
-}
 
 /// A job of `task` running its first attempt; `held` gives it a unique key
 /// held for an hour past its end.

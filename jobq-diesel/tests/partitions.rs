@@ -2,14 +2,17 @@
 //! upgrade from the single table, and statements that meet a row another
 //! transaction moved between the partitions.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use diesel::result::{DatabaseErrorKind, Error};
-use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::sql_types::Text;
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jobq_diesel::CancelResult;
 use jobq_testkit::TestDatabase;
+use support::{flag, number, N};
 
 /// The last migration before the split, and the split.
 const BEFORE_SPLIT: i64 = 20261204000200;
@@ -23,34 +26,6 @@ struct Placed {
     state: String,
     #[diesel(sql_type = Text)]
     partition: String,
-}
-
-#[derive(QueryableByName)]
-struct Flag {
-    #[diesel(sql_type = Bool)]
-    yes: bool,
-}
-
-#[derive(QueryableByName)]
-struct N {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-async fn flag(conn: &mut AsyncPgConnection, sql: &str) -> bool {
-    diesel::sql_query(sql)
-        .get_result::<Flag>(conn)
-        .await
-        .unwrap()
-        .yes
-}
-
-async fn number(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
-    diesel::sql_query(sql)
-        .get_result::<N>(conn)
-        .await
-        .unwrap()
-        .n
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! The statements against a real database: the attempt fence, the claim's
 //! plan on a table full of finished jobs, and rescue.
 
+mod support;
+
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jobq_diesel::{ClaimRequest, NewJob, Outcome, OutcomeKind, WorkerInfo};
-use jobq_testkit::TestDatabase;
+use support::setup;
 
 /// A rescuer id no worker has: these tests rescue as an outsider.
 const NO_RESCUER: i64 = -1;
@@ -16,13 +18,6 @@ const NO_RESCUER: i64 = -1;
 /// A rescuer that has seen the database for ever, so that only the
 /// workers' leases decide.
 const ALWAYS: Duration = Duration::MAX;
-
-async fn setup() -> (TestDatabase, AsyncPgConnection) {
-    let db = TestDatabase::create().await.unwrap();
-    let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
-    jobq_diesel::migrate(&mut conn).await.unwrap();
-    (db, conn)
-}
 
 fn info() -> WorkerInfo {
     WorkerInfo {

@@ -1,5 +1,7 @@
 //! Pruning and vacuuming against a real database.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use diesel::sql_types::{BigInt, Bool};
@@ -7,27 +9,7 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jobq_diesel::{Retention, Vacuum};
 use jobq_testkit::TestDatabase;
-
-async fn setup() -> (TestDatabase, AsyncPgConnection) {
-    let db = TestDatabase::create().await.unwrap();
-    let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
-    jobq_diesel::migrate(&mut conn).await.unwrap();
-    (db, conn)
-}
-
-#[derive(QueryableByName)]
-struct N {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-async fn count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
-    diesel::sql_query(sql)
-        .get_result::<N>(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .n
-}
+use support::{number, setup};
 
 /// Inserts `n` jobs of `task` in `state`, finished `age_s` seconds ago.
 async fn finished(conn: &mut AsyncPgConnection, task: &str, state: &str, age_s: i64, n: i64) {
@@ -75,13 +57,13 @@ async fn prune_deletes_finished_jobs_past_their_retention_and_nothing_else() {
     let third = jobq_diesel::prune(&mut conn, retention, 2).await.unwrap();
     assert_eq!(third, 0);
 
-    let left = count(
+    let left = number(
         &mut conn,
         "SELECT count(*) AS n FROM jobq.jobs WHERE task LIKE 'old.%' AND state IN ('completed', 'failed', 'cancelled')",
     )
     .await;
     assert_eq!(left, 0, "every finished job past its retention is gone");
-    let kept = count(
+    let kept = number(
         &mut conn,
         "SELECT count(*) AS n FROM jobq.jobs WHERE task IN ('new.completed', 'new.failed', 'old.pending', 'old.running')",
     )
