@@ -1418,7 +1418,10 @@ async fn a_claim_planned_beside_an_empty_table_does_not_scan_it_once_jobs_arrive
         .await
         .unwrap();
     // The control: the same generic plan without the claim connection's
-    // settings, planned beside the empty table.
+    // settings, planned beside the empty table, scans it. The control is
+    // read while the table is still empty: a plan cached then may be
+    // planned again at any time (a cache reset by other sessions' catalog
+    // changes), and a plan made once jobs have arrived would not scan.
     let mut plain = AsyncPgConnection::establish(db.url()).await.unwrap();
     plain
         .batch_execute("SET plan_cache_mode = force_generic_plan")
@@ -1426,14 +1429,16 @@ async fn a_claim_planned_beside_an_empty_table_does_not_scan_it_once_jobs_arrive
         .unwrap();
     assert!(claim_one(&mut claims, worker, "t").await.is_empty());
     assert!(claim_one(&mut plain, worker, "t").await.is_empty());
+    let control = prepared_claim_plan(&mut plain, worker).await;
+    assert!(control.contains("Seq Scan on jobs"), "{control}");
+    let empty = prepared_claim_plan(&mut claims, worker).await;
+    assert!(!empty.contains("Seq Scan"), "{empty}");
     conn.batch_execute(
         "INSERT INTO jobq.jobs (task, payload) \
          SELECT 't', jsonb_build_object('n', g) FROM generate_series(1, 20000) AS g",
     )
     .await
     .unwrap();
-    let control = prepared_claim_plan(&mut plain, worker).await;
-    assert!(control.contains("Seq Scan on jobs"), "{control}");
     assert_eq!(claim_one(&mut claims, worker, "t").await.len(), 1);
     let plan = prepared_claim_plan(&mut claims, worker).await;
     assert!(!plan.contains("Seq Scan"), "{plan}");
