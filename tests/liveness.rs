@@ -531,16 +531,16 @@ async fn hand_backs_at_shutdown_do_not_use_up_attempts() {
 // ------------------------------------------------- a claim's lost reply
 
 /// A TCP proxy to the database server that, once, cuts a connection the
-/// moment the server's reply carries `marker`: the client sees its
-/// connection close mid-reply, while the server, still read from and
-/// answered into the void, finishes (and commits) the statement.
+/// moment the server's replies have carried each of `markers`, in order:
+/// the client sees its connection close mid-reply, while the server,
+/// still read from and answered into the void, finishes what it was sent.
 struct CutOnce {
     addr: SocketAddr,
     cuts: Arc<AtomicUsize>,
 }
 
 impl CutOnce {
-    async fn start(upstream: String, marker: &'static [u8]) -> CutOnce {
+    async fn start(upstream: String, markers: &'static [&'static [u8]]) -> CutOnce {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cuts = Arc::new(AtomicUsize::new(0));
@@ -554,7 +554,7 @@ impl CutOnce {
                 tokio::spawn(relay(
                     client,
                     server,
-                    marker,
+                    markers,
                     Arc::clone(&armed),
                     Arc::clone(&counted),
                 ));
@@ -571,7 +571,7 @@ impl CutOnce {
 async fn relay(
     client: TcpStream,
     server: TcpStream,
-    marker: &'static [u8],
+    markers: &'static [&'static [u8]],
     armed: Arc<AtomicBool>,
     cuts: Arc<AtomicUsize>,
 ) {
@@ -582,16 +582,26 @@ async fn relay(
         let _ = to_server.shutdown().await;
     });
     let mut buf = vec![0u8; 64 * 1024];
-    // The end of the previous read, for a marker split across two.
+    // What the server sent since the last marker found (a marker may be
+    // split across two reads), and the markers still to find.
     let mut seen: Vec<u8> = Vec::new();
+    let mut to_find = markers;
     loop {
         let n = match from_server.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         seen.extend_from_slice(&buf[..n]);
-        let hit = seen.windows(marker.len()).any(|w| w == marker);
-        if hit && armed.swap(false, Ordering::SeqCst) {
+        while let Some((marker, rest)) = to_find.split_first() {
+            match seen.windows(marker.len()).position(|w| w == *marker) {
+                Some(at) => {
+                    seen.drain(..at + marker.len());
+                    to_find = rest;
+                }
+                None => break,
+            }
+        }
+        if to_find.is_empty() && armed.swap(false, Ordering::SeqCst) {
             cuts.fetch_add(1, Ordering::SeqCst);
             upstream.abort();
             drop(to_client);
@@ -602,8 +612,10 @@ async fn relay(
         if to_client.write_all(&buf[..n]).await.is_err() {
             break;
         }
-        let keep = seen.len().saturating_sub(marker.len());
-        seen.drain(..keep);
+        if let Some(marker) = to_find.first() {
+            let keep = seen.len().saturating_sub(marker.len());
+            seen.drain(..keep);
+        }
     }
     upstream.abort();
 }
@@ -637,6 +649,7 @@ struct Marked {
 }
 
 const MARKER: &str = "lost-reply-marker-4e1f9a";
+const MARKED_REPLY: &[u8] = MARKER.as_bytes();
 
 #[jobq::task]
 async fn marked(job: Marked) -> Result<(), TaskError> {
@@ -646,18 +659,40 @@ async fn marked(job: Marked) -> Result<(), TaskError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_reply_was_lost_is_handed_back_by_its_key_and_run() {
+    // Without lanes the claim commits on its own: cut at its reply.
+    lost_reply(0, &[MARKED_REPLY]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_claim_whose_reply_was_lost_after_its_commit_is_handed_back() {
+    // In a lane the claim commits with the transaction's COMMIT, whose
+    // reply follows the claim's: cut once the commit is certain.
+    lost_reply(4, &[MARKED_REPLY, b"COMMIT\0"]).await;
+}
+
+/// A worker with `lanes` whose connection is cut once the server's
+/// replies carried `markers` (the marked job's claim): the worker hands
+/// the job back by the claim's key and runs it, without an attempt spent.
+async fn lost_reply(lanes: u16, markers: &'static [&'static [u8]]) {
     let env = support::env().await;
     // The proxy's own address is only known once it listens; the upstream
     // comes from the test database's URL.
     let (upstream, _) = through(env.db.url(), "127.0.0.1:1".parse().unwrap());
-    let proxy = CutOnce::start(upstream, MARKER.as_bytes()).await;
+    let proxy = CutOnce::start(upstream, markers).await;
     let (_, proxied_url) = through(env.db.url(), proxy.addr);
     let pool = bb8::Pool::builder()
         .max_size(8)
         .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
             proxied_url,
         ));
-    let handle = env.worker().pool(pool).build().await.unwrap().spawn();
+    let handle = env
+        .worker()
+        .pool(pool)
+        .claim_lanes(lanes)
+        .build()
+        .await
+        .unwrap()
+        .spawn();
     let mut conn = env.conn().await;
     let id = marked::enqueue(
         &mut conn,

@@ -298,6 +298,12 @@ async fn malformed_or_out_of_range_overrides_are_refused_naming_the_setting() {
         ),
         ("JOBQ_TASK_RETRY", "overrides.flaky=0s", "longer than zero"),
         ("JOBQ_MIGRATE", "later", "\"later\" is not on or off"),
+        ("JOBQ_CLAIM_LANES", "-1", "\"-1\" is not a whole number"),
+        (
+            "JOBQ_CLAIM_LANES",
+            "70000",
+            "\"70000\" is not a whole number",
+        ),
     ] {
         let _var = EnvVar::set(var, value);
         let message = build_error(offline()).await;

@@ -52,6 +52,8 @@ pub async fn drain_on(
             claim_key,
             due: false,
             floors: &floors,
+            // One loop: a lane would only add its transaction.
+            lanes: None,
         };
         let claimed = jobq_diesel::claim(conn, &request).await?;
         if claimed.is_empty() {

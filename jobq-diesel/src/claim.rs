@@ -10,6 +10,7 @@ use diesel::row::{Field, NamedRow, Row};
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, SmallInt, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+use crate::claim_lanes::{in_lane, ClaimLanes};
 use crate::claim_position::ClaimPosition;
 use crate::prepared::prepared;
 
@@ -46,6 +47,10 @@ pub struct ClaimRequest<'a> {
     /// every job of the task that is pending for it (the worker's
     /// `ClaimFloors` keeps them so).
     pub floors: &'a [Option<ClaimPosition>],
+    /// How many claims may walk the claim index at once, fleet-wide
+    /// (`None`: no bound, and no transaction around the claim). See
+    /// [`ClaimLanes`].
+    pub lanes: Option<ClaimLanes>,
 }
 
 /// A job now running under the claiming worker: what its attempt needs.
@@ -329,7 +334,15 @@ async fn claim_once(
         .bind::<Array<Nullable<BigInt>>, _>(floor_ids);
     // Kept prepared: an idle worker runs it the moment a notification
     // arrives, and planning it was a quarter of the pickup latency.
-    prepared(query).load(conn).await
+    match request.lanes {
+        None => prepared(query).load(conn).await,
+        Some(lanes) => {
+            in_lane(conn, lanes, request.worker_id, |conn| {
+                prepared(query).load(conn)
+            })
+            .await
+        }
+    }
 }
 
 /// Makes sure that no claim of `worker_id` under `claim_key` can commit

@@ -14,6 +14,7 @@ mod awaited;
 mod blocks;
 mod claim;
 mod claim_heads;
+mod claim_lanes;
 mod claim_position;
 mod completed_segments;
 mod connect;
@@ -51,6 +52,7 @@ pub use awaited::{clean_awaited, AWAITED_MAX_AGE_HOURS};
 pub use blocks::{blocks, rate_buckets, unblock, BlockRow, BucketRow};
 pub use claim::{claim, release_claim, ClaimRequest, ClaimedJob, CLAIM_SQL};
 pub use claim_heads::{claim_heads, CLAIM_HEADS_SQL};
+pub use claim_lanes::{ClaimLanes, CLAIM_LANE_SQL, LANE_LOCK_CLASS};
 pub use claim_position::ClaimPosition;
 pub use completed_segments::{turn_completed_segments, TruncationWait, Turned};
 pub use connect::{

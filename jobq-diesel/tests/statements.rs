@@ -68,6 +68,7 @@ async fn claim_up_to(
         claim_key: claim_key(),
         due: false,
         floors: &[],
+        lanes: None,
     };
     jobq_diesel::claim(conn, &request).await.unwrap()
 }
@@ -717,6 +718,7 @@ async fn the_claim_names_the_task_and_queue_only_when_asked_for_several() {
             claim_key: claim_key(),
             due: false,
             floors: &[],
+            lanes: None,
         },
     )
     .await
@@ -739,6 +741,7 @@ async fn the_claim_names_the_task_and_queue_only_when_asked_for_several() {
             claim_key: claim_key(),
             due: false,
             floors: &[],
+            lanes: None,
         },
     )
     .await
@@ -1003,6 +1006,7 @@ async fn claim_with_key(
             claim_key,
             due: false,
             floors: &[],
+            lanes: None,
         },
     )
     .await
@@ -2225,6 +2229,7 @@ async fn under_a_held_snapshot_a_claim_from_its_floor_steps_over_no_dead_head() 
             claim_key: claim_key(),
             due: false,
             floors: &floors,
+            lanes: None,
         };
         let claimed = jobq_diesel::claim(&mut conn, &request).await.unwrap();
         assert_eq!(claimed.len(), 100, "the floor skipped pending jobs");
@@ -2259,6 +2264,7 @@ async fn under_a_held_snapshot_a_claim_from_its_floor_steps_over_no_dead_head() 
             claim_key: claim_key(),
             due: false,
             floors: &floors,
+            lanes: None,
         },
     )
     .await

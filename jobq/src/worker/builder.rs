@@ -4,10 +4,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobq_diesel::{build_pool, AsyncPgConnection, ConnectHook, ConnectOptions, Connector, Pool};
+use jobq_diesel::{
+    build_pool, AsyncPgConnection, ClaimLanes, ConnectHook, ConnectOptions, Connector, Pool,
+};
 
 use super::backoff::Backoff;
-use super::config::{env_bool, env_duration, env_list, Config};
+use super::config::{env_bool, env_duration, env_list, env_u16, Config};
 use super::error_text::error_chain;
 use super::overrides::{self, TaskOverrides};
 use super::state::Pools;
@@ -47,6 +49,7 @@ use crate::{Error, Schedule};
 /// | [`lock_timeout`](Self::lock_timeout) (own pool) | `JOBQ_LOCK_TIMEOUT` | 5 s |
 /// | [`statement_timeout`](Self::statement_timeout) (own pool) | `JOBQ_STATEMENT_TIMEOUT` | 60 s |
 /// | [`connect_with`](Self::connect_with) | | jobq connects by itself |
+/// | [`claim_lanes`](Self::claim_lanes) | `JOBQ_CLAIM_LANES` | 4 claims at once, fleet-wide |
 ///
 /// The per-task variables hold `task=value` entries separated by commas,
 /// e.g. `JOBQ_TASK_CONCURRENCY="send_welcome=8,reports.nightly=2"` or
@@ -115,6 +118,7 @@ pub struct WorkerBuilder {
     connect_hook: Hook,
     lock_timeout: Option<Duration>,
     statement_timeout: Option<Duration>,
+    claim_lanes: Option<u16>,
     // Periodic tasks: schedules added at run time.
     schedules: Vec<Schedule>,
 }
@@ -321,6 +325,21 @@ impl WorkerBuilder {
 
     // ---- end of connection set-up ----
 
+    /// How many claims may run at once across every worker of the
+    /// database (default 4, `JOBQ_CLAIM_LANES`; 0 for no bound). Claims in
+    /// flight together all start at the head of the queue and step over
+    /// each other's rows, work that grows with the square of their number;
+    /// beyond the bound a claim waits for one before it to commit, then
+    /// finds every row it passes free. A fleet of at most this many
+    /// workers never waits. Raise it for a database with many cores and
+    /// many workers; give every worker of a fleet the same number. Limited
+    /// tasks (global or per-key concurrency, rates) claim one task at a
+    /// time under locks of their own and take no lane.
+    pub fn claim_lanes(mut self, lanes: u16) -> Self {
+        self.claim_lanes = Some(lanes);
+        self
+    }
+
     /// Checks the settings and the task registry, connects, and installs or
     /// upgrades the schema (or, with [`migrate(false)`](Self::migrate),
     /// checks its version).
@@ -400,6 +419,13 @@ impl WorkerBuilder {
                 "JOBQ_STATEMENT_TIMEOUT",
                 defaults.statement_timeout.unwrap_or_default(),
             )?),
+            claim_lanes: match self.claim_lanes {
+                Some(lanes) => ClaimLanes::new(lanes),
+                None => match env_u16("JOBQ_CLAIM_LANES")? {
+                    Some(lanes) => ClaimLanes::new(lanes),
+                    None => defaults.claim_lanes,
+                },
+            },
         };
         let hook = self.connect_hook.0;
         let (lock_timeout, statement_timeout) = (config.lock_timeout, config.statement_timeout);

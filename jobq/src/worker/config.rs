@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use jobq_diesel::Retention;
+use jobq_diesel::{ClaimLanes, Retention};
 
 use crate::Error;
 
@@ -28,7 +28,16 @@ pub(crate) struct Config {
     /// Server-side `statement_timeout` of the connections jobq opens
     /// itself.
     pub(crate) statement_timeout: Option<Duration>,
+    /// How many claims may walk the claim index at once, fleet-wide
+    /// (`None`: no bound).
+    pub(crate) claim_lanes: Option<ClaimLanes>,
 }
+
+/// Claims at once, fleet-wide, by default: as many as there are in
+/// flight in a fleet of a few workers, so that it waits for nothing, and
+/// few enough that 32 worker processes on a two-core server no longer
+/// step over each other's rows (BENCHMARKS.md, "Claim lanes").
+pub(crate) const DEFAULT_CLAIM_LANES: u16 = 4;
 
 /// How the LISTEN connection is made when it has a URL of its own (its
 /// `Debug` hides the password).
@@ -62,6 +71,7 @@ impl Default for Config {
             // stall the batch behind it; a minute bounds any statement.
             lock_timeout: Some(Duration::from_secs(5)),
             statement_timeout: Some(Duration::from_secs(60)),
+            claim_lanes: ClaimLanes::new(DEFAULT_CLAIM_LANES),
         }
     }
 }
@@ -112,6 +122,20 @@ pub(crate) fn env_duration(name: &'static str) -> Result<Option<Duration>, Error
                     format!("{raw:?} is not a duration like 250ms, 30s or 5m: {e}"),
                 )
             }),
+    }
+}
+
+/// Reads a whole number from 0 to 65,535 from an environment variable;
+/// `None` when it is unset.
+pub(crate) fn env_u16(name: &'static str) -> Result<Option<u16>, Error> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(raw) => raw.trim().parse().map(Some).map_err(|_| {
+            Error::invalid(
+                name,
+                format!("{raw:?} is not a whole number from 0 to {}", u16::MAX),
+            )
+        }),
     }
 }
 

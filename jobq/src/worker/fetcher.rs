@@ -309,6 +309,7 @@ async fn claim_batch(
                     claim_key,
                     due: cfg!(feature = "metrics"),
                     floors: &flight.floors,
+                    lanes: shared.config.claim_lanes,
                 };
                 let result = jobq_diesel::claim(&mut conn, &request).await;
                 match &result {
