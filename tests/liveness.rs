@@ -659,21 +659,54 @@ async fn marked(job: Marked) -> Result<(), TaskError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_reply_was_lost_is_handed_back_by_its_key_and_run() {
-    // Without lanes the claim commits on its own: cut at its reply.
-    lost_reply(0, &[MARKED_REPLY]).await;
+    // A worker alone takes no lane: the claim commits by itself, and the
+    // connection is cut at its reply.
+    let lost = lost_reply(None, &[MARKED_REPLY]).await;
+    lost.was_handed_back();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_claim_whose_reply_was_lost_after_its_commit_is_handed_back() {
-    // In a lane the claim commits with the transaction's COMMIT, whose
-    // reply follows the claim's: cut once the commit is certain.
-    lost_reply(4, &[MARKED_REPLY, b"COMMIT\0"]).await;
+    // In a lane the claim commits with the COMMIT that follows its reply:
+    // cut once that commit is certain.
+    let lost = lost_reply(Some(1), &[MARKED_REPLY, b"COMMIT\0"]).await;
+    lost.was_handed_back();
 }
 
-/// A worker with `lanes` whose connection is cut once the server's
-/// replies carried `markers` (the marked job's claim): the worker hands
-/// the job back by the claim's key and runs it, without an attempt spent.
-async fn lost_reply(lanes: u16, markers: &'static [&'static [u8]]) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_claim_cut_off_before_its_commit_rolls_back_and_its_job_runs_once() {
+    let lost = lost_reply(Some(1), &[MARKED_REPLY]).await;
+    assert_eq!(lost.info.attempt, 1);
+    assert_eq!(lost.handbacks, 0, "nothing committed, nothing to hand back");
+    assert!(lost.info.errors.is_empty(), "{:?}", lost.info.errors);
+}
+
+/// A marked job whose claim's reply was cut, once it completed.
+struct LostReply {
+    info: jobq::JobInfo,
+    handbacks: i64,
+}
+
+impl LostReply {
+    /// The claim had committed: the worker handed the job back by the
+    /// claim's key, without an attempt spent, and ran it.
+    fn was_handed_back(&self) {
+        assert_eq!(self.info.attempt, 1, "the lost claim used up an attempt");
+        assert_eq!(self.handbacks, 1);
+        assert_eq!(self.info.errors.len(), 1, "{:?}", self.info.errors);
+        assert!(
+            self.info.errors[0].message.contains("reply was lost"),
+            "{:?}",
+            self.info.errors
+        );
+    }
+}
+
+/// Runs a marked job on a worker whose connections are cut, once, when
+/// the server's replies carried `markers` in order. With `lanes`, another
+/// worker is registered, so that the fleet outnumbers the lanes and the
+/// worker's claims take one.
+async fn lost_reply(lanes: Option<u16>, markers: &'static [&'static [u8]]) -> LostReply {
     let env = support::env().await;
     // The proxy's own address is only known once it listens; the upstream
     // comes from the test database's URL.
@@ -685,14 +718,42 @@ async fn lost_reply(lanes: u16, markers: &'static [&'static [u8]]) {
         .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
             proxied_url,
         ));
+    if lanes.is_some() {
+        let mut conn = env.conn().await;
+        conn.batch_execute(
+            "INSERT INTO jobq.workers (hostname, pid, queues) VALUES ('elsewhere', 1, '{default}')",
+        )
+        .await
+        .unwrap();
+    }
     let handle = env
         .worker()
         .pool(pool)
-        .claim_lanes(lanes)
+        .claim_lanes(lanes.unwrap_or(0))
         .build()
         .await
         .unwrap()
         .spawn();
+    if lanes.is_some() {
+        // The worker learns the fleet's size from its heartbeats, the first
+        // one at start-up. A second heartbeat committed means it has read
+        // the first one's reply.
+        const BEAT: &str = "SELECT coalesce(max((extract(epoch FROM heartbeat_at) * 1e6)::bigint \
+             - (extract(epoch FROM started_at) * 1e6)::bigint), 0) AS n \
+             FROM jobq.workers WHERE hostname <> 'elsewhere'";
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut first = 0;
+        loop {
+            let beat = env.count(BEAT).await;
+            if first == 0 {
+                first = beat;
+            } else if beat > first {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the worker never beat twice");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let mut conn = env.conn().await;
     let id = marked::enqueue(
         &mut conn,
@@ -702,24 +763,14 @@ async fn lost_reply(lanes: u16, markers: &'static [&'static [u8]]) {
     )
     .await
     .unwrap();
-    // The claim commits, its reply is cut, the worker hands the job back
-    // by the claim's key and claims it again.
     let info = env.wait_state(id, JobState::Completed).await;
     handle.shutdown().await.unwrap();
     assert_eq!(proxy.cuts(), 1);
-    assert_eq!(info.attempt, 1, "the lost claim used up an attempt");
-    assert_eq!(
-        env.count(&format!(
+    let handbacks = env
+        .count(&format!(
             "SELECT handbacks::bigint AS n FROM jobq.jobs WHERE id = {}",
             id.get()
         ))
-        .await,
-        1
-    );
-    assert_eq!(info.errors.len(), 1, "{:?}", info.errors);
-    assert!(
-        info.errors[0].message.contains("reply was lost"),
-        "{:?}",
-        info.errors
-    );
+        .await;
+    LostReply { info, handbacks }
 }

@@ -10,7 +10,7 @@ use diesel::row::{Field, NamedRow, Row};
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, SmallInt, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use crate::claim_lanes::{in_lane, ClaimLanes};
+use crate::claim_lanes::{self, ClaimLanes};
 use crate::claim_position::ClaimPosition;
 use crate::prepared::prepared;
 
@@ -337,10 +337,11 @@ async fn claim_once(
     match request.lanes {
         None => prepared(query).load(conn).await,
         Some(lanes) => {
-            in_lane(conn, lanes, request.worker_id, |conn| {
-                prepared(query).load(conn)
-            })
-            .await
+            let claimed = match claim_lanes::enter(conn, lanes, request.worker_id).await {
+                Ok(()) => prepared(query).load(conn).await,
+                Err(e) => return Err(e),
+            };
+            claim_lanes::leave(conn, claimed).await
         }
     }
 }

@@ -11,14 +11,14 @@
 //! job against 20. Claims one after the other skip nothing and never find a
 //! row claimed after their snapshot.
 //!
-//! So each claim first takes a lane, one of `n` transaction-scoped advisory
+//! So a claim first takes a lane, one of `n` transaction-scoped advisory
 //! locks: any free one, else it waits for its own (the worker id modulo
-//! `n`). While no more than `n` claims run at once nobody waits, so a small
-//! fleet pays only the lock (and the transaction around it). The lock is
-//! taken by a statement of its own before the claim's, in one transaction:
-//! the claim's snapshot is then taken after the lane is held, when every
-//! claim that held it before has committed. The four statements (begin,
-//! lane, claim, commit) go out together on one round trip.
+//! `n`). The lock is taken by a statement of its own before the claim's,
+//! in one transaction: the claim's snapshot is then taken after the lane
+//! is held, when every claim that held it before has committed. That is
+//! three round trips where a claim alone is one, so a worker takes a lane
+//! only while the fleet has more workers than lanes (each worker runs one
+//! claim at a time): a small fleet never pays for them.
 //!
 //! Transaction-scoped, so a transaction pooler (PgBouncer) keeps the lock
 //! and the claim on one server connection, and a lost client holds a lane
@@ -34,13 +34,8 @@
 
 use std::num::NonZeroU16;
 
-use diesel::sql_types::{BigInt, Integer};
-use std::future::Future;
-
 use diesel::QueryResult;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
-
-use crate::prepared::prepared;
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 
 /// How many claims may walk the claim index at once across every worker of
 /// the database (see the [module](self) notes). Every worker of a fleet
@@ -76,11 +71,10 @@ pub const LANE_LOCK_CLASS: i32 = 0x6a71_6c6e; // "jqln"
 
 /// How long the claim's transaction may sit idle before the server ends
 /// the session (`idle_in_transaction_session_timeout`, for this
-/// transaction only). The four statements arrive together, so it never
-/// idles in the normal course; but a client cut off after its claim and
-/// before its COMMIT reached the server (a network partition, no reset)
-/// would otherwise hold its lane and the claimed rows until TCP gives up
-/// on it, hours by default.
+/// transaction only). It idles for a round trip between its statements;
+/// but a client cut off after its claim and before its COMMIT reached the
+/// server (a network partition, no reset) would otherwise hold its lane
+/// and the claimed rows until TCP gives up on it, hours by default.
 pub(crate) const IDLE_LIMIT_MS: i32 = 2_000;
 
 /// `$1` the lock class, `$2` the number of lanes, `$3` the worker's id,
@@ -97,38 +91,51 @@ pub const CLAIM_LANE_SQL: &str = "SELECT \
              WHERE pg_try_advisory_xact_lock($1, l) LIMIT 1), \
             ($3 % $2)::int))";
 
-/// Runs `statement` (one claim) in a transaction of its own, after taking
-/// one of `lanes` for `worker_id`.
-pub(crate) async fn in_lane<'c, T, F, Fut>(
-    conn: &'c AsyncPgConnection,
+/// Begins a transaction and takes one of `lanes` for `worker_id`, in one
+/// simple query; the claim follows, then [`leave`]. Three round trips, one
+/// after the other: pipelined, the statements would not reliably reach the
+/// server in order (one not yet prepared on the connection waits for its
+/// parse while the next goes out).
+pub(crate) async fn enter(
+    conn: &mut AsyncPgConnection,
     lanes: ClaimLanes,
     worker_id: i64,
-    statement: F,
-) -> QueryResult<T>
-where
-    F: FnOnce(&mut &'c AsyncPgConnection) -> Fut,
-    Fut: Future<Output = QueryResult<T>>,
-{
-    let lane = prepared(
-        diesel::sql_query(CLAIM_LANE_SQL)
-            .bind::<Integer, _>(LANE_LOCK_CLASS)
-            .bind::<Integer, _>(i32::from(lanes.get()))
-            .bind::<BigInt, _>(worker_id)
-            .bind::<Integer, _>(IDLE_LIMIT_MS),
+) -> QueryResult<()> {
+    // Literals from numbers only.
+    let begin = format!(
+        "BEGIN; {}",
+        CLAIM_LANE_SQL
+            .replace("$1", &LANE_LOCK_CLASS.to_string())
+            .replace("$2", &lanes.get().to_string())
+            .replace("$3", &worker_id.to_string())
+            .replace("$4", &format!("'{IDLE_LIMIT_MS}'"))
     );
-    // Polled together, the four go out before the first answer is back;
-    // the server runs them in order.
-    let (begun, laned, done, committed) = futures_util::join!(
-        diesel::sql_query("BEGIN").execute(&mut &*conn),
-        lane.execute(&mut &*conn),
-        statement(&mut &*conn),
-        diesel::sql_query("COMMIT").execute(&mut &*conn),
-    );
-    // The first failure is the cause: after it the transaction is aborted,
-    // the later statements fail because of it and COMMIT rolls back.
-    begun?;
-    laned?;
-    let done = done?;
-    committed?;
-    Ok(done)
+    let entered = conn.batch_execute(&begin).await;
+    if entered.is_err() {
+        rollback(conn).await;
+    }
+    entered
+}
+
+/// Ends the lane's transaction: commits what the claim did, or rolls back
+/// after its failure.
+pub(crate) async fn leave<T>(
+    conn: &mut AsyncPgConnection,
+    claimed: QueryResult<T>,
+) -> QueryResult<T> {
+    let left = match claimed {
+        Ok(claimed) => conn.batch_execute("COMMIT").await.map(|()| claimed),
+        Err(e) => Err(e),
+    };
+    if left.is_err() {
+        rollback(conn).await;
+    }
+    left
+}
+
+/// Whatever failed, the connection must not stay in the transaction (nor
+/// hold the lane). On a broken connection this fails too, and the
+/// connection goes anyway.
+async fn rollback(conn: &mut AsyncPgConnection) {
+    let _ = conn.batch_execute("ROLLBACK").await;
 }

@@ -73,6 +73,10 @@ pub struct HeartbeatReply {
     /// Claims of this worker removed because none of their jobs runs under
     /// it any more (their jobs were rescued).
     pub dropped_claims: Vec<i64>,
+    /// Workers registered in the database, this one included: an upper
+    /// bound on the claims that can be in flight at once (a worker runs
+    /// one at a time), which is what [`crate::ClaimLanes`] bound.
+    pub fleet: i64,
 }
 
 #[derive(QueryableByName)]
@@ -87,6 +91,8 @@ struct HeartbeatRow {
     held_attempts: Vec<i32>,
     #[diesel(sql_type = Array<BigInt>)]
     dropped_claims: Vec<i64>,
+    #[diesel(sql_type = BigInt)]
+    fleet: i64,
 }
 
 /// The heartbeat statement; `$1` the worker, `$2` host, `$3` pid, `$4`
@@ -123,7 +129,8 @@ pub const HEARTBEAT_SQL: &str = "WITH before AS (SELECT id FROM jobq.workers WHE
              coalesce(h.cancel_requested, '{}') AS cancel_requested, \
              coalesce(h.held_ids, '{}') AS held_ids, \
              coalesce(h.held_attempts, '{}') AS held_attempts, \
-             coalesce((SELECT array_agg(id) FROM dropped), '{}') AS dropped_claims \
+             coalesce((SELECT array_agg(id) FROM dropped), '{}') AS dropped_claims, \
+             (SELECT count(*) FROM jobq.workers o WHERE o.id <> $1) + 1 AS fleet \
          FROM beat LEFT JOIN LATERAL ( \
              SELECT array_agg(held.id) FILTER (WHERE held.cancel_requested) \
                      AS cancel_requested, \
@@ -163,6 +170,7 @@ pub async fn heartbeat(
         cancel_requested: row.cancel_requested,
         held: row.held_ids.into_iter().zip(row.held_attempts).collect(),
         dropped_claims: row.dropped_claims,
+        fleet: row.fleet,
     })
 }
 

@@ -49,7 +49,7 @@ use crate::{Error, Schedule};
 /// | [`lock_timeout`](Self::lock_timeout) (own pool) | `JOBQ_LOCK_TIMEOUT` | 5 s |
 /// | [`statement_timeout`](Self::statement_timeout) (own pool) | `JOBQ_STATEMENT_TIMEOUT` | 60 s |
 /// | [`connect_with`](Self::connect_with) | | jobq connects by itself |
-/// | [`claim_lanes`](Self::claim_lanes) | `JOBQ_CLAIM_LANES` | 4 claims at once, fleet-wide |
+/// | [`claim_lanes`](Self::claim_lanes) | `JOBQ_CLAIM_LANES` | 4 claims at once across a fleet of more than 4 workers |
 ///
 /// The per-task variables hold `task=value` entries separated by commas,
 /// e.g. `JOBQ_TASK_CONCURRENCY="send_welcome=8,reports.nightly=2"` or
@@ -330,11 +330,14 @@ impl WorkerBuilder {
     /// flight together all start at the head of the queue and step over
     /// each other's rows, work that grows with the square of their number;
     /// beyond the bound a claim waits for one before it to commit, then
-    /// finds every row it passes free. A fleet of at most this many
-    /// workers never waits. Raise it for a database with many cores and
-    /// many workers; give every worker of a fleet the same number. Limited
-    /// tasks (global or per-key concurrency, rates) claim one task at a
-    /// time under locks of their own and take no lane.
+    /// finds every row it passes free. A worker takes a lane only while
+    /// the fleet (as its heartbeats count it) has more workers than lanes,
+    /// since each worker runs one claim at a time: a lane costs a claim two
+    /// more round trips, which a small fleet never pays. Raise it for a
+    /// database with many cores and many workers; give every worker of a
+    /// fleet the same number. Limited tasks (global or per-key
+    /// concurrency, rates) claim one task at a time under locks of their
+    /// own and take no lane.
     pub fn claim_lanes(mut self, lanes: u16) -> Self {
         self.claim_lanes = Some(lanes);
         self

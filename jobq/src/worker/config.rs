@@ -33,10 +33,10 @@ pub(crate) struct Config {
     pub(crate) claim_lanes: Option<ClaimLanes>,
 }
 
-/// Claims at once, fleet-wide, by default: as many as there are in
-/// flight in a fleet of a few workers, so that it waits for nothing, and
-/// few enough that 32 worker processes on a two-core server no longer
-/// step over each other's rows (BENCHMARKS.md, "Claim lanes").
+/// Claims at once, fleet-wide, by default: few enough that 32 worker
+/// processes on a two-core server no longer step over each other's rows
+/// (BENCHMARKS.md, "Claim lanes"), and a fleet of up to four workers
+/// takes no lane at all.
 pub(crate) const DEFAULT_CLAIM_LANES: u16 = 4;
 
 /// How the LISTEN connection is made when it has a URL of its own (its

@@ -309,7 +309,7 @@ async fn claim_batch(
                     claim_key,
                     due: cfg!(feature = "metrics"),
                     floors: &flight.floors,
-                    lanes: shared.config.claim_lanes,
+                    lanes: shared.lanes.for_claim(),
                 };
                 let result = jobq_diesel::claim(&mut conn, &request).await;
                 match &result {

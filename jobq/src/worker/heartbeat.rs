@@ -43,6 +43,7 @@ pub(crate) async fn run(shared: Arc<Shared>, info: WorkerInfo) {
         };
         match reply {
             Ok(reply) => {
+                shared.lanes.fleet_seen(reply.fleet);
                 if !reply.was_alive {
                     tracing::warn!(
                         worker.id = shared.worker_id,

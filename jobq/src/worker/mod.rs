@@ -24,6 +24,7 @@ mod fetcher;
 mod gauges;
 mod head_probe;
 mod heartbeat;
+mod lane_gate;
 mod listen;
 mod maintenance;
 pub(crate) mod message;

@@ -12,6 +12,7 @@ use super::attempts::Attempts;
 use super::backlog::Backlog;
 use super::claim_floors::ClaimFloors;
 use super::config::Config;
+use super::lane_gate::LaneGate;
 use super::open_claims::OpenClaims;
 use super::slots::Slots;
 use super::standing::Standing;
@@ -125,6 +126,8 @@ pub(crate) struct Shared {
     pub(crate) wake: Wakeups,
     /// Where the unlimited claims start their walk of each task.
     pub(crate) floors: ClaimFloors,
+    /// Whether the next unlimited claim takes a claim lane.
+    pub(crate) lanes: LaneGate,
     /// Fires when shutdown begins.
     pub(crate) stopping: CancellationToken,
     /// Outcomes handed to the completer and not yet written.
@@ -163,6 +166,7 @@ impl Shared {
                 .filter(|t| !t.fleet.any())
                 .map(|t| t.descriptor.name.to_owned()),
         );
+        let lanes = LaneGate::new(config.claim_lanes);
         Arc::new(Self {
             pool: pools.main,
             claim_pool: pools.claims,
@@ -178,6 +182,7 @@ impl Shared {
             slots: Slots::new(n),
             wake: Wakeups::default(),
             floors,
+            lanes,
             stopping: CancellationToken::new(),
             backlog: Backlog::new(backlog_limit),
             standing: Standing::default(),
