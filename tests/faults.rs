@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::CacheSize;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use jobq::{JobState, TaskError};
 use jobq_testkit::PrivateServer;
 use serde::{Deserialize, Serialize};
@@ -862,4 +862,73 @@ async fn support_count(pool: &jobq::Pool, sql: &str) -> i64 {
         .await
         .expect(sql)
         .n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_pgbouncer_claims_take_their_lane_and_leave_nothing_held() {
+    let Some(bin) =
+        support::pgbouncer("behind_pgbouncer_claims_take_their_lane_and_leave_nothing_held")
+    else {
+        return;
+    };
+    let server = PrivateServer::start().await.expect("server");
+    // Kept alive until the end of the test: dropping it stops PgBouncer.
+    let (_bouncer, pool) = behind_pgbouncer(&server, &bin).await;
+    let direct = pool_on(server.url());
+    // A fleet of two with one lane: every claim takes the lane.
+    support::lanes::another_worker(&mut direct.get().await.expect("connection")).await;
+    let handle = fast(jobq::Worker::builder())
+        .pool(pool.clone())
+        .queues(&["bouncer"])
+        .claim_lanes(1)
+        .build()
+        .await
+        .expect("worker through pgbouncer")
+        .spawn();
+    support::lanes::until_the_fleet_is_counted(&mut direct.get().await.expect("connection")).await;
+    // The lane is held elsewhere: the worker's claim waits for it, in a
+    // transaction PgBouncer keeps on one server connection.
+    let mut holder = AsyncPgConnection::establish(server.url())
+        .await
+        .expect("direct connection");
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({}, 0)",
+            jobq_diesel::LANE_LOCK_CLASS
+        ))
+        .await
+        .expect("the lane");
+    let payloads: Vec<Work> = (0..50).map(|n| Work { n, sleep_ms: 0 }).collect();
+    let ids = {
+        let mut conn = pool.get().await.expect("connection");
+        through_bouncer::enqueue_many(&mut conn, &payloads)
+            .await
+            .expect("enqueue through pgbouncer")
+    };
+    let waiting = format!(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' \
+         AND classid = {}::oid AND NOT granted",
+        jobq_diesel::LANE_LOCK_CLASS
+    );
+    wait_until("a claim waiting for the lane", support::SOON, || async {
+        support_count(&direct, &waiting).await > 0
+    })
+    .await;
+    assert_eq!(finished_count(&pool, &ids).await, 0);
+    holder.batch_execute("COMMIT").await.expect("lane given up");
+    wait_all_completed(&pool, &ids).await;
+    handle.shutdown().await.expect("clean shutdown");
+    let held = format!(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = {}::oid",
+        jobq_diesel::LANE_LOCK_CLASS
+    );
+    assert_eq!(support_count(&direct, &held).await, 0);
+    assert_eq!(
+        support_count(
+            &direct,
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
+        )
+        .await,
+        0
+    );
 }

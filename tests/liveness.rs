@@ -719,12 +719,7 @@ async fn lost_reply(lanes: Option<u16>, markers: &'static [&'static [u8]]) -> Lo
             proxied_url,
         ));
     if lanes.is_some() {
-        let mut conn = env.conn().await;
-        conn.batch_execute(
-            "INSERT INTO jobq.workers (hostname, pid, queues) VALUES ('elsewhere', 1, '{default}')",
-        )
-        .await
-        .unwrap();
+        support::lanes::another_worker(&mut *env.conn().await).await;
     }
     let handle = env
         .worker()
@@ -735,24 +730,7 @@ async fn lost_reply(lanes: Option<u16>, markers: &'static [&'static [u8]]) -> Lo
         .unwrap()
         .spawn();
     if lanes.is_some() {
-        // The worker learns the fleet's size from its heartbeats, the first
-        // one at start-up. A second heartbeat committed means it has read
-        // the first one's reply.
-        const BEAT: &str = "SELECT coalesce(max((extract(epoch FROM heartbeat_at) * 1e6)::bigint \
-             - (extract(epoch FROM started_at) * 1e6)::bigint), 0) AS n \
-             FROM jobq.workers WHERE hostname <> 'elsewhere'";
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut first = 0;
-        loop {
-            let beat = env.count(BEAT).await;
-            if first == 0 {
-                first = beat;
-            } else if beat > first {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the worker never beat twice");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        support::lanes::until_the_fleet_is_counted(&mut *env.conn().await).await;
     }
     let mut conn = env.conn().await;
     let id = marked::enqueue(

@@ -12,6 +12,7 @@ use jobq_testkit::TestDatabase;
 
 pub mod example;
 pub mod fleet;
+pub mod lanes;
 pub mod logs;
 pub mod proxy;
 
