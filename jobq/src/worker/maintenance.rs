@@ -9,6 +9,7 @@ use std::sync::Arc;
 use jobq_diesel::{PooledConnection, TruncationWait};
 
 use super::error_text::error_chain;
+use super::repeated_warning::RepeatedWarning;
 use super::state::Shared;
 
 /// Rows deleted per prune statement, to keep each transaction short.
@@ -17,20 +18,42 @@ const PRUNE_BATCH: i64 = 5_000;
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(shared.config.maintenance_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut wait = TruncationWait::new();
+    let mut ring = Ring {
+        wait: TruncationWait::new(),
+        failing: RepeatedWarning::default(),
+    };
     loop {
         ticker.tick().await;
-        if let Err(e) = tick(&shared, &mut wait).await {
+        if let Err(e) = tick(&shared, &mut ring).await {
             tracing::warn!(error = %e, "maintenance failed; trying again next interval");
         }
     }
 }
 
-async fn tick(shared: &Shared, wait: &mut TruncationWait) -> Result<(), String> {
+/// What the maintenance loop keeps between passes about the ring of
+/// completed segments.
+struct Ring {
+    wait: TruncationWait,
+    /// A role that may not truncate the segments (see docs/roles.md) fails
+    /// every pass: one warning, not one every few seconds.
+    failing: RepeatedWarning,
+}
+
+async fn tick(shared: &Shared, ring: &mut Ring) -> Result<(), String> {
     let mut conn = shared.pool.get().await.map_err(|e| error_chain(&e))?;
     rescue(shared, &mut conn).await?;
     prune(shared, &mut conn).await?;
-    turn_segments(shared, &mut conn, wait).await?;
+    // Its failure does not hold up the rest of the pass.
+    match turn_segments(shared, &mut conn, &mut ring.wait).await {
+        Ok(()) => ring.failing.cleared(),
+        Err(e) if ring.failing.is_new(&e) => tracing::warn!(
+            error = %e,
+            "completed jobs are not pruned a segment at a time (the role needs TRUNCATE on \
+             jobq.jobs_completed_0..7, see docs/roles.md); trying again every pass, \
+             warning again only if the error changes"
+        ),
+        Err(e) => tracing::debug!(error = %e, "turning the completed segments failed again"),
+    }
     let forgotten = jobq_diesel::clean_awaited(&mut conn)
         .await
         .map_err(|e| format!("cleaning up the registrations of gone waiters: {e}"))?;

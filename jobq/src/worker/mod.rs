@@ -31,6 +31,7 @@ pub(crate) mod message;
 mod open_claims;
 mod outcome_writer;
 mod overrides;
+mod repeated_warning;
 mod running;
 mod scheduler;
 mod shutdown;
