@@ -905,11 +905,7 @@ async fn behind_pgbouncer_claims_take_their_lane_and_leave_nothing_held() {
             .await
             .expect("enqueue through pgbouncer")
     };
-    let waiting = format!(
-        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' \
-         AND classid = {}::oid AND NOT granted",
-        jobq_diesel::LANE_LOCK_CLASS
-    );
+    let waiting = support::lanes::lane_locks("NOT granted");
     wait_until("a claim waiting for the lane", support::SOON, || async {
         support_count(&direct, &waiting).await > 0
     })
@@ -918,10 +914,7 @@ async fn behind_pgbouncer_claims_take_their_lane_and_leave_nothing_held() {
     holder.batch_execute("COMMIT").await.expect("lane given up");
     wait_all_completed(&pool, &ids).await;
     handle.shutdown().await.expect("clean shutdown");
-    let held = format!(
-        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = {}::oid",
-        jobq_diesel::LANE_LOCK_CLASS
-    );
+    let held = support::lanes::lane_locks("true");
     assert_eq!(support_count(&direct, &held).await, 0);
     assert_eq!(
         support_count(

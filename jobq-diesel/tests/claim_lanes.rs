@@ -69,17 +69,25 @@ async fn hold_lane(url: &str, lane: i32) -> AsyncPgConnection {
 /// Polls until some session waits for a lane; fails after ten seconds.
 async fn until_a_lane_is_waited_for(conn: &mut AsyncPgConnection) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
-         AND classid = {LANE_LOCK_CLASS}::oid AND NOT granted) AS yes"
-    );
-    while !flag(conn, &sql).await {
+    let waiting = lane_locks("NOT granted");
+    while number(conn, &waiting).await == 0 {
         assert!(Instant::now() < deadline, "no claim waits for a lane");
         tokio::task::yield_now().await;
     }
 }
 
 const RUNNING: &str = "SELECT count(*) AS n FROM jobq.jobs WHERE state = 'running'";
+
+/// True when the session is in no transaction (none left open).
+const NO_TRANSACTION: &str = "SELECT pg_current_xact_id_if_assigned() IS NULL AS yes";
+
+/// Counts the lanes' advisory locks that meet `condition`.
+fn lane_locks(condition: &str) -> String {
+    format!(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' \
+         AND classid = {LANE_LOCK_CLASS}::oid AND {condition}"
+    )
+}
 
 #[tokio::test]
 async fn a_claim_beyond_the_lanes_waits_for_one_to_commit() {
@@ -135,13 +143,7 @@ async fn a_lane_waited_for_past_the_lock_timeout_fails_the_claim_and_leaves_noth
         4
     );
     assert_eq!(number(&mut conn, RUNNING).await, 4);
-    assert!(
-        flag(
-            &mut claimer,
-            "SELECT pg_current_xact_id_if_assigned() IS NULL AS yes"
-        )
-        .await
-    );
+    assert!(flag(&mut claimer, NO_TRANSACTION).await);
 }
 
 #[tokio::test]
@@ -171,23 +173,9 @@ async fn a_claim_that_fails_in_its_lane_rolls_back_and_frees_the_lane() {
         2
     );
     assert_eq!(number(&mut conn, RUNNING).await, 4);
-    let held: i64 = number(
-        &mut conn,
-        &format!(
-            "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' \
-             AND classid = {LANE_LOCK_CLASS}::oid"
-        ),
-    )
-    .await;
-    assert_eq!(held, 0);
+    assert_eq!(number(&mut conn, &lane_locks("true")).await, 0);
     // Nor was the failed transaction left open on the claimer.
-    assert!(
-        flag(
-            &mut claimer,
-            "SELECT pg_current_xact_id_if_assigned() IS NULL AS yes"
-        )
-        .await
-    );
+    assert!(flag(&mut claimer, NO_TRANSACTION).await);
 }
 
 #[tokio::test]

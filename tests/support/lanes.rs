@@ -53,3 +53,12 @@ pub async fn until_the_fleet_is_counted(conn: &mut AsyncPgConnection) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Counts the claim lanes' advisory locks that meet `condition` (as `n`).
+pub fn lane_locks(condition: &str) -> String {
+    format!(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' \
+         AND classid = {}::oid AND {condition}",
+        jobq_diesel::LANE_LOCK_CLASS
+    )
+}
