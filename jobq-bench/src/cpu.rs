@@ -11,7 +11,7 @@
 //! (another OS, or a server on another machine).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// Long enough for the postmaster to reap the backends of connections that
@@ -168,7 +168,38 @@ fn machine_ticks() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// The postmaster of the server the run uses, when it runs on this
+/// machine (see [`watch_server`]).
+static POSTMASTER: OnceLock<u32> = OnceLock::new();
+
+/// Counts only the processes of the server whose backend `backend_pid` is
+/// (the postmaster, its parent, and the postmaster's other children).
+/// Without it every process named `postgres` counts, and a server that
+/// another run is still shutting down takes its CPU time with it as its
+/// processes go: the first phase of a run measured no server time at all.
+/// Does nothing when the backend is not on this machine.
+pub fn watch_server(backend_pid: u32) {
+    let parent = std::fs::read_to_string(format!("/proc/{backend_pid}/stat"))
+        .ok()
+        .and_then(|stat| parent_pid(&stat));
+    if let Some(postmaster) = parent {
+        let _ = POSTMASTER.set(postmaster);
+    }
+}
+
+/// The parent's pid in the text of a `/proc/<pid>/stat` (the second field
+/// after the name).
+fn parent_pid(stat: &str) -> Option<u32> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 fn server_ticks() -> Option<u64> {
+    let postmaster = POSTMASTER.get().copied();
     let mut ticks = 0u64;
     let mut found = false;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -185,6 +216,12 @@ fn server_ticks() -> Option<u64> {
         let Some(("postgres", used)) = stat_ticks(&stat, true) else {
             continue;
         };
+        if let Some(postmaster) = postmaster {
+            let own = pid.parse() == Ok(postmaster) || parent_pid(&stat) == Some(postmaster);
+            if !own {
+                continue;
+            }
+        }
         found = true;
         ticks += used;
     }
@@ -231,6 +268,13 @@ pub fn load_average() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parent_pid_follows_a_name_with_spaces_and_parentheses() {
+        let stat = "4242 (postgres: x) y) S 977 4242 4242 0 -1 4194560 0 0 0 0 7 3 0 0 20";
+        assert_eq!(parent_pid(stat), Some(977));
+        assert_eq!(parent_pid("garbage"), None);
+    }
 
     #[test]
     fn spent_between_samples() {

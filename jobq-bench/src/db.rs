@@ -35,6 +35,8 @@ struct Settings {
     port: String,
     #[diesel(sql_type = Text)]
     autovacuum: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    backend_pid: i32,
 }
 
 /// Prints which server the run uses and its durability settings
@@ -54,10 +56,15 @@ pub async fn print_server() -> anyhow::Result<()> {
              current_setting('full_page_writes') AS full_page_writes, \
              current_setting('shared_buffers') AS shared_buffers, \
              current_setting('port') AS port, \
-             current_setting('autovacuum') AS autovacuum",
+             current_setting('autovacuum') AS autovacuum, \
+             pg_backend_pid() AS backend_pid",
     )
     .get_result(&mut conn)
     .await?;
+    // Server CPU is counted on this server's processes only.
+    if let Ok(pid) = u32::try_from(s.backend_pid) {
+        crate::cpu::watch_server(pid);
+    }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("server:  {source}");
     println!("         {}", s.version);
