@@ -919,7 +919,8 @@ async fn behind_pgbouncer_claims_take_their_lane_and_leave_nothing_held() {
     assert_eq!(
         support_count(
             &direct,
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
         )
         .await,
         0

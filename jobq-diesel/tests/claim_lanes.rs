@@ -81,10 +81,12 @@ const RUNNING: &str = "SELECT count(*) AS n FROM jobq.jobs WHERE state = 'runnin
 /// True when the session is in no transaction (none left open).
 const NO_TRANSACTION: &str = "SELECT pg_current_xact_id_if_assigned() IS NULL AS yes";
 
-/// Counts the lanes' advisory locks that meet `condition`.
+/// Counts the lanes' advisory locks of this database (other tests run
+/// beside this one on the same server) that meet `condition`.
 fn lane_locks(condition: &str) -> String {
     format!(
         "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
          AND classid = {LANE_LOCK_CLASS}::oid AND {condition}"
     )
 }

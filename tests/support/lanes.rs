@@ -54,10 +54,12 @@ pub async fn until_the_fleet_is_counted(conn: &mut AsyncPgConnection) {
     }
 }
 
-/// Counts the claim lanes' advisory locks that meet `condition` (as `n`).
+/// Counts the claim lanes' advisory locks of the current database (other
+/// tests may share the server) that meet `condition` (as `n`).
 pub fn lane_locks(condition: &str) -> String {
     format!(
         "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
          AND classid = {}::oid AND {condition}",
         jobq_diesel::LANE_LOCK_CLASS
     )
