@@ -29,8 +29,10 @@ GRANT SELECT ON jobq.schema_migrations TO jobq_worker;
 -- follow-up jobs.
 -- jobq.jobs is partitioned by state; a deduplicating enqueue inserts into
 -- its active partition directly, and new ids come from jobq.job_ids.
-GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.jobs, jobq.jobs_active, jobq.jobs_finished
-    TO jobq_worker;
+-- Maintenance deletes failed, cancelled and key-holding finished jobs past
+-- their retention from the partition that keeps them, by name.
+GRANT SELECT, INSERT, UPDATE, DELETE ON jobq.jobs, jobq.jobs_active, jobq.jobs_finished,
+    jobq.jobs_finished_kept TO jobq_worker;
 -- Completed jobs are written to a ring of segments (partitions of
 -- jobq.jobs_finished), which maintenance turns and prunes by truncating a
 -- whole segment.

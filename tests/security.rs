@@ -3,9 +3,11 @@
 
 mod support;
 
+use support::roles::{as_user, connect, Roles};
+
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jobq::{EnqueueOptions, JobState};
 use serde::{Deserialize, Serialize};
 
@@ -27,17 +29,6 @@ async fn keyed_role_job(job: Doc) -> Result<(), jobq::TaskError> {
     Ok(())
 }
 
-/// `url` with its user replaced (the test servers use trust auth).
-fn as_user(url: &str, user: &str) -> String {
-    let rest = url.strip_prefix("postgres://").expect("a postgres:// URL");
-    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
-    format!("postgres://{user}@{host}")
-}
-
-async fn connect(url: &str) -> AsyncPgConnection {
-    AsyncPgConnection::establish(url).await.expect("connect")
-}
-
 fn denied(result: Result<(), String>, what: &str) {
     let err = result.expect_err(what);
     assert!(
@@ -56,30 +47,8 @@ async fn roles_sql_gives_app_and_worker_only_what_they_need() {
     let db = jobq_testkit::TestDatabase::create()
         .await
         .expect("database");
-    // Roles are cluster-wide: unique names per run.
-    let tag = format!("r{:08x}", fastrand::u32(..));
-    let (owner, worker, app) = (
-        format!("{tag}_owner"),
-        format!("{tag}_worker"),
-        format!("{tag}_app"),
-    );
-    let sql = include_str!("../docs/roles.sql")
-        .replace("jobq_owner", &owner)
-        .replace("jobq_worker", &worker)
-        .replace("jobq_app", &app);
-    let (step1, rest) = sql.split_once("-- step 2").expect("roles.sql has a step 2");
-    let step2 = format!("-- step 2{rest}");
-
+    let Roles { owner, worker, app } = Roles::create(db.url()).await;
     let mut admin = connect(db.url()).await;
-    admin.batch_execute(step1).await.expect("roles.sql step 1");
-    let mut as_owner = connect(&as_user(db.url(), &owner)).await;
-    jobq::migrate(&mut as_owner)
-        .await
-        .expect("migrate as owner");
-    as_owner
-        .batch_execute(&step2)
-        .await
-        .expect("roles.sql step 2");
 
     // The application enqueues and reads status...
     let mut as_app = connect(&as_user(db.url(), &app)).await;
@@ -275,19 +244,8 @@ async fn roles_sql_gives_app_and_worker_only_what_they_need() {
     let owners: Vec<String> = owners.into_iter().map(|o| o.owner).collect();
     assert_eq!(owners, vec![owner.clone()]);
 
-    // Roles outlive databases: leave none behind on a shared server.
-    // One role per DROP OWNED: with several, PostgreSQL 15 trips over a
-    // default ACL that names more than one of them.
-    drop((as_owner, as_app, as_worker, on_fresh));
-    for statement in [
-        format!("REASSIGN OWNED BY \"{owner}\" TO CURRENT_USER"),
-        format!("DROP OWNED BY \"{owner}\""),
-        format!("DROP OWNED BY \"{worker}\""),
-        format!("DROP OWNED BY \"{app}\""),
-        format!("DROP ROLE \"{owner}\", \"{worker}\", \"{app}\""),
-    ] {
-        admin.batch_execute(&statement).await.expect(&statement);
-    }
+    drop((as_app, as_worker, on_fresh));
+    Roles { owner, worker, app }.drop_all(&mut admin).await;
 }
 
 // ------------------------------------------------------- hostile strings

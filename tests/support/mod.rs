@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod lanes;
 pub mod logs;
 pub mod proxy;
+pub mod roles;
 
 /// Generous deadline for anything that should happen "soon": CI machines
 /// are slow, and a test that waits longer only costs time when it fails.
@@ -131,19 +132,7 @@ impl Env {
 
     /// Runs a scalar SQL query (test-side inspection only).
     pub async fn count(&self, sql: &str) -> i64 {
-        use diesel::sql_types::BigInt;
-        use diesel_async::RunQueryDsl;
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
-        let mut conn = self.conn().await;
-        let row: N = diesel::sql_query(sql)
-            .get_result(&mut conn)
-            .await
-            .expect(sql);
-        row.n
+        count_in(&mut *self.conn().await, sql).await
     }
 
     /// How many sessions of this database are LISTENing for new jobs
@@ -165,6 +154,20 @@ impl Env {
         })
         .await;
     }
+}
+
+/// Runs `sql`, which returns one `bigint` column named `n`, on `conn`
+/// (test-side inspection only).
+pub async fn count_in(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
+    use diesel::sql_types::BigInt;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let row: N = diesel::sql_query(sql).get_result(conn).await.expect(sql);
+    row.n
 }
 
 /// Polls `check` until it returns true or the deadline passes.
