@@ -736,6 +736,15 @@ async fn through_bouncer(job: Work) -> Result<(), TaskError> {
     Ok(())
 }
 
+/// Enqueues fifty no-op jobs through `pool` (PgBouncer's).
+async fn fifty_through_bouncer(pool: &jobq::Pool) -> Vec<jobq::JobId> {
+    let payloads: Vec<Work> = (0..50).map(|n| Work { n, sleep_ms: 0 }).collect();
+    let mut conn = pool.get().await.expect("connection");
+    through_bouncer::enqueue_many(&mut conn, &payloads)
+        .await
+        .expect("enqueue through pgbouncer")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_warning() {
     let Some(bin) = support::pgbouncer(
@@ -755,13 +764,7 @@ async fn behind_a_transaction_pooling_pgbouncer_jobs_run_on_polling_with_one_war
         .await
         .expect("worker through pgbouncer")
         .spawn();
-    let payloads: Vec<Work> = (0..50).map(|n| Work { n, sleep_ms: 0 }).collect();
-    let ids = {
-        let mut conn = pool.get().await.expect("connection");
-        through_bouncer::enqueue_many(&mut conn, &payloads)
-            .await
-            .expect("enqueue through pgbouncer")
-    };
+    let ids = fifty_through_bouncer(&pool).await;
     let one = {
         let mut conn = pool.get().await.expect("connection");
         through_bouncer::enqueue(&mut conn, &Work { n: 99, sleep_ms: 0 })
@@ -898,13 +901,7 @@ async fn behind_pgbouncer_claims_take_their_lane_and_leave_nothing_held() {
         ))
         .await
         .expect("the lane");
-    let payloads: Vec<Work> = (0..50).map(|n| Work { n, sleep_ms: 0 }).collect();
-    let ids = {
-        let mut conn = pool.get().await.expect("connection");
-        through_bouncer::enqueue_many(&mut conn, &payloads)
-            .await
-            .expect("enqueue through pgbouncer")
-    };
+    let ids = fifty_through_bouncer(&pool).await;
     let waiting = support::lanes::lane_locks("NOT granted");
     wait_until("a claim waiting for the lane", support::SOON, || async {
         support_count(&direct, &waiting).await > 0
