@@ -165,7 +165,7 @@ async fn partition_states(
 /// as the finished history can be. Not a transaction: `VACUUM` cannot run
 /// inside one. `SKIP_LOCKED` makes the call return at once for a partition
 /// another session (a second worker, autovacuum) is vacuuming, instead of
-/// queueing behind it.
+/// queueing behind it. The vacuum runs without a statement timeout.
 pub async fn vacuum(
     conn: &mut AsyncPgConnection,
     pace: &mut VacuumPace,
@@ -192,11 +192,25 @@ pub async fn vacuum(
         return Ok(Vacuum::NotAllowed { dead_rows });
     }
     let tables: Vec<&str> = due.iter().map(|p| p.name.as_str()).collect();
-    conn.batch_execute(&format!(
-        "VACUUM (SKIP_LOCKED, ANALYZE) {}, jobq.workers, jobq.claims",
-        tables.join(", ")
-    ))
-    .await?;
+    // A pass over a big partition takes minutes; the connection's
+    // statement timeout (jobq's pool has one) would cancel it and waste
+    // the work done so far: with autovacuum off at 65,000 jobs/s, passes
+    // cancelled at 60 s let the active partition's dead rows grow without
+    // end. For this statement only; RESET goes back to the connection's
+    // own setting (its startup value, or the server's). TRUNCATE false:
+    // giving the empty pages at a busy partition's end back to the system
+    // needs its exclusive lock, which every claim then waits for, and the
+    // next jobs need the pages again at once.
+    conn.batch_execute("SET statement_timeout = 0").await?;
+    let vacuumed = conn
+        .batch_execute(&format!(
+            "VACUUM (SKIP_LOCKED, ANALYZE, TRUNCATE false) {}, jobq.workers, jobq.claims",
+            tables.join(", ")
+        ))
+        .await;
+    let reset = conn.batch_execute("RESET statement_timeout").await;
+    vacuumed?;
+    reset?;
     let vacuumed: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
     // Read in a transaction of its own, the statistics show what the
     // vacuum could not remove.

@@ -233,3 +233,43 @@ async fn where_autovacuum_falls_far_behind_jobq_vacuums_the_partition_itself() {
         "caught up"
     );
 }
+
+/// jobq's pool sets a statement timeout at connection start-up; a vacuum
+/// pass lifts it for itself (a pass cancelled at the timeout was wasted:
+/// the autovacuum-off soak showed it) and the connection has its own
+/// timeout again afterwards.
+#[tokio::test]
+async fn after_a_vacuum_the_connection_keeps_its_statement_timeout() {
+    let (db, mut admin) = setup().await;
+    admin
+        .batch_execute("ALTER TABLE jobq.jobs_finished_kept SET (autovacuum_enabled = off)")
+        .await
+        .unwrap();
+    finished(&mut admin, "churn", "completed", 0, 5_000).await;
+    admin
+        .batch_execute("DELETE FROM jobq.jobs WHERE task = 'churn'")
+        .await
+        .unwrap();
+    wait_stats(&mut admin, "5,000 dead rows", |s| s.dead >= 5_000).await;
+    let separator = if db.url().contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{}{separator}options=-c%20statement_timeout%3D5000",
+        db.url()
+    );
+    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    let mut pace = jobq_diesel::VacuumPace::new();
+    match jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap() {
+        Vacuum::Vacuumed { dead_rows } => assert!(dead_rows >= 5_000, "{dead_rows}"),
+        other => panic!("expected a vacuum, got {other:?}"),
+    }
+    #[derive(QueryableByName)]
+    struct Timeout {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement_timeout: String,
+    }
+    let after = diesel::sql_query("SHOW statement_timeout")
+        .get_result::<Timeout>(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(after.statement_timeout, "5s");
+}
