@@ -736,7 +736,7 @@ async fn through_bouncer(job: Work) -> Result<(), TaskError> {
     Ok(())
 }
 
-/// Enqueues fifty no-op jobs through `pool` (PgBouncer's).
+/// Enqueues fifty no-op jobs of `through_bouncer` through `pool`.
 async fn fifty_through_bouncer(pool: &jobq::Pool) -> Vec<jobq::JobId> {
     let payloads: Vec<Work> = (0..50).map(|n| Work { n, sleep_ms: 0 }).collect();
     let mut conn = pool.get().await.expect("connection");
@@ -901,14 +901,15 @@ async fn behind_pgbouncer_claims_take_their_lane_and_leave_nothing_held() {
         ))
         .await
         .expect("the lane");
-    let ids = fifty_through_bouncer(&pool).await;
+    // Enqueued and read directly while the lane is held: PgBouncer's one
+    // server connection belongs to the worker's claim as soon as it waits
+    // for the lane (it polls every 200 ms).
+    let ids = fifty_through_bouncer(&direct).await;
     let waiting = support::lanes::lane_locks("NOT granted");
     wait_until("a claim waiting for the lane", support::SOON, || async {
         support_count(&direct, &waiting).await > 0
     })
     .await;
-    // Read directly: PgBouncer's one server connection is the waiting
-    // claim's until the lane is given up.
     assert_eq!(finished_count(&direct, &ids).await, 0);
     holder.batch_execute("COMMIT").await.expect("lane given up");
     wait_all_completed(&pool, &ids).await;
