@@ -90,7 +90,7 @@ pub use stats::{
 };
 pub use stats::{throughput, MinuteCount, THROUGHPUT_SQL};
 pub use testing::{payloads_of, start_next_due, StartedJob};
-pub use vacuum::{vacuum, Vacuum, VacuumPace};
+pub use vacuum::{check_vacuum, vacuum, StatementTimeout, Vacuum, VacuumDue, VacuumPace};
 pub use workers::{
     deregister_worker, heartbeat, register_worker, HeartbeatReply, WorkerInfo, HEARTBEAT_SQL,
 };

@@ -130,6 +130,23 @@ impl VacuumPace {
     }
 }
 
+/// What [`vacuum`] does about the connection's statement timeout, which
+/// would cancel a long pass and waste the work done so far (with
+/// autovacuum off at 65,000 jobs/s, passes cancelled at 60 s let the active
+/// partition's dead rows grow without end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StatementTimeout {
+    /// The connection was opened without one (as jobq opens the one it
+    /// vacuums on): nothing to do.
+    NotSet,
+    /// Lift it for the pass (`SET statement_timeout = 0`) and put the
+    /// connection's own setting back after (`RESET`). These are session
+    /// statements: behind a transaction-pooling PgBouncer they may reach
+    /// different server connections.
+    LiftForThePass,
+}
+
 /// The partitions of `jobq.jobs`, with what the statistics say of them.
 async fn partition_states(
     conn: &mut AsyncPgConnection,
@@ -165,11 +182,38 @@ async fn partition_states(
 /// as the finished history can be. Not a transaction: `VACUUM` cannot run
 /// inside one. `SKIP_LOCKED` makes the call return at once for a partition
 /// another session (a second worker, autovacuum) is vacuuming, instead of
-/// queueing behind it. The vacuum runs without a statement timeout.
+/// queueing behind it. `timeout` says whether the connection has a
+/// statement timeout to lift for the pass. The same as [`check_vacuum`]
+/// followed, when it finds partitions due, by [`VacuumDue::run`] on the
+/// same connection.
 pub async fn vacuum(
     conn: &mut AsyncPgConnection,
     pace: &mut VacuumPace,
+    timeout: StatementTimeout,
 ) -> diesel::QueryResult<Vacuum> {
+    match check_vacuum(conn, pace).await? {
+        Ok(due) => due.run(conn, pace, timeout).await,
+        Err(nothing_to_do) => Ok(nothing_to_do),
+    }
+}
+
+/// Partitions [`check_vacuum`] found due, to vacuum with [`VacuumDue::run`].
+#[derive(Debug)]
+#[must_use = "nothing is vacuumed until `run` is called"]
+pub struct VacuumDue {
+    tables: Vec<String>,
+    dead_rows: i64,
+}
+
+/// Reads the statistics and decides, as [`vacuum`] does, which partitions
+/// are due: `Ok` with them, or `Err` with why there is nothing to vacuum
+/// ([`Vacuum::Autovacuum`], [`Vacuum::NotNeeded`], [`Vacuum::NotAllowed`]).
+/// One cheap read, so that the connection the vacuum runs on (one without
+/// a statement timeout) is needed only when a vacuum is due.
+pub async fn check_vacuum(
+    conn: &mut AsyncPgConnection,
+    pace: &mut VacuumPace,
+) -> diesel::QueryResult<Result<VacuumDue, Vacuum>> {
     let partitions = partition_states(conn).await?;
     let mut due: Vec<&PartitionState> = partitions.iter().filter(|p| pace.due(p)).collect();
     // Where autovacuum runs, a role that may not vacuum leaves it to
@@ -177,49 +221,65 @@ pub async fn vacuum(
     due.retain(|p| p.allowed || !p.autovacuum);
     if due.is_empty() {
         if partitions.iter().all(|p| p.autovacuum) {
-            return Ok(Vacuum::Autovacuum);
+            return Ok(Err(Vacuum::Autovacuum));
         }
-        return Ok(Vacuum::NotNeeded {
+        return Ok(Err(Vacuum::NotNeeded {
             dead_rows: partitions
                 .iter()
                 .filter(|p| !p.autovacuum)
                 .map(|p| p.dead)
                 .sum(),
-        });
+        }));
     }
     let dead_rows = due.iter().map(|p| p.dead).sum();
     if due.iter().any(|p| !p.allowed) {
-        return Ok(Vacuum::NotAllowed { dead_rows });
+        return Ok(Err(Vacuum::NotAllowed { dead_rows }));
     }
-    let tables: Vec<&str> = due.iter().map(|p| p.name.as_str()).collect();
-    // A pass over a big partition takes minutes; the connection's
-    // statement timeout (jobq's pool has one) would cancel it and waste
-    // the work done so far: with autovacuum off at 65,000 jobs/s, passes
-    // cancelled at 60 s let the active partition's dead rows grow without
-    // end. For this statement only; RESET goes back to the connection's
-    // own setting (its startup value, or the server's). TRUNCATE false:
-    // giving the empty pages at a busy partition's end back to the system
-    // needs its exclusive lock, which every claim then waits for, and the
-    // next jobs need the pages again at once.
-    conn.batch_execute("SET statement_timeout = 0").await?;
-    let vacuumed = conn
-        .batch_execute(&format!(
+    Ok(Ok(VacuumDue {
+        tables: due.iter().map(|p| p.name.clone()).collect(),
+        dead_rows,
+    }))
+}
+
+impl VacuumDue {
+    /// Vacuums the partitions found due, and records in `pace` what the
+    /// pass could not remove.
+    pub async fn run(
+        self,
+        conn: &mut AsyncPgConnection,
+        pace: &mut VacuumPace,
+        timeout: StatementTimeout,
+    ) -> diesel::QueryResult<Vacuum> {
+        // TRUNCATE false: giving the empty pages at a busy partition's end
+        // back to the system needs its exclusive lock, which every claim
+        // then waits for, and the next jobs need the pages again at once.
+        let statement = format!(
             "VACUUM (SKIP_LOCKED, ANALYZE, TRUNCATE false) {}, jobq.workers, jobq.claims",
-            tables.join(", ")
-        ))
-        .await;
-    let reset = conn.batch_execute("RESET statement_timeout").await;
-    vacuumed?;
-    reset?;
-    let vacuumed: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
-    // Read in a transaction of its own, the statistics show what the
-    // vacuum could not remove.
-    for after in partition_states(conn).await? {
-        if vacuumed.contains(&after.name) {
-            pace.vacuumed(&after.name, after.dead);
+            self.tables.join(", ")
+        );
+        match timeout {
+            StatementTimeout::NotSet => conn.batch_execute(&statement).await?,
+            StatementTimeout::LiftForThePass => {
+                // RESET goes back to the connection's own setting (its
+                // startup value, or the server's), also after a failed pass.
+                conn.batch_execute("SET statement_timeout = 0").await?;
+                let vacuumed = conn.batch_execute(&statement).await;
+                let reset = conn.batch_execute("RESET statement_timeout").await;
+                vacuumed?;
+                reset?;
+            }
         }
+        // Read in a transaction of its own, the statistics show what the
+        // vacuum could not remove.
+        for after in partition_states(conn).await? {
+            if self.tables.contains(&after.name) {
+                pace.vacuumed(&after.name, after.dead);
+            }
+        }
+        Ok(Vacuum::Vacuumed {
+            dead_rows: self.dead_rows,
+        })
     }
-    Ok(Vacuum::Vacuumed { dead_rows })
 }
 
 #[cfg(test)]

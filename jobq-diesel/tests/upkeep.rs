@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use diesel::sql_types::{BigInt, Bool};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use jobq_diesel::{Retention, Vacuum};
+use jobq_diesel::{Retention, StatementTimeout, Vacuum};
 use jobq_testkit::TestDatabase;
 use support::{number, setup};
 
@@ -137,7 +137,9 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
     .await
     .unwrap();
     assert_eq!(
-        jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap(),
+        jobq_diesel::vacuum(&mut conn, &mut pace, StatementTimeout::NotSet)
+            .await
+            .unwrap(),
         Vacuum::NotNeeded { dead_rows: 0 }
     );
 
@@ -146,7 +148,10 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
         .await
         .unwrap();
     wait_stats(&mut conn, "5,000 dead rows", |s| s.dead >= 5_000).await;
-    match jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap() {
+    match jobq_diesel::vacuum(&mut conn, &mut pace, StatementTimeout::NotSet)
+        .await
+        .unwrap()
+    {
         Vacuum::Vacuumed { dead_rows } => assert!(dead_rows >= 5_000, "{dead_rows}"),
         other => panic!("expected a vacuum, got {other:?}"),
     }
@@ -158,7 +163,9 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
     );
     assert!(
         matches!(
-            jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap(),
+            jobq_diesel::vacuum(&mut conn, &mut pace, StatementTimeout::NotSet)
+                .await
+                .unwrap(),
             Vacuum::NotNeeded { .. }
         ),
         "nothing left to vacuum"
@@ -176,7 +183,9 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
         .get_result::<Setting>(&mut conn)
         .await
         .unwrap();
-    let outcome = jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap();
+    let outcome = jobq_diesel::vacuum(&mut conn, &mut pace, StatementTimeout::NotSet)
+        .await
+        .unwrap();
     assert_eq!(
         outcome == Vacuum::Autovacuum,
         server.on,
@@ -215,29 +224,36 @@ async fn where_autovacuum_falls_far_behind_jobq_vacuums_the_partition_itself() {
     churn(&mut conn, 8_000).await;
     wait_stats(&mut conn, "8,000 dead rows", |s| s.dead >= 8_000).await;
     assert_eq!(
-        jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap(),
+        jobq_diesel::vacuum(&mut conn, &mut pace, StatementTimeout::NotSet)
+            .await
+            .unwrap(),
         Vacuum::Autovacuum
     );
     assert_eq!(stats(&mut conn).await.vacuums, 0);
 
     churn(&mut conn, 4_000).await;
     wait_stats(&mut conn, "12,000 dead rows", |s| s.dead >= 12_000).await;
-    match jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap() {
+    match jobq_diesel::vacuum(&mut conn, &mut pace, StatementTimeout::NotSet)
+        .await
+        .unwrap()
+    {
         Vacuum::Vacuumed { dead_rows } => assert!(dead_rows >= 12_000, "{dead_rows}"),
         other => panic!("expected a vacuum, got {other:?}"),
     }
     wait_stats(&mut conn, "the vacuum", |s| s.vacuums >= 1 && s.dead == 0).await;
     assert_eq!(
-        jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap(),
+        jobq_diesel::vacuum(&mut conn, &mut pace, StatementTimeout::NotSet)
+            .await
+            .unwrap(),
         Vacuum::Autovacuum,
         "caught up"
     );
 }
 
-/// jobq's pool sets a statement timeout at connection start-up; a vacuum
-/// pass lifts it for itself (a pass cancelled at the timeout was wasted:
-/// the autovacuum-off soak showed it) and the connection has its own
-/// timeout again afterwards.
+/// An application's pool may set a statement timeout at connection
+/// start-up; a vacuum pass on one of its connections lifts it for itself
+/// (a pass cancelled at the timeout was wasted: the autovacuum-off soak
+/// showed it) and the connection has its own timeout again afterwards.
 #[tokio::test]
 async fn after_a_vacuum_the_connection_keeps_its_statement_timeout() {
     let (db, mut admin) = setup().await;
@@ -258,7 +274,10 @@ async fn after_a_vacuum_the_connection_keeps_its_statement_timeout() {
     );
     let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
     let mut pace = jobq_diesel::VacuumPace::new();
-    match jobq_diesel::vacuum(&mut conn, &mut pace).await.unwrap() {
+    match jobq_diesel::vacuum(&mut conn, &mut pace, StatementTimeout::LiftForThePass)
+        .await
+        .unwrap()
+    {
         Vacuum::Vacuumed { dead_rows } => assert!(dead_rows >= 5_000, "{dead_rows}"),
         other => panic!("expected a vacuum, got {other:?}"),
     }

@@ -452,6 +452,7 @@ impl WorkerBuilder {
                 Pools {
                     main: pool.clone(),
                     claims: pool.clone(),
+                    vacuum: None,
                 },
                 First::Pool(pool),
             ),
@@ -483,6 +484,7 @@ impl WorkerBuilder {
                         1,
                         checkout.min(CLAIM_CHECKOUT),
                     ),
+                    vacuum: Some(build_pool(connector.without_timeouts(), 1, checkout)),
                 };
                 // Migrations may rightly run longer than the statement
                 // timeout: the first connection goes without it.

@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     /// The fetcher's connection for claims and promotions: generic plans
     /// (see [`ClaimPool`]).
     pub(crate) claim_pool: Pool,
+    /// Where the vacuum runs (see [`Pools::vacuum`]).
+    pub(crate) vacuum_pool: Option<Pool>,
     pub(crate) config: Config,
     pub(crate) worker_id: i64,
     pub(crate) queues: Vec<String>,
@@ -170,6 +172,7 @@ impl Shared {
         Arc::new(Self {
             pool: pools.main,
             claim_pool: pools.claims,
+            vacuum_pool: pools.vacuum,
             config,
             worker_id,
             queue_names: queues.iter().map(|q| Arc::from(q.as_str())).collect(),
@@ -202,4 +205,10 @@ pub(crate) struct Pools {
     /// (see `jobq_diesel::outcome`). A pool given by the application
     /// serves both.
     pub(crate) claims: Pool,
+    /// One connection opened without jobq's statement timeout, for the
+    /// vacuum, whose passes over a big partition may rightly take minutes;
+    /// opened when a vacuum is first due. None with an application's pool:
+    /// the vacuum then lifts the timeout on one of its connections for the
+    /// pass.
+    pub(crate) vacuum: Option<Pool>,
 }

@@ -9,9 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobq_diesel::{Vacuum, VacuumPace};
+use jobq_diesel::{StatementTimeout, Vacuum, VacuumPace};
 
 use super::error_text::error_chain;
+use super::repeated_warning::RepeatedWarning;
 use super::state::Shared;
 
 /// How often the statistics are read, at most (the maintenance interval
@@ -25,33 +26,56 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(CHECK_EVERY.min(shared.config.maintenance_interval));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pace = VacuumPace::new();
-    let mut warned_not_allowed = false;
+    // A standing condition (a role that may not vacuum, a role-level
+    // timeout behind PgBouncer) is one line in the log, not one a second.
+    let mut warning = RepeatedWarning::default();
     loop {
         ticker.tick().await;
         match pass(&shared, &mut pace).await {
-            Ok(Vacuum::NotAllowed { dead_rows }) if !warned_not_allowed => {
-                warned_not_allowed = true;
+            Ok(Vacuum::NotAllowed { dead_rows }) => {
+                if warning.is_new("not allowed") {
+                    tracing::warn!(
+                        dead_rows,
+                        "autovacuum is off for jobq.jobs and this role may not vacuum it \
+                         (it needs to own the table or the database): dead rows will pile up; \
+                         turn autovacuum on, or vacuum jobq.jobs from a job of your own"
+                    );
+                }
+            }
+            Ok(outcome) => {
+                warning.cleared();
+                if let Vacuum::Vacuumed { dead_rows } = outcome {
+                    tracing::debug!(dead_rows, "vacuumed jobq.jobs");
+                }
+            }
+            Err(e) if warning.is_new(&e) => {
                 tracing::warn!(
-                    dead_rows,
-                    "autovacuum is off for jobq.jobs and this role may not vacuum it \
-                     (it needs to own the table or the database): dead rows will pile up; \
-                     turn autovacuum on, or vacuum jobq.jobs from a job of your own"
+                    error = %e,
+                    "vacuum failed; trying again each check, warning again only if the error changes"
                 );
             }
-            Ok(Vacuum::Vacuumed { dead_rows }) => {
-                tracing::debug!(dead_rows, "vacuumed jobq.jobs");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "vacuum failed; trying again next interval");
-            }
+            Err(e) => tracing::debug!(error = %e, "vacuum failed again"),
         }
     }
 }
 
 async fn pass(shared: &Shared, pace: &mut VacuumPace) -> Result<Vacuum, String> {
     let mut conn = shared.pool.get().await.map_err(|e| error_chain(&e))?;
-    jobq_diesel::vacuum(&mut conn, pace)
-        .await
-        .map_err(|e| format!("vacuum: {e}"))
+    let due = match jobq_diesel::check_vacuum(&mut conn, pace).await {
+        Ok(Ok(due)) => due,
+        Ok(Err(nothing_to_do)) => return Ok(nothing_to_do),
+        Err(e) => return Err(format!("reading the statistics: {e}")),
+    };
+    let vacuumed = match &shared.vacuum_pool {
+        Some(pool) => {
+            drop(conn);
+            let mut own = pool.get().await.map_err(|e| error_chain(&e))?;
+            due.run(&mut own, pace, StatementTimeout::NotSet).await
+        }
+        None => {
+            due.run(&mut conn, pace, StatementTimeout::LiftForThePass)
+                .await
+        }
+    };
+    vacuumed.map_err(|e| format!("vacuum: {e}"))
 }
