@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
@@ -26,6 +26,20 @@ const DEAD_BASE: i64 = 1_000;
 /// Share of live rows that may be dead before a vacuum; the jobs table's
 /// `autovacuum_vacuum_scale_factor`.
 const DEAD_SHARE: f64 = 0.02;
+
+/// Changed rows tolerated since a partition's last analyze, besides
+/// [`ANALYZE_SHARE`] of its live ones: autovacuum's default rule.
+const ANALYZE_BASE: i64 = 50;
+
+/// Share of live rows that may change before an analyze is due.
+const ANALYZE_SHARE: f64 = 0.1;
+
+/// Least time between two analyzes of a partition, by anyone. A busy
+/// active partition passes the rule above between any two vacuums, and an
+/// analyze reads a sample of 30,000 rows: run with every vacuum of a
+/// drain, the analyzes took 12 % of the server's CPU. Autovacuum itself
+/// visits a table at most once a minute (`autovacuum_naptime`).
+const ANALYZE_EVERY_SECS: f64 = 60.0;
 
 /// How far past its threshold a partition autovacuum looks after may get
 /// before jobq vacuums it too: far enough that autovacuum, working as
@@ -74,12 +88,30 @@ struct PartitionState {
     dead: i64,
     #[diesel(sql_type = BigInt)]
     live: i64,
+    /// Rows changed since the partition was last analyzed.
+    #[diesel(sql_type = BigInt)]
+    changed: i64,
+    /// Seconds since anyone (autovacuum, a worker) last analyzed it; None
+    /// when never.
+    #[diesel(sql_type = Nullable<Double>)]
+    analyzed_secs_ago: Option<f64>,
 }
 
 impl PartitionState {
     /// Dead rows past which autovacuum would have vacuumed the partition.
     fn threshold(&self) -> i64 {
         DEAD_BASE + (self.live.max(0) as f64 * DEAD_SHARE) as i64
+    }
+
+    /// Whether a vacuum of the partition should analyze it too: enough
+    /// rows changed since its last analyze, and that was a while ago.
+    fn analyze_due(&self) -> bool {
+        let changed_enough =
+            self.changed > ANALYZE_BASE + (self.live.max(0) as f64 * ANALYZE_SHARE) as i64;
+        changed_enough
+            && self
+                .analyzed_secs_ago
+                .is_none_or(|ago| ago >= ANALYZE_EVERY_SECS)
     }
 }
 
@@ -161,7 +193,10 @@ async fn partition_states(
                OR pg_has_role((SELECT datdba FROM pg_database \
                                WHERE datname = current_database()), 'USAGE') AS allowed, \
              coalesce(s.n_dead_tup, 0) AS dead, \
-             coalesce(s.n_live_tup, 0) AS live \
+             coalesce(s.n_live_tup, 0) AS live, \
+             coalesce(s.n_mod_since_analyze, 0) AS changed, \
+             extract(epoch FROM now() - greatest(s.last_analyze, s.last_autoanalyze))::float8 \
+               AS analyzed_secs_ago \
          FROM pg_partition_tree('jobq.jobs') t \
          JOIN pg_class l ON l.oid = t.relid \
          LEFT JOIN pg_stat_user_tables s ON s.relid = l.oid \
@@ -202,6 +237,8 @@ pub async fn vacuum(
 #[must_use = "nothing is vacuumed until `run` is called"]
 pub struct VacuumDue {
     tables: Vec<String>,
+    /// Of `tables`, those to analyze as well.
+    analyze: Vec<String>,
     dead_rows: i64,
 }
 
@@ -237,6 +274,11 @@ pub async fn check_vacuum(
     }
     Ok(Ok(VacuumDue {
         tables: due.iter().map(|p| p.name.clone()).collect(),
+        analyze: due
+            .iter()
+            .filter(|p| p.analyze_due())
+            .map(|p| p.name.clone())
+            .collect(),
         dead_rows,
     }))
 }
@@ -250,20 +292,24 @@ impl VacuumDue {
         pace: &mut VacuumPace,
         timeout: StatementTimeout,
     ) -> diesel::QueryResult<Vacuum> {
-        // TRUNCATE false: giving the empty pages at a busy partition's end
-        // back to the system needs its exclusive lock, which every claim
-        // then waits for, and the next jobs need the pages again at once.
-        let statement = format!(
-            "VACUUM (SKIP_LOCKED, ANALYZE, TRUNCATE false) {}, jobq.workers, jobq.claims",
-            self.tables.join(", ")
-        );
+        let statements = self.statements();
         match timeout {
-            StatementTimeout::NotSet => conn.batch_execute(&statement).await?,
+            StatementTimeout::NotSet => {
+                for statement in &statements {
+                    conn.batch_execute(statement).await?;
+                }
+            }
             StatementTimeout::LiftForThePass => {
                 // RESET goes back to the connection's own setting (its
                 // startup value, or the server's), also after a failed pass.
                 conn.batch_execute("SET statement_timeout = 0").await?;
-                let vacuumed = conn.batch_execute(&statement).await;
+                let mut vacuumed = Ok(());
+                for statement in &statements {
+                    vacuumed = conn.batch_execute(statement).await;
+                    if vacuumed.is_err() {
+                        break;
+                    }
+                }
                 let reset = conn.batch_execute("RESET statement_timeout").await;
                 vacuumed?;
                 reset?;
@@ -280,6 +326,39 @@ impl VacuumDue {
             dead_rows: self.dead_rows,
         })
     }
+
+    /// The partitions to analyze as well in one statement, the rest in
+    /// another; the small workers and claims tables go with the first
+    /// when there is one. TRUNCATE false: giving the empty pages at a busy
+    /// partition's end back to the system needs its exclusive lock, which
+    /// every claim then waits for, and the next jobs need the pages again
+    /// at once.
+    fn statements(&self) -> Vec<String> {
+        let (analyze, plain): (Vec<&String>, Vec<&String>) =
+            self.tables.iter().partition(|t| self.analyze.contains(t));
+        let mut with_analyze: Vec<&str> = analyze.iter().map(|t| t.as_str()).collect();
+        let mut without: Vec<&str> = plain.iter().map(|t| t.as_str()).collect();
+        let small = if with_analyze.is_empty() {
+            &mut without
+        } else {
+            &mut with_analyze
+        };
+        small.extend(["jobq.workers", "jobq.claims"]);
+        let mut statements = Vec::new();
+        if !with_analyze.is_empty() {
+            statements.push(format!(
+                "VACUUM (SKIP_LOCKED, ANALYZE, TRUNCATE false) {}",
+                with_analyze.join(", ")
+            ));
+        }
+        if !without.is_empty() {
+            statements.push(format!(
+                "VACUUM (SKIP_LOCKED, TRUNCATE false) {}",
+                without.join(", ")
+            ));
+        }
+        statements
+    }
 }
 
 #[cfg(test)]
@@ -293,7 +372,59 @@ mod tests {
             allowed: true,
             dead,
             live,
+            changed: 0,
+            analyzed_secs_ago: None,
         }
+    }
+
+    fn changed(changed: i64, live: i64, analyzed_secs_ago: Option<f64>) -> PartitionState {
+        PartitionState {
+            changed,
+            analyzed_secs_ago,
+            ..partition(false, 0, live)
+        }
+    }
+
+    #[test]
+    fn an_analyze_is_due_once_enough_rows_changed_and_at_most_once_a_minute() {
+        // 50 + 10 % of 10,000 = 1,050.
+        assert!(!changed(1_050, 10_000, None).analyze_due());
+        assert!(changed(1_051, 10_000, None).analyze_due(), "never analyzed");
+        assert!(changed(1_051, 10_000, Some(60.0)).analyze_due());
+        assert!(
+            !changed(1_000_000, 10_000, Some(59.9)).analyze_due(),
+            "analyzed less than a minute ago"
+        );
+        assert!(changed(51, -1, Some(600.0)).analyze_due(), "bad statistics");
+    }
+
+    #[test]
+    fn partitions_that_need_no_analyze_are_vacuumed_in_a_statement_of_their_own() {
+        let due = |analyze: &[&str]| VacuumDue {
+            tables: vec!["jobq.jobs_active".into(), "jobq.jobs_finished_kept".into()],
+            analyze: analyze.iter().map(|t| t.to_string()).collect(),
+            dead_rows: 0,
+        };
+        assert_eq!(
+            due(&[]).statements(),
+            ["VACUUM (SKIP_LOCKED, TRUNCATE false) jobq.jobs_active, \
+              jobq.jobs_finished_kept, jobq.workers, jobq.claims"]
+        );
+        assert_eq!(
+            due(&["jobq.jobs_finished_kept"]).statements(),
+            [
+                "VACUUM (SKIP_LOCKED, ANALYZE, TRUNCATE false) jobq.jobs_finished_kept, \
+                 jobq.workers, jobq.claims",
+                "VACUUM (SKIP_LOCKED, TRUNCATE false) jobq.jobs_active"
+            ]
+        );
+        assert_eq!(
+            due(&["jobq.jobs_active", "jobq.jobs_finished_kept"]).statements(),
+            [
+                "VACUUM (SKIP_LOCKED, ANALYZE, TRUNCATE false) jobq.jobs_active, \
+              jobq.jobs_finished_kept, jobq.workers, jobq.claims"
+            ]
+        );
     }
 
     #[test]

@@ -80,13 +80,18 @@ struct Stats {
     vacuums: i64,
     #[diesel(sql_type = BigInt)]
     active_vacuums: i64,
+    /// Of the finished partition, by anyone.
+    #[diesel(sql_type = BigInt)]
+    analyzes: i64,
 }
 
 async fn stats(conn: &mut AsyncPgConnection) -> Stats {
     diesel::sql_query(
         "SELECT sum(n_dead_tup)::bigint AS dead, \
              sum(vacuum_count) FILTER (WHERE relname = 'jobs_finished_kept')::bigint AS vacuums, \
-             sum(vacuum_count) FILTER (WHERE relname = 'jobs_active')::bigint AS active_vacuums \
+             sum(vacuum_count) FILTER (WHERE relname = 'jobs_active')::bigint AS active_vacuums, \
+             sum(analyze_count + autoanalyze_count) \
+               FILTER (WHERE relname = 'jobs_finished_kept')::bigint AS analyzes \
          FROM pg_stat_user_tables \
          WHERE relid IN ('jobq.jobs_active'::regclass, 'jobq.jobs_finished_kept'::regclass)",
     )
@@ -191,6 +196,41 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
         server.on,
         "server autovacuum = {}, vacuum() said {outcome:?}",
         server.on
+    );
+}
+
+/// An analyze reads a sample of 30,000 rows: a partition vacuumed again
+/// and again (every second, on a busy queue without autovacuum) is
+/// analyzed only when enough rows changed and at most once a minute.
+#[tokio::test]
+async fn a_partition_vacuumed_twice_within_a_minute_is_analyzed_once() {
+    let (_db, mut conn) = setup().await;
+    conn.batch_execute("ALTER TABLE jobq.jobs_finished_kept SET (autovacuum_enabled = off)")
+        .await
+        .unwrap();
+    let mut pace = jobq_diesel::VacuumPace::new();
+    for pass in 1..=2 {
+        finished(&mut conn, "churn", "completed", 0, 5_000).await;
+        conn.batch_execute("DELETE FROM jobq.jobs WHERE task = 'churn'")
+            .await
+            .unwrap();
+        wait_stats(&mut conn, "5,000 dead rows", |s| s.dead >= 5_000).await;
+        assert!(matches!(
+            jobq_diesel::vacuum(&mut conn, &mut pace, StatementTimeout::NotSet)
+                .await
+                .unwrap(),
+            Vacuum::Vacuumed { .. }
+        ));
+        wait_stats(&mut conn, "the vacuum", |s| {
+            s.vacuums >= pass && s.dead == 0
+        })
+        .await;
+    }
+    let stats = stats(&mut conn).await;
+    assert_eq!(stats.vacuums, 2);
+    assert_eq!(
+        stats.analyzes, 1,
+        "the second vacuum came within the minute"
     );
 }
 
