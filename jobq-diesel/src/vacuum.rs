@@ -371,10 +371,11 @@ impl VacuumDue {
     /// every claim then waits for, and the next jobs need the pages again
     /// at once.
     fn statements(&self) -> Vec<String> {
-        let (analyze, plain): (Vec<&String>, Vec<&String>) =
-            self.tables.iter().partition(|t| self.analyze.contains(t));
-        let mut with_analyze: Vec<&str> = analyze.iter().map(|t| t.as_str()).collect();
-        let mut without: Vec<&str> = plain.iter().map(|t| t.as_str()).collect();
+        let (mut with_analyze, mut without): (Vec<&str>, Vec<&str>) = self
+            .tables
+            .iter()
+            .map(String::as_str)
+            .partition(|t| self.analyze.iter().any(|a| a == t));
         let small = if with_analyze.is_empty() {
             &mut without
         } else {

@@ -23,6 +23,15 @@ async fn finished(conn: &mut AsyncPgConnection, task: &str, state: &str, age_s: 
     .unwrap();
 }
 
+/// `n` finished jobs inserted and deleted again: `n` dead rows in the
+/// kept partition.
+async fn churn(conn: &mut AsyncPgConnection, n: i64) {
+    finished(conn, "churn", "completed", 0, n).await;
+    conn.batch_execute("DELETE FROM jobq.jobs WHERE task = 'churn'")
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn prune_deletes_finished_jobs_past_their_retention_and_nothing_else() {
     let (_db, mut conn) = setup().await;
@@ -148,10 +157,7 @@ async fn vacuum_runs_only_where_autovacuum_does_not_and_dead_rows_pile_up() {
         Vacuum::NotNeeded { dead_rows: 0 }
     );
 
-    finished(&mut conn, "churn", "completed", 0, 5_000).await;
-    conn.batch_execute("DELETE FROM jobq.jobs WHERE task = 'churn'")
-        .await
-        .unwrap();
+    churn(&mut conn, 5_000).await;
     wait_stats(&mut conn, "5,000 dead rows", |s| s.dead >= 5_000).await;
     match jobq_diesel::vacuum(&mut conn, &mut pace, StatementTimeout::NotSet)
         .await
@@ -210,10 +216,7 @@ async fn a_partition_vacuumed_twice_within_a_minute_is_analyzed_once() {
         .unwrap();
     let mut pace = jobq_diesel::VacuumPace::new();
     for pass in 1..=2 {
-        finished(&mut conn, "churn", "completed", 0, 5_000).await;
-        conn.batch_execute("DELETE FROM jobq.jobs WHERE task = 'churn'")
-            .await
-            .unwrap();
+        churn(&mut conn, 5_000).await;
         wait_stats(&mut conn, "5,000 dead rows", |s| s.dead >= 5_000).await;
         assert!(matches!(
             jobq_diesel::vacuum(&mut conn, &mut pace, StatementTimeout::NotSet)
@@ -253,12 +256,6 @@ async fn where_autovacuum_falls_far_behind_jobq_vacuums_the_partition_itself() {
     .await
     .unwrap();
     let mut pace = jobq_diesel::VacuumPace::new();
-    let churn = async |conn: &mut AsyncPgConnection, n: i64| {
-        finished(conn, "churn", "completed", 0, n).await;
-        conn.batch_execute("DELETE FROM jobq.jobs WHERE task = 'churn'")
-            .await
-            .unwrap();
-    };
 
     // 8,000 dead rows: past autovacuum's threshold (1,000), not ten times.
     churn(&mut conn, 8_000).await;
@@ -301,11 +298,7 @@ async fn after_a_vacuum_the_connection_keeps_its_statement_timeout() {
         .batch_execute("ALTER TABLE jobq.jobs_finished_kept SET (autovacuum_enabled = off)")
         .await
         .unwrap();
-    finished(&mut admin, "churn", "completed", 0, 5_000).await;
-    admin
-        .batch_execute("DELETE FROM jobq.jobs WHERE task = 'churn'")
-        .await
-        .unwrap();
+    churn(&mut admin, 5_000).await;
     wait_stats(&mut admin, "5,000 dead rows", |s| s.dead >= 5_000).await;
     let separator = if db.url().contains('?') { '&' } else { '?' };
     let url = format!(
